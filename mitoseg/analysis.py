@@ -1,0 +1,76 @@
+"""The analysis pipeline: study folder or summary CSV -> summary CSV, figures, reports (no TensorFlow)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+from .grid import SUMMARY_CSV_NAME
+from .io_utils import atomic_write_text
+from .plots import make_figures
+from .report import render
+from .stats import analyze
+from .summary import SummaryError, build_summary, load_summary, write_summary_csv
+
+REPORT_MD = "hyperparameter_report.md"
+REPORT_TXT = "comprehensive_analysis_report.txt"
+SUMMARY_JSON = "analysis_summary.json"
+
+
+def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_summary=None,
+                 log: Callable[[str], None] = print, figures: bool = True) -> dict:
+    """Run everything; returns {"outputs": {name: path}, "figures": {...}, "result": analyze-dict}.
+    Raises SummaryError (one line) for bad input."""
+    if (study_dir is None) == (summary_file is None):
+        raise SummaryError("give either a study folder (--study-dir) or a summary CSV (--summary_file)")
+    outputs = {}
+    if study_dir is not None:
+        study_dir = Path(study_dir)
+        out_dir = Path(output_dir) if output_dir else study_dir
+        log(f"Reading results of {study_dir} ...")
+        df_raw, inv = build_summary(study_dir)
+        expected = inv.expected
+        csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME)
+        outputs["summary_csv"] = csv_path
+        log(f"  {len(df_raw)} rows ({', '.join(f'{v} {k}' for k, v in inv.counts.items())}) -> {csv_path}")
+        if inv.extra:
+            log(f"  note: {len(inv.extra)} exp_ folder(s) not in the grid were included: {', '.join(inv.extra[:5])}")
+        df = load_summary(csv_path)  # the analysis always runs from the CSV
+        history_root = study_dir
+        source = str(study_dir)
+    else:
+        summary_file = Path(summary_file)
+        out_dir = Path(output_dir) if output_dir else summary_file.parent
+        log(f"Reading summary {summary_file} ...")
+        df = load_summary(summary_file)
+        expected = len(df)
+        target = out_dir / SUMMARY_CSV_NAME
+        if target.resolve() != summary_file.resolve():
+            outputs["summary_csv"] = write_summary_csv(df, target)
+        history_root = summary_file.parent
+        source = str(summary_file)
+        log(f"  {len(df)} rows")
+    baseline = None
+    if baseline_summary is not None:
+        log(f"Reading baseline summary {baseline_summary} ...")
+        baseline = load_summary(baseline_summary)
+    log("Computing statistics ...")
+    res = analyze(df, baseline)
+    log(f"  headline metric: {res['metric'].label}")
+    if figures:
+        log(f"Drawing figures into {out_dir} ...")
+        figures = make_figures(res, out_dir, history_root)
+    else:
+        figures = {}
+    for name, value in figures.items():
+        log(f"  {name}: {'written' if isinstance(value, Path) else 'skipped (' + str(value) + ')'}")
+    log("Writing reports ...")
+    md, txt, js = render(res, source, expected, figures, out_dir)
+    for key, name, text in (("report_md", REPORT_MD, md), ("report_txt", REPORT_TXT, txt), ("summary_json", SUMMARY_JSON, js)):
+        atomic_write_text(out_dir / name, text)
+        outputs[key] = out_dir / name
+    if res["no_model_learned"]:
+        log("WARNING: no model learned (best score does not clearly beat the all-foreground baseline)")
+    elif res["soft_only"]:
+        log("WARNING: only soft Jaccard scores; configurations are not ranked")
+    log(f"Report: {outputs['report_md']}")
+    return dict(outputs=outputs, figures=figures, result=res)

@@ -1,0 +1,155 @@
+"""The results JSON: the one schema every part of the pipeline reads, with its save/load pair.
+
+Each cell writes `<exp>_results.json` last, atomically. `load_results` refuses anything that is
+not a complete file of this schema version, so a half-written, hand-mangled or foreign file can
+never read as a finished cell. `RESULT_FIELDS` documents every field (the README table is
+generated from it: `python -m mitoseg.results`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from .io_utils import atomic_write_text
+
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "diverged", "failed", "interrupted")
+
+_NUM = (int, float, type(None))
+_STR = (str, type(None))
+
+# name, accepted types, description. Scores are computed on the validation slices at threshold 0.5
+# unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
+RESULT_FIELDS: list[tuple[str, tuple, str]] = [
+    ("schema_version", (int,), f"always {SCHEMA_VERSION}"),
+    ("experiment_id", (str,), "the exp_ folder name, e.g. exp_04_UNet_lr0.0001_bs8"),
+    ("status", (str,), "ok | diverged (NaN loss) | failed (exception, see error) | interrupted (SIGTERM; rerun resumes)"),
+    ("error", _STR, "one-line error for failed/diverged/interrupted cells, else null"),
+    ("architecture", (str,), "UNet | Attention_UNet | Attention_ResUNet"),
+    ("learning_rate", (int, float), "initial Adam learning rate"),
+    ("batch_size", (int,), "training batch size"),
+    ("seed", (int,), "seed of Python, numpy, TensorFlow and the data shuffle"),
+    ("task_index", (int, type(None)), "grid index of the cell, null for a hand-run cell"),
+    ("config", (dict,), "the resolved TrainConfig (every setting, defaults included)"),
+    ("data", (dict,), "data source, slice split (train/val/test slice indices), patch counts"),
+    ("epochs_run", (int,), "epochs completed (less than config.epochs after early stopping)"),
+    ("best_epoch", (int, type(None)), "1-based epoch with the best val thresholded IoU (the saved model)"),
+    ("epochs_to_best", (int, type(None)), "same as best_epoch; kept under the original study's name"),
+    ("best_val_iou", _NUM, "HEADLINE during training: foreground IoU of the best model, threshold 0.5"),
+    ("best_val_dice", _NUM, "foreground Dice of the best model, threshold 0.5"),
+    ("best_val_precision", _NUM, "foreground precision of the best model"),
+    ("best_val_recall", _NUM, "foreground recall of the best model"),
+    ("best_val_jaccard", _NUM, "soft Jaccard (+1 smoothing) of the best model; for comparison with the original study only"),
+    ("val_predicted_foreground_fraction", _NUM, "fraction of val pixels the best model calls foreground"),
+    ("final_val_loss", _NUM, "focal loss on the val slices at the last epoch"),
+    ("final_train_loss", _NUM, "focal loss on the training batches at the last epoch"),
+    ("overfitting_gap", _NUM, "final_val_loss - final_train_loss"),
+    ("val_loss_stability", _NUM, "sample std of val loss over the last 10 epochs (lower = steadier); null with < 2 epochs"),
+    ("foreground_fraction", _NUM, "fraction of val pixels that are mitochondria"),
+    ("all_foreground_jaccard", _NUM, "IoU of predicting foreground everywhere on the val slices (trivial baseline)"),
+    ("all_background_jaccard", _NUM, "IoU of predicting background everywhere (0 unless the val masks are empty)"),
+    ("degenerate", (bool,), "true when the model did not learn: IoU not clearly above the all-foreground baseline, or it predicts ~nothing / ~everything"),
+    ("degenerate_reason", _STR, "why degenerate is true, else null"),
+    ("diverged_epoch", (int, type(None)), "1-based epoch in which the loss became NaN, else null"),
+    ("test", (dict, type(None)), "held-out test scores (whole slices, tiled) when a test volume was given, else null"),
+    ("training_time_s", _NUM, "wall time of model.fit (all runs of this cell, resumes included)"),
+    ("total_time_s", _NUM, "wall time of the whole cell: loading, training, evaluation"),
+    ("started_at", (str,), "ISO time the (last) run of this cell started"),
+    ("finished_at", (str,), "ISO time the results were written"),
+    ("environment", (dict,), "package versions, Python, host name, device (GPU names or CPU)"),
+    ("files", (dict,), "file names (relative to the exp_ folder) of the log, history CSV and model"),
+]
+FIELD_NAMES = [name for name, _, _ in RESULT_FIELDS]
+
+
+class ResultsError(ValueError):
+    """A results file that must not be read as a finished cell; str() names the file and the problem."""
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: store them as null so every reader (not just Python's) can parse it."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+        return _clean(value.item())
+    return value
+
+
+def validate_results(record: dict, source: str = "results") -> dict:
+    if not isinstance(record, dict):
+        raise ResultsError(f"{source}: results must be a JSON object, got {type(record).__name__}")
+    version = record.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ResultsError(f"{source}: schema_version {version!r} is not {SCHEMA_VERSION}; rerun the cell or convert the file")
+    missing = [name for name in FIELD_NAMES if name not in record]
+    if missing:
+        raise ResultsError(f"{source}: missing fields {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
+    for name, types, _ in RESULT_FIELDS:
+        value = record[name]
+        if isinstance(value, bool) and bool not in types:
+            raise ResultsError(f"{source}: field {name} is a boolean, expected {'/'.join(t.__name__ for t in types)}")
+        if not isinstance(value, types):
+            raise ResultsError(f"{source}: field {name} has type {type(value).__name__}, expected "
+                               f"{'/'.join(t.__name__ for t in types)}")
+    if record["status"] not in STATUSES:
+        raise ResultsError(f"{source}: status {record['status']!r} is not one of {', '.join(STATUSES)}")
+    return record
+
+
+def save_results(path, record: dict) -> None:
+    """Validate, then write atomically (temporary file + rename)."""
+    record = _clean(dict(record))
+    validate_results(record, str(path))
+    atomic_write_text(Path(path), json.dumps(record, indent=2, sort_keys=False) + "\n")
+
+
+def load_results(path) -> dict:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ResultsError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except (UnicodeDecodeError, RecursionError) as err:
+        raise ResultsError(f"{path}: not valid JSON ({type(err).__name__})") from None
+    return validate_results(record, str(path))
+
+
+def empty_record(**values) -> dict:
+    """A record with every field present (None/defaults), updated with `values`."""
+    record = {name: None for name in FIELD_NAMES}
+    record.update(schema_version=SCHEMA_VERSION, degenerate=False, config={}, data={}, environment={},
+                  files={}, epochs_run=0)
+    record.update(values)
+    return record
+
+
+def markdown_table() -> str:
+    rows = ["| field | type | meaning |", "|---|---|---|"]
+    for name, types, text in RESULT_FIELDS:
+        kinds = "/".join("null" if t is type(None) else t.__name__ for t in types)
+        rows.append(f"| `{name}` | {kinds} | {text} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        for p in sys.argv[1:]:
+            try:
+                rec = load_results(p)
+                print(f"{p}: {rec['status']} best_val_iou={rec['best_val_iou']}")
+            except ResultsError as e:
+                print(f"error: {e}", file=sys.stderr)
+                sys.exit(1)
+    else:
+        print(markdown_table())

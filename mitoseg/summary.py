@@ -1,0 +1,271 @@
+"""Study folder -> one summary row per cell (`hyperparameter_summary.csv`), and CSV -> checked DataFrame.
+
+`build_summary(study_dir)` is the only place that reads results JSON files. Every expected cell of
+the study's grid gets a row: finished cells with their status (ok / diverged / failed /
+interrupted), a results file that `load_results` refuses as "unreadable" (with the error), and a
+cell without a results file as "missing" (not started, still running, or killed).
+
+`load_summary(csv)` is how the analysis reads a summary -- its own or a user-edited one, or the
+original study's CSV with only soft scores. It checks the required columns, coerces types and
+recomputes `success` and `degenerate` from the numbers (rule in `mitoseg.checks`).
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .checks import degenerate_reason
+from .grid import GRID_CONFIG_NAME, SUMMARY_CSV_NAME, cells, experiment_paths, load_study_grid
+from .io_utils import atomic_write_text
+from .results import STATUSES, ResultsError, load_results
+
+MISSING = "missing"
+UNREADABLE = "unreadable"
+ALL_STATUSES = STATUSES + (UNREADABLE, MISSING)
+FINISHED_STATUSES = STATUSES  # a results file exists and was read
+
+# Columns of hyperparameter_summary.csv, in order. Field names as in mitoseg.results.RESULT_FIELDS
+# where one exists; test_* come from the results' `test` dict.
+SUMMARY_COLUMNS = [
+    "experiment_id", "architecture", "learning_rate", "batch_size", "seed", "success", "status", "error",
+    "epochs_run", "epochs_to_best", "best_val_jaccard", "best_val_iou", "best_val_dice",
+    "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability", "training_time_s",
+    "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
+    "degenerate", "degenerate_reason", "test_iou", "test_dice", "test_all_foreground_jaccard",
+    "task_index", "exp_dir",
+]
+NUMERIC_COLUMNS = [
+    "learning_rate", "batch_size", "seed", "epochs_run", "epochs_to_best", "best_val_jaccard", "best_val_iou",
+    "best_val_dice", "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability",
+    "training_time_s", "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
+    "test_iou", "test_dice", "test_all_foreground_jaccard", "task_index",
+]
+INTEGER_COLUMNS = ["batch_size", "seed", "epochs_run", "epochs_to_best", "task_index"]
+REQUIRED_COLUMNS = ["architecture", "learning_rate", "batch_size"]
+SCORE_COLUMNS = ["test_iou", "best_val_iou", "best_val_jaccard"]  # at least one must be present
+
+_NAME_RE = re.compile(r"^exp_(?:(?P<index>\d+)_)?(?P<arch>[A-Za-z_]+?)_lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>\d+)"
+                      r"(?:_seed(?P<seed>-?\d+))?$")
+
+
+class SummaryError(ValueError):
+    """Bad input for the analysis (no study, no cells, CSV without required columns); one line."""
+
+
+@dataclass
+class StudyInventory:
+    """What the study folder holds compared with what its grid expects."""
+    study_dir: Path
+    has_grid: bool
+    expected: int                      # cells the grid expects (or rows found without a grid)
+    counts: dict = field(default_factory=dict)   # status -> number of rows
+    extra: list = field(default_factory=list)    # exp_ folders with results that the grid does not list
+
+
+def _num(value):
+    if value is None or isinstance(value, bool):
+        return np.nan if value is None else float(value)
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return np.nan
+    return value if math.isfinite(value) else np.nan
+
+
+def parse_experiment_name(name: str) -> dict:
+    """architecture, learning_rate, batch_size, seed and task_index from an exp_ folder name (or {})."""
+    match = _NAME_RE.match(name)
+    if not match:
+        return {}
+    out = {"architecture": match["arch"], "batch_size": int(match["bs"])}
+    try:
+        out["learning_rate"] = float(match["lr"])
+    except ValueError:
+        pass
+    if match["seed"] is not None:
+        out["seed"] = int(match["seed"])
+    if match["index"] is not None:
+        out["task_index"] = int(match["index"])
+    return out
+
+
+def record_to_row(record: dict, exp_dir: str) -> dict:
+    """One summary row from a validated results record."""
+    row = {col: np.nan for col in SUMMARY_COLUMNS}
+    for col in SUMMARY_COLUMNS:
+        if col in record and col not in ("exp_dir",):
+            row[col] = record[col]
+    test = record.get("test") if isinstance(record.get("test"), dict) else {}
+    row["test_iou"] = _num(test.get("iou"))
+    row["test_dice"] = _num(test.get("dice"))
+    row["test_all_foreground_jaccard"] = _num(test.get("all_foreground_jaccard"))
+    row["success"] = record["status"] == "ok"
+    row["degenerate"] = bool(record.get("degenerate"))
+    row["exp_dir"] = exp_dir
+    for col in NUMERIC_COLUMNS:
+        row[col] = _num(row[col])
+    return row
+
+
+def _placeholder_row(name: str, status: str, error: str, cell=None) -> dict:
+    row = {col: np.nan for col in SUMMARY_COLUMNS}
+    info = parse_experiment_name(name)
+    if cell is not None:
+        info = dict(architecture=cell.architecture, learning_rate=cell.learning_rate,
+                    batch_size=cell.batch_size, seed=cell.seed, task_index=cell.index)
+    row.update(info)
+    row.update(experiment_id=name, status=status, error=error, success=False, degenerate=False, exp_dir=name)
+    return row
+
+
+def _read_cell(study_dir: Path, name: str, cell=None) -> dict:
+    paths = experiment_paths(study_dir, name)
+    json_path = paths.results_json
+    if not json_path.exists():
+        candidates = sorted(paths.exp_dir.glob("*_results.json")) if paths.exp_dir.is_dir() else []
+        json_path = candidates[0] if candidates else json_path
+    if not json_path.exists():
+        where = "folder exists, no results file yet (still running, or killed)" if paths.exp_dir.is_dir() \
+            else "no folder (not started yet)"
+        return _placeholder_row(name, MISSING, where, cell)
+    try:
+        record = load_results(json_path)
+    except ResultsError as err:
+        return _placeholder_row(name, UNREADABLE, str(err).replace("\n", " "), cell)
+    return record_to_row(record, name)
+
+
+def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
+    """Read every cell of a study folder into a summary DataFrame (columns SUMMARY_COLUMNS)."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise SummaryError(f"study folder {study_dir} does not exist")
+    has_grid = (study_dir / GRID_CONFIG_NAME).exists()
+    rows, seen = [], set()
+    expected = 0
+    if has_grid:
+        try:
+            grid = load_study_grid(study_dir)
+        except ValueError as err:
+            raise SummaryError(str(err)) from None
+        for cell in cells(grid):
+            rows.append(_read_cell(study_dir, cell.name, cell))
+            seen.add(cell.name)
+        expected = len(rows)
+    extra = []
+    for exp_dir in sorted(p for p in study_dir.glob("exp_*") if p.is_dir()):
+        if exp_dir.name in seen:
+            continue
+        row = _read_cell(study_dir, exp_dir.name)
+        if has_grid and row["status"] == MISSING:
+            continue  # a stray folder that the grid does not list and that holds no results
+        rows.append(row)
+        extra.append(exp_dir.name)
+    if not rows:
+        raise SummaryError(f"{study_dir}: no cells at all (no {GRID_CONFIG_NAME} and no exp_* folders)")
+    df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    inventory = StudyInventory(study_dir, has_grid, expected if has_grid else len(rows),
+                               df["status"].value_counts().to_dict(), extra if has_grid else [])
+    return df, inventory
+
+
+def write_summary_csv(df: pd.DataFrame, path) -> Path:
+    path = Path(path)
+    cols = [c for c in SUMMARY_COLUMNS if c in df.columns] + [c for c in df.columns if c not in SUMMARY_COLUMNS]
+    out = df[cols].copy()
+    for col in INTEGER_COLUMNS:
+        if col in out.columns:
+            values = pd.to_numeric(out[col], errors="coerce")
+            if (values.dropna() == values.dropna().round()).all():
+                out[col] = values.round().astype("Int64")
+    atomic_write_text(path, out.to_csv(index=False))
+    return path
+
+
+def _to_bool(series: pd.Series) -> pd.Series:
+    def conv(v):
+        if isinstance(v, (bool, np.bool_)):
+            return bool(v)
+        if isinstance(v, (int, float, np.integer, np.floating)):
+            return bool(v) if not (isinstance(v, float) and math.isnan(v)) else False
+        return str(v).strip().lower() in ("true", "1", "yes", "y", "t")
+    return series.map(conv).astype(bool)
+
+
+def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame:
+    """Check and coerce a summary table; recompute success and degenerate from the numbers.
+
+    Required: architecture, learning_rate, batch_size and one score column (test_iou, best_val_iou or
+    best_val_jaccard). Without `status`, a row is "ok" when `success` says so (or, without `success`,
+    when it has a score). `degenerate` is recomputed with mitoseg.checks.degenerate_reason from
+    best_val_iou / all_foreground_jaccard / val_predicted_foreground_fraction when those columns exist;
+    otherwise the CSV's own `degenerate` column is kept (False when absent).
+    """
+    df = df.copy()
+    df.columns = [str(c).strip() for c in df.columns]
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise SummaryError(f"{source}: required columns missing: {', '.join(missing)}")
+    if not any(c in df.columns for c in SCORE_COLUMNS):
+        raise SummaryError(f"{source}: no score column (need one of {', '.join(SCORE_COLUMNS)})")
+    if len(df) == 0:
+        raise SummaryError(f"{source}: no cells at all (the table has no rows)")
+    for col in SUMMARY_COLUMNS:
+        if col not in df.columns:
+            df[col] = np.nan
+    for col in NUMERIC_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
+        df.loc[~np.isfinite(df[col]), col] = np.nan
+    df["architecture"] = df["architecture"].astype(object).where(df["architecture"].notna(), "unknown").astype(str)
+    score_cols = [c for c in SCORE_COLUMNS if df[c].notna().any()]
+    status = df["status"].astype(object)
+    if status.isna().all():
+        if "success" in df.columns and df["success"].notna().any():
+            status = np.where(_to_bool(df["success"]), "ok", "failed")
+        else:
+            has_score = df[score_cols].notna().any(axis=1) if score_cols else pd.Series(False, index=df.index)
+            status = np.where(has_score, "ok", "failed")
+        status = pd.Series(status, index=df.index, dtype=object)
+    df["status"] = status.where(pd.Series(status).notna(), MISSING).astype(str).str.strip()
+    df["success"] = df["status"] == "ok"
+    for col in ("error", "degenerate_reason", "experiment_id", "exp_dir"):
+        df[col] = df[col].astype(object).where(df[col].notna(), None)
+    no_id = df["experiment_id"].isna()
+    df.loc[no_id, "experiment_id"] = [
+        f"{a}_lr{lr:g}_bs{int(bs) if bs == bs else 'NA'}" if lr == lr else f"{a}_row{i}"
+        for i, (a, lr, bs) in enumerate(zip(df.loc[no_id, "architecture"], df.loc[no_id, "learning_rate"],
+                                            df.loc[no_id, "batch_size"]))]
+    csv_degenerate = _to_bool(df["degenerate"]) if df["degenerate"].notna().any() else pd.Series(False, index=df.index)
+    if df["best_val_iou"].notna().any() and df["all_foreground_jaccard"].notna().any():
+        reasons = [degenerate_reason(i, b, f) if ok else None for ok, i, b, f in zip(
+            df["success"], df["best_val_iou"], df["all_foreground_jaccard"], df["val_predicted_foreground_fraction"])]
+        df["degenerate_reason"] = reasons
+        df["degenerate"] = [r is not None for r in reasons]
+    else:
+        df["degenerate"] = csv_degenerate & df["success"]
+    return df
+
+
+def load_summary(path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise SummaryError(f"summary file {path} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise SummaryError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    return normalize_summary(df, str(path))
+
+
+def summarize_study(study_dir, output_csv: Optional[Path] = None) -> tuple[Path, StudyInventory]:
+    """build_summary + write the CSV (default: <study>/hyperparameter_summary.csv)."""
+    df, inventory = build_summary(study_dir)
+    out = Path(output_csv) if output_csv else Path(study_dir) / SUMMARY_CSV_NAME
+    write_summary_csv(df, out)
+    return out, inventory

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The main job on its embedded default, on one machine: sets up .venv/, then runs the demo study
+# (all 3 architectures x 2 learning rates x 2 batch sizes, tiny models, built-in synthetic EM data)
+# through the local runner and the analysis, and prints where the report is.
+set -euo pipefail
+cd "$(dirname "$0")"
+bash setup_env.sh
+export TF_CPP_MIN_LOG_LEVEL=3
+exec .venv/bin/python run_study.py local --demo "$@"

@@ -1,0 +1,214 @@
+#!/usr/bin/env python
+"""Run a hyperparameter study on a scheduler or on this machine.
+
+    python run_study.py --demo                      # CPU demo: 12 tiny cells + analysis (< 10 min)
+    python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force]
+    python run_study.py status --study-dir D
+    python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
+    python run_study.py analyze --study-dir D
+    python run_study.py verify [--grid-config G.json] [--data-dir DATA]
+    python run_study.py element [--task-index N]    # what the job scripts run (one array element)
+
+The plain way on PBS is `qsub pbs_hyperparameter_optimization.sh` (Slurm: `sbatch
+slurm_hyperparameter_optimization.sh`); `submit` does the same for any grid size and sets the
+array range from the grid. Finished cells (status ok/diverged) are always skipped, failed and
+interrupted ones rerun (interrupted ones resume from their last epoch).
+Environment: STUDY_DIR (study folder), GRID_CONFIG (grid JSON for a new study), DATA_DIR (data
+folder for a new study), TF_CONTAINER (Apptainer/Singularity image), PYTHON (host Python of the
+job scripts).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from mitoseg import grid as G
+from mitoseg import runner as R
+
+
+def _grid_args(p):
+    p.add_argument("--grid-config", default=os.environ.get("GRID_CONFIG"),
+                   help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
+    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
+    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
+                   help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="print the grid (index -> cell) and its size")
+    _grid_args(s)
+    s.add_argument("--study-dir", help="list the grid saved in this study")
+    s.add_argument("--size", action="store_true", help="print only the number of cells")
+
+    s = sub.add_parser("local", help="run cells on this machine")
+    _grid_args(s)
+    s.add_argument("--study-dir", help="study folder to create or continue (default: a new one in --root)")
+    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
+    s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
+    s.add_argument("--jobs", "-j", type=int, default=1, help="cells trained at the same time (default 1)")
+    s.add_argument("--force", action="store_true", help="retrain finished cells too")
+    s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
+
+    s = sub.add_parser("demo", help="the CPU demo study through the local runner, then the analysis")
+    s.add_argument("--root", default="demo_study", help="parent folder of the demo study (default demo_study/)")
+    s.add_argument("--jobs", "-j", type=int, default=2, help="cells at the same time (default 2)")
+
+    s = sub.add_parser("status", help="state of every cell of a study")
+    s.add_argument("--study-dir", required=True)
+
+    s = sub.add_parser("analyze", help="run the analysis of a study")
+    s.add_argument("--study-dir", required=True)
+
+    s = sub.add_parser("placeholder-analysis", help="PLACEHOLDER used when analyze_hyperparameter_results.py is missing")
+    s.add_argument("--study-dir", required=True)
+
+    s = sub.add_parser("submit", help="submit the array job and its dependent analysis job")
+    _grid_args(s)
+    s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"), help="default: detected")
+    s.add_argument("--study-dir", help="existing study to continue (default: a new one in --root)")
+    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--dry-run", action="store_true", help="print the command only")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+
+    s = sub.add_parser("element", help="one array element (what the job scripts run)")
+    s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
+    s.add_argument("--grid-config", default=None, help="grid JSON for a new study (default $GRID_CONFIG)")
+    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+
+    s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
+    _grid_args(s)
+    s.add_argument("--output-root", default=".", help="where study folders will be written (default .)")
+    s.add_argument("--pbs-script", default=str(R.PBS_SCRIPT))
+    s.add_argument("--slurm-script", default=str(R.SLURM_SCRIPT))
+    s.add_argument("--skip-env-probe", action="store_true",
+                   help="skip importing TensorFlow in the training environment (faster)")
+    return p
+
+
+def _print(msg=""):
+    print(msg, flush=True)
+
+
+def cmd_list(args) -> int:
+    argv = ["--size"] if args.size else []
+    if args.study_dir:
+        argv += ["--study-dir", args.study_dir]
+    elif args.grid_config:
+        argv += ["--grid-config", args.grid_config]
+    elif args.demo:
+        argv += ["--demo"]
+    return G.main(argv)
+
+
+def _open_study(args, root) -> tuple[Path, G.GridConfig]:
+    grid = R.base_grid(args.grid_config, args.data_dir, args.demo)
+    study = Path(args.study_dir) if args.study_dir else R.create_new_study_dir(root)
+    return study.resolve(), G.init_study(study, grid)
+
+
+def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
+    t0 = time.monotonic()
+    rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
+    _print("")
+    _print(R.results_table(rows))
+    failed = [r for r in rows.values() if r["state"] not in R.DONE_STATUSES]
+    _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
+           f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
+           f"training wall time {R._fmt_time(time.monotonic() - t0)}")
+    code = 1 if failed else 0
+    if analysis:
+        acode = R.run_analysis(study, log=_print)
+        if acode != 0:
+            _print(f"warning: the analysis exited {acode}")
+            code = code or acode
+        report = R.report_path(study)
+        _print(f"\nStudy folder: {study}")
+        if report:
+            _print(f"Report: {report}")
+    return code
+
+
+def cmd_local(args) -> int:
+    study, grid = _open_study(args, args.root)
+    chosen = R.select_cells(grid, args.cells, args.arch)
+    return run_local_and_analyze(study, grid, chosen, args.jobs, args.force, not args.no_analysis)
+
+
+def cmd_demo(args) -> int:
+    t0 = time.monotonic()
+    study = R.create_new_study_dir(args.root).resolve()
+    grid = G.init_study(study, G.demo_grid())
+    _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
+           f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
+    code = run_local_and_analyze(study, grid, G.cells(grid), args.jobs, False, True)
+    _print(f"Demo finished in {R._fmt_time(time.monotonic() - t0)}. Open the report: {R.report_path(study) or study}")
+    return code
+
+
+def cmd_status(args) -> int:
+    grid = G.load_study_grid(args.study_dir)
+    rows = R.study_rows(args.study_dir, grid)
+    _print(R.results_table(rows))
+    counts = {}
+    for r in rows.values():
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    _print(f"\n{grid.size} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    report = R.report_path(args.study_dir)
+    if report:
+        _print(f"report: {report}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    scheduler = args.scheduler or R.detect_scheduler()
+    if scheduler is None:
+        _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
+        return 2
+    study, grid = _open_study(args, args.root)
+    extra = [a for a in (args.extra or []) if a != "--"]
+    ids = R.submit_study(study, grid, scheduler, extra, log=_print, dry_run=args.dry_run)
+    _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
+    return 0 if ids["array"] or args.dry_run else 1
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--demo"]:
+        argv = ["demo", *argv[1:]]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "local":
+            return cmd_local(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "analyze":
+            return R.run_analysis(args.study_dir, log=_print)
+        if args.command == "placeholder-analysis":
+            return R.placeholder_analysis(args.study_dir, log=_print)
+        if args.command == "submit":
+            return cmd_submit(args)
+        if args.command == "element":
+            return R.run_element(args.task_index, args.root, args.grid_config, log=_print)
+        if args.command == "verify":
+            from mitoseg import verify
+            return verify.main(args)
+    except (ValueError, RuntimeError, OSError) as err:
+        _print(f"error: {err}")
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

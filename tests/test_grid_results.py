@@ -1,0 +1,114 @@
+"""The grid (index <-> cell, names, scheduler variables) and the results JSON save/load pair."""
+import json
+
+import pytest
+
+from mitoseg import grid as G
+from mitoseg import results as R
+
+
+def test_default_grid_is_36_cells_in_a_fixed_order():
+    grid = G.default_grid()
+    cells = G.cells(grid)
+    assert grid.size == len(cells) == 36
+    assert [c.index for c in cells] == list(range(36))
+    assert cells[0].name == "exp_00_UNet_lr0.0001_bs8"
+    assert cells[4].name == "exp_04_UNet_lr0.0005_bs16"
+    assert cells[35].name == "exp_35_Attention_ResUNet_lr0.005_bs32"
+    assert len({c.name for c in cells}) == 36
+
+
+def test_seeds_multiply_the_grid_and_appear_in_names():
+    grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[8], seeds=[1, 2, 3])
+    assert [c.name for c in G.cells(grid)] == ["exp_00_UNet_lr0.001_bs8_seed1", "exp_01_UNet_lr0.001_bs8_seed2",
+                                               "exp_02_UNet_lr0.001_bs8_seed3"]
+
+
+def test_cell_at_rejects_out_of_range():
+    with pytest.raises(ValueError, match="outside the grid"):
+        G.cell_at(G.default_grid(), 36)
+    with pytest.raises(ValueError, match="outside the grid"):
+        G.cell_at(G.default_grid(), -1)
+
+
+@pytest.mark.parametrize("var", ["PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID"])
+def test_index_from_each_scheduler(var):
+    assert G.task_index_from_env({var: "7"}) == 7
+    assert G.task_index_from_env({}) is None
+    with pytest.raises(ValueError, match=var):
+        G.task_index_from_env({var: "x"})
+
+
+def test_cell_config_carries_fixed_settings():
+    grid = G.demo_grid()
+    config = G.cell_at(grid, 1).train_config(grid)
+    assert config.epochs == grid.fixed["epochs"] and config.task_index == 1
+    config.validate()
+
+
+def test_grid_validation():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        G.GridConfig(architectures=["VGG"])
+    with pytest.raises(ValueError, match="unknown config keys"):
+        G.GridConfig(fixed={"epoch": 3})
+    with pytest.raises(ValueError, match="grid axes"):
+        G.GridConfig(fixed={"learning_rate": 3})
+
+
+def test_init_study_keeps_the_first_grid(tmp_path):
+    study = tmp_path / "s"
+    first = G.init_study(study, G.demo_grid())
+    again = G.init_study(study, G.default_grid())
+    assert again.to_dict() == first.to_dict()
+    assert G.load_study_grid(study).size == first.size
+
+
+def test_grid_cli_lists_every_cell(capsys):
+    assert G.main(["--size"]) == 0
+    assert capsys.readouterr().out.strip() == "36"
+    assert G.main([]) == 0
+    out = capsys.readouterr().out
+    assert "exp_35_Attention_ResUNet_lr0.005_bs32" in out
+
+
+def _record(**kw):
+    return R.empty_record(experiment_id="exp_00_UNet_lr0.001_bs8", status="ok", architecture="UNet",
+                          learning_rate=1e-3, batch_size=8, seed=42, started_at="t", finished_at="t", **kw)
+
+
+def test_results_round_trip_and_nan_becomes_null(tmp_path):
+    path = tmp_path / "r.json"
+    R.save_results(path, _record(best_val_iou=0.8, final_val_loss=float("nan")))
+    loaded = R.load_results(path)
+    assert loaded["best_val_iou"] == 0.8 and loaded["final_val_loss"] is None
+    assert set(R.FIELD_NAMES) <= set(loaded)
+
+
+@pytest.mark.parametrize("mangle, message", [
+    (lambda r: r.update(schema_version=0), "schema_version"),
+    (lambda r: r.pop("best_val_iou"), "missing fields best_val_iou"),
+    (lambda r: r.update(status="great"), "status"),
+    (lambda r: r.update(batch_size="8"), "batch_size"),
+    (lambda r: r.update(degenerate="no"), "degenerate"),
+])
+def test_load_rejects_foreign_or_edited_files(tmp_path, mangle, message):
+    record = _record()
+    mangle(record)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(record))
+    with pytest.raises(R.ResultsError, match=message):
+        R.load_results(path)
+
+
+def test_load_rejects_truncated_json(tmp_path):
+    path = tmp_path / "r.json"
+    R.save_results(path, _record())
+    path.write_text(path.read_text()[:100])
+    with pytest.raises(R.ResultsError, match="not valid JSON"):
+        R.load_results(path)
+
+
+def test_save_refuses_invalid_record(tmp_path):
+    with pytest.raises(R.ResultsError):
+        R.save_results(tmp_path / "r.json", {"schema_version": 1})
+    assert not (tmp_path / "r.json").exists()

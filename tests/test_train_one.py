@@ -1,0 +1,124 @@
+"""train_one.py end to end: a real (tiny) training run, its files and JSON, skip-if-done, bad input."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mitoseg.results import FIELD_NAMES, load_results
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "data" / "lucchi_pp_subset"
+TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",
+        "--synthetic-slices", "10", "--synthetic-size", "64"]
+
+
+def run(args, cwd=ROOT, env=None):
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "train_one.py"), *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    proc = run(["--arch", "Attention_UNet", "--lr", "1e-3", "--batch-size", "4", "--seed", "3",
+                "--out-dir", str(out), *TINY])
+    return out, proc
+
+
+def test_smoke_run_writes_every_file(trained):
+    out, proc = trained
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+    name = exp.name
+    for f in ["training_log.txt", f"{name}_history.csv", f"{name}_model.keras", f"{name}_results.json"]:
+        assert (exp / f).is_file(), f
+    assert not (exp / "backup").exists()   # finished cells drop their resume state
+    record = load_results(exp / f"{name}_results.json")
+    assert set(FIELD_NAMES) <= set(record)
+    assert record["status"] == "ok" and record["error"] is None
+    assert record["architecture"] == "Attention_UNet" and record["batch_size"] == 4 and record["seed"] == 3
+    assert record["epochs_run"] == 2 and record["best_epoch"] in (1, 2)
+    assert 0 <= record["best_val_iou"] <= 1 and 0 <= record["best_val_jaccard"] <= 1
+    assert 0 < record["all_foreground_jaccard"] == pytest.approx(record["foreground_fraction"])
+    assert record["overfitting_gap"] == pytest.approx(record["final_val_loss"] - record["final_train_loss"])
+    assert record["val_loss_stability"] is not None and record["val_loss_stability"] >= 0
+    assert isinstance(record["degenerate"], bool)
+    assert record["config"]["bn_momentum"] == 0.9 and record["config"]["head"] == "plain"
+    split = record["data"]
+    assert not set(split["train_slices"]) & set(split["val_slices"])
+    assert split["val_slices"] == list(range(split["val_slices"][0], split["val_slices"][-1] + 1))
+    assert record["environment"]["packages"]["tensorflow"] and record["environment"]["device"] == "CPU"
+    assert record["test"]["n_slices"] > 0 and 0 <= record["test"]["iou"] <= 1
+    history = (exp / f"{name}_history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,loss,jaccard,iou,val_loss,val_jaccard,val_iou")
+    assert len(history) == 3
+    log = (exp / "training_log.txt").read_text()
+    assert "epoch   2/2" in log and "all-foreground" in log
+
+
+def test_saved_model_reloads_and_predicts(trained):
+    import numpy as np
+    import models
+    out, _ = trained
+    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+    model = models.load_model(exp / f"{exp.name}_model.keras")
+    assert model.predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0).shape == (1, 32, 32, 1)
+
+
+def test_second_run_is_skipped(trained):
+    out, _ = trained
+    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+    before = (exp / f"{exp.name}_results.json").read_text()
+    proc = run(["--arch", "Attention_UNet", "--lr", "1e-3", "--batch-size", "4", "--seed", "3",
+                "--out-dir", str(out), *TINY])
+    assert proc.returncode == 0
+    assert "already finished" in proc.stdout
+    assert (exp / f"{exp.name}_results.json").read_text() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--arch", "VGG"], "invalid choice"),
+    (["--lr", "abc"], "not a number"),
+    (["--lr", "-1"], "positive"),
+    (["--batch-size", "0"], "positive integer"),
+    (["--data-dir", "/nonexistent/data"], "/nonexistent/data"),
+])
+def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, message):
+    proc = run([*args, "--out-dir", str(tmp_path / "runs"), *TINY])
+    assert proc.returncode == 2
+    errors = [l for l in (proc.stdout + proc.stderr).splitlines() if "error" in l.lower()]
+    assert errors and message in errors[-1]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_grid_mode_uses_the_array_variable(tmp_path):
+    from mitoseg import grid as G
+    grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4, 8],
+                        fixed=dict(epochs=1, patch_size=32, base_filters=4, depth=3,
+                                   synthetic_slices=10, synthetic_size=64))
+    study = tmp_path / "study"
+    G.init_study(study, grid)
+    proc = run(["--study-dir", str(study)], env={"SLURM_ARRAY_TASK_ID": "1"})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = load_results(study / "exp_01_UNet_lr0.001_bs8" / "exp_01_UNet_lr0.001_bs8_results.json")
+    assert record["task_index"] == 1 and record["batch_size"] == 8 and record["epochs_run"] == 1
+    bad = run(["--study-dir", str(study), "--task-index", "5"])
+    assert bad.returncode == 2 and "outside the grid" in bad.stderr
+
+
+def test_real_subset_trains_one_epoch(tmp_path):
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real EM subset not found at {REAL_DATA}")
+    proc = run(["--data-dir", str(REAL_DATA), "--arch", "UNet", "--lr", "1e-3", "--batch-size", "16",
+                "--epochs", "1", "--patch-size", "128", "--base-filters", "4", "--depth", "3",
+                "--out-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = load_results(next(tmp_path.glob("exp_*/*_results.json")))
+    assert record["data"]["n_slices"] == 33
+    # The real foreground fraction (7.1 %) is the all-foreground baseline printed beside every score.
+    assert 0.04 < record["all_foreground_jaccard"] < 0.12
+    assert record["test"] is None      # the subset has no testing.tif

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py --demo                      # CPU demo: 12 tiny cells + analysis (< 10 min)
+    python run_study.py local --demo               # CPU demo: 12 tiny cells + analysis (< 10 min)
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
     python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force]
     python run_study.py status --study-dir D
@@ -50,16 +50,13 @@ def build_parser():
     s = sub.add_parser("local", help="run cells on this machine")
     _grid_args(s)
     s.add_argument("--study-dir", help="study folder to create or continue (default: a new one in --root)")
-    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--root", help="where a new study folder is created (default ., with --demo demo_study/)")
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     s.add_argument("--jobs", "-j", type=int, default=1, help="cells trained at the same time (default 1)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
 
-    s = sub.add_parser("demo", help="the CPU demo study through the local runner, then the analysis")
-    s.add_argument("--root", default="demo_study", help="parent folder of the demo study (default demo_study/)")
-    s.add_argument("--jobs", "-j", type=int, default=2, help="cells at the same time (default 2)")
 
     s = sub.add_parser("status", help="state of every cell of a study")
     s.add_argument("--study-dir", required=True)
@@ -137,20 +134,19 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
 
 
 def cmd_local(args) -> int:
-    study, grid = _open_study(args, args.root)
-    chosen = R.select_cells(grid, args.cells, args.arch)
-    return run_local_and_analyze(study, grid, chosen, args.jobs, args.force, not args.no_analysis)
-
-
-def cmd_demo(args) -> int:
     t0 = time.monotonic()
-    study = R.create_new_study_dir(args.root).resolve()
-    grid = G.init_study(study, G.demo_grid())
-    _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
-           f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
-    code = run_local_and_analyze(study, grid, G.cells(grid), args.jobs, False, True)
-    _print(f"Demo finished in {R._fmt_time(time.monotonic() - t0)}. Open the report: {R.report_path(study) or study}")
+    study, grid = _open_study(args, args.root or ("demo_study" if args.demo else "."))
+    chosen = R.select_cells(grid, args.cells, args.arch)
+    if args.demo:
+        _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
+               f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
+    code = run_local_and_analyze(study, grid, chosen, args.jobs, args.force, not args.no_analysis)
+    if args.demo:
+        _print(f"Demo finished in {R._fmt_time(time.monotonic() - t0)}. "
+               f"Open the report: {R.report_path(study) or study}")
     return code
+
+
 
 
 def cmd_status(args) -> int:
@@ -181,16 +177,14 @@ def cmd_submit(args) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--demo"]:
-        argv = ["demo", *argv[1:]]
+    if argv[:1] == ["--demo"]:   # `python run_study.py --demo` = `local --demo`
+        argv = ["local", *argv]
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
             return cmd_list(args)
         if args.command == "local":
             return cmd_local(args)
-        if args.command == "demo":
-            return cmd_demo(args)
         if args.command == "status":
             return cmd_status(args)
         if args.command == "analyze":

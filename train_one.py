@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reduce-lr-patience", type=positive_int, help="default 5")
     s.add_argument("--clipnorm", type=positive_float, help="Adam gradient clipping norm (default 1.0)")
     s.add_argument("--val-fraction", type=float, help="fraction of whole slices held out for validation (default 0.1)")
+    s.add_argument("--test-fraction", type=float, help="when the data has no testing.tif: hold out this "
+                   "fraction of whole slices (a block at the start of the stack) as the test volume (default 0)")
     s.add_argument("--augment", action="store_true", default=None, help="random flips and 90-degree rotations")
     s.add_argument("--tta", dest="test_tta", action="store_true", default=None,
                    help="8-fold flip/rotation test-time augmentation on the held-out test slices")

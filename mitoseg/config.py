@@ -50,6 +50,9 @@ class TrainConfig:
     patch_size: int = 256
     val_fraction: float = 0.1       # a contiguous block of whole slices, never random patches
     val_position: str = "end"
+    # Held-out test slices when the data has no testing.tif: a contiguous block at the START of the
+    # stack (validation is at the end), so test, train and validation never share a slice.
+    test_fraction: float = 0.0
     augment: bool = False           # flips + 90-degree rotations, same transform for the mask
     synthetic_slices: int = 24      # size of the built-in synthetic volume when data_dir is None
     synthetic_size: int = 256
@@ -77,6 +80,8 @@ class TrainConfig:
             raise ValueError(f"patch_size {self.patch_size} must be divisible by 2**(depth-1) = {2 ** (self.depth - 1)}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1 or self.test_fraction + self.val_fraction >= 1:
+            raise ValueError(f"test_fraction must be in [0, 1) and leave slices for training, got {self.test_fraction}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.input_channels not in (1, 3):

@@ -89,15 +89,9 @@ def scale_image(array, path="<array>") -> np.ndarray:
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
-def _distinct_values(a: np.ndarray) -> np.ndarray:
-    if a.dtype == np.uint8:  # bincount is ~20x faster than np.unique on a 26M-voxel stack
-        return np.flatnonzero(np.bincount(a.ravel(), minlength=256))
-    return np.unique(a)
-
-
 def _format_values(values, limit=6) -> str:
-    shown = [str(int(v)) if float(v).is_integer() and abs(v) < 1e15 else repr(float(v))
-             for v in values[:limit]]
+    floats = [float(v) for v in values[:limit]]
+    shown = [str(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f) for f in floats]
     more = f", ... ({len(values)} distinct)" if len(values) > limit else ""
     return "{" + ", ".join(shown) + more + "}"
 
@@ -115,7 +109,9 @@ def scale_mask(array, path="<array>") -> np.ndarray:
         return a.astype(np.uint8)
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         raise _fail(path, f"unsupported mask dtype {a.dtype}")
-    values = _distinct_values(a)
+    # bincount is much faster than np.unique on a 26M-voxel uint8 stack
+    values = (np.flatnonzero(np.bincount(a.ravel(), minlength=256)) if a.dtype == np.uint8
+              else np.unique(a))
     found = set(values.tolist())
     if found <= {0, 1}:
         return a.astype(np.uint8)
@@ -148,7 +144,8 @@ def read_tiff(path) -> np.ndarray:
 
     path = Path(path)
     if not path.is_file():
-        raise _fail(path, f"cannot read TIFF ({'not a file' if path.exists() else 'file not found'})")
+        reason = "not a file" if path.exists() else "file not found"
+        raise _fail(path, f"cannot read TIFF ({reason})")
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -424,7 +421,8 @@ def make_synthetic_em(n_slices=12, height=256, width=256, seed=0, foreground_tar
         a0, b0 = rng.uniform(12, 30), rng.uniform(6, 11)
         theta0, z_c, z_r = rng.uniform(0, np.pi), rng.uniform(-2, shape[0] + 2), rng.uniform(8, 30)
         centres = track()
-        period, phase, base = rng.uniform(4.0, 6.0), rng.uniform(0, 2 * np.pi), rng.uniform(0.38, 0.46)
+        period, phase = rng.uniform(4.0, 6.0), rng.uniform(0, 2 * np.pi)
+        base = rng.uniform(0.38, 0.46)  # interior grey: darker than cytoplasm, lighter than rim
         for zi in z_idx:
             scale = 1 - ((zi - z_c) / z_r) ** 2  # cross-section of an ellipsoid along z
             if scale < 0.3:

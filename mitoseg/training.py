@@ -56,7 +56,24 @@ def load_cell_data(config: TrainConfig):
         test = data.Volume(data.scale_image(t_images, "synthetic"), data.scale_mask(t_masks, "synthetic"),
                            [f"synthetic_test[z={z}]" for z in range(4)], "built-in synthetic EM test (seed 4321)")
         return train, test
-    return data.load_dataset(config.data_dir)
+    train, test = data.load_dataset(config.data_dir)
+    if test is None and config.test_fraction > 0:
+        train, test = hold_out_test_slices(train, config.test_fraction)
+    return train, test
+
+
+def hold_out_test_slices(volume, test_fraction: float):
+    """Split a contiguous block of whole slices off the start of the stack as the test volume."""
+    from . import data
+    n = len(volume.images)
+    if n < 3:
+        raise data.DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
+    rest, test_idx = data.split_slices(n, test_fraction, "start")
+    test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
+                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}")
+    train = data.Volume(volume.images[rest], volume.masks[rest], [volume.slice_names[i] for i in rest],
+                        f"{volume.source} slices {rest[0]}..{rest[-1]}")
+    return train, test
 
 
 def prepare_arrays(train_volume, config: TrainConfig) -> dict:
@@ -378,6 +395,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
                                              val_threshold=val_thr, tta=config.test_tta,
                                              batch_size=config.batch_size, channels=config.input_channels)
             split["test_source"] = test_volume.source
+            split["test_slice_names"] = list(test_volume.slice_names)
             log(f"held-out test ({record['test']['n_slices']} whole slices, tiled): IoU {record['test']['iou']:.4f} "
                 f"Dice {record['test']['dice']:.4f} (all-foreground baseline {record['test']['all_foreground_jaccard']:.4f})")
         code = EXIT_OK if record["status"] in ("ok", "diverged") else EXIT_FAILED

@@ -326,6 +326,8 @@ def test_real_lucchi_subset():
 
 
 # ----------------------------------------------------------------------------- properties
+# tmp_path is shared across hypothesis examples; each example overwrites its one file first.
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 _DTYPES = st.one_of(hnp.integer_dtypes(), hnp.unsigned_integer_dtypes(), hnp.floating_dtypes(),
                     hnp.boolean_dtypes(), hnp.complex_number_dtypes())
 _ARRAYS = _DTYPES.flatmap(lambda dt: hnp.arrays(dt, hnp.array_shapes(min_dims=1, max_dims=3,
@@ -348,7 +350,7 @@ def test_scale_functions_only_raise_data_error(arr):
         assert "\n" not in str(err) and str(err).startswith("m.tif: ")
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=100, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(prefix=st.sampled_from([b"", b"II*\x00", b"MM\x00*", b"II+\x00\x08\x00\x00\x00"]),
        body=st.binary(max_size=300))
 def test_read_tiff_random_bytes_only_raise_data_error(tmp_path, prefix, body):
@@ -360,7 +362,7 @@ def test_read_tiff_random_bytes_only_raise_data_error(tmp_path, prefix, body):
         assert "\n" not in str(err) and str(path) in str(err)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(hnp.arrays(st.sampled_from([np.uint8, np.uint16, np.float32, np.int16]),
                   hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=6)))
 def test_read_tiff_round_trip_or_data_error(tmp_path, arr):

@@ -1,0 +1,19 @@
+#!/bin/bash
+# The hyperparameter study: one grid cell per array element; the analysis runs afterwards as a
+# dependent job (afterany), submitted by the first element that starts.
+#   PBS Pro:  qsub pbs_hyperparameter_optimization.sh        (from the repository folder)
+#   Torque:   qsub -t 0-35 pbs_hyperparameter_optimization.sh (if it rejects the -J line, delete it)
+#   A grid of another size: python run_study.py submit --grid-config G.json (sets the range itself)
+# The -J range must be 0..(grid size - 1): `python run_study.py list --size`; checked by
+# pbs_setup_verification.sh. All logic is in run_study.py / mitoseg/runner.py.
+# Environment (exported with -V): TF_CONTAINER=image (e.g. /apps/containers/tensorflow_2.15.0-gpu.sif;
+# unset or missing: plain python with a warning), STUDY_DIR (default: a new
+# hyperparameter_optimization_<timestamp>/ shared by all elements), GRID_CONFIG, DATA_DIR, PYTHON.
+#PBS -N mitoseg_hpo
+#PBS -J 0-35
+#PBS -l select=1:ncpus=8:ngpus=1:mem=64gb
+#PBS -l walltime=48:00:00
+#PBS -j oe
+#PBS -V
+cd "${PBS_O_WORKDIR:-$PWD}" || exit 2
+exec "${PYTHON:-python3}" run_study.py element

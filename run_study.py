@@ -53,7 +53,7 @@ def build_parser():
     s.add_argument("--root", help="where a new study folder is created (default ., with --demo demo_study/)")
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
-    s.add_argument("--jobs", "-j", type=int, default=1, help="cells trained at the same time (default 1)")
+    s.add_argument("--jobs", "-j", type=int, help="cells trained at the same time (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
 
@@ -140,7 +140,8 @@ def cmd_local(args) -> int:
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
-    code = run_local_and_analyze(study, grid, chosen, args.jobs, args.force, not args.no_analysis)
+    jobs = args.jobs or (2 if args.demo else 1)
+    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis)
     if args.demo:
         _print(f"Demo finished in {R._fmt_time(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")

@@ -3,6 +3,10 @@
 Patches at the edge of a tile see less context, so tiles overlap by half a patch and each tile's
 probabilities are weighted by a window that falls towards the tile's border (plus a small floor so
 the image border, covered by one tile only, keeps its weight).
+
+The blend is a weighted mean: out = sum(window * tile_prob) / sum(window) over the tiles covering
+a pixel, so a model that returns its input reproduces the image exactly, seams included (tested).
+TTA averages the 8 dihedral transforms (4 rotations x optional flip), each undone before blending.
 """
 from __future__ import annotations
 
@@ -36,12 +40,47 @@ def _undo_dihedral(x: np.ndarray, k: int) -> np.ndarray:
     return np.rot90(y, -(k % 4), axes=(-3, -2))
 
 
+def model_patch_size(model, default: int = 256) -> int:
+    """Tile side a model accepts: its fixed input side, or `default` for a fully convolutional
+    (None x None) input. Non-square fixed inputs are refused."""
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):
+        shape = shape[0]
+    if not shape or len(shape) != 4:
+        return int(default)
+    h, w = shape[1], shape[2]
+    if h is None and w is None:
+        return int(default)
+    if h != w:
+        raise ValueError(f"model input {h}x{w} is not square; tiled prediction needs square tiles")
+    return int(h)
+
+
+def model_channels(model, default: int = 1) -> int:
+    shape = getattr(model, "input_shape", None)
+    if isinstance(shape, list):
+        shape = shape[0]
+    return int(shape[-1]) if shape and len(shape) == 4 and shape[-1] else int(default)
+
+
 def predict_slices(model, images: np.ndarray, patch_size: int, batch_size: int = 8, overlap: float = 0.5,
-                   tta: bool = False, channels: int = 1) -> np.ndarray:
-    """Probabilities (z, y, x) float32 for grey slices (z, y, x) in [0, 1]."""
+                   tta: bool = False, channels: int = 1, progress=None) -> np.ndarray:
+    """Probabilities (z, y, x) float32 for grey slices (z, y, x) (or one (y, x) slice) in [0, 1].
+
+    `model` is anything with `.predict(x, batch_size=, verbose=)` mapping (n, p, p, channels) to
+    (n, p, p, 1) (or (n, p, p)). `overlap` in [0, 1): fraction of a tile shared with its neighbour.
+    `progress(done, total)` is called after each slice when given.
+    """
     images = np.asarray(images, dtype=np.float32)
     if images.ndim == 2:
         images = images[None]
+    if images.ndim != 3:
+        raise ValueError(f"expected slices (z, y, x) or one slice (y, x), got shape {images.shape}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    patch_size = int(patch_size)
+    if patch_size < 1:
+        raise ValueError(f"patch size must be >= 1, got {patch_size}")
     z, h, w = images.shape
     stride = max(1, int(round(patch_size * (1 - overlap))))
     ys, xs = _starts(h, patch_size, stride), _starts(w, patch_size, stride)
@@ -58,21 +97,33 @@ def predict_slices(model, images: np.ndarray, patch_size: int, batch_size: int =
             tiles = np.repeat(tiles, 3, axis=-1)
         probs = np.zeros(tiles.shape[:3] + (1,), np.float32)
         for k in transforms:
-            pred = model.predict(_dihedral(tiles, k), batch_size=batch_size, verbose=0)
-            probs += _undo_dihedral(np.asarray(pred, np.float32), k)
+            pred = np.asarray(model.predict(_dihedral(tiles, k), batch_size=batch_size, verbose=0), np.float32)
+            if pred.ndim == 3:
+                pred = pred[..., None]
+            if pred.shape[:3] != tiles.shape[:3]:
+                raise ValueError(f"model returned shape {pred.shape} for tiles {tiles.shape}")
+            probs += _undo_dihedral(pred[..., :1], k)
         probs /= len(transforms)
         i = 0
         for y in ys:
             for x in xs:
                 out[zi, y:y + patch_size, x:x + patch_size] += probs[i, ..., 0] * window
                 i += 1
+        if progress is not None:
+            progress(zi + 1, z)
     return out / weight[None]
 
 
 def evaluate_volume(model, images, masks, patch_size, threshold=0.5, val_threshold=None, tta=False,
-                    batch_size=8, channels=1) -> dict:
-    """Scores of whole-slice tiled prediction: the `test` field of the results JSON."""
-    probs = predict_slices(model, images, patch_size, batch_size=batch_size, tta=tta, channels=channels)
+                    batch_size=8, channels=1, overlap=0.5, return_probs=False):
+    """Scores of whole-slice tiled prediction: the `test` field of the results JSON.
+
+    `val_threshold` must come from validation data (never from these masks). With
+    `return_probs=True` returns (scores, probabilities) instead of the scores alone."""
+    if np.asarray(images).shape != np.asarray(masks).shape:
+        raise ValueError(f"images {np.asarray(images).shape} and masks {np.asarray(masks).shape} differ in shape")
+    probs = predict_slices(model, images, patch_size, batch_size=batch_size, tta=tta, channels=channels,
+                           overlap=overlap)
     scores = metrics.score_all(masks, probs, threshold)
     base = metrics.trivial_baselines(masks)
     result = {
@@ -86,5 +137,6 @@ def evaluate_volume(model, images, masks, patch_size, threshold=0.5, val_thresho
         "foreground_fraction": base["foreground_fraction"],
         "n_slices": int(np.asarray(images).shape[0]) if np.asarray(images).ndim == 3 else 1,
         "tta": bool(tta), "threshold": threshold,
+        "patch_size": int(patch_size), "overlap": float(overlap),
     }
-    return result
+    return (result, probs) if return_probs else result

@@ -138,7 +138,7 @@ def markdown_table() -> str:
     rows = ["| field | type | meaning |", "|---|---|---|"]
     for name, types, text in RESULT_FIELDS:
         kinds = "/".join("null" if t is type(None) else t.__name__ for t in types)
-        rows.append(f"| `{name}` | {kinds} | {text} |")
+        rows.append(f"| `{name}` | {kinds} | {text.replace('|', '/')} |")
     return "\n".join(rows)
 
 

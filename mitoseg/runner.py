@@ -311,6 +311,7 @@ def write_analysis_script(study_dir, environ=None) -> Path:
 def analysis_submit_command(scheduler: str, dependency: str, script: Path, study_dir) -> list[str]:
     log = Path(study_dir).resolve() / "analysis_job.log"
     if scheduler == "slurm":
+        log = log.with_name("analysis_job_%j.log")
         extra = shlex.split(os.environ.get("MITOSEG_ANALYSIS_SBATCH_ARGS", "--cpus-per-task=1 --mem=4G --time=02:00:00"))
         return ["sbatch", "--parsable", f"--dependency={dependency}", "--kill-on-invalid-dep=yes",
                 "--job-name=mitoseg_analysis", f"--output={log}", f"--chdir={REPO_DIR}", *extra, str(script)]
@@ -334,8 +335,10 @@ def submit_analysis_job(study_dir, scheduler: str, dependency: str, environ=None
     Returns the job id, or None (with a message) when the submission failed."""
     script = write_analysis_script(study_dir, environ)
     cmd = analysis_submit_command(scheduler, dependency, script, study_dir)
+    # The element's own array variables must not leak into the (non-array) analysis job.
+    sub_env = {k: v for k, v in os.environ.items() if k not in _ARRAY_VARS}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=sub_env)
     except (OSError, subprocess.SubprocessError) as err:
         log(f"warning: could not submit the analysis job ({err}); run it by hand: bash {script}")
         return None
@@ -349,6 +352,11 @@ def submit_analysis_job(study_dir, scheduler: str, dependency: str, environ=None
          "command": cmd, "submitted_at": _dt.datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
     log(f"analysis job {job_id} submitted ({dependency}); it runs {script}")
     return job_id
+
+
+_ARRAY_VARS = frozenset({"SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
+                         "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP", "PBS_ARRAY_INDEX", "PBS_ARRAY_ID",
+                         "PBS_ARRAYID"})
 
 
 def claim_analysis_submission(study_dir, key: str) -> bool:
@@ -458,7 +466,7 @@ def _fmt_score(value) -> str:
 
 
 def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1, force: bool = False,
-              log: Callable[[str], None] = print, cell_timeout: Optional[float] = None) -> dict:
+              log: Callable[[str], None] = print) -> dict:
     """Train the chosen cells (skipping finished ones unless force) with up to `jobs` train_one.py
     subprocesses at once. A failed cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()
@@ -484,6 +492,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     running: dict[int, tuple] = {}
     queue = list(todo)
     done = 0
+    finished_secs: list = []
     prefix = [sys.executable]
     env = {**os.environ, "STUDY_DIR": str(study_dir)}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -501,8 +510,6 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                 cell, proc, out, t0 = running[idx]
                 code = proc.poll()
                 if code is None:
-                    if cell_timeout and time.monotonic() - t0 > cell_timeout:
-                        proc.terminate()
                     continue
                 out.close()
                 del running[idx]
@@ -516,11 +523,14 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                                  baseline=rec.get("all_foreground_jaccard"), epochs=rec.get("epochs_run"),
                                  seconds=time.monotonic() - t0, code=code)
                 elapsed = time.monotonic() - start
-                eta = elapsed / done * (total - done) if done else None
+                finished_secs.append(rows[idx]["seconds"])
+                left = total - done
+                # mean cell time x cells left, spread over the parallel slots
+                eta = sum(finished_secs) / len(finished_secs) * left / max(1, min(jobs, left)) if left else 0.0
                 log(f"[{done}/{total}] {cell.name}: {state}  best_val_iou {_fmt_score(rec.get('best_val_iou'))} "
                     f"(all-foreground {_fmt_score(rec.get('all_foreground_jaccard'))})  "
                     f"cell {_fmt_time(rows[idx]['seconds'])}  elapsed {_fmt_time(elapsed)}  "
-                    f"ETA {_fmt_time(eta) if done < total else '0s'}" + (f"  [{note}]" if state not in DONE_STATUSES and note else ""))
+                    f"ETA {_fmt_time(eta)}" + (f"  [{note}]" if state not in DONE_STATUSES and note else ""))
     except KeyboardInterrupt:
         for cell, proc, out, _ in running.values():
             proc.send_signal(signal.SIGTERM)

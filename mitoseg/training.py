@@ -43,23 +43,33 @@ def log(message: str) -> None:
 
 
 # --- data ------------------------------------------------------------------------------------------
-def load_cell_data(config: TrainConfig):
-    """(train Volume, test Volume or None). DataError on bad input, before anything is written."""
+def load_cell_data(config: TrainConfig, cache_dir=None):
+    """(train Volume, test Volume or None). DataError on bad input, before anything is written.
+
+    With `cache_dir` (a study's `.cache` folder, `cache.study_cache_dir`) the decoded volumes are
+    cached there once per study and memory-mapped by later cells (see mitoseg/cache.py)."""
     from . import data
-    if config.data_dir is None:
-        images, masks = data.make_synthetic_em(config.synthetic_slices, config.synthetic_size,
-                                               config.synthetic_size, seed=1234)
-        train = data.Volume(data.scale_image(images, "synthetic"), data.scale_mask(masks, "synthetic"),
-                            [f"synthetic[z={z}]" for z in range(len(images))],
-                            f"built-in synthetic EM ({config.synthetic_slices} x {config.synthetic_size}^2, seed 1234)")
-        t_images, t_masks = data.make_synthetic_em(4, config.synthetic_size, config.synthetic_size, seed=4321)
-        test = data.Volume(data.scale_image(t_images, "synthetic"), data.scale_mask(t_masks, "synthetic"),
-                           [f"synthetic_test[z={z}]" for z in range(4)], "built-in synthetic EM test (seed 4321)")
+
+    def load():
+        if config.data_dir is None:
+            images, masks = data.make_synthetic_em(config.synthetic_slices, config.synthetic_size,
+                                                   config.synthetic_size, seed=1234)
+            train = data.Volume(data.scale_image(images, "synthetic"), data.scale_mask(masks, "synthetic"),
+                                [f"synthetic[z={z}]" for z in range(len(images))],
+                                f"built-in synthetic EM ({config.synthetic_slices} x {config.synthetic_size}^2, seed 1234)")
+            t_images, t_masks = data.make_synthetic_em(4, config.synthetic_size, config.synthetic_size, seed=4321)
+            test = data.Volume(data.scale_image(t_images, "synthetic"), data.scale_mask(t_masks, "synthetic"),
+                               [f"synthetic_test[z={z}]" for z in range(4)], "built-in synthetic EM test (seed 4321)")
+            return train, test
+        train, test = data.load_dataset(config.data_dir)
+        if test is None and config.test_fraction > 0:
+            train, test = hold_out_test_slices(train, config.test_fraction)
         return train, test
-    train, test = data.load_dataset(config.data_dir)
-    if test is None and config.test_fraction > 0:
-        train, test = hold_out_test_slices(train, config.test_fraction)
-    return train, test
+
+    if cache_dir is None:
+        return load()
+    from .cache import cached_volumes
+    return cached_volumes(cache_dir, config, load, log=log)
 
 
 def hold_out_test_slices(volume, test_fraction: float):
@@ -76,40 +86,66 @@ def hold_out_test_slices(volume, test_fraction: float):
     return train, test
 
 
-def prepare_arrays(train_volume, config: TrainConfig) -> dict:
-    """Split whole slices, cut patches. Returns arrays (N, p, p, C) and the split's record."""
+def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
+    """Split whole slices, cut patches. Returns arrays (N, p, p, C) and the split's record.
+
+    With `cache_dir` the arrays are cached once per study; the train arrays then come back as
+    read-only memory maps (fed by `make_train_dataset` batch by batch), the val arrays in memory."""
     from . import data
-    train_idx, val_idx = data.split_slices(len(train_volume.images), config.val_fraction, config.val_position)
-    p = config.patch_size
-    x_train = data.tile_patches(train_volume.images[train_idx], p)[..., None]
-    y_train = data.tile_patches(train_volume.masks[train_idx], p)[..., None].astype(np.float32)
-    x_val = data.tile_patches(train_volume.images[val_idx], p)[..., None]
-    y_val = data.tile_patches(train_volume.masks[val_idx], p)[..., None].astype(np.float32)
-    if config.input_channels == 3:
-        x_train, x_val = np.repeat(x_train, 3, axis=-1), np.repeat(x_val, 3, axis=-1)
-    split = {"source": train_volume.source, "n_slices": int(len(train_volume.images)),
-             "slice_shape": list(train_volume.images.shape[1:]),
-             "train_slices": [int(i) for i in train_idx], "val_slices": [int(i) for i in val_idx],
-             "val_slice_names": [train_volume.slice_names[i] for i in val_idx],
-             "n_train_patches": int(len(x_train)), "n_val_patches": int(len(x_val)),
-             "train_foreground_fraction": float(y_train.mean())}
-    return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "split": split}
+
+    def prepare():
+        train_idx, val_idx = data.split_slices(len(train_volume.images), config.val_fraction, config.val_position)
+        p = config.patch_size
+        x_train = data.tile_patches(train_volume.images[train_idx], p)[..., None]
+        y_train = data.tile_patches(train_volume.masks[train_idx], p)[..., None].astype(np.float32)
+        x_val = data.tile_patches(train_volume.images[val_idx], p)[..., None]
+        y_val = data.tile_patches(train_volume.masks[val_idx], p)[..., None].astype(np.float32)
+        if config.input_channels == 3:
+            x_train, x_val = np.repeat(x_train, 3, axis=-1), np.repeat(x_val, 3, axis=-1)
+        split = {"source": train_volume.source, "n_slices": int(len(train_volume.images)),
+                 "slice_shape": list(train_volume.images.shape[1:]),
+                 "train_slices": [int(i) for i in train_idx], "val_slices": [int(i) for i in val_idx],
+                 "val_slice_names": [train_volume.slice_names[i] for i in val_idx],
+                 "n_train_patches": int(len(x_train)), "n_val_patches": int(len(x_val)),
+                 "train_foreground_fraction": float(y_train.mean())}
+        return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "split": split}
+
+    if cache_dir is None:
+        return prepare()
+    from .cache import cached_arrays
+    return cached_arrays(cache_dir, train_volume, config, prepare, log=log)
 
 
 def make_train_dataset(x, y, config: TrainConfig):
-    """tf.data: shuffle (seeded), batch, optional flips/rot90 on image and mask together, prefetch."""
+    """tf.data: shuffle (seeded), batch, optional flips/rot90 on image and mask together, prefetch.
+
+    Only indices are shuffled; each batch is gathered from `x`/`y` (numpy arrays or the cache's
+    memory maps), so the arrays are never copied whole into TensorFlow. The batches are the same
+    as shuffling the examples themselves (same seed, same buffer size)."""
     import tensorflow as tf
-    ds = tf.data.Dataset.from_tensor_slices((x, y))
-    ds = ds.shuffle(len(x), seed=config.seed, reshuffle_each_iteration=True)
-    if config.augment:
+    n = len(x)
+    dtypes = (tf.as_dtype(x.dtype), tf.as_dtype(y.dtype))
+
+    def gather(idx):
+        return np.asarray(x[idx]), np.asarray(y[idx])
+
+    def load(idx):
+        bx, by = tf.numpy_function(gather, [idx], dtypes, stateful=False)
+        bx.set_shape((None,) + tuple(x.shape[1:]))
+        by.set_shape((None,) + tuple(y.shape[1:]))
+        return bx, by
+
+    ds = tf.data.Dataset.range(n).shuffle(n, seed=config.seed, reshuffle_each_iteration=True)
+    ds = ds.batch(config.batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if config.augment:  # per example, so every patch of a batch gets its own transform
         def augment(img, msk):
             both = tf.concat([img, msk], axis=-1)
             k = tf.random.uniform([], 0, 4, dtype=tf.int32)
             both = tf.image.rot90(both, k)
             both = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.image.flip_left_right(both), lambda: both)
             return both[..., :-1], both[..., -1:]
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
+        ds = ds.unbatch().map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(config.batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 # --- environment -----------------------------------------------------------------------------------
@@ -149,11 +185,13 @@ def _make_callback_class():
             self.epoch_start = None
             self.diverged_epoch = None
             self.interrupted = False
+            self.partial_epoch = False   # training of this epoch stopped by a signal before its end
             self._epoch = 0
 
         def on_epoch_begin(self, epoch, logs=None):
             self._epoch = epoch
             self.epoch_start = time.time()
+            self.partial_epoch = False
 
         def on_train_batch_end(self, batch, logs=None):
             loss = (logs or {}).get("loss")
@@ -162,9 +200,15 @@ def _make_callback_class():
                 self.model.stop_training = True
             if self.interrupted:
                 self.model.stop_training = True
+                self.partial_epoch = True
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs if logs is not None else {}
+            if self.partial_epoch:
+                # Keras calls on_epoch_end even after a mid-epoch stop: this epoch is NOT finished, so
+                # neither the history nor the backup (see _Backup) may count it; the rerun repeats it.
+                log(f"epoch {epoch + 1} stopped by a signal before its end: not recorded; the rerun repeats it")
+                return
             probs = self.model.predict(self.x_val, batch_size=self.config.batch_size, verbose=0)
             probs = np.asarray(probs, dtype=np.float32)
             if not np.all(np.isfinite(probs)) or not math.isfinite(float(logs.get("loss", 0.0))):
@@ -204,6 +248,34 @@ def _make_callback_class():
                 self.model.stop_training = True
 
     return _Validation
+
+
+def _make_backup_callback(paths: ExperimentPaths, validation):
+    """Keras BackupAndRestore that (a) never saves a backup of an epoch cut short by SIGTERM (Keras
+    still calls on_epoch_end after a mid-epoch stop, which would make the rerun skip the rest of that
+    epoch) and (b) turns an unreadable backup (e.g. SIGKILL while it was written) into a clear error
+    after removing it, so the next run starts fresh instead of failing on it forever."""
+    import shutil
+
+    import keras
+
+    class _Backup(keras.callbacks.BackupAndRestore):
+        def on_train_begin(self, logs=None):
+            try:
+                super().on_train_begin(logs)
+            except Exception as err:
+                shutil.rmtree(paths.backup_dir, ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    paths.train_state.unlink()
+                raise RuntimeError(f"{paths.backup_dir}: unreadable resume backup ({type(err).__name__}: "
+                                   f"{str(err).strip()[:200]}); removed it, rerun the cell to start it afresh") from err
+
+        def on_epoch_end(self, epoch, logs=None):
+            if validation.partial_epoch:
+                return
+            super().on_epoch_end(epoch, logs)
+
+    return _Backup(str(paths.backup_dir), delete_checkpoint=False, double_checkpoint=True)
 
 
 def save_model(model, path: Path) -> None:
@@ -320,7 +392,17 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
     state = {"history": [], "best_iou": None, "best_epoch": None, "best_scores": None, "wait": 0,
              "training_time_s": 0.0, "stopped_early": False}
     validation = None
-    previous_handler = None
+    stop_signal = []   # signals received before the callbacks exist (e.g. during the TensorFlow import)
+
+    def on_sigterm(signum, frame):  # walltime/preemption: finish the batch, keep the backup
+        log(f"received signal {signum}: stopping after this batch; rerun the cell to resume")
+        stop_signal.append(signum)
+        if validation is not None:
+            validation.interrupted = True
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (run_cell called from a thread): no walltime handling
+        previous_handler = None
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import keras
@@ -334,15 +416,26 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
             keras.mixed_precision.set_global_policy("mixed_float16")
         resuming = paths.backup_dir.exists() and paths.train_state.exists() and not force
         if force:
+            # A forced rerun overwrites the model and history: drop the old results first, so a rerun
+            # killed half-way can never leave an old "ok" JSON beside a new, unfinished model.
+            with contextlib.suppress(FileNotFoundError):
+                paths.results_json.unlink()
+        if resuming:
+            try:
+                loaded = json.loads(paths.train_state.read_text())
+                if not isinstance(loaded, dict) or not isinstance(loaded.get("history"), list):
+                    raise ValueError("not a training state")
+                state.update(loaded)
+            except (OSError, ValueError) as err:
+                log(f"warning: {paths.train_state} is unreadable ({err}); starting the cell afresh")
+                resuming = False
+        if not resuming:
+            # Without a readable state the backup must not be restored either: Keras would skip the
+            # epochs it holds while our history starts empty, losing those epochs from the record.
             import shutil
             shutil.rmtree(paths.backup_dir, ignore_errors=True)
             with contextlib.suppress(FileNotFoundError):
                 paths.train_state.unlink()
-        if resuming:
-            try:
-                state.update(json.loads(paths.train_state.read_text()))
-            except (OSError, json.JSONDecodeError):
-                resuming = False
         p = config.patch_size
         model = build_model(config.architecture, (p, p, config.input_channels), base_filters=config.base_filters,
                             depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm,
@@ -354,27 +447,23 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
         log(f"model: {config.architecture}, {model.count_params():,} parameters, "
             f"device {record['environment']['device']}")
         validation = _make_callback_class()(arrays["x_val"], arrays["y_val"], config, paths, state)
-
-        def on_sigterm(signum, frame):  # walltime/preemption: finish the batch, keep the backup
-            log(f"received signal {signum}: stopping after this batch; rerun the cell to resume")
-            validation.interrupted = True
-        previous_handler = signal.signal(signal.SIGTERM, on_sigterm)
+        validation.interrupted = bool(stop_signal)
 
         callbacks = [
             validation,
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.reduce_lr_factor,
                                               patience=config.reduce_lr_patience, min_lr=config.min_lr, verbose=0),
             keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.BackupAndRestore(str(paths.backup_dir), delete_checkpoint=False, double_checkpoint=True),
+            _make_backup_callback(paths, validation),
         ]
         dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], config)
         if resuming:
             log(f"resuming from the backup in {paths.backup_dir} (best val_iou so far {state['best_iou']})")
         if state.get("stopped_early"):
             log("this cell already stopped early; finishing its results")
-        else:
+        elif not stop_signal:
             model.fit(dataset, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
-        if validation.interrupted:
+        if stop_signal:
             record.update(status="interrupted", error="stopped by SIGTERM (walltime or preemption); rerun to resume")
             return _finish(record, state, config, paths, started), EXIT_INTERRUPTED
         if validation.diverged_epoch is not None:

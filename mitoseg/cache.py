@@ -1,0 +1,304 @@
+"""Study-level cache of prepared training data: decode and patch once per study, not once per cell.
+
+Every cell of a study reads the same data with the same patch size and split, so the first cell
+that needs a given preparation writes it under ``STUDY/.cache/<kind>-<hash>/`` as ``.npy`` files
+plus a ``meta.json``; every later cell memory-maps those files instead of decoding the TIFF stacks
+and cutting patches again. Two kinds of entry:
+
+* ``volumes-*``: the decoded, scaled train (and test) volumes (`training.load_cell_data`);
+* ``patches-*``: the train/val patch arrays and the split record (`training.prepare_arrays`).
+
+An entry is named by a hash of its key (what was prepared and how: data folder, patch size, split,
+channels, ...). Its meta.json records the key, the source files (path, size, mtime) and, for each
+array, shape, dtype, file size and CRC32. An entry is used only if all of that still matches
+(checking the CRC reads each file once: ~0.03 s per 100 MB, against ~3.4 s to decode the real
+33-slice subset); otherwise it is rebuilt. Entries are built in a private temporary folder and
+published with one ``os.rename`` of the folder, so a concurrent array element sees either no entry
+or a complete one; if another process publishes first, its entry is used and ours is discarded.
+
+The cache can never fail a cell: if the study folder is not writable, or anything about the
+cache goes wrong, the data is prepared in memory as before (with a warning). Errors of the data
+itself (`data.DataError`) are raised as without the cache.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import socket
+import time
+import uuid
+import zlib
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+CACHE_DIR_NAME = ".cache"
+FORMAT_VERSION = 1
+META_NAME = "meta.json"
+_CHUNK = 8 << 20
+
+
+class CacheInvalid(Exception):
+    """An entry that cannot be used (missing, stale or corrupt); str() says why."""
+
+
+def study_cache_dir(study_dir) -> Path:
+    """Where a study keeps its prepared-data cache."""
+    return Path(study_dir) / CACHE_DIR_NAME
+
+
+def _default_log(message: str) -> None:
+    print(message, flush=True)
+
+
+# --- keys and sources --------------------------------------------------------------------------------
+def source_files(data_dir) -> list[dict]:
+    """Fingerprint of a data folder: every image file under it (path, size, mtime_ns), sorted."""
+    from .data import IMAGE_SUFFIXES
+    root = Path(data_dir).resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
+                continue
+            path = Path(dirpath) / name
+            st = path.stat()
+            found.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return sorted(found, key=lambda f: f["path"])
+
+
+def config_sources(config) -> list[dict]:
+    """What the prepared data of `config` derives from: its data files, or for the built-in
+    synthetic data the generator's source code (a changed generator must not reuse old data)."""
+    if config.data_dir is not None:
+        return source_files(config.data_dir)
+    path = Path(__file__).with_name("data.py").resolve()
+    st = path.stat()
+    return [{"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}]
+
+
+def _data_key(config) -> dict:
+    if config.data_dir is not None:
+        return {"data_dir": str(Path(config.data_dir).resolve()), "test_fraction": float(config.test_fraction)}
+    return {"data_dir": None, "synthetic_slices": int(config.synthetic_slices),
+            "synthetic_size": int(config.synthetic_size)}
+
+
+def key_hash(kind: str, key: dict) -> str:
+    text = json.dumps({"format": FORMAT_VERSION, "kind": kind, "key": key}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def entry_dir(cache_dir, kind: str, key: dict) -> Path:
+    return Path(cache_dir) / f"{kind}-{key_hash(kind, key)}"
+
+
+# --- reading ---------------------------------------------------------------------------------------------
+def _crc32_file(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as handle:
+        while True:
+            chunk = handle.read(_CHUNK)
+            if not chunk:
+                return crc
+            crc = zlib.crc32(chunk, crc)
+
+
+def open_entry(path, kind: str, key: dict, sources: list[dict], verify: bool = True) -> tuple[dict, dict]:
+    """(arrays memory-mapped read-only, info) of a valid entry; CacheInvalid(reason) otherwise."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / META_NAME).read_text())
+    except FileNotFoundError:
+        raise CacheInvalid("no entry") from None
+    except (OSError, ValueError) as err:
+        raise CacheInvalid(f"unreadable {META_NAME} ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION or meta.get("kind") != kind:
+        raise CacheInvalid("other format version or kind")
+    if meta.get("key") != json.loads(json.dumps(key)):
+        raise CacheInvalid("key differs")
+    if meta.get("sources") != sources:
+        raise CacheInvalid("source files changed (size or mtime)")
+    arrays = {}
+    for name, spec in meta.get("arrays", {}).items():
+        file = path / f"{name}.npy"
+        try:
+            size = file.stat().st_size
+            if size != spec["size"]:
+                raise CacheInvalid(f"{file.name}: {size} bytes, expected {spec['size']}")
+            if verify and _crc32_file(file) != spec["crc32"]:
+                raise CacheInvalid(f"{file.name}: checksum mismatch")
+            a = np.load(file, mmap_mode="r", allow_pickle=False)
+        except CacheInvalid:
+            raise
+        except (OSError, ValueError, KeyError) as err:
+            raise CacheInvalid(f"{file.name}: {err}") from None
+        if list(a.shape) != spec["shape"] or str(a.dtype) != spec["dtype"]:
+            raise CacheInvalid(f"{file.name}: shape/dtype {a.shape} {a.dtype} differ from meta")
+        arrays[name] = a
+    return arrays, meta.get("info", {})
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_entry(tmp: Path, kind: str, key: dict, sources: list[dict], arrays: dict, info: dict) -> None:
+    tmp.mkdir(parents=True)
+    specs = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a)
+        file = tmp / f"{name}.npy"
+        with open(file, "wb") as handle:
+            np.save(handle, a, allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        specs[name] = {"shape": list(a.shape), "dtype": str(a.dtype), "size": file.stat().st_size,
+                       "crc32": _crc32_file(file)}
+    meta = {"format": FORMAT_VERSION, "kind": kind, "key": key, "sources": sources, "arrays": specs,
+            "info": info, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
+            "pid": os.getpid()}
+    (tmp / META_NAME).write_text(json.dumps(meta, indent=1))  # last: an entry with meta is complete
+    _fsync_path(tmp / META_NAME)
+    for name in os.listdir(tmp):  # world-readable like the rest of the study
+        os.chmod(tmp / name, 0o644)
+    os.chmod(tmp, 0o755)
+
+
+def _remove_leftovers(cache_dir, older_than_s: float = 6 * 3600) -> None:
+    """Delete temporary/stale folders of killed builders (old enough not to be in use)."""
+    try:
+        for path in Path(cache_dir).iterdir():
+            if path.name.startswith((".tmp-", ".stale-")) and time.time() - path.stat().st_mtime > older_than_s:
+                shutil.rmtree(path, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _publish(tmp: Path, final: Path, is_valid: Callable[[], bool]) -> bool:
+    """Rename tmp to final. True if ours was published, False if a valid entry of another process
+    is there (ours is then deleted). An invalid entry in the way is moved aside and removed."""
+    for _ in range(5):
+        try:
+            os.rename(tmp, final)
+            return True
+        except OSError as err:
+            if err.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR):
+                raise
+        if is_valid():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return False
+        aside = final.with_name(f".stale-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(final, aside)  # readers that already mapped the old files keep them
+        except FileNotFoundError:
+            pass
+        shutil.rmtree(aside, ignore_errors=True)
+    raise OSError(f"{final}: could not publish the cache entry")
+
+
+def load_or_build(cache_dir, kind: str, key: dict, sources: list[dict], build: Callable[[], tuple[dict, dict]],
+                  log: Callable[[str], None] = _default_log, verify: bool = True) -> tuple[dict, dict, bool]:
+    """(arrays, info, hit). A valid entry is memory-mapped; otherwise build() -> (arrays, info) runs,
+    its result is published atomically and then read back memory-mapped. Exceptions of build()
+    propagate; cache I/O problems only cost the cache (the built arrays are returned in memory)."""
+    final = entry_dir(cache_dir, kind, key)
+    try:
+        arrays, info = open_entry(final, kind, key, sources, verify)
+        log(f"data cache: using {final}")
+        return arrays, info, True
+    except CacheInvalid as err:
+        reason = str(err)
+    t0 = time.perf_counter()
+    _remove_leftovers(cache_dir)
+    arrays, info = build()
+    info = json.loads(json.dumps(info))  # what is returned equals what a later hit reads back
+    tmp = Path(cache_dir) / f".tmp-{final.name}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_entry(tmp, kind, key, sources, arrays, info)
+
+        def is_valid():
+            try:
+                open_entry(final, kind, key, sources, verify)
+                return True
+            except CacheInvalid:
+                return False
+        ours = _publish(tmp, final, is_valid)
+        cached, cached_info = open_entry(final, kind, key, sources, verify=False)
+    except (OSError, CacheInvalid) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        log(f"warning: data cache {final} not used ({err}); data prepared in memory")
+        return arrays, info, False
+    log(f"data cache: {'built' if ours else 'another process built'} {final} "
+        f"({'' if reason == 'no entry' else reason + '; '}{time.perf_counter() - t0:.1f}s)")
+    return cached, cached_info, False
+
+
+# --- the two entry kinds used by training.py -----------------------------------------------------------
+def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[str], None] = _default_log):
+    """Cached `load()` -> (train Volume, test Volume or None), volumes memory-mapped on a hit."""
+    from .data import Volume
+
+    def build():
+        train, test = load()
+        arrays = {"train_images": train.images, "train_masks": train.masks}
+        info = {"train": {"slice_names": list(train.slice_names), "source": train.source}, "test": None}
+        if test is not None:
+            arrays.update(test_images=test.images, test_masks=test.masks)
+            info["test"] = {"slice_names": list(test.slice_names), "source": test.source}
+        return arrays, info
+
+    arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), config_sources(config), build, log)
+    train = Volume(arrays["train_images"], arrays["train_masks"], info["train"]["slice_names"],
+                   info["train"]["source"])
+    test = None
+    if info.get("test") is not None:
+        test = Volume(arrays["test_images"], arrays["test_masks"], info["test"]["slice_names"],
+                      info["test"]["source"])
+    return train, test
+
+
+def volume_identity(volume) -> dict:
+    """What identifies the slices a patch entry was cut from (cheap: no pixel is read)."""
+    names = hashlib.sha256("\n".join(volume.slice_names).encode()).hexdigest()[:16]
+    return {"source": volume.source, "shape": list(volume.images.shape), "dtype": str(volume.images.dtype),
+            "slice_names": names}
+
+
+def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict],
+                  log: Callable[[str], None] = _default_log) -> dict:
+    """Cached `prepare()` -> {"x_train", "y_train", "x_val", "y_val", "split"}. The train arrays are
+    memory-mapped (read-only); the validation arrays are loaded into memory (scored every epoch)."""
+    key = {**_data_key(config), "volume": volume_identity(train_volume), "patch_size": int(config.patch_size),
+           "val_fraction": float(config.val_fraction), "val_position": config.val_position,
+           "input_channels": int(config.input_channels)}
+
+    def build():
+        out = prepare()
+        return {k: out[k] for k in ("x_train", "y_train", "x_val", "y_val")}, {"split": out["split"]}
+
+    arrays, info, _ = load_or_build(cache_dir, "patches", key, config_sources(config), build, log)
+    return {"x_train": arrays["x_train"], "y_train": arrays["y_train"],
+            "x_val": np.array(arrays["x_val"]), "y_val": np.array(arrays["y_val"]), "split": info["split"]}
+
+
+def clear(cache_dir) -> None:
+    """Delete a study's cache (it is rebuilt on demand)."""
+    shutil.rmtree(cache_dir, ignore_errors=True)
+
+
+def cache_size_bytes(cache_dir) -> Optional[int]:
+    root = Path(cache_dir)
+    if not root.is_dir():
+        return None
+    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())

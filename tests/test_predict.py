@@ -1,0 +1,147 @@
+"""predict.py: probability/mask stacks, overlays of a study's best models, one-line errors.
+
+Uses an untrained tiny model saved to a tmp folder (fast); the pipeline, not the quality, is tested.
+"""
+import json
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+keras = pytest.importorskip("keras")
+
+import predict  # noqa: E402
+from mitoseg.config import TrainConfig  # noqa: E402
+from mitoseg.results import empty_record, save_results  # noqa: E402
+from models import build_model  # noqa: E402
+
+PATCH = 32
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    model = build_model("UNet", (PATCH, PATCH, 1), base_filters=4, depth=3)
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture
+def stack(tmp_path):
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)
+    gt = ((rng.random((3, 40, 50)) < 0.2) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "in.tif", img)
+    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    return tmp_path
+
+
+def _err_line(capsys):
+    err = capsys.readouterr().err.strip().splitlines()
+    return [line for line in err if line.startswith("error:")]
+
+
+def test_probabilities_then_mask(model_path, stack, capsys):
+    out = stack / "probs.tif"
+    assert predict.main(["--model", str(model_path), "--input", str(stack / "in.tif"), "--output", str(out),
+                         "--quiet"]) == 0
+    probs = tifffile.imread(out)
+    assert probs.dtype == np.float32 and probs.shape == (3, 40, 50)
+    assert np.all((probs >= 0) & (probs <= 1))
+    mask_out = stack / "mask.tif"
+    assert predict.main(["--model", str(model_path), "--input", str(stack / "in.tif"), "--output", str(mask_out),
+                         "--mask", "--threshold", "0.5", "--quiet"]) == 0
+    mask = tifffile.imread(mask_out)
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    np.testing.assert_array_equal(mask == 255, probs >= 0.5)
+    assert not list(stack.glob(".*tmp*")), "temporary files left behind"
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_tta_and_ground_truth_overlay(model_path, stack, capsys):
+    png = stack / "view.png"
+    assert predict.main(["--model", str(model_path), "--input", str(stack / "in.tif"), "--output",
+                         str(stack / "p.tif"), "--tta", "--ground-truth", str(stack / "gt.tif"),
+                         "--overlay", str(png), "--n-slices", "2", "--quiet"]) == 0
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "IoU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing_model", "bad_model", "missing_input", "bad_tiff", "wrong_patch",
+                                  "too_small", "no_args", "bad_suffix", "overlay_without_gt"])
+def test_one_line_errors(case, model_path, stack, capsys):
+    args = ["--model", str(model_path), "--input", str(stack / "in.tif"), "--output", str(stack / "o.tif")]
+    if case == "missing_model":
+        args[1] = str(stack / "nope.keras")
+        expect = "model file not found"
+    elif case == "bad_model":
+        (stack / "bad.keras").write_bytes(b"not a model")
+        args[1] = str(stack / "bad.keras")
+        expect = "cannot load model"
+    elif case == "missing_input":
+        args[3] = str(stack / "nope.tif")
+        expect = "file not found"
+    elif case == "bad_tiff":
+        (stack / "bad.tif").write_bytes(b"II*\x00garbage")
+        args[3] = str(stack / "bad.tif")
+        expect = "cannot read TIFF"
+    elif case == "wrong_patch":
+        args += ["--patch-size", "64"]
+        expect = "does not fit the model"
+    elif case == "too_small":
+        tifffile.imwrite(stack / "small.tif", np.zeros((2, 20, 20), np.uint8))
+        args[3] = str(stack / "small.tif")
+        expect = "smaller than the patch size"
+    elif case == "no_args":
+        args = []
+        expect = "missing --model"
+    elif case == "bad_suffix":
+        args[5] = str(stack / "o.png")
+        expect = "must be a .tif"
+    else:
+        args += ["--overlay", str(stack / "x.png")]
+        expect = "needs --ground-truth"
+    assert predict.main(args + ["--quiet"]) == predict.EXIT_BAD_INPUT
+    lines = _err_line(capsys)
+    assert len(lines) == 1 and expect in lines[0], lines
+    assert not (stack / "o.tif").exists()
+
+
+def _fake_cell(study, name, arch, model_path, val_iou, test_iou=None, status="ok"):
+    exp = study / name
+    exp.mkdir(parents=True)
+    (exp / f"{name}_model.keras").write_bytes(model_path.read_bytes())
+    cfg = TrainConfig(architecture=arch, patch_size=PATCH, base_filters=4, depth=3, synthetic_slices=4,
+                      synthetic_size=64)
+    rec = empty_record(experiment_id=name, status=status, architecture=arch, learning_rate=1e-3, batch_size=8,
+                       seed=42, config=cfg.to_dict(), best_val_iou=val_iou, started_at="2026-01-01T00:00:00",
+                       finished_at="2026-01-01T00:01:00", files={"model": f"{name}_model.keras"},
+                       test=None if test_iou is None else {"iou": test_iou})
+    save_results(exp / f"{name}_results.json", rec)
+
+
+def test_study_overlays_pick_best_per_architecture(model_path, tmp_path, capsys):
+    study = tmp_path / "study"
+    _fake_cell(study, "exp_00_UNet_lr0.001_bs8", "UNet", model_path, val_iou=0.9, test_iou=0.5)
+    _fake_cell(study, "exp_01_UNet_lr0.0001_bs8", "UNet", model_path, val_iou=0.6, test_iou=0.7)
+    _fake_cell(study, "exp_02_UNet_lr0.01_bs8", "UNet", model_path, val_iou=0.99, test_iou=0.99, status="failed")
+    _fake_cell(study, "exp_03_Attention_UNet_lr0.001_bs8", "Attention_UNet", model_path, val_iou=0.4)
+    _fake_cell(study, "exp_04_Attention_UNet_lr0.0001_bs8", "Attention_UNet", model_path, val_iou=0.8)
+    (study / "exp_05_broken").mkdir()
+    (study / "exp_05_broken" / "exp_05_broken_results.json").write_text(json.dumps({"x": 1}))
+    assert predict.main(["--study-dir", str(study), "--overlays", "--n-slices", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "exp_01_UNet_lr0.0001_bs8 (test iou 0.7000)" in out            # test IoU beats val IoU
+    assert "exp_04_Attention_UNet_lr0.0001_bs8 (best_val_iou 0.8000)" in out  # no test: val IoU
+    for arch in ("UNet", "Attention_UNet"):
+        png = study / "overlays" / f"overlay_{arch}.png"
+        assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_study_without_finished_cells(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert predict.main(["--study-dir", str(tmp_path / "empty"), "--overlays"]) == predict.EXIT_BAD_INPUT
+    assert "no finished" in _err_line(capsys)[0]
+    assert predict.main(["--study-dir", str(tmp_path / "none"), "--overlays"]) == predict.EXIT_BAD_INPUT
+    assert "study folder not found" in _err_line(capsys)[0]

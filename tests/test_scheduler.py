@@ -1,0 +1,144 @@
+"""The job scripts on a REAL one-node Slurm cluster (tests/slurm_cluster.py; skipped without Slurm).
+
+A tiny 2-cell study (synthetic data, 4 base filters, 1 epoch) goes through
+* `sbatch slurm_hyperparameter_optimization.sh`, and
+* `qsub -J 0-1 pbs_hyperparameter_optimization.sh` (slurm-wlm-torque's wrapper; the elements see
+  PBS_ARRAY_INDEX / PBS_O_WORKDIR from spank_pbs, and SLURM_* too, so they submit the analysis with
+  sbatch);
+with the study folder chosen by the elements themselves (no STUDY_DIR: the array-id pointer file).
+Each test checks every element COMPLETED with a results JSON of status ok, the analysis job
+(submitted by the first element, afterany on the array) COMPLETED after the array and wrote the
+report; the Slurm test then resubmits into the same study and checks the finished cells were
+skipped (results untouched) and the analysis ran again.
+
+The scripts' own resource lines (8 CPUs, 64 GB, a GPU) do not fit this node, so the tests
+override them on the command line, as a user of a small cluster would.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mitoseg import grid as G
+from mitoseg.results import load_results
+from tests.slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 420   # per wait; a tiny cell takes ~30-60 s here, two run at a time on the 2-CPU node
+TINY = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[8, 16],
+                    fixed=dict(epochs=1, patch_size=32, base_filters=4, depth=3, synthetic_slices=10,
+                               synthetic_size=64, early_stopping_patience=5))
+
+
+def _submit_dir(tmp_path: Path) -> tuple[Path, dict]:
+    """A submit folder with run_study.py (a symlink: imports resolve to the repository) and the
+    environment the user would export before submitting."""
+    sub = tmp_path / "submit"
+    sub.mkdir()
+    (sub / "run_study.py").symlink_to(REPO / "run_study.py")
+    cfg = tmp_path / "tiny_grid.json"
+    TINY.save(cfg)
+    env = {"PYTHON": sys.executable, "GRID_CONFIG": str(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "MITOSEG_ANALYSIS_SBATCH_ARGS": "--cpus-per-task=1 --mem=1G --time=00:20:00"}
+    env.pop("TF_CONTAINER", None)
+    return sub, env
+
+
+def _the_study(sub: Path) -> Path:
+    studies = sorted(sub.glob(G.STUDY_PREFIX + "*"))
+    assert len(studies) == 1, studies
+    return studies[0]
+
+
+def _wait_for_analysis(cluster, study: Path, array_id: str, previous=None) -> str:
+    info_path = study / "analysis_job.json"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if info_path.exists():
+            info = json.loads(info_path.read_text())
+            if info["job_id"] != previous:
+                break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"no analysis job recorded in {info_path}")
+    assert info["dependency"] == f"afterany:{array_id}"
+    states = cluster.wait([info["job_id"]], timeout=TIMEOUT)
+    log = study / f"analysis_job_{info['job_id']}.log"
+    assert states[info["job_id"]] == {None: "COMPLETED"}, log.read_text(errors="replace")
+    assert "Report:" in log.read_text(errors="replace")
+    return info["job_id"]
+
+
+def _check_cells(study: Path) -> dict:
+    grid = G.load_study_grid(study)
+    assert grid.size == 2
+    out = {}
+    for cell in G.cells(grid):
+        paths = G.experiment_paths(study, cell.name)
+        rec = load_results(paths.results_json)
+        assert rec["status"] == "ok", rec["error"]
+        assert rec["task_index"] == cell.index and rec["epochs_run"] == 1
+        assert paths.log.exists()
+        out[cell.index] = rec
+    return out
+
+
+def _element_logs(sub: Path, pattern: str) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(sub.glob(pattern)))
+
+
+def test_slurm_script_array_analysis_and_resubmission(slurm_cluster, tmp_path):  # noqa: F811
+    sub, extra_env = _submit_dir(tmp_path)
+    env = {**slurm_cluster.env, **extra_env}
+    override = ["--array=0-1", "--cpus-per-task=1", "--mem=1G", "--gres=none", "--time=00:30:00",
+                "--output=" + str(sub / "first_%A_%a.out")]
+    array_id = slurm_cluster.submit([*override, str(REPO / "slurm_hyperparameter_optimization.sh")], cwd=sub, env=env)
+    states = slurm_cluster.wait([array_id], timeout=TIMEOUT)
+    logs = _element_logs(sub, "first_*.out")
+    assert states[array_id] == {0: "COMPLETED", 1: "COMPLETED"}, logs
+    study = _the_study(sub)
+    assert (sub / ".mitoseg_jobs").is_dir()   # the shared-folder pointer of this array
+    first = _check_cells(study)
+    analysis_id = _wait_for_analysis(slurm_cluster, study, array_id)
+    assert (study / "hyperparameter_report.md").exists()
+    assert (study / G.SUMMARY_CSV_NAME).exists()
+    report_time = (study / "hyperparameter_report.md").stat().st_mtime
+    last_cell = max(os.path.getmtime(G.experiment_paths(study, c.name).results_json) for c in G.cells(TINY))
+    assert report_time >= last_cell
+
+    # resubmission into the same study with `run_study.py submit` (array range from the grid, the
+    # analysis job submitted by submit itself): finished cells are skipped, the analysis runs again
+    r = slurm_cluster.run([sys.executable, str(REPO / "run_study.py"), "submit", "--scheduler", "slurm",
+                           "--study-dir", str(study), "--", "--cpus-per-task=1", "--mem=1G", "--gres=none",
+                           "--output=" + str(sub / "again_%A_%a.out")], env=env, cwd=sub, timeout=120)
+    again = next(ln.split()[2].rstrip(":") for ln in r.stdout.splitlines() if ln.startswith("array job "))
+    assert "--array=0-1" in r.stdout
+    states = slurm_cluster.wait([again], timeout=TIMEOUT)
+    logs = _element_logs(sub, "again_*.out")
+    assert states[again] == {0: "COMPLETED", 1: "COMPLETED"}, logs
+    assert logs.count("already finished (status ok); skipping") == 2, logs
+    second = _check_cells(study)
+    assert [second[i]["finished_at"] for i in (0, 1)] == [first[i]["finished_at"] for i in (0, 1)]
+    assert len(list(sub.glob(G.STUDY_PREFIX + "*"))) == 1
+    _wait_for_analysis(slurm_cluster, study, again, previous=analysis_id)
+
+
+def test_qsub_wrapper_pbs_script(slurm_cluster, tmp_path):  # noqa: F811
+    sub, extra_env = _submit_dir(tmp_path)
+    env = {**slurm_cluster.env, **extra_env}
+    # -J sets the array; -l overrides the script's select=1:ncpus=8:ngpus=1:mem=64gb for this node
+    array_id = slurm_cluster.qsub(["-J", "0-1", "-l", "select=1:ncpus=1:mem=1gb",
+                                   str(REPO / "pbs_hyperparameter_optimization.sh")], cwd=sub, env=env)
+    states = slurm_cluster.wait([array_id], timeout=TIMEOUT)
+    logs = _element_logs(sub, "pbs_hyperparameter_optimization.sh.o*")
+    assert states[array_id] == {0: "COMPLETED", 1: "COMPLETED"}, logs
+    study = _the_study(sub)
+    _check_cells(study)
+    assert "warning: $TF_CONTAINER is not set" in logs
+    _wait_for_analysis(slurm_cluster, study, array_id)
+    assert (study / "hyperparameter_report.md").exists()

@@ -148,8 +148,6 @@ def cmd_local(args) -> int:
     return code
 
 
-
-
 def cmd_status(args) -> int:
     grid = G.load_study_grid(args.study_dir)
     rows = R.study_rows(args.study_dir, grid)

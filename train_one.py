@@ -36,9 +36,16 @@ def positive_int(text):
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad flags -> ONE line (argparse's default is the whole 18-line usage block first), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from mitoseg.config import ARCHITECTURES, HEADS
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cell = p.add_argument_group("the cell (ignored with --task-index: the grid decides)")
     cell.add_argument("--arch", choices=ARCHITECTURES, help="architecture (default UNet)")
     cell.add_argument("--lr", type=positive_float, help="initial Adam learning rate (default 1e-3)")

@@ -197,6 +197,30 @@ def write_record(path: Path, args, command, split, rows, started_load, finished_
     atomic_write_text(path, "\n".join(lines))
 
 
+def conv_macs(model) -> int:
+    """Forward multiply-accumulates of every Conv2D: H_out * W_out * k_h * k_w * C_in * C_out."""
+    import keras
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, h, w, c_out = layer.output.shape
+            kh, kw = layer.kernel_size
+            total += h * w * kh * kw * layer.input.shape[-1] * c_out
+    return int(total)
+
+
+def count_flops(args) -> int:
+    """Print parameters and forward GMAC per patch (training step ~ 6 FLOP per MAC) and exit."""
+    from models import build_model
+    for arch in args.archs:
+        m = build_model(arch, (args.patch_size, args.patch_size, 1), base_filters=args.base_filters, depth=args.depth)
+        macs = conv_macs(m)
+        print(f"{arch}: width {args.base_filters}, depth {args.depth}, {args.patch_size}x{args.patch_size}: "
+              f"{m.count_params():,} parameters, forward {macs / 1e9:.2f} GMAC/patch, "
+              f"training ~{6 * macs / 1e9:.1f} GFLOP/patch")
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="EPFL-layout data (default ../shared/data/lucchi_pp_subset)")
@@ -217,12 +241,15 @@ def build_parser():
     p.add_argument("--tta", action="store_true", help="also score with 8-fold flip/rotation TTA (8x slower test)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--save-models", default=None, help="folder for <arch>_best.keras (for predict.py)")
+    p.add_argument("--count-flops", action="store_true", help="only print parameters and conv MACs per patch")
     p.add_argument("--record", default=str(ROOT / "bench" / "results" / f"real_data_{_dt.date.today().isoformat()}.md"))
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.count_flops:
+        return count_flops(args)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + list(argv if argv is not None else sys.argv[1:]))
     from mitoseg import data
     from mitoseg.training import hold_out_test_slices

@@ -14,6 +14,7 @@ traceback from deep inside tifffile tells a user nothing.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import uuid
@@ -146,12 +147,19 @@ def read_tiff(path) -> np.ndarray:
     if not path.is_file():
         reason = "not a file" if path.exists() else "file not found"
         raise _fail(path, f"cannot read TIFF ({reason})")
+    # tifffile also *logs* warnings about a corrupt file ("invalid page offset ..."), which would be
+    # a second, unexplained line next to our one-line DataError: silence them while reading.
+    tiff_logger = logging.getLogger("tifffile")
+    old_level = tiff_logger.level
+    tiff_logger.setLevel(logging.CRITICAL)
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             a, axes = np.asarray(series.asarray()), series.axes
     except Exception as exc:  # tifffile raises many types on corrupt input; all mean "bad file"
         raise _fail(path, f"cannot read TIFF ({_one_line(exc) or type(exc).__name__})") from exc
+    finally:
+        tiff_logger.setLevel(old_level)
     # Colour if the file says so (samples axis last), or if the last axis is 3/4 wide while the
     # two before it are image-sized: no real z-stack is 3 pixels wide, many RGB exports are.
     looks_rgb = a.ndim >= 3 and a.shape[-1] in (3, 4) and min(a.shape[-3:-1]) > 4

@@ -116,6 +116,8 @@ def load_results(path) -> dict:
         text = path.read_text()
     except OSError as err:
         raise ResultsError(f"{path}: cannot read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:  # a binary/garbled file (read_text decodes before json sees it)
+        raise ResultsError(f"{path}: not valid JSON (not UTF-8 text: byte {err.start})") from None
     try:
         record = json.loads(text)
     except json.JSONDecodeError as err:

@@ -260,15 +260,16 @@ def train_command(study_dir, index: int, prefix: Optional[list] = None, force: b
 
 
 def _run_forwarding_signals(cmd: list[str], **kw) -> int:
-    """Run cmd; SIGTERM/SIGINT/SIGUSR1 sent to us (walltime) are passed on, so train_one.py can
-    save its state and exit 3 (interrupted)."""
+    """Run cmd; SIGTERM/SIGINT sent to us (walltime, scancel, qdel) are passed on, so train_one.py
+    can save its state and exit 3 (interrupted). SIGUSR1 (a pre-walltime warning, e.g.
+    `#SBATCH --signal=B:USR1@300`) is passed on as SIGTERM."""
     proc = subprocess.Popen(cmd, **kw)
     handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
     previous = {}
 
     def forward(signum, _frame):
         try:
-            proc.send_signal(signum)
+            proc.send_signal(signal.SIGTERM if signum == signal.SIGUSR1 else signum)
         except OSError:
             pass
     for sig in handled:
@@ -496,6 +497,10 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     prefix = [sys.executable]
     env = {**os.environ, "STUDY_DIR": str(study_dir)}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if jobs > 1:   # share the cores instead of every process starting one thread per core
+        threads = str(max(1, (os.cpu_count() or 1) // jobs))
+        for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
+            env.setdefault(var, threads)
     try:
         while queue or running:
             while queue and len(running) < max(1, jobs):

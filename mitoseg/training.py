@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as _dt
+import errno
 import io
 import json
 import math
@@ -227,14 +228,16 @@ def _make_callback_class():
                    "val_predicted_foreground_fraction": scores["predicted_foreground_fraction"],
                    "learning_rate": lr, "time_s": time.time() - self.epoch_start}
             st = self.state
+            # Idempotent per epoch: after a SIGKILL between this state write and the Keras backup, the
+            # rerun repeats this epoch; its row replaces the old one and nothing is counted twice.
             st["history"] = [r for r in st["history"] if r["epoch"] < epoch + 1] + [row]
-            st["training_time_s"] += row["time_s"]
+            st["training_time_s"] = float(sum(r["time_s"] for r in st["history"]))
             improved = st["best_iou"] is None or scores["iou"] > st["best_iou"]
             if improved:
                 st.update(best_iou=scores["iou"], best_epoch=epoch + 1, best_scores=scores, wait=0)
                 save_model(self.model, self.paths.model(self.config.save_format))
             else:
-                st["wait"] += 1
+                st["wait"] = epoch + 1 - st["best_epoch"]
             write_history(self.paths.history_csv, st["history"])
             atomic_write_text(self.paths.train_state, json.dumps(st))
             log(f"epoch {epoch + 1:>3}/{self.config.epochs}  loss {row['loss']:.4f}  val_loss {val_loss:.4f}  "
@@ -263,12 +266,22 @@ def _make_backup_callback(paths: ExperimentPaths, validation):
         def on_train_begin(self, logs=None):
             try:
                 super().on_train_begin(logs)
-            except Exception as err:
+                return
+            except Exception as err:   # Keras itself only falls back to the .bkp copy on OSError
+                first = err
+            try:   # e.g. training_metadata.json torn by a SIGKILL: resume from the previous checkpoint
+                shutil.copyfile(self._prev_weights_path, self._weights_path)
+                shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
+                self._load_model()
+                log(f"warning: {paths.backup_dir}: latest backup unreadable ({type(first).__name__}); "
+                    "resumed from the previous one")
+                return
+            except Exception:
                 shutil.rmtree(paths.backup_dir, ignore_errors=True)
                 with contextlib.suppress(FileNotFoundError):
                     paths.train_state.unlink()
-                raise RuntimeError(f"{paths.backup_dir}: unreadable resume backup ({type(err).__name__}: "
-                                   f"{str(err).strip()[:200]}); removed it, rerun the cell to start it afresh") from err
+                raise RuntimeError(f"{paths.backup_dir}: unreadable resume backup ({type(first).__name__}: "
+                                   f"{str(first).strip()[:200]}); removed it, rerun the cell to start it afresh") from first
 
         def on_epoch_end(self, epoch, logs=None):
             if validation.partial_epoch:
@@ -334,6 +347,18 @@ def existing_status(paths: ExperimentPaths) -> Optional[str]:
         return None
 
 
+def _check_patch_fits(volume, patch_size: int) -> None:
+    """DataError naming the files when a slice is smaller than the patch (train or test volume), before
+    training: tiling would otherwise fail with a message that names no file, or only after training."""
+    from .data import DataError
+    if volume is None:
+        return
+    h, w = volume.images.shape[1:]
+    if h < patch_size or w < patch_size:
+        raise DataError(f"{volume.source}: slices of {h}x{w} pixels are smaller than the patch size "
+                        f"{patch_size}; use --patch-size {min(h, w)} or less")
+
+
 # --- the cell --------------------------------------------------------------------------------------
 def run_cell(config: TrainConfig, exp_dir, force: bool = False) -> tuple[dict | None, int]:
     """Train one cell into `exp_dir`. Returns (results record or None, exit code)."""
@@ -353,6 +378,8 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False) -> tuple[dict | 
     from .data import DataError
     try:
         train_volume, test_volume = load_cell_data(config)
+        for volume in (train_volume, test_volume):
+            _check_patch_fits(volume, config.patch_size)
         arrays = prepare_arrays(train_volume, config)
     except DataError as err:
         log(f"error: {err}")
@@ -499,8 +526,12 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
         else:
             kind = type(err).__name__
             text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            disk = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES)
+            if disk and not err.filename:   # Keras' save errors do not name the file: name the folder
+                text += f" (writing into {paths.exp_dir})"
             record.update(status="failed", error=f"{kind}: {text}"[:500])
-            traceback.print_exc()
+            if not disk:   # a full/read-only disk needs no traceback, just the one line below
+                traceback.print_exc()
         try:
             _finish(record, state, config, paths, started)
         except Exception as save_err:  # e.g. disk full: say so; nothing reads as success

@@ -1,6 +1,7 @@
 """Tiled whole-slice prediction (mitoseg.inference): blending, edges, TTA, the `test` scores.
 
-Stub models (objects with .predict) keep these fast; one test runs a real tiny Keras model.
+Stub models (objects with .predict) keep these fast and free of TensorFlow; the same blending with a
+real tiny Keras model is tested in tests/test_predict.py.
 """
 import numpy as np
 import pytest
@@ -159,17 +160,3 @@ def test_model_patch_size_and_channels():
     assert inf.model_patch_size(Free(), default=128) == 128 and inf.model_channels(Free()) == 1
     with pytest.raises(ValueError, match="not square"):
         inf.model_patch_size(Rect())
-
-
-def test_real_keras_model_blends_without_seams():
-    """A tiny Keras model whose output is a per-pixel function of its input (1x1 conv, fixed
-    weights, sigmoid): tiled prediction must equal the same function applied to the whole slice."""
-    keras = pytest.importorskip("keras")
-    inp = keras.Input((16, 16, 1))
-    out = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(4.0),
-                              bias_initializer=keras.initializers.Constant(-2.0))(inp)
-    model = keras.Model(inp, out)
-    img = _image(1, 37, 29, seed=5)
-    expected = 1 / (1 + np.exp(-(4 * img - 2)))
-    got = inf.predict_slices(model, img, inf.model_patch_size(model), tta=True)
-    np.testing.assert_allclose(got, expected, atol=1e-5)

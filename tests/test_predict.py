@@ -11,6 +11,7 @@ tifffile = pytest.importorskip("tifffile")
 keras = pytest.importorskip("keras")
 
 import predict  # noqa: E402
+from mitoseg import inference  # noqa: E402
 from mitoseg.config import TrainConfig  # noqa: E402
 from mitoseg.results import empty_record, save_results  # noqa: E402
 from models import build_model  # noqa: E402
@@ -145,3 +146,17 @@ def test_study_without_finished_cells(tmp_path, capsys):
     assert "no finished" in _err_line(capsys)[0]
     assert predict.main(["--study-dir", str(tmp_path / "none"), "--overlays"]) == predict.EXIT_BAD_INPUT
     assert "study folder not found" in _err_line(capsys)[0]
+
+
+def test_real_keras_model_blends_without_seams():
+    """(mitoseg.inference with a real Keras model; here because this file imports Keras anyway.)
+    A tiny Keras model whose output is a per-pixel function of its input (1x1 conv, fixed
+    weights, sigmoid): tiled prediction must equal the same function applied to the whole slice."""
+    inp = keras.Input((16, 16, 1))
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", kernel_initializer=keras.initializers.Constant(4.0),
+                              bias_initializer=keras.initializers.Constant(-2.0))(inp)
+    model = keras.Model(inp, out)
+    img = np.random.default_rng(5).random((1, 37, 29), dtype=np.float32)
+    expected = 1 / (1 + np.exp(-(4 * img - 2)))
+    got = inference.predict_slices(model, img, inference.model_patch_size(model), tta=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -304,3 +304,28 @@ def test_submit_dry_run_sets_the_array_range_from_the_grid(tmp_path):
             assert " 0-3 " in line
     studies = list(tmp_path.glob(G.STUDY_PREFIX + "*"))
     assert len(studies) == 3 and all(G.load_study_grid(s).size == 4 for s in studies)
+
+
+def test_walltime_signal_is_forwarded_to_the_training_process(tmp_path):
+    import signal
+    import threading
+    child = tmp_path / "child.py"
+    flag = tmp_path / "ready"
+    child.write_text(
+        "import signal, sys, time, pathlib\n"
+        "def stop(signum, frame):\n"
+        f"    pathlib.Path({str(tmp_path / 'got')!r}).write_text(str(signum)); sys.exit(3)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"pathlib.Path({str(flag)!r}).write_text('x')\n"
+        "time.sleep(60)\n")
+
+    def send():
+        for _ in range(300):
+            if flag.exists():
+                break
+            threading.Event().wait(0.05)
+        os.kill(os.getpid(), signal.SIGUSR1)   # a pre-walltime warning reaches the element
+
+    threading.Thread(target=send, daemon=True).start()
+    assert R._run_forwarding_signals([sys.executable, str(child)]) == 3
+    assert (tmp_path / "got").read_text() == str(int(signal.SIGTERM))

@@ -1,6 +1,7 @@
 """Setup verification: PASS/WARN/FAIL rows, exit codes."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -125,3 +126,18 @@ def test_environment_probe_imports_packages_and_reports_cpu(tmp_path):
     assert got["GPU"].status in (V.PASS, V.WARN)   # WARN on this CPU-only machine
     assert set(params) == {"UNet", "Attention_UNet", "Attention_ResUNet"} and all(v > 0 for v in params.values())
 
+
+
+def test_pbs_setup_verification_script_runs_the_checks(tmp_path, good_data):
+    env = {**os.environ, "PYTHON": sys.executable, "DATA_DIR": str(good_data)}
+    env.pop("TF_CONTAINER", None)
+    r = subprocess.run(["bash", str(REPO / "pbs_setup_verification.sh"), "--skip-env-probe",
+                        "--output-root", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    # default grid: 256 px patches do not fit the 96 px synthetic slices -> FAIL, exit 1
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"^patches\s+FAIL", r.stdout, re.M)
+    assert re.search(r"^array range \(pbs_hyperparameter_optimization.sh\)\s+PASS", r.stdout, re.M)
+    env.pop("DATA_DIR")
+    r = subprocess.run(["bash", str(REPO / "pbs_setup_verification.sh"), "--skip-env-probe",
+                        "--output-root", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and "0 FAIL" in r.stdout, r.stdout + r.stderr

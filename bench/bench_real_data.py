@@ -178,7 +178,7 @@ def write_record(path: Path, args, command, split, rows, started_load, finished_
              f"augment {'on' if args.augment else 'off'}; test tiles {args.eval_tile} (50 % overlap, Hann blending).",
              "",
              "| architecture | params | budget (min) | train wall (min) | epochs (steps) | best val IoU | val thr "
-             "| test IoU @0.5 | test IoU @val thr | test Dice | TTA IoU @0.5 | all-foreground IoU | load at end |",
+             "| test IoU @0.5 | test IoU @val thr | test Dice | TTA IoU @0.5 | all-foreground IoU | load after test |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["test"]["plain"]

@@ -55,7 +55,7 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("degenerate_reason", _STR, "why degenerate is true, else null"),
     ("diverged_epoch", (int, type(None)), "1-based epoch in which the loss became NaN, else null"),
     ("test", (dict, type(None)), "held-out test scores (whole slices, tiled) when a test volume was given, else null"),
-    ("training_time_s", _NUM, "wall time of model.fit (all runs of this cell, resumes included)"),
+    ("training_time_s", _NUM, "seconds spent in training epochs, summed over the recorded epochs (resumed runs included)"),
     ("total_time_s", _NUM, "wall time of the whole cell: loading, training, evaluation"),
     ("started_at", (str,), "ISO time the (last) run of this cell started"),
     ("finished_at", (str,), "ISO time the results were written"),

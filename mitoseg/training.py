@@ -391,6 +391,10 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False) -> tuple[dict | 
     except OSError as err:
         log(f"error: {exp_dir}: cannot write the experiment folder ({err.strerror or err})")
         return None, EXIT_FAILED
+    for stale in exp_dir.glob(".*.tmp*"):   # temporary files of a run SIGKILLed mid-write (io_utils names)
+        with contextlib.suppress(OSError):
+            if stale.is_file():
+                stale.unlink()
 
     with tee_output(paths.log):
         return _train(config, paths, arrays, test_volume, force, started)

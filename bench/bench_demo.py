@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         train = [r["training_time_s"] for r in records if r.get("training_time_s")]
         total = [r["total_time_s"] for r in records if r.get("total_time_s")]
         rep.add(f"`{' '.join(cmd[1:])}` exit {proc.returncode}: wall time **{wall:.0f}s** "
-                f"({wall / 60:.1f} min); {ok}/{len(records)} cells finished; load {load_start} at start, "
+                f"({wall / 60:.1f} min); {ok}/{len(records)} cells finished; {load_start} at start, "
                 f"{load()} at end; peak RSS of a child {maxrss_mb(children=True):.0f} MB")
         if train and total:
             over = [tt - tr for tt, tr in zip(total, train)]

@@ -119,15 +119,17 @@ def main(argv=None) -> int:
             if overrides:
                 config = TrainConfig.from_dict({**config.to_dict(), **overrides})
             exp_dir = os.path.join(args.study_dir, cell.name)
+            cache_dir = G.study_cache_dir(args.study_dir)
             print(f"grid cell {index}/{grid.size - 1}: {cell.name}", flush=True)
         else:
             config = TrainConfig.from_dict(overrides)
             exp_dir = os.path.join(args.out_dir, G.standalone_name(config))
+            cache_dir = None  # a hand-run cell prepares its data in memory
         config.validate()
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _, code = run_cell(config, exp_dir, force=args.force)
+    _, code = run_cell(config, exp_dir, force=args.force, cache_dir=cache_dir)
     return code
 
 

@@ -36,7 +36,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-CACHE_DIR_NAME = ".cache"
+from .grid import CACHE_DIR_NAME, study_cache_dir  # noqa: F401  (grid.py owns every path)
+
 FORMAT_VERSION = 1
 META_NAME = "meta.json"
 _CHUNK = 8 << 20
@@ -44,11 +45,6 @@ _CHUNK = 8 << 20
 
 class CacheInvalid(Exception):
     """An entry that cannot be used (missing, stale or corrupt); str() says why."""
-
-
-def study_cache_dir(study_dir) -> Path:
-    """Where a study keeps its prepared-data cache."""
-    return Path(study_dir) / CACHE_DIR_NAME
 
 
 def _default_log(message: str) -> None:

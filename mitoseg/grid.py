@@ -24,6 +24,7 @@ from .io_utils import atomic_write_text
 GRID_CONFIG_NAME = "grid_config.json"
 STUDY_PREFIX = "hyperparameter_optimization_"
 SUMMARY_CSV_NAME = "hyperparameter_summary.csv"
+CACHE_DIR_NAME = ".cache"   # decoded stacks and patches shared by a study's cells (mitoseg/cache.py)
 
 
 @dataclass
@@ -160,6 +161,10 @@ def init_study(study_dir, grid: GridConfig) -> GridConfig:
     study_dir.mkdir(parents=True, exist_ok=True)
     grid.save(config_path)
     return grid
+
+
+def study_cache_dir(study_dir) -> Path:
+    return Path(study_dir) / CACHE_DIR_NAME
 
 
 def load_study_grid(study_dir) -> GridConfig:

@@ -360,8 +360,9 @@ def _check_patch_fits(volume, patch_size: int) -> None:
 
 
 # --- the cell --------------------------------------------------------------------------------------
-def run_cell(config: TrainConfig, exp_dir, force: bool = False) -> tuple[dict | None, int]:
-    """Train one cell into `exp_dir`. Returns (results record or None, exit code)."""
+def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) -> tuple[dict | None, int]:
+    """Train one cell into `exp_dir`. Returns (results record or None, exit code).
+    `cache_dir` (grid mode: the study's) shares decoded stacks and patches between cells."""
     started = time.time()
     exp_dir = Path(exp_dir)
     paths = ExperimentPaths(exp_dir)
@@ -377,10 +378,10 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False) -> tuple[dict | 
 
     from .data import DataError
     try:
-        train_volume, test_volume = load_cell_data(config)
+        train_volume, test_volume = load_cell_data(config, cache_dir)
         for volume in (train_volume, test_volume):
             _check_patch_fits(volume, config.patch_size)
-        arrays = prepare_arrays(train_volume, config)
+        arrays = prepare_arrays(train_volume, config, cache_dir)
     except DataError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT

@@ -39,7 +39,8 @@ class TrainConfig:
     dropout: float = 0.0
     batch_norm: bool = True
     # 0.9, not Keras's 0.99: with ~25 steps per epoch the 0.99 moving statistics lag so far behind
-    # that the inference-mode model scored IoU 0.0 for 15 epochs while training mode scored 0.885.
+    # that an inference-mode model scored IoU 0.0 for 15 epochs while training mode scored 0.885
+    # (reported in issue #7).
     bn_momentum: float = 0.9
     # "plain" = 1x1 conv + sigmoid. "bn_sigmoid" reproduces the original head (BatchNorm right
     # before the sigmoid), which at a high learning rate can push every output above 0.5.

@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="8-fold flip/rotation test-time augmentation on the held-out test slices")
     s.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPU)")
     s.add_argument("--jit-compile", action="store_true", default=None, help="XLA compilation (GPU)")
+    s.add_argument("--deterministic", action="store_true", default=None,
+                   help="TensorFlow op determinism: the same seed gives a bit-identical run (can be slower)")
     s.add_argument("--save-format", choices=("keras", "hdf5"), help="model file format (default keras)")
     d = p.add_argument_group("data and output")
     d.add_argument("--data-dir", help="training.tif + training_groundtruth.tif [+ testing*.tif], or images/ + masks/ "

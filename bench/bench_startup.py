@@ -5,6 +5,9 @@ reading it (every later cell).
 
     python bench/bench_startup.py                   # real subset (1 epoch, extrapolated to 6) + demo cell
     python bench/bench_startup.py --skip-real       # only the demo-sized synthetic cell (6 epochs)
+    python bench/bench_startup.py --cluster-default # also the real subset at the cluster defaults
+                                                    # (256 patches, width 64, depth 5, bs 16, 30 epochs):
+                                                    # start-up + 3 steps measured, the cell extrapolated
 
 Each measurement is a fresh `train_one.py` process (run one after the other, never two at once).
 The child runs train_one.main() unchanged except for timing wrappers around
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -40,15 +44,15 @@ def child(args) -> int:
     load_cell_data, prepare_arrays = training.load_cell_data, training.prepare_arrays
     cache_dir = args.cache_dir
 
-    def timed_load(config):
+    def timed_load(config, run_cell_cache=None):   # the bench's --cache-dir stands in for the study's
         events["load_start"] = time.time()
-        out = load_cell_data(config, cache_dir=cache_dir) if cache_dir else load_cell_data(config)
+        out = load_cell_data(config, cache_dir or run_cell_cache)
         events["load_end"] = time.time()
         return out
 
-    def timed_prepare(volume, config):
+    def timed_prepare(volume, config, run_cell_cache=None):
         events["patch_start"] = time.time()
-        out = prepare_arrays(volume, config, cache_dir=cache_dir) if cache_dir else prepare_arrays(volume, config)
+        out = prepare_arrays(volume, config, cache_dir or run_cell_cache)
         events["patch_end"] = time.time()
         return out
     training.load_cell_data, training.prepare_arrays = timed_load, timed_prepare
@@ -66,9 +70,19 @@ def child(args) -> int:
     models.build_model = timed_build
     original = keras.callbacks.TerminateOnNaN.on_train_batch_end
 
+    stop_after = int(os.environ.get("BENCH_STOP_AFTER_STEPS", "0"))
+
     def first_batch_end(self, batch, logs=None):
-        events.setdefault("first_step_end", time.time())
+        now = time.time()
+        events.setdefault("first_step_end", now)
+        events.setdefault("step_ends", []).append(now)
         events["n_batches"] = events.get("n_batches", 0) + 1
+        if stop_after and events["n_batches"] >= stop_after:   # a cluster-sized cell: enough measured
+            events["end"] = now
+            events["exit_code"] = None
+            print("BENCH_EVENTS " + json.dumps(events), flush=True)
+            sys.stderr.flush()
+            os._exit(0)
         return original(self, batch, logs)
     keras.callbacks.TerminateOnNaN.on_train_batch_end = first_batch_end
     code = train_one.main(args.train_args)
@@ -78,12 +92,13 @@ def child(args) -> int:
     return code
 
 
-def run_child(train_args, cache_dir=None) -> dict:
+def run_child(train_args, cache_dir=None, stop_after_steps=0) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child"]
     if cache_dir:
         cmd += ["--cache-dir", str(cache_dir)]
     cmd += ["--", *train_args]
-    env = {**os.environ, "BENCH_SPAWN_TIME": repr(time.time()), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**os.environ, "BENCH_SPAWN_TIME": repr(time.time()), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "BENCH_STOP_AFTER_STEPS": str(stop_after_steps)}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=str(REPO))
     lines = [l for l in proc.stdout.splitlines() if l.startswith("BENCH_EVENTS ")]
     if proc.returncode != 0 or not lines:
@@ -91,6 +106,8 @@ def run_child(train_args, cache_dir=None) -> dict:
         raise SystemExit(f"child failed ({proc.returncode}): {' '.join(cmd)}")
     ev = json.loads(lines[-1][len("BENCH_EVENTS "):])
     ev["epoch_lines"] = [l for l in proc.stdout.splitlines() if l.lstrip().startswith("epoch ")]
+    patches = re.search(r"train slices \d+ \((\d+) patches\)", proc.stdout)
+    ev["n_train_patches"] = int(patches.group(1)) if patches else None
     ev["load"] = load()
     return ev
 
@@ -115,6 +132,37 @@ def phases(ev: dict) -> dict:
     return p
 
 
+CLUSTER_STEPS = 3
+
+
+def cluster_cell(rep: Report, data_dir: str, root: str) -> None:
+    """The real subset at train_one.py's own defaults (the cluster cell), cache hit as in a grid.
+    A full cell takes hours on 2 CPU cores, so the child stops after CLUSTER_STEPS steps and the cell
+    is extrapolated as start-up + 30 epochs x steps/epoch x (median of steps 2..N). Validation,
+    test and saving are left out, which makes the cell look shorter and the fraction larger."""
+    cache = os.path.join(root, "study", ".cache")
+    base = ["--data-dir", data_dir]
+    run_child([*base, "--epochs", "1", "--out-dir", os.path.join(root, "warm")], cache, stop_after_steps=1)
+    ev = run_child([*base, "--out-dir", os.path.join(root, "out")], cache, stop_after_steps=CLUSTER_STEPS)
+    ph = phases(ev)
+    steps = [b - a for a, b in zip(ev["step_ends"], ev["step_ends"][1:])]
+    step_s = sorted(steps)[len(steps) // 2]
+    steps_per_epoch = -(-ev["n_train_patches"] // 16)
+    cell = ph["total to first step"] + 30 * steps_per_epoch * step_s
+    rep.add("### real subset, cluster-default cell (train_one.py defaults), cache hit")
+    rep.add(f"train_one.py flags: `{' '.join(base)}` (patch 256, width 64, depth 5, batch 16, 30 epochs); "
+            f"stopped after {CLUSTER_STEPS} steps")
+    rep.add()
+    rows = [[name, f"{value:.2f}"] for name, value in ph.items()]
+    rows.append(["training step (median of steps 2..)", f"{step_s:.1f} ({', '.join(f'{s:.1f}' for s in steps)})"])
+    rows.append(["**fraction of the cell**", f"{ph['total to first step'] / cell:.2%} of ~{cell / 3600:.1f} h "
+                 f"(30 epochs x {steps_per_epoch} steps x {step_s:.1f} s; validation not counted)"])
+    rows.append(["load average at the end", ev["load"]])
+    rep.table(["phase (s)", "cluster default"], rows)
+    print(f"cluster default: {ph['total to first step']:.1f}s to first step, {step_s:.1f}s/step ({ev['load']})",
+          flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -124,6 +172,8 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-real", action="store_true", help="only the synthetic demo cell")
     ap.add_argument("--skip-demo", action="store_true", help="only the real-subset cell")
     ap.add_argument("--demo-epochs", type=int, default=6, help="epochs of a demo cell (demo grid: 6)")
+    ap.add_argument("--cluster-default", action="store_true",
+                    help="also time a cluster-default cell on the real subset (start-up + 3 steps, ~5 min on CPU)")
     args = ap.parse_args(argv)
     if args.child:
         return child(args)
@@ -140,6 +190,8 @@ def main(argv=None) -> int:
                     *DEMO_MODEL]
             cases.append((f"demo cell (synthetic 20x192x192, {args.demo_epochs} epochs)", base,
                           os.path.join(work, "demo")))
+        if args.cluster_default:
+            cluster_cell(rep, args.data_dir, os.path.join(work, "cluster"))
         for title, base, root in cases:
             cache = os.path.join(root, "study", ".cache")
             runs = [("no cache (today)", None), ("cache: build (1st cell)", cache), ("cache: hit (later cells)", cache)]

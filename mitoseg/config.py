@@ -60,6 +60,10 @@ class TrainConfig:
     # --- run ---
     mixed_precision: bool = False   # GPU only: float16 compute, float32 output layer
     jit_compile: bool = False       # XLA; measured slower on CPU for these models
+    # TensorFlow op determinism: same seed -> bit-identical run on the same machine and software,
+    # so a seed rerun measures seed variance and nothing else. Off by default: it can be slower and
+    # some GPU kernels refuse it.
+    deterministic: bool = False
     test_tta: bool = False          # 8-fold flip/rotation test-time augmentation on held-out slices
     save_format: str = "keras"      # "keras" or "hdf5"
     task_index: Optional[int] = None

@@ -139,3 +139,20 @@ def test_deterministic_flag_gives_identical_runs(tmp_path):
         without_time = [",".join(line.split(",")[:-1]) for line in history]   # time_s is the last column
         runs.append((without_time, record["test"], record["best_val_iou"]))
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("flag, field", [("--mixed-precision", "mixed_precision"), ("--jit-compile", "jit_compile")])
+def test_gpu_options_run_on_cpu_and_are_recorded(tmp_path, flag, field):
+    """The cluster's GPU options still train (slowly) on a CPU, are saved in the results JSON,
+    and under mixed precision the model still outputs float32 probabilities."""
+    import numpy as np
+    import models
+    proc = run([flag, "--batch-size", "4", "--out-dir", str(tmp_path), *TINY])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = tmp_path / "exp_UNet_lr0.001_bs4_seed42"
+    record = load_results(exp / f"{exp.name}_results.json")
+    assert record["status"] == "ok" and record["config"][field] is True
+    other = {"mixed_precision", "jit_compile"} - {field}
+    assert record["config"][other.pop()] is False
+    probs = models.load_model(exp / f"{exp.name}_model.keras").predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
+    assert probs.dtype == np.float32

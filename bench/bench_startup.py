@@ -138,25 +138,28 @@ CLUSTER_STEPS = 3
 def cluster_cell(rep: Report, data_dir: str, root: str) -> None:
     """The real subset at train_one.py's own defaults (the cluster cell), cache hit as in a grid.
     A full cell takes hours on 2 CPU cores, so the child stops after CLUSTER_STEPS steps and the cell
-    is extrapolated as start-up + 30 epochs x steps/epoch x (median of steps 2..N). Validation,
+    is extrapolated as start-up + epochs x steps/epoch x (median of steps 2..N). Validation,
     test and saving are left out, which makes the cell look shorter and the fraction larger."""
     cache = os.path.join(root, "study", ".cache")
     base = ["--data-dir", data_dir]
     run_child([*base, "--epochs", "1", "--out-dir", os.path.join(root, "warm")], cache, stop_after_steps=1)
     ev = run_child([*base, "--out-dir", os.path.join(root, "out")], cache, stop_after_steps=CLUSTER_STEPS)
+    from mitoseg.config import TrainConfig
+    defaults = TrainConfig()
     ph = phases(ev)
     steps = [b - a for a, b in zip(ev["step_ends"], ev["step_ends"][1:])]
     step_s = sorted(steps)[len(steps) // 2]
-    steps_per_epoch = -(-ev["n_train_patches"] // 16)
-    cell = ph["total to first step"] + 30 * steps_per_epoch * step_s
+    steps_per_epoch = -(-ev["n_train_patches"] // defaults.batch_size)
+    cell = ph["total to first step"] + defaults.epochs * steps_per_epoch * step_s
     rep.add("### real subset, cluster-default cell (train_one.py defaults), cache hit")
-    rep.add(f"train_one.py flags: `{' '.join(base)}` (patch 256, width 64, depth 5, batch 16, 30 epochs); "
+    rep.add(f"train_one.py flags: `{' '.join(base)}` (patch {defaults.patch_size}, width {defaults.base_filters}, "
+            f"depth {defaults.depth}, batch {defaults.batch_size}, {defaults.epochs} epochs); "
             f"stopped after {CLUSTER_STEPS} steps")
     rep.add()
     rows = [[name, f"{value:.2f}"] for name, value in ph.items()]
     rows.append(["training step (median of steps 2..)", f"{step_s:.1f} ({', '.join(f'{s:.1f}' for s in steps)})"])
     rows.append(["**fraction of the cell**", f"{ph['total to first step'] / cell:.2%} of ~{cell / 3600:.1f} h "
-                 f"(30 epochs x {steps_per_epoch} steps x {step_s:.1f} s; validation not counted)"])
+                 f"({defaults.epochs} epochs x {steps_per_epoch} steps x {step_s:.1f} s; validation not counted)"])
     rows.append(["load average at the end", ev["load"]])
     rep.table(["phase (s)", "cluster default"], rows)
     print(f"cluster default: {ph['total to first step']:.1f}s to first step, {step_s:.1f}s/step ({ev['load']})",

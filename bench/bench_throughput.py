@@ -49,19 +49,10 @@ def _arrays(args, arch):
 
 def _model(config):
     import keras
-    from focal_loss import BinaryFocalLoss
 
-    from mitoseg import metrics
-    from models import build_model
+    from mitoseg.training import build_compiled_model
     keras.utils.set_random_seed(config.seed)
-    p = config.patch_size
-    model = build_model(config.architecture, (p, p, config.input_channels), base_filters=config.base_filters,
-                        depth=config.depth, bn_momentum=config.bn_momentum, head=config.head)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
-                  loss=BinaryFocalLoss(gamma=config.focal_gamma),
-                  metrics=[metrics.keras_soft_jaccard, metrics.keras_binary_iou(config.threshold)],
-                  jit_compile=config.jit_compile)
-    return model
+    return build_compiled_model(config)   # the model and compile settings of a real cell
 
 
 class _Timer:

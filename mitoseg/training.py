@@ -149,14 +149,32 @@ def make_train_dataset(x, y, config: TrainConfig):
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
+def build_compiled_model(config: TrainConfig):
+    """The cell's model, compiled as every cell trains it: Adam with gradient-norm clipping, binary
+    focal loss, and the soft Jaccard and thresholded IoU shown per batch."""
+    import keras
+    from focal_loss import BinaryFocalLoss
+
+    from models import build_model
+    p = config.patch_size
+    model = build_model(config.architecture, (p, p, config.input_channels), base_filters=config.base_filters,
+                        depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm,
+                        bn_momentum=config.bn_momentum, head=config.head)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
+                  loss=BinaryFocalLoss(gamma=config.focal_gamma),
+                  metrics=[metrics.keras_soft_jaccard, metrics.keras_binary_iou(config.threshold)],
+                  jit_compile=config.jit_compile)
+    return model
+
+
 def build_training_state(model, x_example, y_example) -> None:
     """Create every variable `fit` would create on its first step (optimizer slots, loss and metric
     trackers), eagerly on one example, then reset the metrics.
 
     Keras' TensorFlow trainer (without a distribution strategy) creates them inside the first trace
     of the train function; tf.function then traces the whole train step a second time because
-    variables appeared. Building them first leaves one trace: 6.6-7.7 s -> 3.5-3.8 s from `fit` to
-    the first finished step for the demo model on 2 CPU cores (bench/bench_startup.py)."""
+    variables appeared. Building them first leaves one trace, about halving the time from `fit` to
+    the first finished step of a demo cell (README, Speed; `bench/bench_startup.py`)."""
     x = np.asarray(x_example, dtype="float32")
     y = np.asarray(y_example, dtype="float32")
     y_pred = model(x, training=False)   # training=False: BatchNorm statistics stay untouched
@@ -455,10 +473,6 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
     try:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import keras
-        from focal_loss import BinaryFocalLoss
-
-        from models import build_model
-
         record["environment"] = environment_info()
         keras.utils.set_random_seed(config.seed)
         if config.deterministic:
@@ -489,13 +503,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
             with contextlib.suppress(FileNotFoundError):
                 paths.train_state.unlink()
         p = config.patch_size
-        model = build_model(config.architecture, (p, p, config.input_channels), base_filters=config.base_filters,
-                            depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm,
-                            bn_momentum=config.bn_momentum, head=config.head)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
-                      loss=BinaryFocalLoss(gamma=config.focal_gamma),
-                      metrics=[metrics.keras_soft_jaccard, metrics.keras_binary_iou(config.threshold)],
-                      jit_compile=config.jit_compile)
+        model = build_compiled_model(config)
         build_training_state(model, arrays["x_train"][:1], arrays["y_train"][:1])
         log(f"model: {config.architecture}, {model.count_params():,} parameters, "
             f"device {record['environment']['device']}")

@@ -9,15 +9,10 @@ keras = pytest.importorskip("keras")
 
 
 def compiled_tiny_model():
-    from focal_loss import BinaryFocalLoss
-
-    from mitoseg import metrics
-    from models import build_model
+    from mitoseg.config import TrainConfig
+    from mitoseg.training import build_compiled_model
     keras.utils.set_random_seed(0)
-    model = build_model("UNet", (32, 32, 1), base_filters=4, depth=3)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=1.0), loss=BinaryFocalLoss(gamma=2),
-                  metrics=[metrics.keras_soft_jaccard, metrics.keras_binary_iou(0.5)])
-    return model
+    return build_compiled_model(TrainConfig(patch_size=32, base_filters=4, depth=3))
 
 
 def fit_and_count_traces(model, x, y) -> int:

@@ -200,7 +200,7 @@ class ExperimentPaths:
 
     @property
     def backup_dir(self) -> Path:
-        """Keras BackupAndRestore state: lets a killed cell continue from its last finished epoch."""
+        """The resume backup (mitoseg.resume): lets a killed cell continue from its last finished epoch."""
         return self.exp_dir / "backup"
 
     @property

@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import metrics
+from . import metrics, resume
 from .checks import degenerate_reason
 from .config import TrainConfig
 from .grid import ExperimentPaths
@@ -178,7 +178,7 @@ def build_training_state(model, x_example, y_example) -> None:
     x = np.asarray(x_example, dtype="float32")
     y = np.asarray(y_example, dtype="float32")
     y_pred = model(x, training=False)   # training=False: BatchNorm statistics stay untouched
-    model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
+    model.compute_loss(x=x, y=y, y_pred=y_pred)   # no `training=`: Keras 3.3 lacks it; its default ignores it
     model.compute_metrics(x, y, y_pred, sample_weight=None)
     model.optimizer.build(model.trainable_variables)
     model.reset_metrics()
@@ -242,7 +242,7 @@ def _make_callback_class():
             logs = logs if logs is not None else {}
             if self.partial_epoch:
                 # Keras calls on_epoch_end even after a mid-epoch stop: this epoch is NOT finished, so
-                # neither the history nor the backup (see _Backup) may count it; the rerun repeats it.
+                # neither the history nor the backup (mitoseg.resume) may count it; the rerun repeats it.
                 log(f"epoch {epoch + 1} stopped by a signal before its end: not recorded; the rerun repeats it")
                 return
             probs = self.model.predict(self.x_val, batch_size=self.config.batch_size, verbose=0)
@@ -263,7 +263,7 @@ def _make_callback_class():
                    "val_predicted_foreground_fraction": scores["predicted_foreground_fraction"],
                    "learning_rate": lr, "time_s": time.time() - self.epoch_start}
             st = self.state
-            # Idempotent per epoch: after a SIGKILL between this state write and the Keras backup, the
+            # Idempotent per epoch: after a SIGKILL between this state write and the resume backup, the
             # rerun repeats this epoch; its row replaces the old one and nothing is counted twice.
             st["history"] = [r for r in st["history"] if r["epoch"] < epoch + 1] + [row]
             st["training_time_s"] = float(sum(r["time_s"] for r in st["history"]))
@@ -286,44 +286,6 @@ def _make_callback_class():
                 self.model.stop_training = True
 
     return _Validation
-
-
-def _make_backup_callback(paths: ExperimentPaths, validation):
-    """Keras BackupAndRestore that (a) never saves a backup of an epoch cut short by SIGTERM (Keras
-    still calls on_epoch_end after a mid-epoch stop, which would make the rerun skip the rest of that
-    epoch) and (b) turns an unreadable backup (e.g. SIGKILL while it was written) into a clear error
-    after removing it, so the next run starts fresh instead of failing on it forever."""
-    import shutil
-
-    import keras
-
-    class _Backup(keras.callbacks.BackupAndRestore):
-        def on_train_begin(self, logs=None):
-            try:
-                super().on_train_begin(logs)
-                return
-            except Exception as err:   # Keras itself only falls back to the .bkp copy on OSError
-                first = err
-            try:   # e.g. training_metadata.json torn by a SIGKILL: resume from the previous checkpoint
-                shutil.copyfile(self._prev_weights_path, self._weights_path)
-                shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
-                self._load_model()
-                log(f"warning: {paths.backup_dir}: latest backup unreadable ({type(first).__name__}); "
-                    "resumed from the previous one")
-                return
-            except Exception:
-                shutil.rmtree(paths.backup_dir, ignore_errors=True)
-                with contextlib.suppress(FileNotFoundError):
-                    paths.train_state.unlink()
-                raise RuntimeError(f"{paths.backup_dir}: unreadable resume backup ({type(first).__name__}: "
-                                   f"{str(first).strip()[:200]}); removed it, rerun the cell to start it afresh") from first
-
-        def on_epoch_end(self, epoch, logs=None):
-            if validation.partial_epoch:
-                return
-            super().on_epoch_end(epoch, logs)
-
-    return _Backup(str(paths.backup_dir), delete_checkpoint=False, double_checkpoint=True)
 
 
 def save_model(model, path: Path) -> None:
@@ -496,7 +458,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
                 log(f"warning: {paths.train_state} is unreadable ({err}); starting the cell afresh")
                 resuming = False
         if not resuming:
-            # Without a readable state the backup must not be restored either: Keras would skip the
+            # Without a readable state the backup must not be restored either: fit would skip the
             # epochs it holds while our history starts empty, losing those epochs from the record.
             import shutil
             shutil.rmtree(paths.backup_dir, ignore_errors=True)
@@ -515,15 +477,22 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
             keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=config.reduce_lr_factor,
                                               patience=config.reduce_lr_patience, min_lr=config.min_lr, verbose=0),
             keras.callbacks.TerminateOnNaN(),
-            _make_backup_callback(paths, validation),
+            resume.make_callback(paths.backup_dir, lambda: validation.partial_epoch),
         ]
         dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], config)
+        initial_epoch = 0
         if resuming:
             log(f"resuming from the backup in {paths.backup_dir} (best val_iou so far {state['best_iou']})")
+            try:
+                initial_epoch = resume.restore(model, paths.backup_dir, log)
+            except RuntimeError:   # the backup is gone now; its state must go too
+                paths.train_state.unlink(missing_ok=True)
+                raise
         if state.get("stopped_early"):
             log("this cell already stopped early; finishing its results")
         elif not stop_signal:
-            model.fit(dataset, epochs=config.epochs, callbacks=callbacks, verbose=0, shuffle=False)
+            model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                      verbose=0, shuffle=False)
         if stop_signal:
             record.update(status="interrupted", error="stopped by SIGTERM (walltime or preemption); rerun to resume")
             return _finish(record, state, config, paths, started), EXIT_INTERRUPTED

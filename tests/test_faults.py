@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from mitoseg import grid as G
+from mitoseg import resume
 from mitoseg.results import ResultsError, empty_record, load_results, save_results
 from mitoseg.summary import build_summary
 
@@ -105,9 +106,9 @@ def study(tmp_path_factory):
     ev["run1_log"] = (root / "run1.log").read_text()
     ev["run1_record"] = load_results(p0.results_json)
     ev["run1_history"] = history_epochs(p0.history_csv)
-    ev["run1_backup"] = sorted(f.name for f in p0.backup_dir.iterdir()) if p0.backup_dir.is_dir() else []
-    meta = p0.backup_dir / "training_metadata.json"
-    ev["run1_backup_epoch"] = json.loads(meta.read_text())["epoch"] if meta.exists() else None
+    saved = resume.checkpoints(p0.backup_dir)
+    ev["run1_backup"] = sorted(f.name for f in saved[0].iterdir()) if saved else []
+    ev["run1_backup_epoch"] = json.loads((saved[0] / resume.META_NAME).read_text())["epoch"] if saved else None
 
     # 3. Resume, then SIGKILL (node failure) as soon as it has logged one epoch: no results write.
     run2 = start(base + ["--task-index", "0"], root / "run2.log")
@@ -155,7 +156,7 @@ def test_sigterm_records_interrupted_and_keeps_backup(study):
     # SIGTERM came 0.3 s into epoch 2 (an epoch takes seconds): only epoch 1 is finished. Without the
     # fix the cut-short epoch 2 was recorded (epochs_run 2, backup epoch 2) and its rest never trained.
     assert rec["epochs_run"] == 1
-    assert "latest.weights.h5" in study["run1_backup"] and "training_metadata.json" in study["run1_backup"]
+    assert study["run1_backup"] == sorted([resume.WEIGHTS_NAME, resume.META_NAME])
     assert study["run1_backup_epoch"] == rec["epochs_run"]
     assert "not recorded; the rerun repeats it" in study["run1_log"]
 
@@ -163,7 +164,7 @@ def test_sigterm_records_interrupted_and_keeps_backup(study):
 def test_resume_restores_epoch_counter_and_history_is_continuous(study):
     interrupted_at = study["run1_record"]["epochs_run"]
     assert "resuming from the backup" in study["run2_log"]
-    # BackupAndRestore set model._initial_epoch: the first epoch the resumed process trains is the
+    # fit(initial_epoch=...) from the backup: the first epoch the resumed process trains is the
     # one after the last completed epoch (not epoch 1 again).
     first = next(line for line in study["run2_log"].splitlines() if line.startswith("epoch "))
     assert first.startswith(f"epoch {interrupted_at + 1:>3}/{TOTAL_EPOCHS}"), first
@@ -407,63 +408,78 @@ def test_full_output_disk_fallback_enospc_on_every_atomic_write(tmp_path):
     assert "No space left on device" in proc.stdout.strip().splitlines()[-1]
 
 
-# --- the resume backup itself (Keras BackupAndRestore with our callbacks) -------------------------------
+# --- the resume backup itself (mitoseg.resume: weights + optimizer state per finished epoch) ----------
 BACKUP_SCRIPT = r'''
-import json, os, sys, types
+import json, sys
 from pathlib import Path
 import numpy as np, keras
-from mitoseg.grid import ExperimentPaths
-from mitoseg.training import _make_backup_callback
-paths = ExperimentPaths(Path(sys.argv[1]) / "exp_backup")
-paths.exp_dir.mkdir(parents=True)
+from mitoseg import resume
+backup = Path(sys.argv[1]) / "backup"
 x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.zeros((32, 1), "float32")
 out = {}
+partial = [False]
 
-def fit(epochs, partial=False):
+def model_():
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-    model.compile(optimizer="adam", loss="mse")
-    validation = types.SimpleNamespace(partial_epoch=partial)
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+def fit(epochs):
+    model = model_()
+    start = resume.restore(model, backup)
     seen = []
     log = keras.callbacks.LambdaCallback(on_epoch_begin=lambda e, l: seen.append(e + 1))
-    model.fit(x, y, epochs=epochs, batch_size=8, verbose=0, callbacks=[log, _make_backup_callback(paths, validation)])
-    return seen
+    model.fit(x, y, epochs=epochs, initial_epoch=start, batch_size=8, verbose=0,
+              callbacks=[log, resume.make_callback(backup, lambda: partial[0])])
+    return seen, model
 
-def meta():
-    f = paths.backup_dir / "training_metadata.json"
-    return json.loads(f.read_text())["epoch"] if f.exists() else None
+def newest():
+    found = resume.checkpoints(backup)
+    return json.loads((found[0] / resume.META_NAME).read_text())["epoch"] if found else None
 
-out["fresh"] = fit(3); out["meta_fresh"] = meta()
-out["resumed"] = fit(5); out["meta_resumed"] = meta()          # restores _initial_epoch: epochs 4, 5 only
-out["partial"] = fit(7, partial=True); out["meta_partial"] = meta()   # cut-short epochs never saved
-(paths.backup_dir / "training_metadata.json").write_text('{"epo')     # torn by a SIGKILL
-out["torn"] = fit(7); out["meta_torn"] = meta()                 # falls back to the .bkp copy (epoch 4)
-for f in paths.backup_dir.iterdir():
-    if f.name.startswith("training_metadata"):
-        f.write_text("garbage")
-paths.train_state.write_text("{}")
+out["fresh"] = fit(3)[0]
+out["meta_fresh"] = newest()
+seen, m5 = fit(5)
+out["resumed"], out["meta_resumed"] = seen, newest()            # epochs 4, 5 only
+reloaded = model_(); resume.restore(reloaded, backup)           # weights AND optimizer state come back
+out["same_weights"] = all(np.array_equal(a, b) for a, b in zip(m5.get_weights(), reloaded.get_weights()))
+out["same_optimizer"] = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in
+                            zip(m5.optimizer.variables, reloaded.optimizer.variables))
+out["iterations"] = int(np.asarray(reloaded.optimizer.iterations))
+partial[0] = True
+out["partial"] = fit(7)[0]; out["meta_partial"] = newest()   # cut-short epochs never saved
+partial[0] = False
+out["kept"] = [p.name for p in resume.checkpoints(backup)]
+(resume.checkpoints(backup)[0] / resume.META_NAME).write_text('{"epo')     # torn newest checkpoint
+out["torn"] = fit(7)[0]; out["meta_torn"] = newest()          # falls back to the previous one (epoch 4)
+for p in resume.checkpoints(backup):
+    (p / resume.WEIGHTS_NAME).write_bytes(b"garbage")
 try:
     fit(9)
     out["both_torn"] = "no error"
 except RuntimeError as err:
     out["both_torn"] = str(err)
-out["backup_left"] = paths.backup_dir.exists(); out["state_left"] = paths.train_state.exists()
+out["backup_left"] = backup.exists()
 print("RESULT " + json.dumps(out))
 '''
 
 
-def test_backup_restores_epoch_counter_skips_partial_epochs_and_survives_torn_metadata(tmp_path):
+def test_backup_restores_epoch_counter_skips_partial_epochs_and_survives_torn_checkpoints(tmp_path):
     proc = subprocess.run([sys.executable, "-c", BACKUP_SCRIPT, str(tmp_path)], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("RESULT "))[7:])
     assert out["fresh"] == [1, 2, 3] and out["meta_fresh"] == 3
     assert out["resumed"] == [4, 5] and out["meta_resumed"] == 5
+    assert out["same_weights"] and out["same_optimizer"] and out["iterations"] == 5 * 4   # 4 steps/epoch
     assert out["partial"] == [6, 7] and out["meta_partial"] == 5
+    assert out["kept"] == ["epoch_0005", "epoch_0004"]
     assert out["torn"] == [5, 6, 7] and out["meta_torn"] == 7
     assert "latest backup unreadable (JSONDecodeError); resumed from the previous one" in proc.stdout
-    assert "unreadable resume backup (JSONDecodeError" in out["both_torn"] and "start it afresh" in out["both_torn"]
-    assert not out["backup_left"] and not out["state_left"]
+    assert "unreadable resume backup (" in out["both_torn"] and "start it afresh" in out["both_torn"]
+    assert not out["backup_left"]
 
 
 def test_leftover_temp_files_alone_are_not_results(tmp_path):

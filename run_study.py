@@ -119,7 +119,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
     failed = [r for r in rows.values() if r["state"] not in R.DONE_STATUSES]
     _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
            f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
-           f"training wall time {R._fmt_time(time.monotonic() - t0)}")
+           f"training wall time {R.fmt_duration(time.monotonic() - t0)}")
     code = 1 if failed else 0
     if analysis:
         acode = R.run_analysis(study, log=_print)
@@ -143,7 +143,7 @@ def cmd_local(args) -> int:
     jobs = args.jobs or (2 if args.demo else 1)
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis)
     if args.demo:
-        _print(f"Demo finished in {R._fmt_time(time.monotonic() - t0)}. "
+        _print(f"Demo finished in {R.fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
 

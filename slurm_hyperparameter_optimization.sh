@@ -4,14 +4,14 @@
 #   sbatch slurm_hyperparameter_optimization.sh               (from the repository folder)
 #   A grid of another size: python run_study.py submit --grid-config G.json (sets the range itself)
 # The --array range must be 0..(grid size - 1): `python run_study.py list --size`; checked by
-# `python run_study.py verify`. Environment: TF_CONTAINER (e.g. /apps/containers/tensorflow_2.15.0-gpu.sif),
-# STUDY_DIR, GRID_CONFIG, DATA_DIR, PYTHON (see the PBS script).
+# `python run_study.py verify`. Environment: TF_CONTAINER (e.g. /apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif),
+# STUDY_DIR, GRID_CONFIG, DATA_DIR, PYTHON (see the PBS script; also for the 2 h walltime's reason).
 #SBATCH --job-name=mitoseg_hpo
 #SBATCH --array=0-35
 #SBATCH --cpus-per-task=8
 #SBATCH --mem=64G
 #SBATCH --gres=gpu:1
-#SBATCH --time=48:00:00
+#SBATCH --time=02:00:00
 #SBATCH --output=mitoseg_hpo_%A_%a.out
 #SBATCH --kill-on-invalid-dep=yes
 cd "${SLURM_SUBMIT_DIR:-$PWD}" || exit 2

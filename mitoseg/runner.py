@@ -53,7 +53,7 @@ POINTER_DIR = ".mitoseg_jobs"
 ANALYSIS_SCRIPT_NAME = "run_analysis.sh"
 DONE_STATUSES = ("ok", "diverged")
 CONTAINER_ENV = "TF_CONTAINER"          # path of the Singularity/Apptainer TensorFlow image
-EXAMPLE_CONTAINER = "/apps/containers/tensorflow_2.15.0-gpu.sif"  # example only, site-specific
+EXAMPLE_CONTAINER = "/apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif"  # example only, site-specific
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
 
 
@@ -233,11 +233,27 @@ def container_runtime() -> Optional[str]:
     return None
 
 
-def launcher(environ=None) -> tuple[list[str], Optional[str]]:
+def study_binds(data_dir=None, study_dir=None) -> list[str]:
+    """Host folders a cell reads or writes: the code, the study, the data. Apptainer mounts only the
+    home and current folders by default, so anything else (a /scratch study, a /data stack) is
+    invisible inside the container unless bound."""
+    wanted = [REPO_DIR, study_dir, data_dir]
+    out: list[str] = []
+    for path in wanted:
+        if path:
+            text = str(Path(path).resolve())
+            if text not in out:
+                out.append(text)
+    return out
+
+
+def launcher(environ=None, binds: Iterable[str] = ()) -> tuple[list[str], Optional[str]]:
     """(command prefix that runs Python in the training environment, warning or None).
 
-    $TF_CONTAINER set and present + apptainer/singularity found: `<runtime> exec --nv IMAGE python`
-    (the image's Python: $CONTAINER_PYTHON, default `python`). Otherwise this Python, with a warning."""
+    $TF_CONTAINER set and present + apptainer/singularity found:
+    `<runtime> exec --nv [--bind A,B] IMAGE python` (the image's Python: $CONTAINER_PYTHON, default
+    `python`; $APPTAINER_BIND, if set, is honoured by apptainer itself). Otherwise this Python, with
+    a warning."""
     env = os.environ if environ is None else environ
     image = env.get(CONTAINER_ENV)
     plain = [sys.executable]
@@ -250,7 +266,8 @@ def launcher(environ=None) -> tuple[list[str], Optional[str]]:
     if runtime is None:
         return plain, (f"warning: ${CONTAINER_ENV}={image} is set but neither apptainer nor singularity "
                        f"is on PATH (module load apptainer?); running with {sys.executable}")
-    return [runtime, "exec", "--nv", image, env.get("CONTAINER_PYTHON", "python")], None
+    bind = ["--bind", ",".join(binds)] if binds else []
+    return [runtime, "exec", "--nv", *bind, image, env.get("CONTAINER_PYTHON", "python")], None
 
 
 def train_command(study_dir, index: int, prefix: Optional[list] = None, force: bool = False) -> list[str]:
@@ -296,7 +313,7 @@ def analysis_command(study_dir, python: Optional[list] = None) -> list[str]:
 def write_analysis_script(study_dir, environ=None) -> Path:
     """STUDY/run_analysis.sh: what the dependent job runs; also for rerunning by hand."""
     study_dir = Path(study_dir).resolve()
-    prefix, _ = launcher(environ)
+    prefix, _ = launcher(environ, binds=study_binds(G.load_study_grid(study_dir).fixed.get("data_dir"), study_dir))
     cmd = " ".join(shlex.quote(a) for a in [*prefix, str(RUN_STUDY), "analyze", "--study-dir", str(study_dir)])
     text = ("#!/bin/bash\n"
             "# Analysis of this study, run by the scheduler after the whole array (afterany).\n"
@@ -397,7 +414,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     key = array_job_key(env)
     if dep and key and not env.get(NO_ANALYSIS_ENV) and claim_analysis_submission(study, key):
         submit_analysis_job(study, dep[0], dep[1], env, log)
-    prefix, warning = launcher(env)
+    prefix, warning = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study))
     if warning:
         log(warning)
     cmd = train_command(study, index, prefix)
@@ -453,7 +470,7 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
 
 
 # --- local runner ---------------------------------------------------------------------------------
-def _fmt_time(seconds: Optional[float]) -> str:
+def fmt_duration(seconds: Optional[float]) -> str:
     if seconds is None:
         return "-"
     seconds = int(round(seconds))
@@ -534,8 +551,8 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                 eta = sum(finished_secs) / len(finished_secs) * left / max(1, min(jobs, left)) if left else 0.0
                 log(f"[{done}/{total}] {cell.name}: {state}  best_val_iou {_fmt_score(rec.get('best_val_iou'))} "
                     f"(all-foreground {_fmt_score(rec.get('all_foreground_jaccard'))})  "
-                    f"cell {_fmt_time(rows[idx]['seconds'])}  elapsed {_fmt_time(elapsed)}  "
-                    f"ETA {_fmt_time(eta)}" + (f"  [{note}]" if state not in DONE_STATUSES and note else ""))
+                    f"cell {fmt_duration(rows[idx]['seconds'])}  elapsed {fmt_duration(elapsed)}  "
+                    f"ETA {fmt_duration(eta)}" + (f"  [{note}]" if state not in DONE_STATUSES and note else ""))
     except KeyboardInterrupt:
         for cell, proc, out, _ in running.values():
             proc.send_signal(signal.SIGTERM)
@@ -567,7 +584,7 @@ def results_table(rows: dict) -> str:
         r = rows[idx]
         lines.append(f"{idx:>3}  {r['cell'].name:<44} {r['state']:<11} {_fmt_score(r['iou']):>7} "
                      f"{_fmt_score(r['baseline']):>6} {str(r['epochs'] if r['epochs'] is not None else '-'):>6} "
-                     f"{_fmt_time(r['seconds']):>8}  {r['note']}")
+                     f"{fmt_duration(r['seconds']):>8}  {r['note']}")
     return "\n".join(lines)
 
 

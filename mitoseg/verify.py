@@ -2,10 +2,12 @@
 
 Run by `pbs_setup_verification.sh` (= `python run_study.py verify`). Checks:
 
-* the training environment (the TF_CONTAINER image if configured, else this Python) imports every
-  package, with versions, and TensorFlow sees a GPU (WARN on a CPU-only node); this part runs in a
-  subprocess through the same launcher the array elements use (`python -m mitoseg.verify --probe`),
-  which also counts each architecture's parameters at the grid's width;
+* the training environment (the TF_CONTAINER image if configured, else this Python), through the
+  same launcher and binds the array elements use (`python -m mitoseg.preflight`): every package
+  imports, TensorFlow sees a GPU (WARN on a CPU-only node), and for each architecture of the grid
+  one optimizer step at the study's settings and largest batch trains, saves, reloads and predicts
+  (FAIL rows otherwise), with seconds per step and peak memory;
+* the time estimate per cell and for the grid against the job scripts' walltime requests;
 * the container image exists when one is configured;
 * the dataset (grid's data_dir or DATA_DIR): layout, files, image/mask shapes, binary masks,
   foreground fraction (plausible: 0.5 % .. 50 %), train/val patches at the patch size;
@@ -15,8 +17,8 @@ Run by `pbs_setup_verification.sh` (= `python run_study.py verify`). Checks:
 """
 from __future__ import annotations
 
-import argparse
 import json
+import math
 import os
 import re
 import shutil
@@ -29,14 +31,14 @@ from typing import Optional
 
 from . import grid as G
 from . import runner as R
+from .config import TrainConfig
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
-# import name -> distribution name (for the version)
-PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "focal_loss": "focal-loss",
-            "tifffile": "tifffile", "skimage": "scikit-image", "scipy": "scipy", "pandas": "pandas",
-            "matplotlib": "matplotlib", "seaborn": "seaborn", "statsmodels": "statsmodels"}
 FOREGROUND_RANGE = (0.005, 0.5)
 BYTES_PER_PARAM_PER_CELL = 4 * 3
+PREFLIGHT_TIMEOUT_S = 3 * 3600   # the cluster-default trial on a CPU takes minutes; on a GPU seconds
+WALLTIME_MARGIN = 2.0            # WARN when a cell's estimate uses more than 1/2 of the walltime
+WALLTIME_OVERSIZE = 20.0         # WARN when the walltime is over 20x the longest cell's estimate
 
 
 @dataclass
@@ -46,49 +48,14 @@ class Row:
     detail: str
 
 
-# --- the probe: runs inside the training environment ----------------------------------------------
-def probe(fixed: dict) -> dict:
-    """Package versions, GPUs and parameter counts (JSON-able). Never raises."""
-    import importlib
-    import importlib.metadata as md
-    out: dict = {"python": sys.version.split()[0], "executable": sys.executable, "packages": {},
-                 "gpus": [], "params": {}, "errors": []}
-    for mod, dist in PACKAGES.items():
-        try:
-            importlib.import_module(mod)
-            try:
-                version = md.version(dist)
-            except md.PackageNotFoundError:
-                version = getattr(sys.modules[mod], "__version__", "?")
-            out["packages"][mod] = {"ok": True, "version": version}
-        except Exception as err:  # noqa: BLE001 - reported
-            out["packages"][mod] = {"ok": False, "error": f"{type(err).__name__}: {err}"[:200]}
-    try:
-        import tensorflow as tf
-        out["gpus"] = [d.name for d in tf.config.list_physical_devices("GPU")]
-    except Exception as err:  # noqa: BLE001
-        out["errors"].append(f"GPU query: {err}"[:200])
-    try:
-        sys.path.insert(0, str(R.REPO_DIR))
-        import models
-        from .config import TrainConfig
-        cfg = TrainConfig.from_dict(dict(fixed))
-        shape = (cfg.patch_size, cfg.patch_size, cfg.input_channels)
-        for arch in ("UNet", "Attention_UNet", "Attention_ResUNet"):
-            out["params"][arch] = int(models.build_model(arch, shape, base_filters=cfg.base_filters,
-                                                         depth=cfg.depth).count_params())
-    except Exception as err:  # noqa: BLE001
-        out["errors"].append(f"parameter count: {type(err).__name__}: {err}"[:200])
-    return out
-
-
-def run_probe(fixed: dict, environ=None, timeout: float = 600) -> tuple[Optional[dict], str]:
-    """Run `probe` through the launcher (container or this Python). (result or None, message)."""
-    prefix, warning = R.launcher(environ)
-    cmd = [*prefix, "-m", "mitoseg.verify", "--probe", json.dumps(fixed)]
+# --- the trial: runs inside the training environment (mitoseg/preflight.py) -----------------------
+def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEOUT_S) -> tuple[Optional[dict], str]:
+    """Run the pre-flight trial through the launcher the cells use. (result or None, where / why)."""
+    prefix, _ = R.launcher(environ, binds=R.study_binds(grid.fixed.get("data_dir")))
+    cmd = [*prefix, "-m", "mitoseg.preflight", json.dumps(grid.to_dict())]
     env = {**(os.environ if environ is None else environ), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=str(R.REPO_DIR), env=env)
+    try:   # stderr (progress, tracebacks) goes to the user's terminal / job log as it happens
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=str(R.REPO_DIR), env=env)
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"{' '.join(cmd[:4])}: {err}"
     for line in reversed(proc.stdout.splitlines()):
@@ -97,29 +64,67 @@ def run_probe(fixed: dict, environ=None, timeout: float = 600) -> tuple[Optional
                 return json.loads(line), " ".join(prefix)
             except json.JSONDecodeError:
                 break
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-    return None, f"{' '.join(prefix)} exited {proc.returncode}: {tail[0][:200]}"
+    return None, f"{' '.join(prefix)} -m mitoseg.preflight exited {proc.returncode} without a result (see above)"
 
 
-# --- checks ---------------------------------------------------------------------------------------
-def check_environment(fixed: dict, environ=None) -> tuple[list[Row], dict]:
-    result, where = run_probe(fixed, environ)
+def check_environment(result: Optional[dict], where: str) -> list[Row]:
     if result is None:
-        return [Row("training environment", FAIL, f"cannot run Python there: {where}")], {}
+        return [Row("training environment", FAIL, f"cannot run the trial there: {where}")]
     rows = [Row("training environment", PASS, f"Python {result['python']} via {where}")]
     for mod, info in result["packages"].items():
-        if info["ok"]:
-            rows.append(Row(f"import {mod}", PASS, info["version"]))
-        else:
-            rows.append(Row(f"import {mod}", FAIL, info["error"]))
+        rows.append(Row(f"import {mod}", PASS, info["version"]) if info["ok"] else Row(f"import {mod}", FAIL, info["error"]))
+    if result["error"]:
+        rows.append(Row("trial set-up", FAIL, result["error"]))
     if result["gpus"]:
         rows.append(Row("GPU", PASS, ", ".join(result["gpus"])))
     else:
         rows.append(Row("GPU", WARN, "TensorFlow sees no GPU: training runs on the CPU (fine for the demo, "
                                      "far too slow for the full study)"))
-    for err in result["errors"]:
-        rows.append(Row("environment", WARN, err))
-    return rows, result.get("params", {})
+    return rows
+
+
+def _step_seconds(steps: dict, batch_size: int) -> float:
+    """Seconds per step at `batch_size`, interpolated per image between the timed batch sizes."""
+    timed = sorted((int(b), t) for b, t in steps.items())
+    (b0, t0), (b1, t1) = timed[0], timed[-1]
+    if b1 == b0:
+        return t0 * batch_size / b0
+    per_image = t0 / b0 + (t1 / b1 - t0 / b0) * (min(max(batch_size, b0), b1) - b0) / (b1 - b0)
+    return per_image * batch_size
+
+
+def estimate_cell_seconds(trial: dict, batch_size: int, epochs: int) -> float:
+    """All epochs (no early stop) of training steps plus the per-epoch validation pass, plus start-up."""
+    steps = math.ceil(trial["n_train_patches"] / batch_size)
+    per_epoch = steps * _step_seconds(trial["step_s"], batch_size) + trial["n_val_patches"] * trial["predict_per_patch_s"]
+    return trial["startup_s"] + epochs * per_epoch
+
+
+def _fmt_bytes(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
+
+
+def check_trial(result: Optional[dict], grid: G.GridConfig) -> tuple[list[Row], dict]:
+    """FAIL rows for architectures whose trial raised; PASS rows with step time and memory; the
+    per-cell estimates {cell index: seconds}."""
+    if result is None or result["error"]:
+        return [Row("trial step", FAIL, "not run (see the rows above)")], {}
+    rows, estimates = [], {}
+    epochs = TrainConfig.from_dict(dict(grid.fixed)).epochs
+    for arch in grid.architectures:
+        t = result["architectures"].get(arch) or {"ok": False, "error": "no result"}
+        if not t["ok"]:
+            rows.append(Row(f"trial {arch}", FAIL, t["error"]))
+            continue
+        mem = t["memory"]
+        step = ", ".join(f"{float(v):.2f} s/step at batch {b}" for b, v in sorted(t["step_s"].items(), key=lambda kv: -int(kv[0])))
+        rows.append(Row(f"trial {arch}", PASS, f"{t['params']:,} params; build + first step {t['startup_s']:.1f} s; "
+                        f"{step}; peak {'GPU memory' if mem['kind'] == 'GPU' else 'RSS'} {_fmt_bytes(mem['bytes'])}; "
+                        f"saved, reloaded, predicted a tile"))
+        for cell in G.cells(grid):
+            if cell.architecture == arch:
+                estimates[cell.index] = estimate_cell_seconds(t, cell.batch_size, epochs)
+    return rows, estimates
 
 
 def check_container(environ=None) -> list[Row]:
@@ -145,9 +150,8 @@ def _patch_counts(volume, patch_size: int, val_fraction: float, val_position: st
     return len(train_idx) * per_slice, len(val_idx) * per_slice
 
 
-def check_dataset(fixed: dict) -> list[Row]:
-    from .config import TrainConfig
-    cfg = TrainConfig.from_dict(dict(fixed))
+def check_dataset(grid: G.GridConfig) -> list[Row]:
+    cfg = TrainConfig.from_dict(dict(grid.fixed))
     if not cfg.data_dir:
         # WARN, not PASS: a full study on the synthetic demo data is almost always a missing DATA_DIR.
         return [Row("dataset", WARN, f"no data folder: built-in synthetic EM data ({cfg.synthetic_slices} slices of "
@@ -182,7 +186,7 @@ def check_dataset(fixed: dict) -> list[Row]:
     except data.DataError as err:
         rows.append(Row("patches", FAIL, str(err)))
         return rows
-    max_bs = max(G.default_grid().batch_sizes)
+    max_bs = max(grid.batch_sizes)   # the study's own largest batch must fit in one epoch
     status = PASS if n_train >= max_bs and n_val > 0 else FAIL if n_train == 0 or n_val == 0 else WARN
     rows.append(Row("patches", status, f"{n_train} train + {n_val} val patches of {p}x{p} "
                                        f"({(h // p) * (w // p)} per slice, val fraction {cfg.val_fraction})"))
@@ -240,17 +244,71 @@ def check_array_ranges(grid: G.GridConfig, pbs_script=None, slurm_script=None) -
     return rows
 
 
+_PBS_WALLTIME = re.compile(r"^#PBS\s+-l\s+.*\bwalltime=([\d:]+)", re.M)
+_SLURM_TIME = re.compile(r"^#SBATCH\s+(?:--time[=\s]|-t\s*)([\d:-]+)", re.M)
+
+
+def parse_walltime(text: str) -> int:
+    """Seconds of '[D-]HH:MM:SS', 'MM:SS' or 'MM' (Slurm's and PBS' forms)."""
+    days, _, clock = text.rpartition("-")
+    parts = [int(p) for p in clock.split(":")]
+    if len(parts) == 1:   # Slurm: minutes
+        parts = [0, parts[0], 0]
+    while len(parts) < 3:
+        parts.insert(0, 0)
+    h, m, sec = parts
+    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def script_walltime(script, kind: str) -> Optional[int]:
+    m = (_PBS_WALLTIME if kind == "pbs" else _SLURM_TIME).search(Path(script).read_text())
+    return parse_walltime(m.group(1)) if m else None
+
+
+def check_walltime(estimates: dict, gpus: list, pbs_script=None, slurm_script=None) -> list[Row]:
+    """The estimate of the longest cell against each job script's walltime request."""
+    if not estimates:
+        return []
+    longest, total = max(estimates.values()), sum(estimates.values())
+    where = "on this GPU" if gpus else "on this CPU (run the check on a GPU node for the real figure)"
+    rows = [Row("time estimate", PASS, f"longest cell {R.fmt_duration(longest)}, whole grid {R.fmt_duration(total)} of "
+                                       f"one device {where}; every epoch run, no early stopping")]
+    for kind, script in (("pbs", pbs_script), ("slurm", slurm_script)):
+        if not script:
+            continue
+        limit = script_walltime(script, kind)
+        name = f"walltime ({Path(script).name})"
+        if limit is None:
+            rows.append(Row(name, WARN, f"no walltime line in {script}: the queue's default applies"))
+        elif longest > limit:
+            rows.append(Row(name, FAIL if gpus else WARN, f"{R.fmt_duration(limit)} is shorter than the longest cell "
+                            f"({R.fmt_duration(longest)} {where}); cells would be cut and need resubmitting"))
+        elif longest * WALLTIME_MARGIN > limit:
+            rows.append(Row(name, WARN, f"{R.fmt_duration(limit)} leaves less than {WALLTIME_MARGIN:g}x margin over the "
+                                        f"longest cell ({R.fmt_duration(longest)})"))
+        elif gpus and limit > WALLTIME_OVERSIZE * longest:
+            rows.append(Row(name, WARN, f"{R.fmt_duration(limit)} is over {WALLTIME_OVERSIZE:g}x the longest cell "
+                                        f"({R.fmt_duration(longest)}): a smaller request usually starts sooner"))
+        else:
+            rows.append(Row(name, PASS, f"{R.fmt_duration(limit)} for a longest cell of {R.fmt_duration(longest)}"))
+    return rows
+
+
 def run_checks(grid: G.GridConfig, output_root=".", pbs_script=None, slurm_script=None, environ=None,
                env_probe: bool = True) -> list[Row]:
     rows: list[Row] = []
     params: dict = {}
     if env_probe:
-        env_rows, params = check_environment(grid.fixed, environ)
-        rows += env_rows
+        result, where = run_trial(grid, environ)
+        rows += check_environment(result, where)
+        trial_rows, estimates = check_trial(result, grid)
+        rows += trial_rows
+        params = {a: t["params"] for a, t in (result or {}).get("architectures", {}).items() if t.get("ok")}
+        rows += check_walltime(estimates, (result or {}).get("gpus", []), pbs_script, slurm_script)
     else:
-        rows.append(Row("training environment", WARN, "not checked (--skip-env-probe)"))
+        rows.append(Row("training environment", WARN, "not checked (--skip-env-probe): no trial step ran"))
     rows += check_container(environ)
-    rows += check_dataset(grid.fixed)
+    rows += check_dataset(grid)
     rows += check_output(output_root, grid, params)
     rows += check_array_ranges(grid, pbs_script, slurm_script)
     return rows
@@ -261,8 +319,10 @@ def format_table(rows: list[Row]) -> str:
     lines = [f"{'check':<{width}}  result  detail", "-" * (width + 60)]
     lines += [f"{r.check:<{width}}  {r.status:<6}  {r.detail}" for r in rows]
     counts = {s: sum(r.status == s for r in rows) for s in (PASS, WARN, FAIL)}
-    lines.append(f"\n{counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL"
-                 + (": fix the FAIL rows before submitting." if counts[FAIL] else ": ready to submit."))
+    trained = any(r.check.startswith("trial ") and r.status == PASS for r in rows)
+    verdict = (": fix the FAIL rows before submitting." if counts[FAIL] else ": ready to submit." if trained
+               else ", but no trial step ran (--skip-env-probe): not proven ready to submit.")
+    lines.append(f"\n{counts[PASS]} PASS, {counts[WARN]} WARN, {counts[FAIL]} FAIL" + verdict)
     return "\n".join(lines)
 
 
@@ -276,9 +336,3 @@ def main(args) -> int:
     print(format_table(rows), flush=True)
     return 1 if any(r.status == FAIL for r in rows) else 0
 
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="probe the training environment (used by run_study.py verify)")
-    parser.add_argument("--probe", required=True, help="the grid's fixed settings as JSON")
-    ns = parser.parse_args()
-    print(json.dumps(probe(json.loads(ns.probe))), flush=True)

@@ -1,6 +1,7 @@
 """Setup verification: PASS/WARN/FAIL rows, exit codes."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -80,12 +81,12 @@ def test_bad_mask_values_fail_and_exit_non_zero(tmp_path):
 
 def test_missing_files_and_implausible_foreground(tmp_path):
     (tmp_path / "empty").mkdir()
-    assert by_check(V.check_dataset(dict(TINY, data_dir=str(tmp_path / "empty"))))["dataset"].status == V.FAIL
+    assert by_check(V.check_dataset(grid_for(tmp_path / "empty")))["dataset"].status == V.FAIL
     masks = np.zeros((4, 64, 64), np.uint8)
     masks[:, :50, :] = 1                # 78 % foreground
     data = _write_stack(tmp_path / "fg", masks)
-    assert by_check(V.check_dataset(dict(TINY, data_dir=str(data))))["foreground fraction"].status == V.WARN
-    small = dict(TINY, data_dir=str(data), patch_size=128)
+    assert by_check(V.check_dataset(grid_for(data)))["foreground fraction"].status == V.WARN
+    small = grid_for(data, patch_size=128)
     assert by_check(V.check_dataset(small))["patches"].status == V.FAIL
 
 
@@ -117,15 +118,96 @@ def test_disk_estimate(tmp_path, monkeypatch):
     assert row.status == V.FAIL and "needs" in row.detail
 
 
-def test_environment_probe_imports_packages_and_reports_cpu(tmp_path):
-    rows, params = V.check_environment(dict(TINY), environ={})
+def test_trial_trains_saves_and_predicts_every_architecture_of_the_study(tmp_path, good_data):
+    grid = G.GridConfig(architectures=["UNet", "Attention_ResUNet"], learning_rates=[1e-3], batch_sizes=[4, 8],
+                        fixed=dict(TINY, data_dir=str(good_data)))
+    pbs, slurm = scripts(tmp_path, pbs_range="0-3", slurm_range="0-3")
+    rows = V.run_checks(grid, tmp_path / "out", pbs, slurm, environ={})
     got = by_check(rows)
     assert got["training environment"].status == V.PASS
-    for mod in ("tensorflow", "keras", "numpy", "tifffile", "focal_loss"):
+    for mod in ("tensorflow", "keras", "numpy", "tifffile", "focal_loss", "statsmodels"):
         assert got[f"import {mod}"].status == V.PASS and got[f"import {mod}"].detail[0].isdigit()
     assert got["GPU"].status in (V.PASS, V.WARN)   # WARN on this CPU-only machine
-    assert set(params) == {"UNet", "Attention_UNet", "Attention_ResUNet"} and all(v > 0 for v in params.values())
+    for arch in grid.architectures:
+        detail = got[f"trial {arch}"].detail
+        assert got[f"trial {arch}"].status == V.PASS, detail
+        assert re.search(r"s/step at batch 8, [\d.]+ s/step at batch 4; peak RSS", detail), detail
+        assert "saved, reloaded, predicted a tile" in detail
+    assert "trial Attention_UNet" not in got                 # only the study's architectures
+    assert got["time estimate"].status == V.PASS and "longest cell" in got["time estimate"].detail
+    assert got["walltime (slurm.sh)"].status == V.WARN       # the test script has no --time line
+    assert not any(r.status == V.FAIL for r in rows), V.format_table(rows)
+    assert V.format_table(rows).endswith("ready to submit.")
 
+
+def test_estimate_and_walltime_rules():
+    trial = {"n_train_patches": 100, "n_val_patches": 10, "startup_s": 5.0, "predict_per_patch_s": 0.01,
+             "step_s": {"16": 1.6, "8": 1.2}}
+    # batch 16: 7 steps x 1.6 s; batch 8: 13 steps x 1.2 s; batch 12: per image halfway (0.125 s)
+    assert V.estimate_cell_seconds(trial, 16, 2) == pytest.approx(5 + 2 * (7 * 1.6 + 0.1))
+    assert V.estimate_cell_seconds(trial, 8, 2) == pytest.approx(5 + 2 * (13 * 1.2 + 0.1))
+    assert V.estimate_cell_seconds(trial, 12, 1) == pytest.approx(5 + 9 * 12 * 0.125 + 0.1)
+    assert V.parse_walltime("02:00:00") == 7200 and V.parse_walltime("1-00:30:00") == 88200
+    assert V.parse_walltime("90") == 5400 and V.parse_walltime("30:00") == 1800
+
+
+@pytest.mark.parametrize("longest, gpus, status, words", [
+    (3 * 3600, ["GPU:0"], V.FAIL, "shorter than the longest cell"),
+    (3 * 3600, [], V.WARN, "shorter than the longest cell"),        # a CPU estimate says little about a GPU job
+    (5000, ["GPU:0"], V.WARN, "less than 2x margin"),
+    (60, ["GPU:0"], V.WARN, "over 20x the longest cell"),
+    (600, ["GPU:0"], V.PASS, "for a longest cell of 10m00s"),
+])
+def test_walltime_against_the_estimate(tmp_path, longest, gpus, status, words):
+    script = tmp_path / "job.sh"
+    script.write_text("#!/bin/bash\n#SBATCH --array=0-1\n#SBATCH --time=02:00:00\n")
+    row = by_check(V.check_walltime({0: 1.0, 1: float(longest)}, gpus, slurm_script=script))["walltime (job.sh)"]
+    assert row.status == status and words in row.detail, row.detail
+
+
+def test_the_shipped_job_scripts_ask_for_the_same_walltime():
+    pbs = V.script_walltime(REPO / "pbs_hyperparameter_optimization.sh", "pbs")
+    slurm = V.script_walltime(REPO / "slurm_hyperparameter_optimization.sh", "slurm")
+    assert pbs == slurm == 2 * 3600
+
+
+BROKEN_OPTIMIZER = """#!/bin/sh
+# a training environment in which every optimizer step raises
+exec {python} -c 'import runpy, sys, keras
+def boom(self, *a, **k):
+    raise RuntimeError("injected: the optimizer step is broken here")
+keras.optimizers.Adam.apply = boom
+module = sys.argv[2]                       # called as: python -m MODULE ARGS...
+sys.argv = [module] + sys.argv[3:]
+runpy.run_module(module, run_name="__main__", alter_sys=True)' "$@"
+"""
+
+
+def test_an_environment_whose_optimizer_step_raises_is_never_ready(tmp_path, good_data):
+    """Through the container path (stand-in apptainer, tests/bin): the image's `python` is a wrapper
+    whose Adam raises on every step. Every trial row must FAIL and the verdict must not be ready."""
+    broken = tmp_path / "python"
+    broken.write_text(BROKEN_OPTIMIZER.replace("{python}", sys.executable))
+    broken.chmod(0o755)
+    image = tmp_path / "tf.sif"
+    image.write_text("image")
+    env = {**os.environ, "PATH": f"{REPO / 'tests' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+           "TF_CONTAINER": str(image), "STANDIN_CONTAINER_PYTHON": str(broken), "DATA_DIR": str(good_data),
+           "GRID_CONFIG": str(_grid_file(tmp_path, good_data)), "STANDIN_APPTAINER_LOG": str(tmp_path / "calls.log")}
+    r = subprocess.run([sys.executable, str(REPO / "run_study.py"), "verify", "--output-root", str(tmp_path / "out")],
+                       capture_output=True, text=True, cwd=REPO, timeout=600, env=env)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert re.search(r"^trial UNet\s+FAIL\s+RuntimeError: injected: the optimizer step is broken here", r.stdout, re.M), r.stdout
+    assert "ready to submit" not in r.stdout.replace("before submitting", "")
+    call = json.loads((tmp_path / "calls.log").read_text().splitlines()[0])
+    assert call["image"] == str(image) and str(good_data.resolve()) in call["binds"]
+
+
+def _grid_file(tmp_path, data) -> Path:
+    path = tmp_path / "grid.json"
+    G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4],
+                 fixed=dict(TINY, data_dir=str(data))).save(path)
+    return path
 
 
 def test_pbs_setup_verification_script_runs_the_checks(tmp_path, good_data):

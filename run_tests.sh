@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# The test command: sets everything up on a fresh machine (Python packages into .venv/, and Debian's
-# slurm-wlm for the real-scheduler tests), then runs the whole test suite.
+# The test command: sets everything up on a fresh machine, then runs the tests twice.
+#   1. .venv/ (requirements.txt: the newest supported stack, pinned): the whole suite.
+#   2. .venv-oldest/ (requirements-oldest.txt: Python 3.10, TensorFlow 2.16.1, Keras 3.3.3, numpy 1.26,
+#      the oldest end of pyproject.toml's range): the tests marked `oldest` (train, resume, predict,
+#      analyse, pre-flight, models, versions).
+# Also installs Debian's slurm-wlm for the real-scheduler tests. Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup_env.sh
+VENV=.venv-oldest REQUIREMENTS=requirements-oldest.txt PYTHON="$(bash .ci/oldest_python.sh)" bash setup_env.sh
 bash .ci/install_slurm.sh
 export TF_CPP_MIN_LOG_LEVEL=3
-exec .venv/bin/python -m pytest -q -ra tests "$@"
+export MITOSEG_OLDEST_PYTHON="$PWD/.venv-oldest/bin/python"   # the stand-in container's Python
+.venv/bin/python -m pytest -q -ra tests "$@"
+echo "=== oldest supported stack: $(.venv-oldest/bin/python --version), tests marked 'oldest' ==="
+.venv-oldest/bin/python -m pytest -q -ra -m oldest tests "$@"

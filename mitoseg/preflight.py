@@ -9,8 +9,8 @@ real patches of the study's data (the built-in synthetic data when it has none),
 the study's format and load it back, predict one tile. Any exception is recorded as that
 architecture's one-line error; the host side turns it into a FAIL row.
 
-Timing: three steps through `fit` at the largest and at the smallest batch size; the first step
-includes tracing (start-up), the fastest later one is the steady seconds per step; one validation
+Timing: two steps through `fit` at the largest and at the smallest batch size; the first step
+includes tracing (start-up), the second is the steady seconds per step; one validation
 batch gives the prediction cost. The host side (`mitoseg.verify.estimate_cell_seconds`) turns these
 into an estimate per cell.
 """
@@ -78,7 +78,7 @@ def _batch(x, y, batch_size: int):
     return np.asarray(x[idx], dtype="float32"), np.asarray(y[idx], dtype="float32")
 
 
-def _timed_steps(model, x, y, batch_size: int, n: int = 3) -> tuple[float, float]:
+def _timed_steps(model, x, y, batch_size: int, n: int = 2) -> tuple[float, float]:
     """`n` optimizer steps through `fit`, as a cell trains: (seconds of the first step, which traces,
     fastest later step: the least disturbed by other load). Raises when the loss is not finite."""
     import keras

@@ -19,6 +19,8 @@ from mitoseg.report import render
 from mitoseg.stats import analyze
 from mitoseg.summary import SUMMARY_COLUMNS, SummaryError, build_summary, load_summary, normalize_summary
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 GRID = dict(architectures=["UNet", "Attention_UNet"], learning_rates=[1e-4, 1e-3, 1e-2], batch_sizes=[8, 16],
             seeds=[1, 2])
 NAN_RE = re.compile(r"\b(nan|inf)\b", re.IGNORECASE)

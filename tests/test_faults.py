@@ -27,6 +27,8 @@ from mitoseg import resume
 from mitoseg.results import ResultsError, empty_record, load_results, save_results
 from mitoseg.summary import build_summary
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_EPOCHS = 4
 # 20 slices of 96^2 in 32^2 patches at batch 2: 81 steps, 2-5 s per epoch on a shared CPU, so a

@@ -9,6 +9,8 @@ import pytest
 from mitoseg import inference as inf
 from mitoseg import metrics
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 
 class Identity:
     """Returns its input: blended output must equal the image everywhere, seams included."""

@@ -4,6 +4,8 @@ import pytest
 
 import models
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 
 @pytest.mark.parametrize("name", list(models.MODEL_REGISTRY))
 def test_output_shape_and_range(name):

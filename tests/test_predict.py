@@ -16,6 +16,8 @@ from mitoseg.config import TrainConfig  # noqa: E402
 from mitoseg.results import empty_record, save_results  # noqa: E402
 from models import build_model  # noqa: E402
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 PATCH = 32
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -142,3 +143,42 @@ def test_qsub_wrapper_pbs_script(slurm_cluster, tmp_path):  # noqa: F811
     assert "warning: $TF_CONTAINER is not set" in logs
     _wait_for_analysis(slurm_cluster, study, array_id)
     assert (study / "hyperparameter_report.md").exists()
+
+
+def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster, tmp_path, oldest_python):  # noqa: F811
+    """TF_CONTAINER path for real: the element's launcher calls `apptainer exec --nv --bind ... IMAGE
+    python train_one.py ...`; the stand-in apptainer (tests/bin) checks the image and bind sources and
+    runs the oldest-stack Python. The cell must end ok in that stack, with the study and data folders
+    (both outside the home folder) bound; the dependent analysis goes the same way."""
+    from mitoseg.data import write_synthetic_dataset
+    data = write_synthetic_dataset(tmp_path / "data", n_slices=8, height=64, width=64)
+    sub, extra_env = _submit_dir(tmp_path)
+    grid = G.GridConfig(architectures=["Attention_UNet"], learning_rates=[1e-3], batch_sizes=[8],
+                        fixed={**TINY.fixed, "data_dir": str(data)})
+    grid.save(tmp_path / "tiny_grid.json")
+    image = tmp_path / "tensorflow_2.16.1-cuda_12.5.0_24.06.sif"
+    image.write_text("stand-in image")
+    calls = tmp_path / "apptainer_calls.jsonl"
+    env = {**slurm_cluster.env, **extra_env, "TF_CONTAINER": str(image), "STANDIN_CONTAINER_PYTHON": oldest_python,
+           "STANDIN_APPTAINER_LOG": str(calls),
+           "PATH": f"{REPO / 'tests' / 'bin'}{os.pathsep}{slurm_cluster.env.get('PATH', os.environ['PATH'])}"}
+    override = ["--array=0-0", "--cpus-per-task=1", "--mem=2G", "--gres=none", "--time=00:30:00",
+                "--output=" + str(sub / "container_%A_%a.out")]
+    array_id = slurm_cluster.submit([*override, str(REPO / "slurm_hyperparameter_optimization.sh")], cwd=sub, env=env)
+    states = slurm_cluster.wait([array_id], timeout=TIMEOUT)
+    logs = _element_logs(sub, "container_*.out")
+    assert states[array_id] == {0: "COMPLETED"}, logs
+    assert "warning: $TF_CONTAINER" not in logs
+    study = _the_study(sub)
+    rec = load_results(G.experiment_paths(study, G.cells(grid)[0].name).results_json)
+    assert rec["status"] == "ok", rec["error"]
+    oldest = json.loads(subprocess.run([oldest_python, "-c", "import json, platform, importlib.metadata as m; print(json.dumps("
+                                        "[platform.python_version(), m.version('keras'), m.version('tensorflow')]))"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert [rec["environment"]["python"], rec["environment"]["packages"]["keras"],
+            rec["environment"]["packages"]["tensorflow"]] == oldest
+    first = json.loads(calls.read_text().splitlines()[0])
+    assert first["image"] == str(image) and first["nv"] and first["cmd"][1].endswith("train_one.py")
+    assert str(study) in first["binds"] and str(data.resolve()) in first["binds"]
+    _wait_for_analysis(slurm_cluster, study, array_id)
+    assert any("run_study.py" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[1:])

@@ -5,6 +5,8 @@ traces, and the control case shows the count can fail."""
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 keras = pytest.importorskip("keras")
 
 

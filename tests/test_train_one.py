@@ -9,6 +9,8 @@ import pytest
 
 from mitoseg.results import FIELD_NAMES, load_results
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "lucchi_pp_subset"
 TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",

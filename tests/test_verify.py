@@ -15,6 +15,8 @@ from mitoseg import grid as G
 from mitoseg import verify as V
 from mitoseg.data import write_synthetic_dataset
 
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(epochs=1, patch_size=32, base_filters=4, depth=3)
 

@@ -1,0 +1,77 @@
+"""The supported range (pyproject.toml) is true: the environment running this test lies inside it
+(run_tests.sh runs it in .venv/ and in .venv-oldest/, the two ends), requirements-oldest.txt pins
+its lower bounds, and the README states the same range."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import re
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _project() -> tuple[SpecifierSet, list[Requirement]]:
+    """requires-python and dependencies of pyproject.toml (tomllib is 3.11+: read the two keys)."""
+    text = (REPO / "pyproject.toml").read_text()
+    python = re.search(r'^requires-python\s*=\s*"([^"]+)"', text, re.M).group(1)
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.M | re.S).group(1)
+    return SpecifierSet(python), [Requirement(r) for r in re.findall(r'"([^"]+)"', block)]
+
+
+def _pins(name: str) -> dict[str, Version]:
+    pins = {}
+    for line in (REPO / name).read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+        if m:
+            pins[m.group(1).lower()] = Version(m.group(2))
+    return pins
+
+
+def _lower(spec: SpecifierSet) -> Version:
+    return min(Version(s.version) for s in spec if s.operator == ">=")
+
+
+def _upper_minor(spec: SpecifierSet) -> str:
+    """'<2.22' -> '2.21': the newest minor release the range admits."""
+    bound = Version(next(s.version for s in spec if s.operator == "<"))
+    return f"{bound.major}.{bound.minor - 1}"
+
+
+def test_this_environment_is_inside_the_declared_range():
+    python, deps = _project()
+    assert platform.python_version() in python, f"Python {platform.python_version()} outside {python}"
+    for req in deps:
+        installed = md.version(req.name)
+        assert req.specifier.contains(installed, prereleases=True), f"{req.name} {installed} outside {req.specifier}"
+
+
+def test_oldest_requirements_pin_the_lower_bounds():
+    _, deps = _project()
+    pins = _pins("requirements-oldest.txt")
+    for req in deps:
+        assert pins[req.name.lower()] == _lower(req.specifier), (req.name, pins[req.name.lower()], req.specifier)
+
+
+def test_pinned_requirements_are_inside_the_range():
+    _, deps = _project()
+    pins = _pins("requirements.txt")
+    for req in deps:
+        assert req.specifier.contains(pins[req.name.lower()]), (req.name, pins[req.name.lower()], req.specifier)
+
+
+def test_readme_states_the_range():
+    python, deps = _project()
+    by_name = {r.name: r.specifier for r in deps}
+    readme = (REPO / "README.md").read_text()
+    for label, spec in (("Python", python), ("TensorFlow", by_name["tensorflow"]), ("Keras", by_name["keras"])):
+        low = _lower(spec)
+        stated = f"{label} {low.major}.{low.minor}-{_upper_minor(spec)}"
+        assert stated in readme, f"README does not state '{stated}'"

@@ -1,17 +1,25 @@
 """UNet, Attention_UNet and Attention_ResUNet for binary segmentation, and the name -> builder registry.
 
-Design follows the original study: 3x3 conv-BN-ReLU blocks, filters doubling from `base_filters`
-over `depth` levels (64 -> 1024 over 5 levels by default), 2x2 max-pooling, upsampling with skip
-concatenation; additive attention gates (Oktay et al. 2018) whose gating signal comes from the
-coarser level, on every skip of the two attention variants; residual conv blocks with a 1x1
-shortcut in Attention_ResUNet; a 1-channel sigmoid output.
+Design follows the original study (224_225_226_models.py of bnsreenu/python_for_microscopists):
+3x3 conv-BN-ReLU blocks, filters doubling from `base_filters` over `depth` levels (64 -> 1024 over 5
+levels by default), 2x2 max-pooling, upsampling with skip concatenation; on every skip of the two
+attention variants the original's additive attention gate (Oktay et al. 2018; `original_gate`)
+with its gating signal from the coarser level; residual conv blocks with a 1x1 shortcut in
+Attention_ResUNet; a 1-channel sigmoid output.
 
-Two deliberate departures, both recorded in every results JSON through the config:
+At the original's setting (256x256x1, 64 base filters, 5 levels, BatchNorm, head="bn_sigmoid") the
+counts are UNet 31,395,461, Attention_UNet 37,327,625 and Attention_ResUNet 39,080,265 parameters:
+the original's 31,401,349 / 37,333,513 / 39,089,097 less the 5,888 / 5,888 / 8,832 biases of the
+convs that feed a BatchNorm, which we build without (the BatchNorm's shift does their job).
+tests/test_models.py pins this; `python models.py` prints both.
+
+Deliberate departures, each setting recorded in every results JSON through the config:
 - head="plain" (default) is a 1x1 conv + sigmoid. head="bn_sigmoid" reproduces the original
   BatchNorm-before-sigmoid head, which can drive every output above 0.5 at a high learning rate.
 - bn_momentum=0.9 (Keras default 0.99 lags badly on short CPU runs; see mitoseg/config.py).
-
-`python models.py` prints parameter counts per architecture at the default width.
+- attention_gate="legacy" (off by default) rebuilds the lighter gate of studies run before issue 14.
+- dropout > 0 (off by default) sits after the first conv of a block; the original drops out at the
+  end of conv_block and before the shortcut addition of res_conv_block.
 """
 from __future__ import annotations
 

@@ -75,8 +75,9 @@ def probe(fixed: dict) -> dict:
         cfg = TrainConfig.from_dict(dict(fixed))
         shape = (cfg.patch_size, cfg.patch_size, cfg.input_channels)
         for arch in ("UNet", "Attention_UNet", "Attention_ResUNet"):
-            out["params"][arch] = int(models.build_model(arch, shape, base_filters=cfg.base_filters,
-                                                         depth=cfg.depth).count_params())
+            model = models.build_model(arch, shape, base_filters=cfg.base_filters, depth=cfg.depth,
+                                       attention_gate=cfg.attention_gate)
+            out["params"][arch] = int(model.count_params())
     except Exception as err:  # noqa: BLE001
         out["errors"].append(f"parameter count: {type(err).__name__}: {err}"[:200])
     return out

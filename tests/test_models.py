@@ -101,6 +101,7 @@ def test_parameter_counts_are_the_originals(name):
     assert 0 < dropped < 10_000
     assert model.count_params() + dropped == ORIGINAL[name]
     assert models.ORIGINAL_PARAMETERS[name] == ORIGINAL[name]
+    assert f"{model.count_params():,d}" in models.__doc__ and f"{ORIGINAL[name]:,d}" in models.__doc__
 
 
 def _layers(model, kind):

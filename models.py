@@ -1,17 +1,25 @@
 """UNet, Attention_UNet and Attention_ResUNet for binary segmentation, and the name -> builder registry.
 
-Design follows the original study: 3x3 conv-BN-ReLU blocks, filters doubling from `base_filters`
-over `depth` levels (64 -> 1024 over 5 levels by default), 2x2 max-pooling, upsampling with skip
-concatenation; additive attention gates (Oktay et al. 2018) whose gating signal comes from the
-coarser level, on every skip of the two attention variants; residual conv blocks with a 1x1
-shortcut in Attention_ResUNet; a 1-channel sigmoid output.
+Design follows the original study (224_225_226_models.py of bnsreenu/python_for_microscopists):
+3x3 conv-BN-ReLU blocks, filters doubling from `base_filters` over `depth` levels (64 -> 1024 over 5
+levels by default), 2x2 max-pooling, upsampling with skip concatenation; on every skip of the two
+attention variants the original's additive attention gate (Oktay et al. 2018; `original_gate`)
+with its gating signal from the coarser level; residual conv blocks with a 1x1 shortcut in
+Attention_ResUNet; a 1-channel sigmoid output.
 
-Two deliberate departures, both recorded in every results JSON through the config:
+At the original's setting (256x256x1, 64 base filters, 5 levels, BatchNorm, head="bn_sigmoid") the
+counts are UNet 31,395,461, Attention_UNet 37,327,625 and Attention_ResUNet 39,080,265 parameters:
+the original's 31,401,349 / 37,333,513 / 39,089,097 less the 5,888 / 5,888 / 8,832 biases of the
+convs that feed a BatchNorm, which we build without (the BatchNorm's shift does their job).
+tests/test_models.py pins this; `python models.py` prints both.
+
+Deliberate departures, each setting recorded in every results JSON through the config:
 - head="plain" (default) is a 1x1 conv + sigmoid. head="bn_sigmoid" reproduces the original
   BatchNorm-before-sigmoid head, which can drive every output above 0.5 at a high learning rate.
 - bn_momentum=0.9 (Keras default 0.99 lags badly on short CPU runs; see mitoseg/config.py).
-
-`python models.py` prints parameter counts per architecture at the default width.
+- attention_gate="legacy" (off by default) rebuilds the lighter gate of studies run before issue 14.
+- dropout > 0 (off by default) sits after the first conv of a block; the original drops out at the
+  end of conv_block and before the shortcut addition of res_conv_block.
 """
 from __future__ import annotations
 
@@ -20,6 +28,8 @@ import sys
 
 import keras
 from keras import layers
+
+from mitoseg.config import ATTENTION_GATES
 
 
 def _bn(x, momentum):
@@ -63,19 +73,57 @@ def gating_signal(x, filters, batch_norm=True, bn_momentum=0.9):
     return layers.Activation("relu")(x)
 
 
-def attention_gate(skip, gating, inter_filters, batch_norm=True, bn_momentum=0.9):
-    """Additive attention (Oktay et al. 2018): weight the skip features by a [0, 1] map computed
-    from the skip (downsampled to the gating resolution) plus the gating signal."""
+def _ratio(big, small, default):
+    """Per-axis integer size ratio of two NHWC tensors from their static shapes, as the original
+    computes its strides; `default` on an axis whose size is unknown (a model for any input size)."""
+    return tuple(default if b is None or s is None else b // s for b, s in zip(big.shape[1:3], small.shape[1:3]))
+
+
+def _weight_skip(skip, psi, batch_norm, bn_momentum):
+    """Multiply the skip by the (H, W, 1) coefficients (broadcast over its channels, as the original's
+    repeat), then 1x1 conv -> (BN) back to the skip's width."""
+    weighted = layers.Multiply()([skip, psi])
+    out = layers.Conv2D(skip.shape[-1], 1, padding="same")(weighted)
+    return _bn(out, bn_momentum) if batch_norm else out
+
+
+def original_gate(skip, gating, inter_filters, bn_momentum=0.9):
+    """The original study's additive attention gate (Oktay et al. 2018). theta: 2x2 conv, stride 2,
+    on the skip; phi: 1x1 conv of the gating signal, then a learned 3x3 transposed conv with the
+    stride that brings it to theta's size (1 here: the gating signal comes from the coarser level);
+    ReLU of the sum, 1x1 conv to one channel, sigmoid, nearest upsampling (the original repeats each
+    coefficient) back to the skip's size. Its closing BatchNorm is there with or without batch_norm,
+    as in the original."""
+    theta = layers.Conv2D(inter_filters, 2, strides=2, padding="same")(skip)
+    phi = layers.Conv2D(inter_filters, 1, padding="same")(gating)
+    phi = layers.Conv2DTranspose(inter_filters, 3, strides=_ratio(theta, gating, 1), padding="same")(phi)
+    act = layers.Activation("relu")(layers.Add()([phi, theta]))
+    psi = layers.Activation("sigmoid")(layers.Conv2D(1, 1, padding="same")(act))
+    psi = layers.UpSampling2D(size=_ratio(skip, psi, 2), interpolation="nearest")(psi)
+    return _weight_skip(skip, psi, True, bn_momentum)
+
+
+def legacy_gate(skip, gating, inter_filters, batch_norm=True, bn_momentum=0.9):
+    """The gate this project built before issue 14 (attention_gate="legacy"): no transposed conv on
+    the gating path, bilinear upsampling of the coefficients, BatchNorm only with batch_norm.
+    3.1 M parameters fewer than the original at the default width (`python models.py
+    --attention-gate legacy`); kept so studies run before the change can be rebuilt, never the default."""
     theta = layers.Conv2D(inter_filters, 2, strides=2, padding="same")(skip)
     phi = layers.Conv2D(inter_filters, 1, padding="same")(gating)
     act = layers.Activation("relu")(layers.Add()([theta, phi]))
     psi = layers.Activation("sigmoid")(layers.Conv2D(1, 1, padding="same")(act))
     psi = layers.UpSampling2D(size=2, interpolation="bilinear")(psi)
-    weighted = layers.Multiply()([skip, psi])  # (H, W, 1) broadcasts over the skip's channels
-    out = layers.Conv2D(skip.shape[-1], 1, padding="same")(weighted)
-    if batch_norm:
-        out = _bn(out, bn_momentum)
-    return out
+    return _weight_skip(skip, psi, batch_norm, bn_momentum)
+
+
+def gated_skip(skip, gating, inter_filters, batch_norm=True, bn_momentum=0.9, variant="original"):
+    """The skip features weighted by a [0, 1] map computed from the skip and the coarser gating signal,
+    through the gate `variant` (one of ATTENTION_GATES)."""
+    if variant == "original":
+        return original_gate(skip, gating, inter_filters, bn_momentum)
+    if variant == "legacy":
+        return legacy_gate(skip, gating, inter_filters, batch_norm, bn_momentum)
+    raise ValueError(f"attention_gate must be one of {', '.join(ATTENTION_GATES)}, got {variant!r}")
 
 
 def output_head(x, head="plain", bn_momentum=0.9):
@@ -86,14 +134,21 @@ def output_head(x, head="plain", bn_momentum=0.9):
     return layers.Activation("sigmoid", dtype="float32", name="mask")(x)
 
 
-def _build(name, input_shape, base_filters, depth, dropout, batch_norm, bn_momentum, head,
-           attention: bool, residual: bool):
+def _check_input_shape(input_shape, depth):
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {input_shape}")
     factor = 2 ** (depth - 1)
     for side in input_shape[:2]:
         if side is not None and side % factor:
             raise ValueError(f"input size {side} must be divisible by 2**(depth-1) = {factor}")
+
+
+def _build(name, input_shape, *, attention, residual, base_filters=64, depth=5, dropout=0.0,
+           batch_norm=True, bn_momentum=0.9, head="plain", attention_gate="original"):
+    """Encoder of `depth` levels (depth - 1 poolings), decoder with (gated) skip concatenation, head."""
+    _check_input_shape(input_shape, depth)
+    if attention_gate not in ATTENTION_GATES:
+        raise ValueError(f"attention_gate must be one of {', '.join(ATTENTION_GATES)}, got {attention_gate!r}")
     block = res_conv_block if residual else conv_block
     kw = dict(dropout=dropout, batch_norm=batch_norm, bn_momentum=bn_momentum)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -108,29 +163,26 @@ def _build(name, input_shape, base_filters, depth, dropout, batch_norm, bn_momen
         skip = skips[level]
         if attention:
             gate = gating_signal(x, filters, batch_norm, bn_momentum)
-            skip = attention_gate(skip, gate, filters, batch_norm, bn_momentum)
+            skip = gated_skip(skip, gate, filters, batch_norm, bn_momentum, attention_gate)
         x = layers.UpSampling2D(size=2)(x)
         x = layers.Concatenate()([x, skip])
         x = block(x, filters, **kw)
     return keras.Model(inputs, output_head(x, head, bn_momentum), name=name)
 
 
-def UNet(input_shape=(256, 256, 1), base_filters=64, depth=5, dropout=0.0, batch_norm=True,
-         bn_momentum=0.9, head="plain"):
-    return _build("UNet", input_shape, base_filters, depth, dropout, batch_norm, bn_momentum, head,
-                  attention=False, residual=False)
+def UNet(input_shape=(256, 256, 1), **options):
+    """Plain U-Net. Options as `_build` (attention_gate is accepted and has nothing to act on)."""
+    return _build("UNet", input_shape, attention=False, residual=False, **options)
 
 
-def Attention_UNet(input_shape=(256, 256, 1), base_filters=64, depth=5, dropout=0.0, batch_norm=True,
-                   bn_momentum=0.9, head="plain"):
-    return _build("Attention_UNet", input_shape, base_filters, depth, dropout, batch_norm, bn_momentum,
-                  head, attention=True, residual=False)
+def Attention_UNet(input_shape=(256, 256, 1), **options):
+    """U-Net with an attention gate on every skip."""
+    return _build("Attention_UNet", input_shape, attention=True, residual=False, **options)
 
 
-def Attention_ResUNet(input_shape=(256, 256, 1), base_filters=64, depth=5, dropout=0.0, batch_norm=True,
-                      bn_momentum=0.9, head="plain"):
-    return _build("Attention_ResUNet", input_shape, base_filters, depth, dropout, batch_norm, bn_momentum,
-                  head, attention=True, residual=True)
+def Attention_ResUNet(input_shape=(256, 256, 1), **options):
+    """Attention_UNet with residual conv blocks."""
+    return _build("Attention_ResUNet", input_shape, attention=True, residual=True, **options)
 
 
 MODEL_REGISTRY = {"UNet": UNet, "Attention_UNet": Attention_UNet, "Attention_ResUNet": Attention_ResUNet}
@@ -164,22 +216,60 @@ def load_model(path, compile: bool = False):
         raise
 
 
-def parameter_counts(base_filters=64, depth=5, input_shape=(256, 256, 1)) -> dict:
-    return {name: build_model(name, input_shape, base_filters=base_filters, depth=depth).count_params()
+# Parameter counts of the original study's models (224_225_226_models.py of
+# bnsreenu/python_for_microscopists, rebuilt unchanged but for Keras 3 API spelling) at the one
+# setting it builds: ORIGINAL_SETTING. At that setting ours have exactly `dropped_biases` fewer;
+# tests/test_models.py pins this.
+ORIGINAL_SETTING = dict(input_shape=(256, 256, 1), base_filters=64, depth=5, batch_norm=True, head="bn_sigmoid")
+ORIGINAL_PARAMETERS = {"UNet": 31_401_349, "Attention_UNet": 37_333_513, "Attention_ResUNet": 39_089_097}
+
+
+def dropped_biases(model) -> int:
+    """Biases the original has and we leave out: those of the convs built without one because a
+    BatchNorm follows (its shift does the bias's job, so nothing the network computes changes)."""
+    convs = (layers.Conv2D, layers.Conv2DTranspose)
+    return sum(l.filters for l in model.layers if isinstance(l, convs) and not l.use_bias)
+
+
+def parameter_counts(base_filters=64, depth=5, input_shape=(256, 256, 1), **options) -> dict:
+    return {name: build_model(name, input_shape, base_filters=base_filters, depth=depth, **options).count_params()
             for name in MODEL_REGISTRY}
 
 
+def _count_rows(setting: dict, attention_gate: str) -> list[tuple]:
+    """(name, ours, original or None, dropped biases) per architecture; original only at its setting."""
+    compare = setting == ORIGINAL_SETTING
+    rows = []
+    for name in MODEL_REGISTRY:
+        model = build_model(name, **setting, attention_gate=attention_gate)
+        rows.append((name, model.count_params(), ORIGINAL_PARAMETERS[name] if compare else None,
+                     dropped_biases(model)))
+    return rows
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Print parameter counts of each architecture.")
+    parser = argparse.ArgumentParser(description="Print parameter counts of each architecture, beside the "
+                                     "original study's at its setting (the defaults).")
     parser.add_argument("--base-filters", type=int, default=64)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--patch-size", type=int, default=256)
     parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
+    parser.add_argument("--head", choices=("plain", "bn_sigmoid"), default="bn_sigmoid",
+                        help="default bn_sigmoid, the original's, so the counts compare (training defaults to plain)")
+    parser.add_argument("--attention-gate", choices=ATTENTION_GATES, default="original")
     args = parser.parse_args(argv)
-    counts = parameter_counts(args.base_filters, args.depth, (args.patch_size, args.patch_size, args.channels))
-    print(f"base_filters={args.base_filters} depth={args.depth} input={args.patch_size}x{args.patch_size}x{args.channels}")
-    for name, count in counts.items():
-        print(f"{name:<18} {count:>12,d} parameters")
+    setting = dict(input_shape=(args.patch_size, args.patch_size, args.channels), base_filters=args.base_filters,
+                   depth=args.depth, batch_norm=args.batch_norm, head=args.head)
+    print(f"base_filters={args.base_filters} depth={args.depth} input={args.patch_size}x{args.patch_size}x"
+          f"{args.channels} batch_norm={args.batch_norm} head={args.head} attention_gate={args.attention_gate}")
+    print(f"{'architecture':<18} {'ours':>12} {'original':>12} {'difference':>11} {'dropped biases':>15}  count matches")
+    for name, ours, original, dropped in _count_rows(setting, args.attention_gate):
+        if original is None:
+            print(f"{name:<18} {ours:>12,d} {'-':>12} {'-':>11} {dropped:>15,d}  (original counted at the defaults only)")
+        else:
+            same = "yes" if ours + dropped == original else "NO"
+            print(f"{name:<18} {ours:>12,d} {original:>12,d} {ours - original:>+11,d} {dropped:>15,d}  {same}")
     return 0
 
 

@@ -44,7 +44,7 @@ class _OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mitoseg.config import ARCHITECTURES, HEADS
+    from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS
     p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cell = p.add_argument_group("the cell (ignored with --task-index: the grid decides)")
     cell.add_argument("--arch", choices=ARCHITECTURES, help="architecture (default UNet)")
@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--bn-momentum", type=float, help="BatchNormalization momentum (default 0.9)")
     s.add_argument("--head", choices=HEADS, help="output head: plain 1x1 conv+sigmoid (default) or the "
                    "original bn_sigmoid (BatchNorm before the sigmoid)")
+    s.add_argument("--attention-gate", choices=ATTENTION_GATES, help="gate of the attention variants: the "
+                   "original study's (default) or legacy, the lighter one this project built before issue 14")
     s.add_argument("--input-channels", type=int, choices=(1, 3), help="1 grey channel (default) or 3 copies")
     s.add_argument("--early-stopping-patience", type=positive_int, help="default 10")
     s.add_argument("--reduce-lr-patience", type=positive_int, help="default 5")

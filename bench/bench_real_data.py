@@ -198,14 +198,16 @@ def write_record(path: Path, args, command, split, rows, started_load, finished_
 
 
 def conv_macs(model) -> int:
-    """Forward multiply-accumulates of every Conv2D: H_out * W_out * k_h * k_w * C_in * C_out."""
+    """Forward multiply-accumulates of every Conv2D: H_out * W_out * k_h * k_w * C_in * C_out, and of
+    every Conv2DTranspose (the attention gates'): H_in * W_in * k_h * k_w * C_in * C_out."""
     import keras
     total = 0
     for layer in model.layers:
-        if isinstance(layer, keras.layers.Conv2D):
-            _, h, w, c_out = layer.output.shape
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose)):
+            grid = layer.input if isinstance(layer, keras.layers.Conv2DTranspose) else layer.output
+            _, h, w, _ = grid.shape
             kh, kw = layer.kernel_size
-            total += h * w * kh * kw * layer.input.shape[-1] * c_out
+            total += h * w * kh * kw * layer.input.shape[-1] * layer.output.shape[-1]
     return int(total)
 
 

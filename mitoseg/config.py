@@ -15,6 +15,10 @@ from typing import Any, Optional
 
 ARCHITECTURES = ("UNet", "Attention_UNet", "Attention_ResUNet")
 HEADS = ("plain", "bn_sigmoid")
+# "original" = the original study's gate (models.original_gate). "legacy" = the lighter gate this
+# project built before issue 14 (models.legacy_gate). A results JSON whose config has no
+# attention_gate was written before the field existed, by the legacy gate.
+ATTENTION_GATES = ("original", "legacy")
 
 
 @dataclass
@@ -45,6 +49,7 @@ class TrainConfig:
     # "plain" = 1x1 conv + sigmoid. "bn_sigmoid" reproduces the original head (BatchNorm right
     # before the sigmoid), which at a high learning rate can push every output above 0.5.
     head: str = "plain"
+    attention_gate: str = "original"    # of Attention_UNet / Attention_ResUNet; see ATTENTION_GATES
     input_channels: int = 1         # EM is grey; 3 copies the grey channel for RGB-trained users
     # --- data ---
     data_dir: Optional[str] = None  # None: built-in synthetic EM-like data (no download)
@@ -89,6 +94,8 @@ class TrainConfig:
             raise ValueError(f"test_fraction must be in [0, 1) and leave slices for training, got {self.test_fraction}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.attention_gate not in ATTENTION_GATES:
+            raise ValueError(f"attention_gate must be one of {ATTENTION_GATES}, got {self.attention_gate!r}")
         if self.input_channels not in (1, 3):
             raise ValueError(f"input_channels must be 1 or 3, got {self.input_channels}")
         if not 0 <= self.dropout < 1:

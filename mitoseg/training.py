@@ -159,7 +159,8 @@ def build_compiled_model(config: TrainConfig):
     p = config.patch_size
     model = build_model(config.architecture, (p, p, config.input_channels), base_filters=config.base_filters,
                         depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm,
-                        bn_momentum=config.bn_momentum, head=config.head)
+                        bn_momentum=config.bn_momentum, head=config.head,
+                        attention_gate=config.attention_gate)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
                   loss=BinaryFocalLoss(gamma=config.focal_gamma),
                   metrics=[metrics.keras_soft_jaccard, metrics.keras_binary_iou(config.threshold)],

@@ -77,3 +77,90 @@ def test_cli_prints_parameter_counts(capsys):
     out = capsys.readouterr().out
     for name in models.MODEL_REGISTRY:
         assert name in out
+
+
+# Counted from the original study's 224_225_226_models.py (bnsreenu/python_for_microscopists),
+# rebuilt outside this repo at its setting: 256x256x1, 64 base filters, 5 levels, BatchNorm on,
+# BatchNorm-before-sigmoid head. Literal here so an edit to models.ORIGINAL_PARAMETERS cannot hide drift.
+ORIGINAL = {"UNet": 31_401_349, "Attention_UNet": 37_333_513, "Attention_ResUNet": 39_089_097}
+AT_THE_ORIGINAL = dict(base_filters=64, depth=5, batch_norm=True, head="bn_sigmoid")
+
+
+def _biases_dropped_before_batchnorm(model):
+    """Filters of our bias-less convs, each checked to feed a BatchNorm (whose shift replaces the bias)."""
+    import keras
+    convs = [l for l in model.layers if isinstance(l, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+    bn_inputs = {id(l.input) for l in model.layers if isinstance(l, keras.layers.BatchNormalization)}
+    biasless = [l for l in convs if not l.use_bias]
+    assert all(id(l.output) in bn_inputs for l in biasless), "a bias-less conv that no BatchNorm follows"
+    return sum(l.filters for l in biasless)
+
+
+@pytest.mark.parametrize("name", list(ORIGINAL))
+def test_parameter_counts_are_the_originals(name):
+    model = models.build_model(name, (256, 256, 1), **AT_THE_ORIGINAL)
+    dropped = _biases_dropped_before_batchnorm(model)
+    assert 0 < dropped < 10_000
+    assert model.count_params() + dropped == ORIGINAL[name]
+    assert models.ORIGINAL_PARAMETERS[name] == ORIGINAL[name]
+    assert f"{model.count_params():,d}" in models.__doc__ and f"{ORIGINAL[name]:,d}" in models.__doc__
+
+
+def _layers(model, kind):
+    return [l for l in model.layers if type(l).__name__ == kind]
+
+
+def test_original_gate_structure():
+    model = models.build_model("Attention_UNet", (64, 64, 1), base_filters=8, depth=4)
+    transposed = _layers(model, "Conv2DTranspose")
+    assert sorted(l.filters for l in transposed) == [8, 16, 32]   # one per gate, at its level's width
+    assert all(l.kernel_size == (3, 3) and l.strides == (1, 1) for l in transposed)
+    assert {l.interpolation for l in _layers(model, "UpSampling2D")} == {"nearest"}
+    theta = [l for l in _layers(model, "Conv2D") if l.kernel_size == (2, 2)]
+    assert len(theta) == 3 and all(l.strides == (2, 2) for l in theta)
+
+
+def test_legacy_gate_is_an_explicit_option():
+    kw = dict(base_filters=8, depth=4)
+    legacy = models.build_model("Attention_UNet", (64, 64, 1), attention_gate="legacy", **kw)
+    assert not _layers(legacy, "Conv2DTranspose")
+    assert "bilinear" in {l.interpolation for l in _layers(legacy, "UpSampling2D")}
+    default = models.build_model("Attention_UNet", (64, 64, 1), **kw)
+    assert default.count_params() - legacy.count_params() == sum(9 * f * f + f for f in (8, 16, 32))
+    with pytest.raises(ValueError, match="attention_gate"):
+        models.build_model("Attention_UNet", (64, 64, 1), attention_gate="bilinear", **kw)
+
+
+def test_original_gate_keeps_its_batchnorm_without_batch_norm():
+    model = models.build_model("Attention_UNet", (32, 32, 1), base_filters=4, depth=3, batch_norm=False)
+    assert len(_layers(model, "BatchNormalization")) == 2   # one per gate, as in the original
+
+
+def test_cli_prints_the_originals_counts_beside_ours(capsys):
+    assert models.main([]) == 0
+    out = capsys.readouterr().out
+    for name, count in ORIGINAL.items():
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert f"{count:,d}" in row and row.rstrip().endswith("yes")
+
+
+def test_gate_is_recorded_and_old_records_still_load(tmp_path):
+    from mitoseg.config import TrainConfig
+    from mitoseg.grid import GridConfig, cells
+    from mitoseg.results import load_results, save_results
+    from mitoseg.summary import build_summary
+    from tests.fixtures_results import make_study, record_for
+    assert TrainConfig().to_dict()["attention_gate"] == "original"
+    with pytest.raises(ValueError, match="attention_gate"):
+        TrainConfig(attention_gate="bilinear").validate()
+    old_config = {k: v for k, v in TrainConfig().to_dict().items() if k != "attention_gate"}
+    study = make_study(tmp_path / "s", architectures=("Attention_UNet",), learning_rates=(1e-3,),
+                       batch_sizes=(8,), seeds=(1,), history=False)
+    cell = cells(GridConfig(architectures=["Attention_UNet"], learning_rates=[1e-3], batch_sizes=[8], seeds=[1]))[0]
+    path = next(study.glob("exp_*/*_results.json"))
+    save_results(path, {**record_for(cell), "config": old_config})   # as written before the field existed
+    record = load_results(path)
+    assert "attention_gate" not in record["config"]
+    assert TrainConfig.from_dict(record["config"]).validate()
+    df, _ = build_summary(study)
+    assert list(df["status"]) == ["ok"]

@@ -50,6 +50,7 @@ def test_smoke_run_writes_every_file(trained):
     assert record["val_loss_stability"] is not None and record["val_loss_stability"] >= 0
     assert isinstance(record["degenerate"], bool)
     assert record["config"]["bn_momentum"] == 0.9 and record["config"]["head"] == "plain"
+    assert record["config"]["attention_gate"] == "original"
     split = record["data"]
     assert not set(split["train_slices"]) & set(split["val_slices"])
     assert split["val_slices"] == list(range(split["val_slices"][0], split["val_slices"][-1] + 1))

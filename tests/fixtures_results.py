@@ -12,7 +12,7 @@ from mitoseg.results import empty_record, save_results
 
 ALL_FG = 0.07  # all-foreground IoU of the fixture validation slices (as in the original data)
 ARCH_EFFECT = {"UNet": 0.0, "Attention_UNet": 0.05, "Attention_ResUNet": 0.02}
-LR_EFFECT = {1e-4: -0.10, 1e-3: 0.05, 1e-2: -0.02}
+LR_EFFECT = {1e-4: -0.10, 1e-3: 0.05, 5e-3: 0.03, 1e-2: -0.02}
 BS_EFFECT = {8: 0.02, 16: 0.0, 32: -0.01}
 
 

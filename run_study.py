@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py local --demo               # CPU demo: 12 tiny cells + analysis (< 10 min)
+    python run_study.py local --demo               # CPU demo: 12 tiny cells, 9 confirmation runs, analysis
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
-    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
     python run_study.py status --study-dir D
     python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
     python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]

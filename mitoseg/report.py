@@ -223,6 +223,12 @@ def confirmation_summary(conf: dict) -> list:
     lines = [f"Architecture comparison on fresh seeds (confirmation runs, test set): {p['verdict']}"
              for p in conf["pairs"]]
     lines.append("Per architecture: " + "; ".join(arm_text(a) for a in conf["arms"] if a["n_scored"]) + ".")
+    flawed = [f"{a['n_degenerate']} of {a['n_scored']} {a['architecture']}" for a in conf["arms"] if a["n_degenerate"]]
+    failed = [f"{a['n_not_ok']} {a['architecture']}" for a in conf["arms"] if a["n_not_ok"]]
+    if flawed:
+        lines.append(f"Degenerate confirmation runs (did not learn; kept in the means): {', '.join(flawed)}.")
+    if failed:
+        lines.append(f"Confirmation runs without a score (failed, diverged or missing): {', '.join(failed)}.")
     if finite(conf["min_detectable_difference"]):
         d = conf["mdd_detail"]
         lines.append(f"With {d['runs_per_architecture']} runs per architecture, the smallest difference these runs "

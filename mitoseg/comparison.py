@@ -232,6 +232,9 @@ def _num(x, digits: int = 3) -> str:
 
 def _verdict(p: dict, alpha: float, power: float) -> tuple[str, Optional[bool]]:
     a, b = p["a"], p["b"]
+    if p["reason"] and p["pooled_sd"] == 0 and p["diff_mean"] == 0:
+        return (f"{a} vs {b}: no difference detected: every run of both scored test IoU {_num(p['mean_a'])}, so "
+                f"the seed noise is zero here and no detectable difference can be computed."), False
     if p["reason"]:
         return f"{a} vs {b}: cannot be judged: {p['reason']}.", None
     ci = f"95 % CI {_num(p['ci_low'])} to {_num(p['ci_high'])}"

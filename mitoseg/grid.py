@@ -287,6 +287,12 @@ def main(argv=None) -> int:
     for cell in cells(grid):
         print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
               f"{cell.seed:>5}  {cell.name}")
+    extra = confirm_cells(args.study_dir) if args.study_dir else []
+    if extra:
+        print(f"confirmation stage ({CONFIRM_CONFIG_NAME}): {len(extra)} cells, indices {extra[0].index}-{extra[-1].index}")
+        for cell in extra:
+            print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
+                  f"{cell.seed:>5}  {cell.name}")
     return 0
 
 

@@ -185,6 +185,18 @@ def test_no_difference_is_not_called(tmp_path):
     assert " beats " not in md.split("## Executive summary")[1].split("## Key findings")[0]
 
 
+def test_identical_runs_and_single_seeds():
+    rows = [dict(architecture=a, learning_rate=1e-3, batch_size=8, seed=s, best_val_iou=0.8, test_iou=0.8,
+                 stage="confirm", status="ok") for a in ("UNet", "Attention_UNet") for s in (1, 2, 3)]
+    grid = [dict(architecture=a, learning_rate=1e-3, batch_size=8, seed=0, best_val_iou=0.8) for a in ("UNet", "Attention_UNet")]
+    res = analyze(normalize_summary(pd.DataFrame(grid + rows)))
+    assert res["confirmation"]["pairs"][0]["verdict"].startswith("UNet vs Attention_UNet: no difference detected") \
+        or res["confirmation"]["pairs"][0]["verdict"].startswith("Attention_UNet vs UNet: no difference detected")
+    one = [r for r in rows if r["seed"] == 1]
+    res1 = analyze(normalize_summary(pd.DataFrame(grid + one)))
+    assert "cannot be judged: needs at least 2 runs of each" in res1["confirmation"]["pairs"][0]["verdict"]
+
+
 def test_confirmation_rows_from_a_hand_made_csv(tmp_path):
     rows = []
     rng = np.random.default_rng(3)

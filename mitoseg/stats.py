@@ -172,16 +172,14 @@ def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.Da
     return pd.DataFrame(rows, columns=cols)
 
 
-def best_configs(configs: pd.DataFrame, by: str = "score") -> pd.DataFrame:
-    """Per architecture, the configuration with the highest mean score (by="score") or the lowest mean
-    val-loss stability (by="stability"), among configurations with at least one successful run."""
-    col, ascending = ("score_mean", False) if by == "score" else ("stability_mean", True)
-    usable = configs[configs[col].notna()]
+def most_stable_configs(configs: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture, the configuration with the lowest mean val-loss stability (a description of
+    the grid, not a selection: "best" is select_configs)."""
+    usable = configs[configs["stability_mean"].notna()]
     if usable.empty:
         return usable
-    idx = usable.sort_values([col, "n_ok"], ascending=[ascending, False]).groupby("architecture", sort=False).head(1)
-    ordered = idx.sort_values(col, ascending=ascending)
-    return ordered.reset_index(drop=True)
+    idx = usable.sort_values(["stability_mean", "n_ok"], ascending=[True, False]).groupby("architecture", sort=False).head(1)
+    return idx.sort_values("stability_mean").reset_index(drop=True)
 
 
 def factor_effects(ok: pd.DataFrame, value: str = "score") -> dict:
@@ -420,7 +418,7 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> dict:
     configs = aggregate_configs(df)
     selection = select_configs(df, 1, metric.column)
     best = best_from_selection(configs, selection)
-    stable = best_configs(configs, "stability")
+    stable = most_stable_configs(configs)
     counts = df["status"].value_counts().to_dict()
     n = len(df)
     n_ok = int(df["success"].sum())

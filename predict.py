@@ -7,8 +7,9 @@ Probability or mask stack for any input stack:
     python predict.py --model M.keras --input stack.tif --output mask.tif --mask [--threshold 0.5]
   (add --ground-truth gt.tif --overlay view.png for a picture and scores of that stack)
 
-Overlays of each architecture's best model in a study (best = highest held-out test IoU when the
-results have one, else highest best_val_iou; status ok only):
+Overlays of each architecture's best model in a study (best = the configuration with the highest
+mean validation IoU over its non-degenerate grid runs, mitoseg.stats.select_configs, and its best
+run by validation IoU; test scores never choose):
     python predict.py --study-dir studies/study_X --overlays [--data-dir DATA] [--n-slices 3]
   -> studies/study_X/overlays/overlay_<arch>.png: per slice, the image, the ground truth, the
      prediction, and an error map (green = hit, red = false positive, blue = missed).
@@ -141,33 +142,33 @@ def draw_overlay(path, images, masks, probs, threshold, title, slice_labels):
 
 
 def best_per_architecture(study_dir):
-    """{arch: (record, exp_dir)}; best = highest test IoU if any cell of that arch has one, else best_val_iou."""
+    """{arch: (record, exp_dir, criterion)}: each architecture's selected configuration (the one rule,
+    mitoseg.stats.select_configs: highest mean validation IoU over its non-degenerate grid runs) and
+    its best run by validation IoU. Test scores never choose."""
     from mitoseg.results import ResultsError, load_results
+    from mitoseg.stats import select_configs
+    from mitoseg.summary import SummaryError, build_summary, normalize_summary
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise PredictError(f"{study_dir}: study folder not found")
-    by_arch: dict = {}
-    skipped = []
-    for path in sorted(study_dir.glob("exp_*/*_results.json")):
-        try:
-            rec = load_results(path)
-        except ResultsError as err:
-            skipped.append(str(err))
-            continue
-        if rec["status"] != "ok" or rec.get("degenerate"):
-            continue
-        by_arch.setdefault(rec["architecture"], []).append((rec, path.parent))
-    for msg in skipped:
-        print(f"warning: skipped {msg}", file=sys.stderr)
+    try:
+        df, _ = build_summary(study_dir)
+        df = normalize_summary(df, str(study_dir))
+    except SummaryError as err:
+        raise PredictError(f"no finished cells to draw: {err}") from None
+    for _, row in df[df["status"] == "unreadable"].iterrows():
+        print(f"warning: skipped {row['error']}", file=sys.stderr)
     best = {}
-    for arch, items in sorted(by_arch.items()):
-        with_test = [it for it in items if isinstance(it[0].get("test"), dict) and it[0]["test"].get("iou") is not None]
-        if with_test:
-            best[arch] = max(with_test, key=lambda it: it[0]["test"]["iou"]) + ("test iou",)
-        else:
-            scored = [it for it in items if it[0].get("best_val_iou") is not None]
-            if scored:
-                best[arch] = max(scored, key=lambda it: it[0]["best_val_iou"]) + ("best_val_iou",)
+    for _, sel in select_configs(df).iterrows():
+        if sel["degenerate"]:
+            continue
+        exp_dir = study_dir / str(sel["best_run_dir"])
+        try:
+            rec = load_results(next(exp_dir.glob("*_results.json")))
+        except (StopIteration, ResultsError) as err:
+            raise PredictError(f"{exp_dir}: cannot read its results ({err})") from None
+        criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['val_iou_mean']:.4f}"
+        best[sel["architecture"]] = (rec, exp_dir, criterion)
     if not best:
         raise PredictError(f"{study_dir}: no finished (status ok, not degenerate) cells with scores in exp_*/")
     return best
@@ -205,15 +206,14 @@ def run_overlays(args) -> int:
         pick = np.unique(np.linspace(0, len(images) - 1, n).round().astype(int))
         probs = predict_stack(model, images[pick], patch, channels, tta=args.tta, batch_size=args.batch_size,
                               quiet=True)
-        score = rec["test"]["iou"] if criterion == "test iou" else rec["best_val_iou"]
-        title = (f"{arch}: best cell {rec['experiment_id']} ({criterion} {score:.3f}); "
+        title = (f"{arch}: best cell {rec['experiment_id']} (val IoU {rec['best_val_iou']:.3f}); "
                  f"{which} slices{', TTA x8' if args.tta else ''}")
         path = out_dir / f"overlay_{arch}.png"
         try:
             draw_overlay(path, images[pick], masks[pick], probs, args.threshold, title, [labels[i] for i in pick])
         except OSError as err:
             raise PredictError(f"{path}: cannot write ({err.strerror or err})") from None
-        print(f"{arch}: {rec['experiment_id']} ({criterion} {score:.4f}) -> {path}")
+        print(f"{arch}: {rec['experiment_id']} (selected on {criterion}; this run {rec['best_val_iou']:.4f}) -> {path}")
     return EXIT_OK
 
 

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on its embedded default, on one machine: sets up .venv/, then runs the demo study
 # (all 3 architectures x 2 learning rates x 2 batch sizes, tiny models, built-in synthetic EM data)
-# through the local runner and the analysis, and prints where the report is.
+# through the local runner, then its confirmation stage (each architecture's validation-selected
+# configuration with 3 fresh seeds), then the analysis with the architecture comparison, and
+# prints where the report is.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup_env.sh

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py local --demo               # CPU demo: 12 tiny cells + analysis (< 10 min)
+    python run_study.py local --demo               # CPU demo: 12 tiny cells, 9 confirmation runs, analysis
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
-    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
     python run_study.py status --study-dir D
     python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
+    python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]
     python run_study.py analyze --study-dir D
     python run_study.py verify [--grid-config G.json] [--data-dir DATA]
     python run_study.py element [--task-index N]    # what the job scripts run (one array element)
@@ -26,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
 
@@ -56,7 +58,21 @@ def build_parser():
     s.add_argument("--jobs", "-j", type=int, help="cells trained at the same time (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
+    s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
+                   f"fresh seeds per architecture's winner (default 0; --demo: {C.DEMO_CONFIRM_SEEDS})")
 
+    s = sub.add_parser("confirm", help="rerun each architecture's validation-selected configuration(s) with fresh "
+                                       "seeds, then compare the architectures on the test set")
+    s.add_argument("--study-dir", required=True, help="a study whose grid has finished")
+    s.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
+    s.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
+    s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
+                   help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
+    s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
+    s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
+    s.add_argument("--no-analysis", action="store_true", help="local: do not run the analysis at the end")
+    s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
 
     s = sub.add_parser("status", help="state of every cell of a study")
     s.add_argument("--study-dir", required=True)
@@ -141,11 +157,43 @@ def cmd_local(args) -> int:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     jobs = args.jobs or (2 if args.demo else 1)
-    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis)
+    seeds = args.confirm_seeds if args.confirm_seeds is not None else (C.DEMO_CONFIRM_SEEDS if args.demo else 0)
+    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)
+    if seeds:
+        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis) or code
     if args.demo:
         _print(f"Demo finished in {R.fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
+
+
+def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False) -> int:
+    """Plan (or reuse) the confirmation stage and train its cells here, then the analysis."""
+    try:
+        plan = C.plan_confirmation(study, seeds, top, allow_incomplete, log=_print)
+    except ValueError as err:
+        _print(f"error: {err}")
+        if analysis:
+            R.run_analysis(study, log=_print)
+        return 2
+    _print("\n" + C.describe(plan))
+    return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis)
+
+
+def cmd_confirm(args) -> int:
+    study = Path(args.study_dir).resolve()
+    grid = G.load_study_grid(study)
+    if args.scheduler == "local":
+        return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
+                                args.allow_incomplete)
+    plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
+    _print(C.describe(plan))
+    cells = G.confirm_cells(study)
+    extra = [a for a in (args.extra or []) if a != "--"]
+    ids = R.submit_study(study, grid, C.scheduler_name(args.scheduler), extra, log=_print, dry_run=args.dry_run,
+                         indices=(cells[0].index, cells[-1].index))
+    _print(f"follow it with: python run_study.py status --study-dir {study}")
+    return 0 if ids["array"] or args.dry_run else 1
 
 
 def cmd_status(args) -> int:
@@ -155,7 +203,7 @@ def cmd_status(args) -> int:
     counts = {}
     for r in rows.values():
         counts[r["state"]] = counts.get(r["state"], 0) + 1
-    _print(f"\n{grid.size} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    _print(f"\n{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     report = R.report_path(args.study_dir)
     if report:
         _print(f"report: {report}")
@@ -192,6 +240,8 @@ def main(argv=None) -> int:
             return R.placeholder_analysis(args.study_dir, log=_print)
         if args.command == "submit":
             return cmd_submit(args)
+        if args.command == "confirm":
+            return cmd_confirm(args)
         if args.command == "element":
             return R.run_element(args.task_index, args.root, args.grid_config, log=_print)
         if args.command == "verify":

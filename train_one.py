@@ -118,13 +118,14 @@ def main(argv=None) -> int:
                 raise ValueError(f"{', '.join(given)} cannot be combined with --task-index: the grid sets the cell")
             base = G.GridConfig.load(args.grid_config) if args.grid_config else G.default_grid()
             grid = G.init_study(args.study_dir, base)
-            cell = G.cell_at(grid, index)
+            cell = G.study_cell_at(args.study_dir, grid, index)   # a grid or a confirmation cell
             config = cell.train_config(grid)
             if overrides:
                 config = TrainConfig.from_dict({**config.to_dict(), **overrides})
             exp_dir = os.path.join(args.study_dir, cell.name)
             cache_dir = G.study_cache_dir(args.study_dir)
-            print(f"grid cell {index}/{grid.size - 1}: {cell.name}", flush=True)
+            where = f"grid cell {index}/{grid.size - 1}" if cell.stage == "grid" else f"confirmation cell {index}"
+            print(f"{where}: {cell.name}", flush=True)
         else:
             config = TrainConfig.from_dict(overrides)
             exp_dir = os.path.join(args.out_dir, G.standalone_name(config))

@@ -32,6 +32,8 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME)
         outputs["summary_csv"] = csv_path
         log(f"  {len(df_raw)} rows ({', '.join(f'{v} {k}' for k, v in inv.counts.items())}) -> {csv_path}")
+        if inv.confirm_expected:
+            log(f"  {inv.confirm_expected} of them are confirmation runs (stage confirm)")
         if inv.extra:
             log(f"  note: {len(inv.extra)} exp_ folder(s) not in the grid were included: {', '.join(inv.extra[:5])}")
         df = load_summary(csv_path)  # the analysis always runs from the CSV
@@ -42,7 +44,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         out_dir = Path(output_dir) if output_dir else summary_file.parent
         log(f"Reading summary {summary_file} ...")
         df = load_summary(summary_file)
-        expected = len(df)
+        expected = int((df["stage"] == "grid").sum())
         target = out_dir / SUMMARY_CSV_NAME
         if target.resolve() != summary_file.resolve():
             outputs["summary_csv"] = write_summary_csv(df, target)

@@ -25,6 +25,8 @@ GRID_CONFIG_NAME = "grid_config.json"
 STUDY_PREFIX = "hyperparameter_optimization_"
 SUMMARY_CSV_NAME = "hyperparameter_summary.csv"
 CACHE_DIR_NAME = ".cache"   # decoded stacks and patches shared by a study's cells (mitoseg/cache.py)
+CONFIRM_CONFIG_NAME = "confirm_config.json"   # the confirmation stage's cells (mitoseg/confirm.py writes it)
+STAGES = ("grid", "confirm")
 
 
 @dataclass
@@ -102,12 +104,14 @@ class Cell:
     batch_size: int
     seed: int
     n_seeds: int = 1
+    stage: str = "grid"     # "confirm": a rerun of a selected configuration with a fresh seed
 
     @property
     def name(self) -> str:
-        """Folder name, e.g. exp_04_UNet_lr0.0001_bs8 (plus _seed7 when the grid repeats seeds)."""
+        """Folder name, e.g. exp_04_UNet_lr0.0001_bs8 (plus _seed7 when the grid repeats seeds, and
+        always for a confirmation cell)."""
         name = f"exp_{self.index:02d}_{self.architecture}_lr{self.learning_rate:g}_bs{self.batch_size}"
-        return name + (f"_seed{self.seed}" if self.n_seeds > 1 else "")
+        return name + (f"_seed{self.seed}" if self.n_seeds > 1 or self.stage == "confirm" else "")
 
     def train_config(self, grid: GridConfig) -> TrainConfig:
         return TrainConfig.from_dict({**grid.fixed, "architecture": self.architecture,
@@ -125,6 +129,43 @@ def cell_at(grid: GridConfig, index: int) -> Cell:
     if not 0 <= index < grid.size:
         raise ValueError(f"array index {index} is outside the grid (0..{grid.size - 1}, {grid.size} cells)")
     return cells(grid)[index]
+
+
+# --- the confirmation stage's cells: indices after the grid's ---------------------------------------
+def confirm_plan_path(study_dir) -> Path:
+    return Path(study_dir) / CONFIRM_CONFIG_NAME
+
+
+def confirm_cells(study_dir) -> list[Cell]:
+    """The cells listed in STUDY/confirm_config.json (none without the file). Their indices follow
+    the grid's, so one array index names one cell of the study whichever stage it belongs to."""
+    path = confirm_plan_path(study_dir)
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())["cells"]
+        out = [Cell(int(r["index"]), str(r["architecture"]), float(r["learning_rate"]), int(r["batch_size"]),
+                    int(r["seed"]), stage="confirm") for r in rows]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+    return out
+
+
+def study_cells(study_dir, grid: GridConfig) -> list[Cell]:
+    """Every cell of a study: the grid's, then the confirmation stage's."""
+    return cells(grid) + confirm_cells(study_dir)
+
+
+def study_cell_at(study_dir, grid: GridConfig, index: int) -> Cell:
+    """The cell of a study at an array index: a grid cell below grid.size, else a confirmation cell."""
+    if 0 <= index < grid.size:
+        return cells(grid)[index]
+    for cell in confirm_cells(study_dir):
+        if cell.index == index:
+            return cell
+    extra = confirm_cells(study_dir)
+    span = f", confirmation cells {extra[0].index}..{extra[-1].index}" if extra else ""
+    raise ValueError(f"array index {index} is outside the grid (0..{grid.size - 1}, {grid.size} cells{span})")
 
 
 # --- array index from the scheduler ---------------------------------------------------------------
@@ -246,6 +287,12 @@ def main(argv=None) -> int:
     for cell in cells(grid):
         print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
               f"{cell.seed:>5}  {cell.name}")
+    extra = confirm_cells(args.study_dir) if args.study_dir else []
+    if extra:
+        print(f"confirmation stage ({CONFIRM_CONFIG_NAME}): {len(extra)} cells, indices {extra[0].index}-{extra[-1].index}")
+        for cell in extra:
+            print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
+                  f"{cell.seed:>5}  {cell.name}")
     return 0
 
 

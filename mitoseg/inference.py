@@ -114,9 +114,23 @@ def predict_slices(model, images: np.ndarray, patch_size: int, batch_size: int =
     return out / weight[None]
 
 
+def slice_scores(masks, probs, threshold=0.5, slice_names=None) -> list:
+    """[{name, iou, dice}] for every slice: the `test.slices` of the results JSON, so two models
+    scored on the same slices can be compared slice by slice. Names default to "z=<index>"."""
+    masks, probs = np.asarray(masks), np.asarray(probs)
+    if masks.ndim == 2:
+        masks, probs = masks[None], probs[None]
+    names = [f"z={z}" for z in range(len(masks))] if slice_names is None else [str(n) for n in slice_names]
+    if len(names) != len(masks):
+        raise ValueError(f"{len(names)} slice names for {len(masks)} slices")
+    return [{"name": name, "iou": metrics.foreground_iou(m, p, threshold), "dice": metrics.foreground_dice(m, p, threshold)}
+            for name, m, p in zip(names, masks, probs)]
+
+
 def evaluate_volume(model, images, masks, patch_size, threshold=0.5, val_threshold=None, tta=False,
-                    batch_size=8, channels=1, overlap=0.5, return_probs=False):
-    """Scores of whole-slice tiled prediction: the `test` field of the results JSON.
+                    batch_size=8, channels=1, overlap=0.5, return_probs=False, slice_names=None):
+    """Scores of whole-slice tiled prediction: the `test` field of the results JSON, with the
+    per-slice IoU and Dice in `slices` (named by `slice_names`, default z=<index>).
 
     `val_threshold` must come from validation data (never from these masks). With
     `return_probs=True` returns (scores, probabilities) instead of the scores alone."""
@@ -138,5 +152,6 @@ def evaluate_volume(model, images, masks, patch_size, threshold=0.5, val_thresho
         "n_slices": int(np.asarray(images).shape[0]) if np.asarray(images).ndim == 3 else 1,
         "tta": bool(tta), "threshold": threshold,
         "patch_size": int(patch_size), "overlap": float(overlap),
+        "slices": slice_scores(masks, probs, threshold, slice_names),
     }
     return (result, probs) if return_probs else result

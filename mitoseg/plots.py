@@ -308,12 +308,45 @@ def plot_baseline(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
+def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
+    """Confirmation runs: each run's test IoU (dots) and the mean with its 95 % interval per architecture."""
+    conf = res.get("confirmation")
+    arms = [a for a in conf["arms"] if a["n_scored"]] if conf else []
+    if not arms:
+        return "no confirmation runs with test scores"
+    runs = res["confirm_df"]
+    archs = [a["architecture"] for a in arms]
+    fig, ax = plt.subplots(figsize=(max(6, 2.4 * len(arms)), 4.5))
+    for i, a in enumerate(arms):
+        m = ((runs["architecture"] == a["architecture"]) & np.isclose(runs["learning_rate"], a["learning_rate"])
+             & (runs["batch_size"] == a["batch_size"]) & runs["success"] & runs["test_iou"].notna())
+        ys = runs.loc[m, "test_iou"].to_numpy(float)
+        color = _color(a["architecture"], archs)
+        ax.scatter(i + np.linspace(-0.12, 0.12, len(ys)) if len(ys) > 1 else [i] * len(ys), ys, color=color,
+                   alpha=0.6, s=25, zorder=3)
+        lo, hi, mean = a["ci_low"], a["ci_high"], a["test_iou_mean"]
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.errorbar([i + 0.3], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=6, lw=2)
+        else:
+            ax.plot([i + 0.3], [mean], "o", color=color)
+        ax.text(i + 0.36, mean, f" {_fmt(mean)}\n (n={a['n_scored']})", va="center", fontsize=8)
+    ax.set_xticks(range(len(arms)), [f"{a['architecture']}\nlr {a['learning_rate']:g}, bs {int(a['batch_size'])}"
+                                     for a in arms])
+    ax.set_xlim(-0.5, len(arms) - 0.2)
+    ax.set_ylabel("test IoU (held-out slices)")
+    ax.set_title("Confirmation runs (fresh seeds): each run, and the mean with its 95 % interval")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 FIGURES = {
     "detailed_heatmaps.png": "heatmaps",
     "comprehensive_analysis.png": "comprehensive",
     "best_configurations_comparison.png": "best",
     "training_curves.png": "curves",
     "baseline_comparison.png": "baseline",
+    "architecture_comparison.png": "confirmation",
 }
 
 
@@ -327,6 +360,8 @@ def make_figures(res: dict, out_dir: Path, history_root: Optional[Path]) -> dict
             ("training_curves.png", lambda p: plot_training_curves(res, history_root, p))]
     if res.get("baseline") is not None:
         jobs.append(("baseline_comparison.png", lambda p: plot_baseline(res, p)))
+    if res.get("confirmation") is not None:
+        jobs.append(("architecture_comparison.png", lambda p: plot_architecture_comparison(res, p)))
     for name, fn in jobs:
         try:
             out[name] = fn(out_dir / name)

@@ -161,8 +161,13 @@ def opening(res: dict) -> str:
         return (f"**Warning: no model learned.** {detail[0].upper() + detail[1:]}; {res['n_degenerate']} of "
                 f"{res['n_ok']} successful cells are degenerate. Every ranking below compares models that did not "
                 f"learn to segment mitochondria.")
-    return (f"The best configuration is {cfg_text(best)} with {m.label} {mean_sd_n(best['score_mean'], best['score_std'], best['n_ok'])}, "
-            f"against an all-foreground baseline of {f3(base)}.")
+    text = (f"The best configuration is {cfg_text(best)} with {m.label} "
+            f"{mean_sd_n(best['score_mean'], best['score_std'], best['n_ok'])}, against an all-foreground baseline of "
+            f"{f3(base)} (selected on {res['selected_on']}).")
+    if m.kind == "val" and finite(best.get("test_iou_mean")):
+        text += (f" Its held-out test IoU, not used for selection, is "
+                 f"{mean_sd_n(best['test_iou_mean'], best['test_iou_std'], best['n_test'])}.")
+    return text
 
 
 def comparison_sentence(comp: dict, what: str) -> str:
@@ -202,6 +207,74 @@ def factorial_block(doc: Doc, res: dict, title: str):
     doc.table(["source", "df", "sum of squares", "F", "p"], rows)
 
 
+def ci_text(lo, hi) -> str:
+    return f"95 % CI {f3(lo)} to {f3(hi)}" if finite(lo) and finite(hi) else "no interval (fewer than 2 runs)"
+
+
+def arm_text(a: dict) -> str:
+    return (f"{cfg_text(a)}: mean test IoU {f3(a['test_iou_mean'])} ({ci_text(a['ci_low'], a['ci_high'])}, "
+            f"n={a['n_scored']} seeds)")
+
+
+def confirmation_summary(conf: dict) -> list:
+    """The executive summary's lines on the confirmation runs: the verdicts first."""
+    if conf["reason"]:
+        return [f"Architecture comparison on the confirmation runs: not possible: {conf['reason']}."]
+    lines = [f"Architecture comparison on fresh seeds (confirmation runs, test set): {p['verdict']}"
+             for p in conf["pairs"]]
+    lines.append("Per architecture: " + "; ".join(arm_text(a) for a in conf["arms"] if a["n_scored"]) + ".")
+    flawed = [f"{a['n_degenerate']} of {a['n_scored']} {a['architecture']}" for a in conf["arms"] if a["n_degenerate"]]
+    failed = [f"{a['n_not_ok']} {a['architecture']}" for a in conf["arms"] if a["n_not_ok"]]
+    if flawed:
+        lines.append(f"Degenerate confirmation runs (did not learn; kept in the means): {', '.join(flawed)}.")
+    if failed:
+        lines.append(f"Confirmation runs without a score (failed, diverged or missing): {', '.join(failed)}.")
+    if finite(conf["min_detectable_difference"]):
+        d = conf["mdd_detail"]
+        lines.append(f"With {d['runs_per_architecture']} runs per architecture, the smallest difference these runs "
+                     f"could detect (power {conf['power']:g}, alpha {conf['alpha']:g}) is "
+                     f"{f3(conf['min_detectable_difference'])} test IoU.")
+    return lines
+
+
+def confirmation_section(doc: Doc, res: dict):
+    doc.h(2, "Architecture comparison on fresh seeds (confirmation stage)")
+    conf, runs = res.get("confirmation"), res.get("confirm_df")
+    if conf is None:
+        doc.p("No confirmation runs in this study. The ranking above is on the validation data the configurations "
+              "were selected on; to compare the architectures on the test set, rerun each architecture's selected "
+              "configuration with fresh seeds: `python run_study.py confirm --study-dir STUDY --seeds 3` "
+              "(`--scheduler pbs|slurm` for the cluster).")
+        return
+    doc.p("Each architecture's validation-selected configuration, retrained with seeds the grid did not use, scored "
+          "on the held-out test slices. Failed runs have no score and are not in the means; degenerate runs are "
+          "(they are outcomes of the configuration).")
+    doc.table(["architecture", "learning rate", "batch size", "runs (scored)", "seeds", "mean test IoU",
+               "95% CI over seeds", "std", "mean val IoU", "degenerate"],
+              [[a["architecture"], fg(a["learning_rate"]), fint(a["batch_size"]), f"{a['n_runs']} ({a['n_scored']})",
+                ", ".join(str(x) for x in a["seeds"]) or NA, f3(a["test_iou_mean"]),
+                f"{f3(a['ci_low'])} to {f3(a['ci_high'])}", f3(a["test_iou_std"]), f3(a["val_iou_mean"]),
+                str(a["n_degenerate"])] for a in conf["arms"]])
+    if conf["reason"]:
+        doc.p(f"Pairwise comparison not computed: {conf['reason']}.")
+    else:
+        doc.table(["A", "B", "mean A - B", "95% CI (Welch)", "p (Welch)", "p Holm-adjusted",
+                   "bootstrap 95% CI (seeds x slices, paired on slices)", "detectable (power 0.8)", "verdict"],
+                  [[p["a"], p["b"], f3(p["diff_mean"]), f"{f3(p['ci_low'])} to {f3(p['ci_high'])}", fp(p["p"]),
+                    fp(p["p_adjusted"]),
+                    f"{f3(p['bootstrap']['ci_low'])} to {f3(p['bootstrap']['ci_high'])} ({p['bootstrap']['n_slices']} "
+                    f"slices)" if p["bootstrap"] else "no per-slice scores", f3(p["min_detectable_difference"]),
+                    p["verdict"]] for p in conf["pairs"]])
+    rows = []
+    for _, r in runs.sort_values(["architecture", "seed"], na_position="last").iterrows():
+        rows.append([str(r["experiment_id"]), r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
+                     fint(r["seed"]), r["status"], f3(r["test_iou"]), f3(r["best_val_iou"]),
+                     ("yes" if r["degenerate"] else "no") if r["success"] else "", clean_text(r["error"])[:120]])
+    doc.p("Every confirmation run:")
+    doc.table(["experiment", "architecture", "lr", "batch", "seed", "status", "test IoU", "val IoU", "degenerate",
+               "error"], rows)
+
+
 def build_document(res: dict, source: str, expected: int, figures: dict, out_dir: Path) -> Doc:
     m = res["metric"]
     df, ok, best, stable, configs = res["df"], res["ok"], res["best"], res["stable"], res["configs"]
@@ -216,10 +289,18 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
     doc.p(cells_sentence(res, expected))
     summary = []
     n = res["n_rows"]
+    conf = res.get("confirmation")
+    if conf is not None:
+        summary += confirmation_summary(conf)
     if res["n_ok"] and not res["soft_only"]:
         comp = res["comparisons"].get("architectures")
         if comp:
-            summary.append(comparison_sentence(comp, "Best architecture"))
+            summary.append(comparison_sentence(comp, "Best architecture in the grid (on validation, the data it was "
+                                                     "selected on)"))
+            if conf is None:
+                summary.append("No confirmation runs yet, so the architectures are not compared on the test set: "
+                               "`python run_study.py confirm --study-dir STUDY --seeds 3` reruns each architecture's "
+                               "selected configuration with fresh seeds.")
         elif len(best) == 1:
             summary.append(f"Only one architecture ({best.iloc[0]['architecture']}) has successful runs, so "
                            f"architectures cannot be compared.")
@@ -278,10 +359,17 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
                 "yes" if finite(r["baseline"]) and r["score_mean"] >= checks.required_iou(r["baseline"]) else
                 "unclear" if not finite(r["baseline"]) else "no")
             rows.append([r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
-                         mean_sd_n(r["score_mean"], r["score_std"], r["n_ok"]), f3(r["baseline"]), learned,
+                         mean_sd_n(r["score_mean"], r["score_std"], r["n_ok"]),
+                         mean_sd_n(r["test_iou_mean"], r["test_iou_std"], r["n_test"]), f3(r["baseline"]), learned,
                          f3(r["stability_mean"], 4), str(r["best_run"])])
+        doc.p(f"Each architecture's configuration with the highest mean {m.label} over its successful, "
+              f"non-degenerate runs (selected on {res['selected_on']}). The test column is shown, not used for "
+              f"selection.")
         doc.table(["architecture", "learning rate", "batch size", f"{m.label} mean +- std (n)",
-                   "all-foreground baseline", "learned", "val-loss stability", "best run"], rows)
+                   "test IoU mean +- std (n), not used for selection", "all-foreground baseline", "learned",
+                   "val-loss stability", "best run"], rows)
+
+    confirmation_section(doc, res)
 
     # effects
     doc.h(2, "Hyperparameter effects")
@@ -315,6 +403,8 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
         "training_curves.png": "Loss and scores per epoch of the best run of each architecture.",
         "baseline_comparison.png": "This study's best configurations against the baseline study's: score and "
                                    "stability side by side, with the improvement factors.",
+        "architecture_comparison.png": "Confirmation runs (fresh seeds): the test IoU of every run (dots) and each "
+                                       "architecture's mean with its 95 % t interval over seeds.",
     }
     if not figures:
         doc.p("Figures were not drawn in this run (--no-figures).")
@@ -425,6 +515,13 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
         f"overfitting when above {OVERFIT_RELATIVE_GAP:.0%} of the training loss.",
         f"winner within noise: the best configuration's successful seeds against the runner-up's, Welch t-test at "
         f"alpha {ALPHA}; with one run per configuration the noise is unknown and no winner is called on it.",
+        "selection: each architecture's configuration with the highest mean validation IoU over its successful, "
+        "non-degenerate grid runs (`mitoseg.stats.select_configs`, the one rule the report, figures, confirmation "
+        "stage and predict.py use); test scores never select.",
+        "confirmation runs (stage `confirm`): the selected configurations retrained with seeds the study had not "
+        "used; the architecture comparison uses only their test IoU (95 % t interval over seeds; differences with "
+        "a Welch interval and Welch t-test, p-values Holm-adjusted over the pairs; detectable difference and seeds "
+        "needed from a two-sample t-test power analysis at power 0.8).",
     ])
 
     # limitations
@@ -441,8 +538,12 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
             lim.append(f"Successful runs per configuration: {fint(runs.min())} to {fint(runs.max())}."
                        + ("" if res["has_seeds"] else " With one run per configuration, run-to-run noise is unknown."))
     if m.kind == "test":
-        lim.append("Configurations are selected on the test score itself, so the best test IoU is an optimistic "
-                   "estimate; an independent set would be needed for an unbiased one.")
+        lim.append("The summary has no validation IoU, so configurations are selected on the test score itself and "
+                   "the best test IoU is an optimistic estimate; an independent set would be needed for an unbiased "
+                   "one.")
+    elif m.kind == "val":
+        lim.append("The grid's scores of the selected configurations are optimistic (the maximum of noisy "
+                   "validation means); the confirmation runs on fresh seeds are the unbiased estimate.")
     if res["soft_only"]:
         lim.append("Only soft scores are available; no statement about segmentation quality can be made.")
     lost = sum(res["counts"].get(s, 0) for s in ("failed", "diverged", "interrupted", "unreadable", "missing"))
@@ -456,11 +557,14 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
     rows = []
     for _, r in df.sort_values(["architecture", "learning_rate", "batch_size", "seed"], na_position="last").iterrows():
         rows.append([str(r["experiment_id"]), r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
-                     fint(r["seed"]), r["status"], f3(r["score"]), f3(r["best_val_jaccard"]), f3(r["baseline"]),
-                     ("yes" if r["degenerate"] else "no") if r["success"] else "", f3(r["stability"], 4),
-                     fint(r["epochs_run"]), clean_text(r["error"])[:120]])
-    doc.table(["experiment", "architecture", "lr", "batch", "seed", "status", m.label, "soft Jaccard",
-               "all-foreground baseline", "degenerate", "stability", "epochs", "error"], rows)
+                     fint(r["seed"]), r["status"], f3(r["score"]),
+                     f3(r["test_iou"]) if m.column != "test_iou" else "(headline)", f3(r["best_val_jaccard"]),
+                     f3(r["baseline"]), ("yes" if r["degenerate"] else "no") if r["success"] else "",
+                     f3(r["stability"], 4), fint(r["epochs_run"]), clean_text(r["error"])[:120]])
+    doc.p("The grid's cells (the confirmation runs are listed in their own section).")
+    doc.table(["experiment", "architecture", "lr", "batch", "seed", "status", m.label,
+               "test IoU (not used for selection)", "soft Jaccard", "all-foreground baseline", "degenerate",
+               "stability", "epochs", "error"], rows)
     return doc
 
 
@@ -523,9 +627,48 @@ def summary_json(res: dict, source: str, expected: int, figures: dict) -> dict:
             correlation=dict(table=None if res["correlation"]["table"] is None else
                              res["correlation"]["table"].to_dict(), reason=res["correlation"]["reason"])),
         baseline_comparison=None if res.get("baseline") is None else res["baseline"],
+        best_per_architecture=best_per_architecture_json(res),
+        architecture_comparison=comparison_json(res.get("confirmation")),
+        min_detectable_difference=(None if res.get("confirmation") is None
+                                   else res["confirmation"]["min_detectable_difference"]),
+        confirmation=confirmation_json(res.get("confirmation")),
         figures={k: (str(v.name) if isinstance(v, Path) else f"not produced: {v}") for k, v in figures.items()},
     )
     return _jsonable(out)
+
+
+def best_per_architecture_json(res: dict) -> list:
+    """The validation-selected configuration of each architecture ([] for a soft-only summary)."""
+    if res["soft_only"]:
+        return []
+    kind = res["metric"].kind
+    out = []
+    for _, r in res["selection"].iterrows():
+        val = (r["val_iou_mean"], r["val_iou_std"]) if kind == "val" else (None, None)
+        test = (r["test_iou_mean"], r["test_iou_std"])
+        out.append(dict(architecture=r["architecture"], learning_rate=r["learning_rate"],
+                        batch_size=r["batch_size"], selected_on=res["selected_on"], n_runs=r["n_runs"],
+                        val_iou_mean=val[0], val_iou_std=val[1], test_iou_mean=test[0], test_iou_std=test[1],
+                        n_test=r["n_test"], degenerate=r["degenerate"], best_run=r["best_run"]))
+    return out
+
+
+PAIR_FIELDS = ("a", "b", "diff_mean", "ci_low", "ci_high", "p_adjusted", "verdict", "p", "n_a", "n_b", "mean_a",
+               "mean_b", "significant", "min_detectable_difference", "seeds_needed", "target_difference",
+               "pooled_sd", "bootstrap", "reason")
+
+
+def comparison_json(conf: Optional[dict]) -> list:
+    if conf is None:
+        return []
+    return [{k: p[k] for k in PAIR_FIELDS} for p in conf["pairs"]]
+
+
+def confirmation_json(conf: Optional[dict]) -> Optional[dict]:
+    if conf is None:
+        return None
+    return dict(architectures=conf["arms"], reason=conf["reason"], alpha=conf["alpha"], power=conf["power"],
+                runs=conf["n_rows"], by_status=conf["counts"], min_detectable_difference_detail=conf["mdd_detail"])
 
 
 def render(res: dict, source: str, expected: int, figures: dict, out_dir: Path) -> tuple[str, str, str]:

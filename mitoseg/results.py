@@ -15,7 +15,10 @@ from typing import Any
 
 from .io_utils import atomic_write_text
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Versions load_results accepts. Version 1 is version 2 without the per-slice test scores
+# (`test.slices`); studies written by it stay analysable, they just cannot be paired on slices.
+READABLE_VERSIONS = (1, 2)
 STATUSES = ("ok", "diverged", "failed", "interrupted")
 
 _NUM = (int, float, type(None))
@@ -24,7 +27,7 @@ _STR = (str, type(None))
 # name, accepted types, description. Scores are computed on the validation slices at threshold 0.5
 # unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
 RESULT_FIELDS: list[tuple[str, tuple, str]] = [
-    ("schema_version", (int,), f"always {SCHEMA_VERSION}"),
+    ("schema_version", (int,), f"{SCHEMA_VERSION} (version 1 files, without test.slices, still load)"),
     ("experiment_id", (str,), "the exp_ folder name, e.g. exp_04_UNet_lr0.0001_bs8"),
     ("status", (str,), "ok | diverged (NaN loss) | failed (exception, see error) | interrupted (SIGTERM; rerun resumes)"),
     ("error", _STR, "one-line error for failed/diverged/interrupted cells, else null"),
@@ -54,7 +57,8 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("degenerate", (bool,), "true when the model did not learn: IoU not clearly above the all-foreground baseline, or it predicts ~nothing / ~everything"),
     ("degenerate_reason", _STR, "why degenerate is true, else null"),
     ("diverged_epoch", (int, type(None)), "1-based epoch in which the loss became NaN, else null"),
-    ("test", (dict, type(None)), "held-out test scores (whole slices, tiled) when a test volume was given, else null"),
+    ("test", (dict, type(None)), "held-out test scores (whole slices, tiled) when a test volume was given, else null; "
+                                 "test.slices lists {name, iou, dice} per test slice (schema 2)"),
     ("training_time_s", _NUM, "seconds spent in training epochs, summed over the recorded epochs (resumed runs included)"),
     ("total_time_s", _NUM, "wall time of the whole cell: loading, training, evaluation"),
     ("started_at", (str,), "ISO time the (last) run of this cell started"),
@@ -86,8 +90,10 @@ def validate_results(record: dict, source: str = "results") -> dict:
     if not isinstance(record, dict):
         raise ResultsError(f"{source}: results must be a JSON object, got {type(record).__name__}")
     version = record.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ResultsError(f"{source}: schema_version {version!r} is not {SCHEMA_VERSION}; rerun the cell or convert the file")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
+        older = ", ".join(str(v) for v in READABLE_VERSIONS if v != SCHEMA_VERSION)
+        raise ResultsError(f"{source}: schema_version {version!r} is not {SCHEMA_VERSION} (nor an older readable "
+                           f"version: {older}); rerun the cell or convert the file")
     missing = [name for name in FIELD_NAMES if name not in record]
     if missing:
         raise ResultsError(f"{source}: missing fields {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
@@ -100,7 +106,22 @@ def validate_results(record: dict, source: str = "results") -> dict:
                                f"{'/'.join(t.__name__ for t in types)}")
     if record["status"] not in STATUSES:
         raise ResultsError(f"{source}: status {record['status']!r} is not one of {', '.join(STATUSES)}")
+    _validate_test_slices(record.get("test"), source)
     return record
+
+
+def _validate_test_slices(test, source: str) -> None:
+    """test.slices, when present: a list of {name: str, iou: number/null, dice: number/null}."""
+    if not isinstance(test, dict) or "slices" not in test:
+        return
+    slices = test["slices"]
+    if not isinstance(slices, list):
+        raise ResultsError(f"{source}: field test.slices has type {type(slices).__name__}, expected list")
+    for i, item in enumerate(slices):
+        ok = (isinstance(item, dict) and isinstance(item.get("name"), str)
+              and all(isinstance(item.get(k), _NUM) and not isinstance(item.get(k), bool) for k in ("iou", "dice")))
+        if not ok:
+            raise ResultsError(f"{source}: test.slices[{i}] must be an object with name (str), iou and dice (numbers)")
 
 
 def save_results(path, record: dict) -> None:

@@ -406,9 +406,11 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     study = study.resolve()
     grid = G.init_study(study, base_grid(grid_config, env.get("DATA_DIR")))
     log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}")
-    if not 0 <= index < grid.size:
-        log(f"error: array index {index} is outside the grid (0..{grid.size - 1}); "
-            f"the array range must be 0-{grid.size - 1} (python run_study.py list --size)")
+    try:
+        G.study_cell_at(study, grid, index)   # a grid cell, or a confirmation cell after the grid
+    except ValueError as err:
+        log(f"error: {err}; the array range must be 0-{grid.size - 1} (python run_study.py list --size), "
+            f"or the range that run_study.py confirm printed")
         return 2
     dep = dependency_target(env)
     key = array_job_key(env)
@@ -440,17 +442,19 @@ def detect_scheduler() -> Optional[str]:
 
 
 def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args: list[str],
-                 log: Callable[[str], None] = print, dry_run: bool = False) -> dict:
-    """Submit the array (range = the grid) and the dependent analysis job. Returns their ids."""
+                 log: Callable[[str], None] = print, dry_run: bool = False,
+                 indices: Optional[tuple[int, int]] = None) -> dict:
+    """Submit the array (range = the grid, or `indices` = (first, last), e.g. the confirmation
+    cells) and the dependent analysis job. Returns their ids."""
     study_dir = Path(study_dir).resolve()
     G.init_study(study_dir, grid)
-    last = grid.size - 1
+    first, last = indices or (0, grid.size - 1)
     env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1"
     if scheduler == "slurm":
-        cmd = ["sbatch", "--parsable", f"--array=0-{last}", f"--export=ALL,{env_vars}",
+        cmd = ["sbatch", "--parsable", f"--array={first}-{last}", f"--export=ALL,{env_vars}",
                f"--chdir={REPO_DIR}", *extra_args, str(SLURM_SCRIPT)]
     else:
-        cmd = ["qsub", "-V", "-v", env_vars, "-J" if scheduler == "pbspro" else "-t", f"0-{last}",
+        cmd = ["qsub", "-V", "-v", env_vars, "-J" if scheduler == "pbspro" else "-t", f"{first}-{last}",
                *extra_args, str(PBS_SCRIPT)]
     log("submitting: " + " ".join(shlex.quote(c) for c in cmd))
     if dry_run:
@@ -459,7 +463,7 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     if proc.returncode != 0:
         raise RuntimeError(f"submission failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     array_id = parse_job_id(proc.stdout)
-    log(f"array job {array_id}: {grid.size} cells into {study_dir}")
+    log(f"array job {array_id}: {last - first + 1} cells ({first}-{last}) into {study_dir}")
     if scheduler == "slurm":
         dep = f"afterany:{array_id}"
     else:
@@ -590,7 +594,7 @@ def results_table(rows: dict) -> str:
 
 def study_rows(study_dir, grid: G.GridConfig) -> dict:
     rows = {}
-    for cell in G.cells(grid):
+    for cell in G.study_cells(study_dir, grid):
         rec = cell_record(study_dir, cell) or {}
         rows[cell.index] = dict(cell=cell, state=cell_state(study_dir, cell), note=rec.get("error") or "",
                                 iou=rec.get("best_val_iou"), baseline=rec.get("all_foreground_jaccard"),

@@ -6,6 +6,7 @@ report needs and returns one dict.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -42,16 +43,15 @@ def finite(x) -> bool:
 
 
 def choose_metric(df: pd.DataFrame) -> Metric:
-    """Test IoU when every successful cell has it; else thresholded val IoU; else soft Jaccard."""
+    """Thresholded validation IoU whenever the summary has it (selection and every ranking use it;
+    test scores are only shown); test IoU only for a summary without validation IoU; else soft Jaccard."""
     ok = df[df["success"]]
     n_test = int(ok["test_iou"].notna().sum())
-    if len(ok) and n_test == len(ok):
-        return Metric("test_iou", "test IoU (threshold 0.5, held-out slices)", "test_all_foreground_jaccard", "test",
-                      f"all {len(ok)} successful cells have held-out test scores")
     if df["best_val_iou"].notna().any():
-        note = "thresholded validation IoU of the best epoch"
+        note = "thresholded validation IoU of the best epoch; every selection and ranking uses it"
         if n_test:
-            note += f"; test scores exist for only {n_test} of {len(ok)} successful cells, so they are not the headline"
+            note += (f"; held-out test IoU ({n_test} of {len(ok)} successful cells) is shown for the selected "
+                     f"configurations and per cell, never used to select")
         return Metric("best_val_iou", "validation IoU (threshold 0.5)", "all_foreground_jaccard", "val", note)
     if df["test_iou"].notna().any():
         return Metric("test_iou", "test IoU (threshold 0.5, held-out slices)", "test_all_foreground_jaccard", "test",
@@ -115,16 +115,71 @@ def aggregate_configs(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def best_configs(configs: pd.DataFrame, by: str = "score") -> pd.DataFrame:
-    """Per architecture, the configuration with the highest mean score (by="score") or the lowest mean
-    val-loss stability (by="stability"), among configurations with at least one successful run."""
-    col, ascending = ("score_mean", False) if by == "score" else ("stability_mean", True)
-    usable = configs[configs[col].notna()]
+SELECTION_COLUMN = "best_val_iou"
+SELECTION_COLUMNS = ["architecture", "learning_rate", "batch_size", "rank", "n_runs", "val_iou_mean", "val_iou_std",
+                     "val_iou_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "best_run", "best_run_dir",
+                     "seeds"]
+
+
+def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUMN,
+                   stage: Optional[str] = "grid") -> pd.DataFrame:
+    """THE rule for "best" (the report, the figures, the confirmation stage and predict.py call it).
+
+    Per architecture, the `top` configurations (learning rate, batch size) with the highest mean
+    `column` (validation IoU) over their successful, non-degenerate runs of `stage` ("grid" by default;
+    None = every row). An architecture none of whose runs learned is ranked on its degenerate runs and
+    flagged `degenerate`. Test scores of the same runs are carried along for display, never used.
+    Ties: more runs first, then the smaller learning rate and batch size."""
+    rows = df if stage is None or "stage" not in df.columns else df[df["stage"] == stage]
+    rows = rows[rows["success"] & rows[column].notna()].dropna(subset=["learning_rate", "batch_size"])
+    out = []
+    for arch, runs in rows.groupby("architecture", sort=True):
+        learned = runs[~runs["degenerate"].astype(bool)]
+        use = learned if len(learned) else runs
+        ranked = []
+        for (lr, bs), grp in use.groupby(["learning_rate", "batch_size"], sort=True):
+            val = grp[column].to_numpy(float)
+            test = grp["test_iou"].dropna().to_numpy(float) if "test_iou" in grp else np.array([])
+            best_run = grp.loc[grp[column].idxmax()]
+            ranked.append(dict(
+                architecture=arch, learning_rate=float(lr), batch_size=int(bs), n_runs=len(grp),
+                val_iou_mean=float(val.mean()), val_iou_std=float(val.std(ddof=1)) if len(val) >= 2 else np.nan,
+                val_iou_sem=_sem(val), test_iou_mean=float(test.mean()) if len(test) else np.nan,
+                test_iou_std=float(test.std(ddof=1)) if len(test) >= 2 else np.nan, n_test=len(test),
+                degenerate=not len(learned), best_run=best_run["experiment_id"], best_run_dir=best_run["exp_dir"],
+                seeds=sorted(int(x) for x in grp["seed"].dropna()) if "seed" in grp else []))
+        ranked.sort(key=lambda r: (-r["val_iou_mean"], -r["n_runs"], r["learning_rate"], r["batch_size"]))
+        for rank, r in enumerate(ranked[:max(1, int(top))], start=1):
+            out.append(dict(r, rank=rank))
+    table = pd.DataFrame(out, columns=SELECTION_COLUMNS)
+    return table.sort_values(["rank", "val_iou_mean"], ascending=[True, False]).reset_index(drop=True)
+
+
+def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
+    """The aggregate_configs rows of the selected configurations (in selection order), their score
+    columns replaced by the selection's (non-degenerate runs), with the test scores beside them."""
+    rows = []
+    for _, sel in selection.iterrows():
+        m = ((configs["architecture"] == sel["architecture"]) & np.isclose(configs["learning_rate"], sel["learning_rate"])
+             & (configs["batch_size"] == sel["batch_size"]))
+        row = configs[m].iloc[0].to_dict()
+        row.update(score_mean=sel["val_iou_mean"], score_std=sel["val_iou_std"], score_sem=sel["val_iou_sem"],
+                   n_ok=sel["n_runs"], degenerate=sel["degenerate"], best_run=sel["best_run"],
+                   best_run_dir=sel["best_run_dir"], test_iou_mean=sel["test_iou_mean"],
+                   test_iou_std=sel["test_iou_std"], n_test=sel["n_test"], rank=sel["rank"])
+        rows.append(row)
+    cols = list(configs.columns) + ["test_iou_mean", "test_iou_std", "n_test", "rank"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def most_stable_configs(configs: pd.DataFrame) -> pd.DataFrame:
+    """Per architecture, the configuration with the lowest mean val-loss stability (a description of
+    the grid, not a selection: "best" is select_configs)."""
+    usable = configs[configs["stability_mean"].notna()]
     if usable.empty:
         return usable
-    idx = usable.sort_values([col, "n_ok"], ascending=[ascending, False]).groupby("architecture", sort=False).head(1)
-    ordered = idx.sort_values(col, ascending=ascending)
-    return ordered.reset_index(drop=True)
+    idx = usable.sort_values(["stability_mean", "n_ok"], ascending=[True, False]).groupby("architecture", sort=False).head(1)
+    return idx.sort_values("stability_mean").reset_index(drop=True)
 
 
 def factor_effects(ok: pd.DataFrame, value: str = "score") -> dict:
@@ -240,13 +295,14 @@ def tukey_architectures(ok: pd.DataFrame, value: str = "score") -> dict:
         warnings.simplefilter("ignore")
         t = pairwise_tukeyhsd(sub[value].astype(float).to_numpy(), sub["architecture"].astype(str).to_numpy(),
                               alpha=ALPHA)
-    data = t._results_table.data
-    header, body = data[0], data[1:]
-    table = pd.DataFrame(body, columns=header)
-    res["table"] = pd.DataFrame(dict(group1=table["group1"], group2=table["group2"],
-                                     meandiff=table["meandiff"].astype(float), p_adj=table["p-adj"].astype(float),
-                                     lower=table["lower"].astype(float), upper=table["upper"].astype(float),
-                                     reject=table["reject"].astype(bool)))
+    # TukeyHSDResults' public attributes; pairs in the order of its summary table (i < j over groupsunique)
+    names = [str(g) for g in t.groupsunique]
+    pairs = list(itertools.combinations(range(len(names)), 2))
+    confint = np.asarray(t.confint, float)
+    res["table"] = pd.DataFrame(dict(group1=[names[i] for i, _ in pairs], group2=[names[j] for _, j in pairs],
+                                     meandiff=np.asarray(t.meandiffs, float), p_adj=np.asarray(t.pvalues, float),
+                                     lower=confint[:, 0], upper=confint[:, 1],
+                                     reject=np.asarray(t.reject, bool)))
     return res
 
 
@@ -316,7 +372,7 @@ def baseline_comparison(current: pd.DataFrame, cur_best: pd.DataFrame, baseline:
     bl = add_score(baseline, Metric(col, col, "all_foreground_jaccard" if col == "best_val_iou" else None,
                                     "val" if col == "best_val_iou" else "soft", ""))
     cu = add_score(current, Metric(col, col, None, "soft", ""))
-    bl_best = best_configs(aggregate_configs(bl))
+    bl_best = best_from_selection(aggregate_configs(bl), select_configs(bl, 1, col, stage=None))
     rows = []
     for _, cfg in cur_best.iterrows():
         arch = cfg["architecture"]
@@ -347,13 +403,22 @@ def baseline_comparison(current: pd.DataFrame, cur_best: pd.DataFrame, baseline:
 
 # --- everything ----------------------------------------------------------------------------------
 def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> dict:
-    """All numbers the figures and reports use, from a normalized summary DataFrame."""
+    """All numbers the figures and reports use, from a normalized summary DataFrame. The grid rows
+    (stage "grid") are selected on and tested; the confirmation rows go to mitoseg.comparison."""
+    from .comparison import compare_architectures
+    confirm = df[df["stage"] == "confirm"] if "stage" in df.columns else df.iloc[:0]
+    df = df[df["stage"] != "confirm"] if "stage" in df.columns else df
+    if df.empty:
+        from .summary import SummaryError
+        raise SummaryError("the summary has confirmation rows only (stage confirm); the grid's rows are needed "
+                           "to select on")
     metric = choose_metric(df)
     df = add_score(df, metric)
     ok = df[df["success"] & df["score"].notna()].copy()
     configs = aggregate_configs(df)
-    best = best_configs(configs, "score")
-    stable = best_configs(configs, "stability")
+    selection = select_configs(df, 1, metric.column)
+    best = best_from_selection(configs, selection)
+    stable = most_stable_configs(configs)
     counts = df["status"].value_counts().to_dict()
     n = len(df)
     n_ok = int(df["success"].sum())
@@ -402,4 +467,8 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> dict:
     out["tukey"] = tukey_architectures(ok)
     out["correlation"] = correlation_matrix(ok)
     out["baseline"] = baseline_comparison(df, best, baseline) if baseline is not None else None
+    out["selection"] = selection
+    out["selected_on"] = {"val": "validation", "test": "test", "soft": "soft validation Jaccard"}[metric.kind]
+    out["confirm_df"] = confirm
+    out["confirmation"] = compare_architectures(confirm) if len(confirm) else None
     return out

@@ -11,6 +11,7 @@ recomputes `success` and `degenerate` from the numbers (rule in `mitoseg.checks`
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from .checks import degenerate_reason
-from .grid import GRID_CONFIG_NAME, SUMMARY_CSV_NAME, cells, experiment_paths, load_study_grid
+from .grid import GRID_CONFIG_NAME, STAGES, SUMMARY_CSV_NAME, experiment_paths, load_study_grid, study_cells
 from .io_utils import atomic_write_text
 from .results import STATUSES, ResultsError, load_results
 
@@ -38,8 +39,11 @@ SUMMARY_COLUMNS = [
     "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability", "training_time_s",
     "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
     "degenerate", "degenerate_reason", "test_iou", "test_dice", "test_all_foreground_jaccard",
-    "task_index", "exp_dir",
+    "task_index", "exp_dir", "stage", "test_slice_iou",
 ]
+# stage: "grid" (selection) or "confirm" (fresh-seed reruns of the selected configurations; a
+# hand-made CSV without the column is all grid). test_slice_iou: {slice name: IoU} as JSON text
+# (schema 2 results; empty for older ones), for comparisons paired on test slices.
 NUMERIC_COLUMNS = [
     "learning_rate", "batch_size", "seed", "epochs_run", "epochs_to_best", "best_val_jaccard", "best_val_iou",
     "best_val_dice", "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability",
@@ -66,6 +70,7 @@ class StudyInventory:
     expected: int                      # cells the grid expects (or rows found without a grid)
     counts: dict = field(default_factory=dict)   # status -> number of rows
     extra: list = field(default_factory=list)    # exp_ folders with results that the grid does not list
+    confirm_expected: int = 0                    # cells of the confirmation stage (confirm_config.json)
 
 
 def _num(value):
@@ -105,6 +110,9 @@ def record_to_row(record: dict, exp_dir: str) -> dict:
     row["test_iou"] = _num(test.get("iou"))
     row["test_dice"] = _num(test.get("dice"))
     row["test_all_foreground_jaccard"] = _num(test.get("all_foreground_jaccard"))
+    slices = test.get("slices")
+    row["test_slice_iou"] = json.dumps({s["name"]: s["iou"] for s in slices}) if slices else None
+    row["stage"] = "grid"
     row["success"] = record["status"] == "ok"
     row["degenerate"] = bool(record.get("degenerate"))
     row["exp_dir"] = exp_dir
@@ -120,7 +128,8 @@ def _placeholder_row(name: str, status: str, error: str, cell=None) -> dict:
         info = dict(architecture=cell.architecture, learning_rate=cell.learning_rate,
                     batch_size=cell.batch_size, seed=cell.seed, task_index=cell.index)
     row.update(info)
-    row.update(experiment_id=name, status=status, error=error, success=False, degenerate=False, exp_dir=name)
+    row.update(experiment_id=name, status=status, error=error, success=False, degenerate=False, exp_dir=name,
+               stage=getattr(cell, "stage", "grid"))
     return row
 
 
@@ -151,13 +160,15 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
     expected = 0
     if has_grid:
         try:
-            grid = load_study_grid(study_dir)
+            study = study_cells(study_dir, load_study_grid(study_dir))
         except ValueError as err:
             raise SummaryError(str(err)) from None
-        for cell in cells(grid):
-            rows.append(_read_cell(study_dir, cell.name, cell))
+        for cell in study:
+            row = _read_cell(study_dir, cell.name, cell)
+            row["stage"] = cell.stage
+            rows.append(row)
             seen.add(cell.name)
-        expected = len(rows)
+        expected = sum(r["stage"] == "grid" for r in rows)
     extra = []
     for exp_dir in sorted(p for p in study_dir.glob("exp_*") if p.is_dir()):
         if exp_dir.name in seen:
@@ -171,7 +182,8 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
         raise SummaryError(f"{study_dir}: no cells at all (no {GRID_CONFIG_NAME} and no exp_* folders)")
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     inventory = StudyInventory(study_dir, has_grid, expected if has_grid else len(rows),
-                               df["status"].value_counts().to_dict(), extra if has_grid else [])
+                               df["status"].value_counts().to_dict(), extra if has_grid else [],
+                               int((df["stage"] == "confirm").sum()))
     return df, inventory
 
 
@@ -234,8 +246,9 @@ def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame
         status = pd.Series(status, index=df.index, dtype=object)
     df["status"] = status.where(pd.Series(status).notna(), MISSING).astype(str).str.strip()
     df["success"] = df["status"] == "ok"
-    for col in ("error", "degenerate_reason", "experiment_id", "exp_dir"):
+    for col in ("error", "degenerate_reason", "experiment_id", "exp_dir", "test_slice_iou"):
         df[col] = df[col].astype(object).where(df[col].notna(), None)
+    df["stage"] = _stages(df["stage"], source)
     no_id = df["experiment_id"].isna()
     df.loc[no_id, "experiment_id"] = [
         f"{a}_lr{lr:g}_bs{int(bs) if bs == bs else 'NA'}" if lr == lr else f"{a}_row{i}"
@@ -250,6 +263,17 @@ def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame
     else:
         df["degenerate"] = csv_degenerate & df["success"]
     return df
+
+
+def _stages(column: pd.Series, source: str) -> pd.Series:
+    """The stage column: grid / confirm (any case); empty or absent = grid; anything else refused."""
+    stage = column.astype(object).where(column.notna(), "grid").astype(str).str.strip().str.lower()
+    stage = stage.replace("", "grid")
+    bad = sorted(set(stage) - set(STAGES))
+    if bad:
+        raise SummaryError(f"{source}: column stage holds {', '.join(repr(b) for b in bad[:3])}; "
+                           f"use {' or '.join(STAGES)}")
+    return stage
 
 
 def load_summary(path) -> pd.DataFrame:

@@ -513,7 +513,8 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
             val_thr, _ = metrics.best_threshold(arrays["y_val"], val_probs)
             record["test"] = evaluate_volume(best, test_volume.images, test_volume.masks, p, config.threshold,
                                              val_threshold=val_thr, tta=config.test_tta,
-                                             batch_size=config.batch_size, channels=config.input_channels)
+                                             batch_size=config.batch_size, channels=config.input_channels,
+                                             slice_names=test_volume.slice_names)
             split["test_source"] = test_volume.source
             split["test_slice_names"] = list(test_volume.slice_names)
             log(f"held-out test ({record['test']['n_slices']} whole slices, tiled): IoU {record['test']['iou']:.4f} "

@@ -12,7 +12,7 @@ from mitoseg.results import empty_record, save_results
 
 ALL_FG = 0.07  # all-foreground IoU of the fixture validation slices (as in the original data)
 ARCH_EFFECT = {"UNet": 0.0, "Attention_UNet": 0.05, "Attention_ResUNet": 0.02}
-LR_EFFECT = {1e-4: -0.10, 1e-3: 0.05, 1e-2: -0.02}
+LR_EFFECT = {1e-4: -0.10, 1e-3: 0.05, 5e-3: 0.03, 1e-2: -0.02}
 BS_EFFECT = {8: 0.02, 16: 0.0, 32: -0.01}
 
 
@@ -63,11 +63,25 @@ def write_history(exp_dir: Path, name: str, epochs: int = 12, final_iou: float =
     df.to_csv(exp_dir / f"{name}_history.csv", index=False)
 
 
+SLICE_OFFSETS = (-0.03, 0.01, 0.02, 0.0)   # per-slice difficulty shared by every model (mean 0)
+
+
+def test_scores(t: float, all_fg: float = ALL_FG, slices: bool = True) -> dict:
+    """A results `test` dict with IoU t (and, schema 2, per-slice scores whose mean is t)."""
+    out = dict(iou=t, dice=2 * t / (1 + t), precision=0.8, recall=0.8, iou_at_val_threshold=t, val_threshold=0.5,
+               all_foreground_jaccard=all_fg, foreground_fraction=all_fg, n_slices=len(SLICE_OFFSETS), tta=False)
+    if slices:
+        out["slices"] = [dict(name=f"testing.tif[z={k}]", iou=t + o, dice=2 * (t + o) / (1 + t + o))
+                         for k, o in enumerate(SLICE_OFFSETS)]
+    return out
+
+
 def make_study(root: Path, architectures=("UNet", "Attention_UNet"), learning_rates=(1e-4, 1e-3, 1e-2),
                batch_sizes=(8, 16), seeds=(1, 2), special=None, iou_fn=None, all_fg=ALL_FG, history=True,
-               test=False) -> Path:
+               test=False, test_fn=None) -> Path:
     """Write a study. `special` maps cell name -> "failed" | "diverged" | "degenerate" | "missing" |
-    "running" | "corrupt" | "foreign"."""
+    "running" | "corrupt" | "foreign". With test=True every learned cell gets test scores: test_fn(cell)
+    when given, else its validation IoU - 0.02."""
     special = special or {}
     study = Path(root)
     study.mkdir(parents=True, exist_ok=True)
@@ -93,16 +107,40 @@ def make_study(root: Path, architectures=("UNet", "Attention_UNet"), learning_ra
             iou = all_fg + 0.01
         test_scores = None
         if test and kind in ("ok", "degenerate"):
-            t = (iou if iou is not None else learned_iou(cell)) - 0.02
-            test_scores = dict(iou=t, dice=2 * t / (1 + t), precision=0.8, recall=0.8, iou_at_val_threshold=t,
-                               val_threshold=0.5, all_foreground_jaccard=all_fg, foreground_fraction=all_fg,
-                               n_slices=10, tta=False)
+            t = test_fn(cell) if test_fn else (iou if iou is not None else learned_iou(cell)) - 0.02
+            test_scores = test_scores_for(t, all_fg)
         status = kind if kind in ("failed", "diverged") else "ok"
         rec = record_for(cell, status=status, iou=iou, all_fg=all_fg, test=test_scores)
         save_results(paths.results_json, rec)
         if history and status == "ok":
             write_history(paths.exp_dir, cell.name, final_iou=rec["best_val_iou"])
     return study
+
+
+def test_scores_for(t, all_fg=ALL_FG):
+    return test_scores(t, all_fg)
+
+
+def add_confirmation(study: Path, seeds: int, val_fn, test_fn, top: int = 1, special=None, slices=True) -> dict:
+    """Plan the confirmation stage of a fixture study (the real planner) and write a results file for
+    each of its cells: validation IoU val_fn(cell), test IoU test_fn(cell). `special` maps a cell
+    name to "failed" | "missing"."""
+    from mitoseg.confirm import plan_confirmation
+    from mitoseg.grid import confirm_cells
+    special = special or {}
+    plan = plan_confirmation(study, seeds, top, log=lambda _: None)
+    for cell in confirm_cells(study):
+        kind = special.get(cell.name, "ok")
+        if kind == "missing":
+            continue
+        paths = experiment_paths(study, cell.name)
+        paths.exp_dir.mkdir(parents=True, exist_ok=True)
+        if kind == "failed":
+            save_results(paths.results_json, record_for(cell, status="failed"))
+            continue
+        rec = record_for(cell, iou=val_fn(cell), test=test_scores(test_fn(cell), slices=slices))
+        save_results(paths.results_json, rec)
+    return plan
 
 
 def name_of(study_grid_kwargs: dict, architecture, lr, bs, seed=None) -> str:

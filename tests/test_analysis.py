@@ -242,15 +242,16 @@ def test_degenerate_recomputed_from_edited_csv(mixed, tmp_path):
     assert executive_opening(md).startswith("**Warning: no model learned.**")
 
 
-def test_test_scores_are_headline(tmp_path):
+def test_test_scores_are_shown_but_never_select(tmp_path):
     study = make_study(tmp_path / "t", history=False, test=True, **GRID)
     df, _ = build_summary(study)
     assert df["test_iou"].notna().sum() == 24 and df["test_dice"].notna().all()
     res = analyze(normalize_summary(df))
-    assert res["metric"].column == "test_iou"
+    assert res["metric"].column == "best_val_iou" and res["selected_on"] == "validation"
     md, txt, _ = render(res, "x", 24, {}, tmp_path)
-    assert "test IoU" in executive_opening(md)
-    assert "selected on the test score" in md
+    assert "held-out test IoU, not used for selection" in executive_opening(md)
+    assert "selected on the test score" not in md
+    assert "test IoU (not used for selection)" in md.split("## Complete results")[1]
     assert_clean(md, txt)
 
 

@@ -135,8 +135,9 @@ def test_study_overlays_pick_best_per_architecture(model_path, tmp_path, capsys)
     (study / "exp_05_broken" / "exp_05_broken_results.json").write_text(json.dumps({"x": 1}))
     assert predict.main(["--study-dir", str(study), "--overlays", "--n-slices", "2"]) == 0
     out = capsys.readouterr().out
-    assert "exp_01_UNet_lr0.0001_bs8 (test iou 0.7000)" in out            # test IoU beats val IoU
-    assert "exp_04_Attention_UNet_lr0.0001_bs8 (best_val_iou 0.8000)" in out  # no test: val IoU
+    assert "UNet: exp_00_UNet_lr0.001_bs8 (selected on val IoU" in out     # validation selects, not test
+    assert "exp_01_UNet" not in out                                        # its better test IoU does not count
+    assert "Attention_UNet: exp_04_Attention_UNet_lr0.0001_bs8 (selected on val IoU" in out
     for arch in ("UNet", "Attention_UNet"):
         png = study / "overlays" / f"overlay_{arch}.png"
         assert png.read_bytes()[:4] == b"\x89PNG"

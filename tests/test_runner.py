@@ -176,7 +176,7 @@ with open(os.path.join(study, "calls.txt"), "a") as f:
 if index == {fail!r}:
     print("error: boom", flush=True)
     sys.exit(1)
-cell = G.cell_at(G.load_study_grid(study), index)
+cell = G.study_cell_at(study, G.load_study_grid(study), index)   # as train_one.py
 os.makedirs(os.path.join(study, cell.name), exist_ok=True)
 save_results(G.experiment_paths(study, cell.name).results_json, record_for(cell, iou=0.5 + index / 100))
 '''

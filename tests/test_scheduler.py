@@ -182,3 +182,32 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
     assert str(study) in first["binds"] and str(data.resolve()) in first["binds"]
     _wait_for_analysis(slurm_cluster, study, array_id)
     assert any("run_study.py" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[1:])
+def test_confirm_stage_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
+    """`run_study.py confirm --scheduler slurm`: an array over the confirmation indices only (after
+    the grid's), through the same job script and element code; then the dependent analysis."""
+    from tests.fixtures_results import record_for
+    from mitoseg.results import save_results
+    sub, extra_env = _submit_dir(tmp_path)
+    env = {**slurm_cluster.env, **extra_env}
+    study = sub / "study"
+    G.init_study(study, TINY)
+    for cell in G.cells(TINY):   # a finished grid (fake results): the confirmation stage trains for real
+        G.experiment_paths(study, cell.name).exp_dir.mkdir()
+        save_results(G.experiment_paths(study, cell.name).results_json,
+                     record_for(cell, iou=0.8 if cell.batch_size == 8 else 0.7))
+    r = slurm_cluster.run([sys.executable, str(REPO / "run_study.py"), "confirm", "--study-dir", str(study),
+                           "--seeds", "2", "--scheduler", "slurm", "--", "--cpus-per-task=1", "--mem=1G", "--gres=none",
+                           "--output=" + str(sub / "confirm_%A_%a.out")], env=env, cwd=sub, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "--array=2-3" in r.stdout
+    array_id = next(ln.split()[2].rstrip(":") for ln in r.stdout.splitlines() if ln.startswith("array job "))
+    states = slurm_cluster.wait([array_id], timeout=TIMEOUT)
+    logs = _element_logs(sub, "confirm_*.out")
+    assert states[array_id] == {2: "COMPLETED", 3: "COMPLETED"}, logs
+    for cell, seed in zip(G.confirm_cells(study), (43, 44)):
+        rec = load_results(G.experiment_paths(study, cell.name).results_json)
+        assert rec["status"] == "ok" and rec["seed"] == seed and rec["batch_size"] == 8   # the validation winner
+        assert rec["task_index"] == cell.index and len(rec["test"]["slices"]) == rec["test"]["n_slices"]
+    _wait_for_analysis(slurm_cluster, study, array_id)
+    report = (study / "hyperparameter_report.md").read_text()
+    assert "| exp_02_UNet_lr0.001_bs8_seed43 |" in report and "a comparison needs two" in report

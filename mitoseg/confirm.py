@@ -1,0 +1,156 @@
+"""The confirmation stage: each architecture's validation-selected configuration(s), again, with fresh seeds.
+
+Stage 1 (the grid) searches the nuisance hyperparameters on validation data; choosing the best of
+many noisy scores makes the winner's score optimistic (the winner's curse). Stage 2 reruns the
+chosen configuration of each architecture with seeds the study has never used, and only those
+runs are compared on the test set (mitoseg/comparison.py).
+
+`plan_confirmation` writes the plan once into STUDY/confirm_config.json: the selected
+configurations (mitoseg.stats.select_configs, the one "best" rule), the seeds, and one cell per
+(configuration, seed) whose array index follows the grid's (grid.size, grid.size + 1, ...).
+From then on a confirmation cell is a study cell like any other: `train_one.py --task-index N`,
+`run_study.py element`, the local runner and the job scripts run it unchanged (mitoseg.grid.
+study_cell_at), finished cells are skipped, failed ones rerun, interrupted ones resume. Rerunning
+the same command reuses the plan; asking for more seeds adds fresh ones to it.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Callable, Optional
+
+from . import grid as G
+from .io_utils import atomic_write_text
+
+PLAN_VERSION = 1
+DEMO_CONFIRM_SEEDS = 3     # the demo's confirmation: 3 fresh seeds of each architecture's winner (9 tiny cells)
+DONE = ("ok", "diverged")  # as the runner: a grid cell that needs no rerun
+
+
+def load_plan(study_dir) -> Optional[dict]:
+    path = G.confirm_plan_path(study_dir)
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+        missing = [k for k in ("top", "seeds_per_config", "seeds", "configs", "cells") if k not in plan]
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+    if missing:
+        raise ValueError(f"{path}: not a valid confirmation plan (missing {', '.join(missing)})")
+    return plan
+
+
+def used_seeds(study_dir, grid: G.GridConfig) -> set:
+    """Every seed the study has used or planned: the grid's, the plan's and those recorded in the
+    results of any exp_ folder (hand-run cells included)."""
+    from .results import ResultsError, load_results
+    seeds = {int(s) for s in grid.seeds} | {c.seed for c in G.confirm_cells(study_dir)}
+    for path in Path(study_dir).glob("exp_*/*_results.json"):
+        try:
+            seeds.add(int(load_results(path)["seed"]))
+        except (ResultsError, TypeError, ValueError):
+            continue
+    return seeds
+
+
+def fresh_seeds(used: set, n: int) -> list:
+    """n seeds above every used one (consecutive), so no run repeats a seed of the study."""
+    start = max(used) + 1 if used else 0
+    return list(range(start, start + n))
+
+
+def grid_selection(study_dir, top: int, allow_incomplete: bool = False):
+    """(selection DataFrame, grid summary): the `top` validation-selected configurations per
+    architecture; refused while grid cells are unfinished unless allow_incomplete."""
+    from .stats import select_configs
+    from .summary import build_summary, normalize_summary
+    df, _ = build_summary(study_dir)
+    df = normalize_summary(df, str(study_dir))
+    grid_rows = df[df["stage"] == "grid"]
+    pending = grid_rows[~grid_rows["status"].isin(DONE)]
+    if len(pending) and not allow_incomplete:
+        states = pending["status"].value_counts().to_dict()
+        raise ValueError(f"{study_dir}: {len(pending)} of {len(grid_rows)} grid cells are not finished "
+                         f"({', '.join(f'{v} {k}' for k, v in states.items())}); finish the grid first "
+                         f"(python run_study.py local --study-dir ..., or resubmit), or pass --allow-incomplete")
+    selection = select_configs(df, top=top)
+    if selection.empty:
+        raise ValueError(f"{study_dir}: no grid cell finished with a validation IoU, so nothing can be selected")
+    return selection, grid_rows
+
+
+def _cells_for(configs: list, seeds: list, start: int) -> list:
+    cells = []
+    for cfg in configs:
+        for seed in seeds:
+            cell = G.Cell(start + len(cells), cfg["architecture"], float(cfg["learning_rate"]),
+                          int(cfg["batch_size"]), int(seed), stage="confirm")
+            cells.append(dict(index=cell.index, architecture=cell.architecture, learning_rate=cell.learning_rate,
+                              batch_size=cell.batch_size, seed=cell.seed, name=cell.name))
+    return cells
+
+
+def plan_confirmation(study_dir, seeds: int, top: int = 1, allow_incomplete: bool = False,
+                      log: Callable[[str], None] = print) -> dict:
+    """Create (or reuse, or extend with more seeds) STUDY/confirm_config.json; returns the plan."""
+    if seeds < 1 or top < 1:
+        raise ValueError(f"--seeds and --top must be at least 1 (got {seeds} and {top})")
+    study_dir = Path(study_dir)
+    grid = G.load_study_grid(study_dir)
+    plan = load_plan(study_dir)
+    now = _dt.datetime.now().isoformat(timespec="seconds")
+    if plan is not None:
+        if plan["top"] != top:
+            raise ValueError(f"{G.confirm_plan_path(study_dir)} confirms the top {plan['top']} configuration(s) per "
+                             f"architecture; rerun with --top {plan['top']} (a different --top is a new study)")
+        have = plan["seeds_per_config"]
+        if seeds < have:
+            raise ValueError(f"{G.confirm_plan_path(study_dir)} already plans {have} seeds per configuration; use "
+                             f"--seeds {have} to continue it, or more to add seeds")
+        if seeds == have:
+            log(f"confirmation plan {G.confirm_plan_path(study_dir)} exists: reusing it")
+            return plan
+        new = fresh_seeds(used_seeds(study_dir, grid), seeds - have)
+        plan["cells"] += _cells_for(plan["configs"], new, grid.size + len(plan["cells"]))
+        plan.update(seeds=plan["seeds"] + new, seeds_per_config=seeds, updated_at=now)
+        log(f"confirmation plan extended by seeds {', '.join(map(str, new))}")
+    else:
+        selection, grid_rows = grid_selection(study_dir, top, allow_incomplete)
+        for _, r in selection[selection["degenerate"]].iterrows():
+            log(f"warning: {r['architecture']}: no grid run learned; confirming its best degenerate configuration")
+        missing = sorted(set(grid.architectures) - set(selection["architecture"]))
+        if missing:
+            log(f"warning: no finished grid run with a score for {', '.join(missing)}: not confirmed")
+        configs = [dict(architecture=r["architecture"], learning_rate=float(r["learning_rate"]),
+                        batch_size=int(r["batch_size"]), rank=int(r["rank"]), n_runs=int(r["n_runs"]),
+                        val_iou_mean=float(r["val_iou_mean"])) for _, r in selection.iterrows()]
+        configs.sort(key=lambda c: (grid.architectures.index(c["architecture"])
+                                    if c["architecture"] in grid.architectures else 99, c["rank"]))
+        new = fresh_seeds(used_seeds(study_dir, grid), seeds)
+        plan = dict(plan_version=PLAN_VERSION, selected_on="validation", top=top, seeds_per_config=seeds,
+                    seeds=new, created_at=now, updated_at=now, configs=configs,
+                    cells=_cells_for(configs, new, grid.size))
+    atomic_write_text(G.confirm_plan_path(study_dir), json.dumps(plan, indent=2) + "\n")
+    return plan
+
+
+def describe(plan: dict) -> str:
+    cells = plan["cells"]
+    lines = [f"confirmation stage: {len(plan['configs'])} configuration(s) x {plan['seeds_per_config']} fresh seeds "
+             f"({', '.join(map(str, plan['seeds']))}) = {len(cells)} cells, array indices "
+             f"{cells[0]['index']}-{cells[-1]['index']}"]
+    for c in plan["configs"]:
+        lines.append(f"  {c['architecture']} lr {c['learning_rate']:g} batch {c['batch_size']} (rank {c['rank']}, "
+                     f"validation IoU {c['val_iou_mean']:.3f} over {c['n_runs']} grid run(s))")
+    return "\n".join(lines)
+
+
+def scheduler_name(choice: str) -> str:
+    """--scheduler pbs -> pbspro or torque as detected (pbspro when qsub is absent, e.g. --dry-run)."""
+    if choice != "pbs":
+        return choice
+    from .runner import detect_scheduler
+    found = detect_scheduler()
+    return found if found in ("pbspro", "torque") else "pbspro"

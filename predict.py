@@ -15,6 +15,8 @@ results have one, else highest best_val_iou; status ok only):
   Slices shown: the cell's held-out test slices when it had any, else its validation slices; the
   data come from the cell's recorded config (--data-dir overrides the data folder).
 
+Outputs never replace an input of the command (--input, --ground-truth, --model; also through
+symlinks or hard links); an existing output file is replaced only with --overwrite.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
 Exit codes: 0 ok, 2 bad input (missing/unreadable model or TIFF, nothing to draw).
@@ -35,16 +37,70 @@ class PredictError(Exception):
     """A one-line, user-facing error."""
 
 
-def load_trained_model(path):
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_model_file(path) -> None:
+    """One line naming the file when it cannot be a saved Keras model (before Keras says "File not found"
+    about a file that exists): a .keras model is a zip archive, a .h5/.hdf5 one an HDF5 file."""
+    import zipfile
     path = Path(path)
     if not path.is_file():
-        raise PredictError(f"{path}: model file not found")
+        raise PredictError(f"{path}: model file not found" if not path.exists() else f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise PredictError(f"{path}: not a model file (expected {', '.join(MODEL_SUFFIXES)})")
+    try:
+        if suffix == ".keras" and not zipfile.is_zipfile(path):
+            raise PredictError(f"{path}: not a Keras model (a .keras model is a zip archive; this file is not one)")
+        if suffix != ".keras":
+            with open(path, "rb") as handle:
+                if handle.read(8) != _HDF5_SIGNATURE:
+                    raise PredictError(f"{path}: not a Keras model (a {suffix} model is an HDF5 file; this file is not one)")
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def load_trained_model(path):
+    path = Path(path)
+    check_model_file(path)
     from models import load_model
     try:
         return load_model(path)
     except Exception as err:  # keras raises many types for bad files
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
+
+
+def same_file(a, b) -> bool:
+    """True when paths a and b name one file: the same path after resolving symlinks and '..', or (both
+    existing) the same inode, which also catches hard links and case-insensitive file systems."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_outputs(outputs: dict, inputs: dict, overwrite: bool) -> None:
+    """Refuse, before anything is computed, an output that is one of the command's inputs, two outputs
+    naming one file, a folder, or an existing file without --overwrite. `outputs`/`inputs`: {flag: path}."""
+    seen: dict = {}
+    for flag, path in outputs.items():
+        for in_flag, in_path in inputs.items():
+            if in_path is not None and same_file(path, in_path):
+                raise PredictError(f"{flag} {path} is the same file as {in_flag} {in_path}: refusing to overwrite an input")
+        for other_flag, other in seen.items():
+            if same_file(path, other):
+                raise PredictError(f"{flag} {path} and {other_flag} {other} name the same file")
+        seen[flag] = path
+        if Path(path).is_dir():
+            raise PredictError(f"{flag} {path} is a folder, not a file")
+        if Path(path).exists() and not overwrite:
+            raise PredictError(f"{flag} {path} already exists; add --overwrite to replace it")
 
 
 def resolve_tiling(model, patch_size=None):
@@ -196,8 +252,12 @@ def run_overlays(args) -> int:
     import numpy as np
     best = best_per_architecture(args.study_dir)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.study_dir) / "overlays"
+    models = {arch: exp_dir / (rec.get("files") or {}).get("model", f"{exp_dir.name}_model.keras")
+              for arch, (rec, exp_dir, _) in best.items()}
+    check_outputs({f"overlay ({arch})": out_dir / f"overlay_{arch}.png" for arch in best},
+                  {f"model of {arch}": path for arch, path in models.items()}, args.overwrite)
     for arch, (rec, exp_dir, criterion) in best.items():
-        model_path = exp_dir / (rec.get("files") or {}).get("model", f"{exp_dir.name}_model.keras")
+        model_path = models[arch]
         model = load_trained_model(model_path)
         patch, channels = resolve_tiling(model, args.patch_size)
         images, masks, labels, which = overlay_slices(rec, args.data_dir)
@@ -225,6 +285,11 @@ def run_predict(args) -> int:
         raise PredictError("--overlay needs --ground-truth (the overlay shows image, ground truth and prediction)")
     if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
         raise PredictError(f"{args.output}: output must be a .tif/.tiff file")
+    if args.overlay and Path(args.overlay).suffix.lower() != ".png":
+        raise PredictError(f"{args.overlay}: --overlay must be a .png file")
+    outputs = {"--output": args.output, **({"--overlay": args.overlay} if args.overlay else {})}
+    check_outputs(outputs, {"--input": args.input, "--ground-truth": args.ground_truth, "--model": args.model},
+                  args.overwrite)
     images = read_stack(args.input)
     masks = read_mask_stack(args.ground_truth) if args.ground_truth else None
     if masks is not None and masks.shape != images.shape:
@@ -275,6 +340,8 @@ def build_parser():
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--n-slices", type=int, default=3, help="slices per overlay (default 3)")
     c.add_argument("--quiet", action="store_true", help="no per-slice progress")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (never an input of the same command)")
     return p
 
 

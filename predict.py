@@ -17,6 +17,9 @@ results have one, else highest best_val_iou; status ok only):
 
 Outputs never replace an input of the command (--input, --ground-truth, --model; also through
 symlinks or hard links); an existing output file is replaced only with --overwrite.
+Input grey values are scaled like the model's training images (the scaling its cell recorded in the
+results JSON beside the model); an input that cannot be put on that scale is refused. A model without a
+recorded scaling gets the input scaled by its own values (mitoseg.data.image_scaling), with a line saying so.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
 Exit codes: 0 ok, 2 bad input (missing/unreadable model or TIFF, nothing to draw).
@@ -119,10 +122,33 @@ def resolve_tiling(model, patch_size=None):
     return patch, model_channels(model)
 
 
-def read_stack(path, what="input"):
+def recorded_scaling(model_path):
+    """(scaling, results JSON path) the model's cell recorded for its training images, or (None, reason):
+    the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
+    from mitoseg.results import ResultsError, load_results
+    model_path = Path(model_path)
+    for path in sorted(model_path.parent.glob("*_results.json")):
+        try:
+            record = load_results(path)
+        except ResultsError:
+            continue
+        if (record.get("files") or {}).get("model") == model_path.name:
+            scaling = (record.get("data") or {}).get("scaling")
+            if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
+                return scaling, path
+            return None, f"{path.name} records no image scaling (written before scalings were recorded)"
+    return None, f"no results JSON of this model in {model_path.parent}"
+
+
+def read_stack(path, reference=None, reference_name="the model's training images"):
+    """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
+    refused when it cannot be), else by its own values. Returns (images, scaling)."""
     from mitoseg import data
     try:
-        return data.scale_image(data.read_tiff(path), str(path))
+        raw = data.read_tiff(path)
+        scaling = (data.image_scaling(raw, str(path)) if reference is None
+                   else data.common_scaling(raw, reference, str(path), reference_name))
+        return data.apply_scaling(raw, scaling), scaling
     except data.DataError as err:
         raise PredictError(str(err)) from None
 
@@ -130,7 +156,7 @@ def read_stack(path, what="input"):
 def read_mask_stack(path):
     from mitoseg import data
     try:
-        return data.scale_mask(data.read_tiff(path), str(path))
+        return data.scale_mask(data.read_tiff(path, what="mask"), str(path))
     except data.DataError as err:
         raise PredictError(str(err)) from None
 
@@ -232,7 +258,7 @@ def best_per_architecture(study_dir):
 def overlay_slices(record, data_dir=None):
     """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
     from mitoseg.config import TrainConfig
-    from mitoseg.data import DataError, split_slices
+    from mitoseg.data import DataError, describe_scaling, split_slices
     from mitoseg.training import load_cell_data
     values = dict(record.get("config") or {})
     if data_dir is not None:
@@ -242,6 +268,10 @@ def overlay_slices(record, data_dir=None):
         train, test = load_cell_data(config)
     except (DataError, ValueError, TypeError) as err:
         raise PredictError(f"{record['experiment_id']}: cannot load its data ({err})") from None
+    recorded = (record.get("data") or {}).get("scaling")
+    if isinstance(recorded, dict) and train.scaling and recorded.get("divisor") != train.scaling["divisor"]:
+        raise PredictError(f"{record['experiment_id']}: its data are now scaled as {describe_scaling(train.scaling)}, "
+                           f"but the model was trained on {describe_scaling(recorded)}")
     if test is not None:
         return test.images, test.masks, list(test.slice_names), "held-out test"
     _, val_idx = split_slices(len(train.images), config.val_fraction, config.val_position)
@@ -290,7 +320,13 @@ def run_predict(args) -> int:
     outputs = {"--output": args.output, **({"--overlay": args.overlay} if args.overlay else {})}
     check_outputs(outputs, {"--input": args.input, "--ground-truth": args.ground_truth, "--model": args.model},
                   args.overwrite)
-    images = read_stack(args.input)
+    check_model_file(args.model)
+    reference, where = recorded_scaling(args.model)
+    images, scaling = read_stack(args.input, reference)
+    from mitoseg.data import describe_scaling
+    print(f"input scaling: {describe_scaling(scaling)}; "
+          + (f"the model was trained on {describe_scaling(reference)} ({where.name})" if reference else
+             f"scaled by its own values: {where}"))
     masks = read_mask_stack(args.ground_truth) if args.ground_truth else None
     if masks is not None and masks.shape != images.shape:
         raise PredictError(f"{args.ground_truth}: shape {masks.shape} does not match the input {images.shape}")

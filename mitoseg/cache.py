@@ -38,7 +38,7 @@ import numpy as np
 
 from .grid import CACHE_DIR_NAME, study_cache_dir  # noqa: F401  (grid.py owns every path)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: images scaled by their values (data.image_scaling), scaling recorded
 META_NAME = "meta.json"
 _CHUNK = 8 << 20
 
@@ -248,19 +248,20 @@ def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[
     def build():
         train, test = load()
         arrays = {"train_images": train.images, "train_masks": train.masks}
-        info = {"train": {"slice_names": list(train.slice_names), "source": train.source}, "test": None}
+        info = {"train": {"slice_names": list(train.slice_names), "source": train.source, "scaling": train.scaling},
+                "test": None}
         if test is not None:
             arrays.update(test_images=test.images, test_masks=test.masks)
-            info["test"] = {"slice_names": list(test.slice_names), "source": test.source}
+            info["test"] = {"slice_names": list(test.slice_names), "source": test.source, "scaling": test.scaling}
         return arrays, info
 
     arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), config_sources(config), build, log)
     train = Volume(arrays["train_images"], arrays["train_masks"], info["train"]["slice_names"],
-                   info["train"]["source"])
+                   info["train"]["source"], info["train"].get("scaling"))
     test = None
     if info.get("test") is not None:
         test = Volume(arrays["test_images"], arrays["test_masks"], info["test"]["slice_names"],
-                      info["test"]["source"])
+                      info["test"]["source"], info["test"].get("scaling"))
     return train, test
 
 

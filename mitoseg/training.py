@@ -53,24 +53,19 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
 
     def load():
         if config.data_dir is None:
-            images, masks = data.make_synthetic_em(config.synthetic_slices, config.synthetic_size,
-                                                   config.synthetic_size, seed=1234)
-            train = data.Volume(data.scale_image(images, "synthetic"), data.scale_mask(masks, "synthetic"),
-                                [f"synthetic[z={z}]" for z in range(len(images))],
-                                f"built-in synthetic EM ({config.synthetic_slices} x {config.synthetic_size}^2, seed 1234)")
-            t_images, t_masks = data.make_synthetic_em(4, config.synthetic_size, config.synthetic_size, seed=4321)
-            test = data.Volume(data.scale_image(t_images, "synthetic"), data.scale_mask(t_masks, "synthetic"),
-                               [f"synthetic_test[z={z}]" for z in range(4)], "built-in synthetic EM test (seed 4321)")
-            return train, test
+            return data.synthetic_volumes(config.synthetic_slices, config.synthetic_size)
         train, test = data.load_dataset(config.data_dir)
         if test is None and config.test_fraction > 0:
             train, test = hold_out_test_slices(train, config.test_fraction)
         return train, test
 
     if cache_dir is None:
-        return load()
-    from .cache import cached_volumes
-    return cached_volumes(cache_dir, config, load, log=log)
+        train, test = load()
+    else:
+        from .cache import cached_volumes
+        train, test = cached_volumes(cache_dir, config, load, log=log)
+    data.log_scaling(train, test, log)
+    return train, test
 
 
 def hold_out_test_slices(volume, test_fraction: float):
@@ -81,9 +76,10 @@ def hold_out_test_slices(volume, test_fraction: float):
         raise data.DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
     rest, test_idx = data.split_slices(n, test_fraction, "start")
     test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
-                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}")
+                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}",
+                       volume.scaling)
     train = data.Volume(volume.images[rest], volume.masks[rest], [volume.slice_names[i] for i in rest],
-                        f"{volume.source} slices {rest[0]}..{rest[-1]}")
+                        f"{volume.source} slices {rest[0]}..{rest[-1]}", volume.scaling)
     return train, test
 
 
@@ -108,7 +104,7 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
                  "train_slices": [int(i) for i in train_idx], "val_slices": [int(i) for i in val_idx],
                  "val_slice_names": [train_volume.slice_names[i] for i in val_idx],
                  "n_train_patches": int(len(x_train)), "n_val_patches": int(len(x_val)),
-                 "train_foreground_fraction": float(y_train.mean())}
+                 "train_foreground_fraction": float(y_train.mean()), "scaling": train_volume.scaling}
         return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "split": split}
 
     if cache_dir is None:
@@ -545,6 +541,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
                                              val_threshold=val_thr, tta=config.test_tta,
                                              batch_size=config.batch_size, channels=config.input_channels)
             split["test_source"] = test_volume.source
+            split["test_scaling"] = test_volume.scaling
             split["test_slice_names"] = list(test_volume.slice_names)
             log(f"held-out test ({record['test']['n_slices']} whole slices, tiled): IoU {record['test']['iou']:.4f} "
                 f"Dice {record['test']['dice']:.4f} (all-foreground baseline {record['test']['all_foreground_jaccard']:.4f})")

@@ -236,3 +236,58 @@ def test_real_keras_model_blends_without_seams():
     expected = 1 / (1 + np.exp(-(4 * img - 2)))
     got = inference.predict_slices(model, img, inference.model_patch_size(model), tta=True)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+# --- the model's recorded scaling (issue 13) ---------------------------------------------------------
+def _cell_with_scaling(tmp_path, model_path, scaling):
+    exp = tmp_path / "exp_UNet_lr0.001_bs8_seed42"
+    exp.mkdir()
+    model = exp / f"{exp.name}_model.keras"
+    model.write_bytes(model_path.read_bytes())
+    rec = empty_record(experiment_id=exp.name, status="ok", architecture="UNet", learning_rate=1e-3, batch_size=8,
+                       seed=42, started_at="s", finished_at="f", files={"model": model.name},
+                       data={} if scaling is None else {"scaling": scaling})
+    save_results(exp / f"{exp.name}_results.json", rec)
+    return model
+
+
+def test_same_grey_values_in_any_container_give_the_same_prediction(model_path, tmp_path, capsys):
+    from mitoseg import data
+    grey = np.random.default_rng(1).integers(0, 256, (2, 40, 40)).astype(np.uint8)
+    model = _cell_with_scaling(tmp_path, model_path, data.image_scaling(grey))
+    outs = []
+    for name, arr in (("u8", grey), ("u16", grey.astype(np.uint16)), ("f32", grey.astype(np.float32))):
+        tifffile.imwrite(tmp_path / f"{name}.tif", arr)
+        assert predict.main(["--model", str(model), "--input", str(tmp_path / f"{name}.tif"),
+                             "--output", str(tmp_path / f"p_{name}.tif"), "--quiet"]) == 0
+        outs.append(tifffile.imread(tmp_path / f"p_{name}.tif"))
+        out = capsys.readouterr().out
+        assert "input scaling: " in out and "8-bit grey levels, / 255" in out and "the model was trained on" in out
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_input_that_cannot_share_the_models_scale_is_refused(model_path, tmp_path, capsys):
+    from mitoseg import data
+    twelve_bit = data.image_scaling(np.array([0, 4000], np.uint16))
+    model = _cell_with_scaling(tmp_path, model_path, twelve_bit)
+    tifffile.imwrite(tmp_path / "u8.tif", np.full((1, 40, 40), 200, np.uint8))
+    args = ["--model", str(model), "--input", str(tmp_path / "u8.tif"), "--output", str(tmp_path / "o.tif"), "--quiet"]
+    assert predict.main(args) == predict.EXIT_BAD_INPUT
+    line = _err_line(capsys)
+    assert len(line) == 1 and "u8.tif" in line[0] and "cannot share one scale" in line[0], line
+    assert not (tmp_path / "o.tif").exists()
+    # A dim stack of the model's own type is put on the model's scale (/4095), not stretched to 8 bits.
+    dim = np.full((1, 40, 40), 200, np.uint16)
+    tifffile.imwrite(tmp_path / "dim.tif", dim)
+    args[3] = str(tmp_path / "dim.tif")
+    assert predict.main(args) == 0
+    assert "12-bit grey levels, / 4095 (by its values 8-bit, scaled like" in capsys.readouterr().out
+
+
+def test_model_without_recorded_scaling_says_so(model_path, tmp_path, capsys):
+    model = _cell_with_scaling(tmp_path, model_path, None)   # an older results JSON: no data.scaling
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((1, 40, 40), np.uint16))
+    assert predict.main(["--model", str(model), "--input", str(tmp_path / "in.tif"), "--output",
+                         str(tmp_path / "o.tif"), "--quiet"]) == 0
+    assert "records no image scaling" in capsys.readouterr().out

@@ -391,43 +391,59 @@ def _check_slices(train: Volume, where) -> None:
                            "(training and validation are separate slices)")
 
 
-def load_dataset(data_dir):
-    """Auto-detect the layout of data_dir and return (train Volume, test Volume or None)."""
-    data_dir = Path(data_dir)
+def _layout(data_dir: Path):
+    """("stack" | "folders", (train image, train mask), (test image, test mask)) as `load_dataset` reads
+    them (entries None when absent): the one home of the layout rules (also used by `dataset_files`)."""
     if not data_dir.is_dir():
         raise _fail(data_dir, f"data folder not found ({_EXPECTED_LAYOUT})")
     sub = lambda name: data_dir / name if (data_dir / name).is_dir() else None
     stack = (_find_file(data_dir, "training"), _find_file(data_dir, "training_groundtruth"))
-    folders = (sub("images"), sub("masks"))
     if any(stack):  # stacks take precedence: they are the canonical EPFL/Lucchi format
-        train = _load_optional_pair(data_dir, *stack, load_stack_pair,
+        return "stack", stack, (_find_file(data_dir, "testing"), _find_file(data_dir, "testing_groundtruth"))
+    folders = (sub("images"), sub("masks"))
+    if any(folders):
+        return "folders", folders, (sub("test_images"), sub("test_masks"))
+    raise _fail(data_dir, f"no recognised dataset layout; {_EXPECTED_LAYOUT}")
+
+
+def dataset_files(data_dir) -> list[Path]:
+    """Every file `load_dataset(data_dir)` reads (through symlinked files and folders alike)."""
+    kind, train, test = _layout(Path(data_dir))
+    files = []
+    for part in (*train, *test):
+        if part is not None:
+            files += [part] if kind == "stack" else [part / name for name in
+                                                     sorted(p.name for p in _list_images(part).values())]
+    return files
+
+
+def load_dataset(data_dir):
+    """Auto-detect the layout of data_dir and return (train Volume, test Volume or None)."""
+    data_dir = Path(data_dir)
+    kind, train_pair, test_pair = _layout(data_dir)
+    if kind == "stack":
+        train = _load_optional_pair(data_dir, *train_pair, load_stack_pair,
                                     ("training.tif", "training_groundtruth.tif"))
-        _check_slices(train, stack[0])
-        test = _load_optional_pair(data_dir, _find_file(data_dir, "testing"),
-                                   _find_file(data_dir, "testing_groundtruth"), load_stack_pair,
+        _check_slices(train, train_pair[0])
+        test = _load_optional_pair(data_dir, *test_pair, load_stack_pair,
                                    ("testing.tif", "testing_groundtruth.tif"), reference=train)
-        mask_name = stack[1]
-    elif any(folders):
-        train = _load_optional_pair(data_dir, *folders, load_folder_pairs, ("images/", "masks/"))
-        _check_slices(train, folders[0])
-        test = _load_optional_pair(data_dir, sub("test_images"), sub("test_masks"),
-                                   load_folder_pairs, ("test_images/", "test_masks/"), reference=train)
-        mask_name = folders[1]
     else:
-        raise _fail(data_dir, f"no recognised dataset layout; {_EXPECTED_LAYOUT}")
+        train = _load_optional_pair(data_dir, *train_pair, load_folder_pairs, ("images/", "masks/"))
+        _check_slices(train, train_pair[0])
+        test = _load_optional_pair(data_dir, *test_pair, load_folder_pairs,
+                                   ("test_images/", "test_masks/"), reference=train)
     if not train.masks.any():
         # An all-background mask trains a model that predicts background everywhere and still
         # reports ~100% pixel accuracy; stop here instead.
-        raise _fail(mask_name, "masks contain no foreground pixels")
+        raise _fail(train_pair[1], "masks contain no foreground pixels")
     return train, test
 
 
-def log_scaling(train: Volume, test: Optional[Volume], log) -> None:
+def log_scaling(train_scaling: Optional[dict], test_scaling: Optional[dict], log) -> None:
     """The chosen scaling of the training (and test) images, one line each (README: Data layouts)."""
-    for what, volume in (("training", train), ("test", test)):
-        if volume is not None and volume.scaling is not None:
-            log(f"image scaling ({what}): {volume.scaling.get('file', volume.source)}: "
-                f"{describe_scaling(volume.scaling)}")
+    for what, scaling in (("training", train_scaling), ("test", test_scaling)):
+        if scaling is not None:
+            log(f"image scaling ({what}): {scaling.get('file', '?')}: {describe_scaling(scaling)}")
 
 
 # ----------------------------------------------------------------------------- splitting & patches

@@ -62,7 +62,7 @@ def try_lock(exp_dir) -> tuple[Optional[CellLock], str]:
 
 
 def is_locked(exp_dir) -> bool:
-    """True while another process holds the cell's lock (a momentary probe; for status displays)."""
+    """True while the cell's lock is held (by another process, or another open file of this one); a momentary probe."""
     if not (Path(exp_dir) / LOCK_NAME).exists():
         return False
     try:

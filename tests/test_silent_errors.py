@@ -210,3 +210,281 @@ def test_colour_mask_is_refused_as_colour(tmp_path, em):
     with pytest.raises(D.DataError) as info:
         D.load_dataset(d)
     assert "s0.png: mask is a colour image" in str(info.value) and "85" not in str(info.value)
+
+
+# --- type and range validation at the edge ------------------------------------------------------------
+@pytest.mark.parametrize("grid, expected", [
+    ({"fixed": {"augment": "false"}}, "fixed.augment must be true or false"),
+    ({"fixed": {"batch_norm": "no"}}, "fixed.batch_norm must be true or false"),
+    ({"fixed": {"threshold": 1.5}}, "fixed.threshold must be in (0, 1), got 1.5"),
+    ({"fixed": {"focal_gamma": -3}}, "fixed.focal_gamma must be >= 0"),
+    ({"fixed": {"epochs": 2.5}}, "fixed.epochs must be an integer, got 2.5"),
+    ({"fixed": {"data_dir": 7}}, "fixed.data_dir must be a string"),
+    ({"batch_sizes": [4.9]}, "batch_sizes[0] must be an integer > 0, got 4.9"),
+    ({"batch_sizes": [True]}, "batch_sizes[0] must be an integer > 0, got True"),
+    ({"learning_rates": [1e-3, 0.001]}, "learning_rates repeats 0.001 (two identical cells)"),
+    ({"learning_rates": [-1e-3]}, "learning_rates[0] must be a finite number > 0"),
+    ({"learning_rates": ["1e-3"]}, "learning_rates[0] must be a finite number > 0, got '1e-3'"),
+    ({"seeds": [-1]}, "seeds[0] must be an integer in 0 .. 2**32-1"),
+    ({"architectures": "UNet"}, "architectures must be a non-empty list"),
+    ({"architectures": ["UNet", "UNet"]}, "architectures repeats 'UNet'"),
+])
+def test_bad_grid_values_are_one_line_before_anything_is_created(tmp_path, grid, expected):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps(grid))
+    proc = run("run_study.py", ["local", "--grid-config", str(path), "--root", str(tmp_path / "root"), "--no-analysis"])
+    assert proc.returncode == 2
+    line = the_error_line(proc)
+    assert str(path) in line and expected in line
+    assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
+    # The pre-flight check lists the same problem as a FAIL row, before anything is queued.
+    from mitoseg import verify
+    rows = verify.check_grid_values(str(path))
+    assert any(r.status == verify.FAIL and expected in r.detail for r in rows), rows
+
+
+def test_verify_reports_every_bad_value_as_a_fail_row(tmp_path):
+    path = tmp_path / "grid.json"
+    path.write_text(json.dumps({"learning_rates": [1e-3, -1], "fixed": {"augment": "false", "threshold": 2}}))
+    proc = run("run_study.py", ["verify", "--grid-config", str(path), "--skip-env-probe"])
+    assert proc.returncode == 1
+    fails = [line for line in proc.stdout.splitlines() if line.startswith("grid values  FAIL")]
+    assert len(fails) == 3 and all(str(path) in line for line in fails), proc.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--seed", "-1"], "--seed: seed must be an integer in 0 .. 2**32-1, got -1"),
+    (["--dropout", "1.5"], "--dropout: dropout must be in [0, 1), got 1.5"),
+    (["--bn-momentum", "-0.5"], "--bn-momentum: bn_momentum must be in [0, 1]"),
+    (["--val-fraction", "0"], "--val-fraction: val_fraction must be in (0, 1)"),
+])
+def test_bad_flag_values_name_the_flag(tmp_path, args, expected):
+    out = tmp_path / "runs"
+    proc = run("train_one.py", [*args, "--out-dir", str(out), *TINY, "--synthetic-slices", "6", "--synthetic-size", "64"])
+    assert proc.returncode == 2
+    assert expected in the_error_line(proc)
+    assert not out.exists()
+
+
+# --- the cache fingerprints what is read ----------------------------------------------------------------
+def test_cache_follows_symlinked_folders(tmp_path, em):
+    from mitoseg.cache import source_files
+    from mitoseg.config import TrainConfig
+    from mitoseg.training import load_cell_data
+    images, masks = em
+    real = tmp_path / "real"
+    for sub, stack in (("images", images), ("masks", masks)):
+        (real / sub).mkdir(parents=True)
+        for z, sl in enumerate(stack):
+            tifffile.imwrite(real / sub / f"s{z}.tif", sl)
+    data = tmp_path / "data"
+    data.mkdir()
+    for sub in ("images", "masks"):
+        (data / sub).symlink_to(real / sub, target_is_directory=True)
+    files = source_files(data)
+    assert len(files) == 12 and all(f["real"].startswith(str(real)) for f in files)
+    config = TrainConfig(data_dir=str(data), patch_size=32, depth=3)
+    cache, messages = tmp_path / "cache", []
+    train, _ = load_cell_data(config, cache)
+    changed = masks.copy()
+    changed[:, :8, :8] = 255                      # the masks change behind the symlink
+    for z, sl in enumerate(changed):
+        tifffile.imwrite(real / "masks" / f"s{z}.tif", sl)
+    from mitoseg import cache as C
+    again, _ = C.cached_volumes(cache, config, lambda: D.load_dataset(data), log=messages.append)
+    assert any("source files changed" in m for m in messages), messages
+    np.testing.assert_array_equal(again.masks, changed // 255)
+
+
+# --- one runner per cell ----------------------------------------------------------------------------
+HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); from mitoseg.celllock import try_lock\n"
+        "lock, _ = try_lock(sys.argv[1]); print('HELD' if lock else 'BUSY', flush=True); time.sleep(600)\n")
+
+
+def _holder(exp_dir: Path) -> subprocess.Popen:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(exp_dir), str(ROOT)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "HELD"
+    return proc
+
+
+def test_cell_lock_is_exclusive_and_freed_by_a_kill(tmp_path):
+    from mitoseg.celllock import is_locked, try_lock
+    exp = tmp_path / "exp_x"
+    holder = _holder(exp)
+    lock, who = try_lock(exp)
+    assert lock is None and f"pid {holder.pid}" in who and is_locked(exp)
+    holder.kill()
+    holder.wait()
+    lock, _ = try_lock(exp)                         # a SIGKILLed holder leaves nothing stuck
+    assert lock is not None
+    lock.release()
+    assert not is_locked(exp)
+
+
+def test_second_runner_moves_on_while_a_cell_is_being_trained(tmp_path, em):
+    d = write_stack(tmp_path / "d", *em)
+    grid = tmp_path / "grid.json"
+    G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4],
+                 fixed=dict(epochs=1, patch_size=32, base_filters=4, depth=3, data_dir=str(d))).save(grid)
+    study = tmp_path / "study"
+    cell = G.cells(G.GridConfig.load(grid))[0]
+    holder = _holder(study / cell.name)              # another runner is training cell 0
+    try:
+        proc = run("run_study.py", ["local", "--study-dir", str(study), "--grid-config", str(grid), "--no-analysis"])
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "running elsewhere" in proc.stdout
+        direct = run("train_one.py", ["--study-dir", str(study), "--task-index", "0"])
+        assert direct.returncode == 4 and "another process is training this cell" in direct.stdout
+        assert f"pid {holder.pid}" in direct.stdout
+        assert not list(study.rglob("*_results.json")) and not (study / cell.name / "backup").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+# --- a cell's identity includes its settings and data; paths mean what the user meant -------------------
+@pytest.fixture(scope="module")
+def hand_cell(tmp_path_factory, em):
+    """One real 1-epoch cell trained by hand from the user's folder with a RELATIVE --data-dir."""
+    user = tmp_path_factory.mktemp("user")
+    write_stack(user / "data", *em)
+    out = user / "runs"
+    proc = run("train_one.py", ["--data-dir", "data", "--out-dir", str(out), *TINY], cwd=user)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    exp = next(out.glob("exp_*"))
+    return {"user": user, "out": out, "exp": exp, "log": proc.stdout, "results": exp / f"{exp.name}_results.json"}
+
+
+def test_hand_cell_records_absolute_data_dir_scaling_and_fingerprint(hand_cell):
+    rec = json.loads(hand_cell["results"].read_text())
+    assert rec["config"]["data_dir"] == str(hand_cell["user"] / "data")
+    assert rec["data"]["scaling"]["bits"] == 8 and rec["data"]["scaling"]["divisor"] == 255
+    assert rec["data"]["data_fingerprint"]["files"] == 2
+    assert "image scaling (training): " in hand_cell["log"] and "8-bit grey levels, / 255" in hand_cell["log"]
+
+
+@pytest.mark.parametrize("change, expected", [
+    (["--epochs", "2"], "epochs 1 -> 2"),
+    (["--lr", "0.00100000001"], "learning_rate 0.001 -> 0.00100000001"),   # same folder name, other lr
+    (["--data-dir", "COPY"], "data_dir"),
+    (["--augment"], "augment False -> True"),
+])
+def test_finished_cell_with_other_settings_is_refused_not_skipped(hand_cell, change, expected):
+    import shutil
+    user = hand_cell["user"]
+    if "COPY" in change:
+        if not (user / "copy").exists():
+            shutil.copytree(user / "data", user / "copy")
+        change = ["--data-dir", "copy"]
+    before = digests(hand_cell["exp"])
+    args = ["--data-dir", "data", "--out-dir", str(hand_cell["out"]), *TINY]
+    proc = run("train_one.py", [*args, *change], cwd=user)
+    assert proc.returncode == 2, proc.stdout[-2000:]
+    line = the_error_line(proc)
+    assert str(hand_cell["exp"]) in line and expected in line and "--force" in line
+    assert digests(hand_cell["exp"]) == before
+    same = run("train_one.py", args, cwd=user)       # the same settings: skipped, exit 0
+    assert same.returncode == 0 and "already finished (status ok); skipping" in same.stdout
+
+
+def test_finished_cell_whose_data_changed_is_refused(tmp_path, em):
+    d = write_stack(tmp_path / "data", *em)
+    args = ["--data-dir", str(d), "--out-dir", str(tmp_path / "runs"), *TINY]
+    assert run("train_one.py", args).returncode == 0
+    masks = em[1].copy()
+    masks[:, :6, :6] = 255                            # the ground truth is corrected afterwards
+    tifffile.imwrite(d / "training_groundtruth.tif", masks)
+    exp = next((tmp_path / "runs").glob("exp_*"))
+    before = digests(exp)
+    proc = run("train_one.py", args)
+    assert proc.returncode == 2
+    line = the_error_line(proc)
+    assert str(exp) in line and "its data files changed since it finished" in line
+    assert digests(exp) == before
+
+
+def test_force_retrains_a_cell_with_other_settings(hand_cell):
+    args = ["--data-dir", "data", "--out-dir", str(hand_cell["out"]), *TINY]
+    proc = run("train_one.py", [*args, "--epochs", "2", "--force"], cwd=hand_cell["user"])
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    rec = json.loads(hand_cell["results"].read_text())
+    assert rec["config"]["epochs"] == 2 and rec["epochs_run"] == 2
+
+
+def test_old_results_without_new_fields_still_load_and_skip(tmp_path, hand_cell):
+    import shutil
+    from mitoseg.results import load_results
+    out = tmp_path / "runs"
+    shutil.copytree(hand_cell["out"], out)
+    rec_path = next(out.glob("exp_*/*_results.json"))
+    rec = json.loads(rec_path.read_text())
+    for key in ("scaling", "test_scaling", "data_fingerprint"):
+        rec["data"].pop(key, None)
+    rec_path.write_text(json.dumps(rec))
+    assert load_results(rec_path)["status"] == "ok"
+    proc = run("train_one.py", ["--data-dir", rec["config"]["data_dir"], "--out-dir", str(out), *TINY,
+                                "--epochs", str(rec["config"]["epochs"])])
+    assert proc.returncode == 0 and "no data fingerprint recorded" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def local_study(tmp_path_factory, em):
+    """A 1-cell study run by `run_study.py local` from the user's folder with a relative --data-dir, while
+    a different dataset sits at the same relative path inside the repository's folder of the runner."""
+    user = tmp_path_factory.mktemp("user_study")
+    write_stack(user / "data", *em)
+    grid = user / "grid.json"
+    G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4],
+                 fixed=dict(epochs=1, patch_size=32, base_filters=4, depth=3)).save(grid)
+    study = user / "study"
+    proc = run("run_study.py", ["local", "--study-dir", "study", "--grid-config", "grid.json", "--data-dir", "data",
+                                "--no-analysis"], cwd=user)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {"user": user, "study": study, "grid": grid}
+
+
+def test_relative_data_dir_of_a_local_study_is_the_users_folder(local_study):
+    stored = G.load_study_grid(local_study["study"])
+    assert stored.fixed["data_dir"] == str(local_study["user"] / "data")
+    rec = json.loads(next(local_study["study"].glob("exp_*/*_results.json")).read_text())
+    assert rec["config"]["data_dir"] == str(local_study["user"] / "data") and rec["status"] == "ok"
+
+
+def test_edited_grid_config_that_no_longer_matches_finished_cells_is_refused(local_study):
+    path = local_study["study"] / G.GRID_CONFIG_NAME
+    original = path.read_text()
+    try:
+        for edit, expected in ((lambda g: g["fixed"].update(epochs=2), "epochs 1 -> 2"),
+                               (lambda g: g.update(learning_rates=[1e-4, 1e-3]), "is no cell of this grid")):
+            grid = json.loads(original)
+            edit(grid)
+            path.write_text(json.dumps(grid))
+            before = digests(local_study["study"])
+            proc = run("run_study.py", ["local", "--study-dir", str(local_study["study"]), "--no-analysis"])
+            assert proc.returncode == 2
+            line = the_error_line(proc)
+            assert str(path) in line and expected in line
+            assert digests(local_study["study"]) == before
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--grid-config", "OTHER"], "differs from the existing study's"),
+    (["--data-dir", "/elsewhere"], "--data-dir /elsewhere contradicts the existing study's"),
+])
+def test_flags_contradicting_an_existing_study_are_refused(local_study, tmp_path, flags, expected):
+    if "OTHER" in flags:
+        other = tmp_path / "other.json"
+        G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 5e-3], batch_sizes=[4]).save(other)
+        flags = ["--grid-config", str(other)]
+    before = digests(local_study["study"])
+    proc = run("run_study.py", ["local", "--study-dir", str(local_study["study"]), *flags, "--no-analysis"])
+    assert proc.returncode == 2
+    assert expected in the_error_line(proc)
+    assert digests(local_study["study"]) == before
+    # The same flags as the study's own are fine: the finished cell is skipped.
+    same = run("run_study.py", ["local", "--study-dir", "study", "--grid-config", "grid.json", "--data-dir", "data",
+                                "--no-analysis"], cwd=local_study["user"])
+    assert same.returncode == 0 and "1 already finished, 0 to run" in same.stdout

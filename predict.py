@@ -76,21 +76,10 @@ def load_trained_model(path):
         raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
 
 
-def same_file(a, b) -> bool:
-    """True when paths a and b name one file: the same path after resolving symlinks and '..', or (both
-    existing) the same inode, which also catches hard links and case-insensitive file systems."""
-    a, b = Path(a), Path(b)
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def check_outputs(outputs: dict, inputs: dict, overwrite: bool) -> None:
     """Refuse, before anything is computed, an output that is one of the command's inputs, two outputs
     naming one file, a folder, or an existing file without --overwrite. `outputs`/`inputs`: {flag: path}."""
+    from mitoseg.io_utils import same_file
     seen: dict = {}
     for flag, path in outputs.items():
         for in_flag, in_path in inputs.items():

@@ -488,3 +488,22 @@ def test_flags_contradicting_an_existing_study_are_refused(local_study, tmp_path
     same = run("run_study.py", ["local", "--study-dir", "study", "--grid-config", "grid.json", "--data-dir", "data",
                                 "--no-analysis"], cwd=local_study["user"])
     assert same.returncode == 0 and "1 already finished, 0 to run" in same.stdout
+
+
+def test_analysis_never_overwrites_its_input_csvs(tmp_path):
+    from tests.fixtures_results import record_for
+    from mitoseg.results import save_results
+    grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-4, 1e-3], batch_sizes=[8])
+    study = tmp_path / "study"
+    G.init_study(study, grid)
+    for cell in G.cells(grid):
+        save_results(G.experiment_paths(study, cell.name).results_json, record_for(cell))
+    baseline = study / G.SUMMARY_CSV_NAME               # a baseline CSV kept where the new summary goes
+    baseline.write_text("architecture,learning_rate,batch_size,status,best_val_iou\nUNet,0.01,8,ok,0.07\n")
+    before = baseline.read_bytes()
+    proc = run("analyze_hyperparameter_results.py", ["--study-dir", str(study), "--baseline_summary", str(baseline),
+                                                     "--no-figures"])
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--baseline_summary" in lines[0] and "refusing to overwrite an input" in lines[0]
+    assert baseline.read_bytes() == before and not (study / "hyperparameter_report.md").exists()

@@ -378,6 +378,10 @@ def main(argv=None) -> int:
             raise PredictError(f"--n-slices must be positive, got {args.n_slices}")
         if args.patch_size is not None and args.patch_size < 1:
             raise PredictError(f"--patch-size must be positive, got {args.patch_size}")
+        if not 0 <= args.overlap < 1:
+            raise PredictError(f"--overlap must be in [0, 1), got {args.overlap}")
+        if args.batch_size < 1:
+            raise PredictError(f"--batch-size must be positive, got {args.batch_size}")
         if args.study_dir or args.overlays:
             if not (args.study_dir and args.overlays):
                 raise PredictError("study mode needs both --study-dir and --overlays")

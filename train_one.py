@@ -124,6 +124,7 @@ def main(argv=None) -> int:
             if args.grid_config:
                 G.check_flags_against_study(args.study_dir, base, f"--grid-config {args.grid_config}")
             grid = G.init_study(args.study_dir, base)
+            G.check_absolute_data_dir(grid, os.path.join(args.study_dir, G.GRID_CONFIG_NAME))
             cell = G.cell_at(grid, index)
             config = cell.train_config(grid)
             contradicting = [f"--{flag.replace('_', '-')} {value!r} (the grid's {flag}: {getattr(config, flag)!r})"

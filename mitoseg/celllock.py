@@ -59,17 +59,3 @@ def try_lock(exp_dir) -> tuple[Optional[CellLock], str]:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {stamp}\n".encode(), 0)
     return CellLock(path, fd), ""
-
-
-def is_locked(exp_dir) -> bool:
-    """True while the cell's lock is held (by another process, or another open file of this one); a momentary probe."""
-    if not (Path(exp_dir) / LOCK_NAME).exists():
-        return False
-    try:
-        lock, _ = try_lock(exp_dir)
-    except OSError:
-        return False
-    if lock is None:
-        return True
-    lock.release()
-    return False

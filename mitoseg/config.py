@@ -63,6 +63,7 @@ _RANGES = [
     ("input_channels", lambda v: v not in (1, 3), "1 or 3"),
     ("save_format", lambda v: v not in ("keras", "hdf5"), "keras or hdf5"),
     ("task_index", lambda v: v < 0, ">= 0"),
+    ("data_dir", lambda v: not v.strip(), "a folder path (or null for the built-in synthetic data)"),
 ]
 
 

@@ -394,6 +394,8 @@ def _check_slices(train: Volume, where) -> None:
 def _layout(data_dir: Path):
     """("stack" | "folders", (train image, train mask), (test image, test mask)) as `load_dataset` reads
     them (entries None when absent): the one home of the layout rules (also used by `dataset_files`)."""
+    if data_dir.is_file():
+        raise _fail(data_dir, f"is a file, not a data folder; give the folder that holds it ({_EXPECTED_LAYOUT})")
     if not data_dir.is_dir():
         raise _fail(data_dir, f"data folder not found ({_EXPECTED_LAYOUT})")
     sub = lambda name: data_dir / name if (data_dir / name).is_dir() else None

@@ -68,7 +68,7 @@ class GridConfig:
     def load(cls, path) -> "GridConfig":
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(read_grid_json(path))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a valid grid config ({err})") from None
 
@@ -124,6 +124,27 @@ def check_flags_against_study(study_dir, requested: GridConfig, grid_flag: Optio
         if current is None or absolute_path(current) != absolute_path(data_dir):
             raise ValueError(f"--data-dir {absolute_path(data_dir)} contradicts the existing study's {path} "
                              f"(data_dir {current!r}); omit it to continue the study, or start a new study")
+
+
+def _no_repeated_keys(pairs):
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:   # json.loads would silently keep the last one
+        raise ValueError(f"key {', '.join(map(repr, repeated))} appears more than once")
+    return dict(pairs)
+
+
+def read_grid_json(path) -> dict:
+    """The JSON of a grid file; ValueError for a key written twice (a slip JSON itself accepts)."""
+    return json.loads(Path(path).read_text(), object_pairs_hook=_no_repeated_keys)
+
+
+def check_absolute_data_dir(grid: "GridConfig", where) -> None:
+    """A study's data_dir must be absolute: a relative one is read against whatever folder a cell runs in."""
+    data_dir = grid.fixed.get("data_dir")
+    if data_dir and not os.path.isabs(data_dir):
+        raise ValueError(f"{where}: data_dir {data_dir!r} is relative, so every cell would read it against the "
+                         "folder it happens to run in; write the absolute path")
 
 
 _AXES = {  # axis -> (the cell field it sets, what each value must be, is_ok(value))

@@ -69,9 +69,9 @@ def finished_cell_differences(record: dict, config_dict: dict, fingerprint: Opti
 
 def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optional[dict] = None,
                 check_data: bool = False) -> None:
-    """ValueError (one line) for the first finished cell of the study that the grid no longer describes:
-    an exp_ folder that is no cell of the grid, or a cell trained with other settings (or, with
-    `check_data`, other data). Cells in `retrain` (--force) are exempt."""
+    """ValueError (one line) for a relative data_dir in the study's grid, or for the first finished cell of
+    the study that the grid no longer describes: an exp_ folder that is no cell of the grid, or a cell
+    trained with other settings (or, with `check_data`, other data). Cells in `retrain` (--force) are exempt."""
     from . import grid as G
     from .results import ResultsError, load_results
     study_dir = Path(study_dir)
@@ -80,6 +80,7 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
     if check_data and fingerprint is None:
         fingerprint = data_fingerprint(grid.fixed.get("data_dir"))
     where = study_dir / G.GRID_CONFIG_NAME
+    G.check_absolute_data_dir(grid, where)
     for path in sorted(study_dir.glob("exp_*/*_results.json")):
         if path.name != f"{path.parent.name}_results.json":
             continue

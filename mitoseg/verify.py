@@ -262,7 +262,7 @@ def check_grid_values(grid_config: Optional[str], data_dir: Optional[str] = None
     source = grid_config or ("the demo grid" if demo else "the default grid")
     if grid_config:
         try:
-            raw = json.loads(Path(grid_config).read_text())
+            raw = G.read_grid_json(grid_config)
         except (OSError, ValueError) as err:
             return [Row("grid values", FAIL, f"{grid_config}: not a readable grid config ({err})")]
         problems = G.grid_problems(raw)

@@ -228,10 +228,12 @@ def test_colour_mask_is_refused_as_colour(tmp_path, em):
     ({"seeds": [-1]}, "seeds[0] must be an integer in 0 .. 2**32-1"),
     ({"architectures": "UNet"}, "architectures must be a non-empty list"),
     ({"architectures": ["UNet", "UNet"]}, "architectures repeats 'UNet'"),
+    ({"fixed": {"data_dir": ""}}, "fixed.data_dir must be a folder path"),
+    ('{"fixed": {"epochs": 1, "epochs": 2}}', "key 'epochs' appears more than once"),
 ])
 def test_bad_grid_values_are_one_line_before_anything_is_created(tmp_path, grid, expected):
     path = tmp_path / "grid.json"
-    path.write_text(json.dumps(grid))
+    path.write_text(grid if isinstance(grid, str) else json.dumps(grid))
     proc = run("run_study.py", ["local", "--grid-config", str(path), "--root", str(tmp_path / "root"), "--no-analysis"])
     assert proc.returncode == 2
     line = the_error_line(proc)
@@ -309,17 +311,20 @@ def _holder(exp_dir: Path) -> subprocess.Popen:
 
 
 def test_cell_lock_is_exclusive_and_freed_by_a_kill(tmp_path):
-    from mitoseg.celllock import is_locked, try_lock
+    from mitoseg.celllock import try_lock
     exp = tmp_path / "exp_x"
     holder = _holder(exp)
     lock, who = try_lock(exp)
-    assert lock is None and f"pid {holder.pid}" in who and is_locked(exp)
+    assert lock is None and f"pid {holder.pid}" in who
     holder.kill()
     holder.wait()
     lock, _ = try_lock(exp)                         # a SIGKILLed holder leaves nothing stuck
     assert lock is not None
+    assert try_lock(exp)[0] is None                 # held again, now by us
     lock.release()
-    assert not is_locked(exp)
+    again, _ = try_lock(exp)
+    assert again is not None
+    again.release()
 
 
 def test_second_runner_moves_on_while_a_cell_is_being_trained(tmp_path, em):
@@ -507,3 +512,23 @@ def test_analysis_never_overwrites_its_input_csvs(tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--baseline_summary" in lines[0] and "refusing to overwrite an input" in lines[0]
     assert baseline.read_bytes() == before and not (study / "hyperparameter_report.md").exists()
+
+
+def test_relative_data_dir_in_a_study_grid_is_refused(tmp_path):
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / G.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],
+                                                         "batch_sizes": [4], "fixed": {"data_dir": "data"}}))
+    for script, args in (("run_study.py", ["local", "--study-dir", str(study), "--no-analysis"]),
+                         ("train_one.py", ["--study-dir", str(study), "--task-index", "0"])):
+        proc = run(script, args)
+        assert proc.returncode == 2
+        assert "data_dir 'data' is relative" in the_error_line(proc)
+    assert sorted(p.name for p in study.iterdir()) == [G.GRID_CONFIG_NAME]
+
+
+def test_data_dir_that_is_a_file_says_so(tmp_path, em):
+    d = write_stack(tmp_path / "d", *em)
+    proc = run("train_one.py", ["--data-dir", str(d / "training.tif"), "--out-dir", str(tmp_path / "runs"), *TINY])
+    assert proc.returncode == 2
+    assert "training.tif: is a file, not a data folder" in the_error_line(proc)

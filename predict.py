@@ -16,6 +16,11 @@ run by validation IoU; test scores never choose):
   Slices shown: the cell's held-out test slices when it had any, else its validation slices; the
   data come from the cell's recorded config (--data-dir overrides the data folder).
 
+Outputs never replace an input of the command (--input, --ground-truth, --model; also through
+symlinks or hard links); an existing output file is replaced only with --overwrite.
+Input grey values are scaled like the model's training images (the scaling its cell recorded in the
+results JSON beside the model); an input that cannot be put on that scale is refused. A model without a
+recorded scaling gets the input scaled by its own values (mitoseg.data.image_scaling), with a line saying so.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
 Exit codes: 0 ok, 2 bad input (missing/unreadable model or TIFF, nothing to draw).
@@ -36,16 +41,59 @@ class PredictError(Exception):
     """A one-line, user-facing error."""
 
 
-def load_trained_model(path):
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_model_file(path) -> None:
+    """One line naming the file when it cannot be a saved Keras model (before Keras says "File not found"
+    about a file that exists): a .keras model is a zip archive, a .h5/.hdf5 one an HDF5 file."""
+    import zipfile
     path = Path(path)
     if not path.is_file():
-        raise PredictError(f"{path}: model file not found")
+        raise PredictError(f"{path}: model file not found" if not path.exists() else f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise PredictError(f"{path}: not a model file (expected {', '.join(MODEL_SUFFIXES)})")
+    try:
+        if suffix == ".keras" and not zipfile.is_zipfile(path):
+            raise PredictError(f"{path}: not a Keras model (a .keras model is a zip archive; this file is not one)")
+        if suffix != ".keras":
+            with open(path, "rb") as handle:
+                if handle.read(8) != _HDF5_SIGNATURE:
+                    raise PredictError(f"{path}: not a Keras model (a {suffix} model is an HDF5 file; this file is not one)")
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+def load_trained_model(path):
+    path = Path(path)
+    check_model_file(path)
     from models import load_model
     try:
         return load_model(path)
     except Exception as err:  # keras raises many types for bad files
         text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
+
+
+def check_outputs(outputs: dict, inputs: dict, overwrite: bool) -> None:
+    """Refuse, before anything is computed, an output that is one of the command's inputs, two outputs
+    naming one file, a folder, or an existing file without --overwrite. `outputs`/`inputs`: {flag: path}."""
+    from mitoseg.io_utils import same_file
+    seen: dict = {}
+    for flag, path in outputs.items():
+        for in_flag, in_path in inputs.items():
+            if in_path is not None and same_file(path, in_path):
+                raise PredictError(f"{flag} {path} is the same file as {in_flag} {in_path}: refusing to overwrite an input")
+        for other_flag, other in seen.items():
+            if same_file(path, other):
+                raise PredictError(f"{flag} {path} and {other_flag} {other} name the same file")
+        seen[flag] = path
+        if Path(path).is_dir():
+            raise PredictError(f"{flag} {path} is a folder, not a file")
+        if Path(path).exists() and not overwrite:
+            raise PredictError(f"{flag} {path} already exists; add --overwrite to replace it")
 
 
 def resolve_tiling(model, patch_size=None):
@@ -64,10 +112,33 @@ def resolve_tiling(model, patch_size=None):
     return patch, model_channels(model)
 
 
-def read_stack(path, what="input"):
+def recorded_scaling(model_path):
+    """(scaling, results JSON path) the model's cell recorded for its training images, or (None, reason):
+    the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
+    from mitoseg.results import ResultsError, load_results
+    model_path = Path(model_path)
+    for path in sorted(model_path.parent.glob("*_results.json")):
+        try:
+            record = load_results(path)
+        except ResultsError:
+            continue
+        if (record.get("files") or {}).get("model") == model_path.name:
+            scaling = (record.get("data") or {}).get("scaling")
+            if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
+                return scaling, path
+            return None, f"{path.name} records no image scaling (written before scalings were recorded)"
+    return None, f"no results JSON of this model in {model_path.parent}"
+
+
+def read_stack(path, reference=None, reference_name="the model's training images"):
+    """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
+    refused when it cannot be), else by its own values. Returns (images, scaling)."""
     from mitoseg import data
     try:
-        return data.scale_image(data.read_tiff(path), str(path))
+        raw = data.read_tiff(path)
+        scaling = (data.image_scaling(raw, str(path)) if reference is None
+                   else data.common_scaling(raw, reference, str(path), reference_name))
+        return data.apply_scaling(raw, scaling), scaling
     except data.DataError as err:
         raise PredictError(str(err)) from None
 
@@ -75,7 +146,7 @@ def read_stack(path, what="input"):
 def read_mask_stack(path):
     from mitoseg import data
     try:
-        return data.scale_mask(data.read_tiff(path), str(path))
+        return data.scale_mask(data.read_tiff(path, what="mask"), str(path))
     except data.DataError as err:
         raise PredictError(str(err)) from None
 
@@ -177,7 +248,7 @@ def best_per_architecture(study_dir):
 def overlay_slices(record, data_dir=None):
     """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
     from mitoseg.config import TrainConfig
-    from mitoseg.data import DataError, split_slices
+    from mitoseg.data import DataError, describe_scaling, split_slices
     from mitoseg.training import load_cell_data
     values = dict(record.get("config") or {})
     if data_dir is not None:
@@ -187,6 +258,10 @@ def overlay_slices(record, data_dir=None):
         train, test = load_cell_data(config)
     except (DataError, ValueError, TypeError) as err:
         raise PredictError(f"{record['experiment_id']}: cannot load its data ({err})") from None
+    recorded = (record.get("data") or {}).get("scaling")
+    if isinstance(recorded, dict) and train.scaling and recorded.get("divisor") != train.scaling["divisor"]:
+        raise PredictError(f"{record['experiment_id']}: its data are now scaled as {describe_scaling(train.scaling)}, "
+                           f"but the model was trained on {describe_scaling(recorded)}")
     if test is not None:
         return test.images, test.masks, list(test.slice_names), "held-out test"
     _, val_idx = split_slices(len(train.images), config.val_fraction, config.val_position)
@@ -197,8 +272,12 @@ def run_overlays(args) -> int:
     import numpy as np
     best = best_per_architecture(args.study_dir)
     out_dir = Path(args.out_dir) if args.out_dir else Path(args.study_dir) / "overlays"
+    models = {arch: exp_dir / (rec.get("files") or {}).get("model", f"{exp_dir.name}_model.keras")
+              for arch, (rec, exp_dir, _) in best.items()}
+    check_outputs({f"overlay ({arch})": out_dir / f"overlay_{arch}.png" for arch in best},
+                  {f"model of {arch}": path for arch, path in models.items()}, args.overwrite)
     for arch, (rec, exp_dir, criterion) in best.items():
-        model_path = exp_dir / (rec.get("files") or {}).get("model", f"{exp_dir.name}_model.keras")
+        model_path = models[arch]
         model = load_trained_model(model_path)
         patch, channels = resolve_tiling(model, args.patch_size)
         images, masks, labels, which = overlay_slices(rec, args.data_dir)
@@ -225,7 +304,18 @@ def run_predict(args) -> int:
         raise PredictError("--overlay needs --ground-truth (the overlay shows image, ground truth and prediction)")
     if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
         raise PredictError(f"{args.output}: output must be a .tif/.tiff file")
-    images = read_stack(args.input)
+    if args.overlay and Path(args.overlay).suffix.lower() != ".png":
+        raise PredictError(f"{args.overlay}: --overlay must be a .png file")
+    outputs = {"--output": args.output, **({"--overlay": args.overlay} if args.overlay else {})}
+    check_outputs(outputs, {"--input": args.input, "--ground-truth": args.ground_truth, "--model": args.model},
+                  args.overwrite)
+    check_model_file(args.model)
+    reference, where = recorded_scaling(args.model)
+    images, scaling = read_stack(args.input, reference)
+    from mitoseg.data import describe_scaling
+    print(f"input scaling: {describe_scaling(scaling)}; "
+          + (f"the model was trained on {describe_scaling(reference)} ({where.name})" if reference else
+             f"scaled by its own values: {where}"))
     masks = read_mask_stack(args.ground_truth) if args.ground_truth else None
     if masks is not None and masks.shape != images.shape:
         raise PredictError(f"{args.ground_truth}: shape {masks.shape} does not match the input {images.shape}")
@@ -275,6 +365,8 @@ def build_parser():
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--n-slices", type=int, default=3, help="slices per overlay (default 3)")
     c.add_argument("--quiet", action="store_true", help="no per-slice progress")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace existing output files (never an input of the same command)")
     return p
 
 
@@ -286,6 +378,10 @@ def main(argv=None) -> int:
             raise PredictError(f"--n-slices must be positive, got {args.n_slices}")
         if args.patch_size is not None and args.patch_size < 1:
             raise PredictError(f"--patch-size must be positive, got {args.patch_size}")
+        if not 0 <= args.overlap < 1:
+            raise PredictError(f"--overlap must be in [0, 1), got {args.overlap}")
+        if args.batch_size < 1:
+            raise PredictError(f"--batch-size must be positive, got {args.batch_size}")
         if args.study_dir or args.overlays:
             if not (args.study_dir and args.overlays):
                 raise PredictError("study mode needs both --study-dir and --overlays")

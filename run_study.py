@@ -32,6 +32,16 @@ from mitoseg import grid as G
 from mitoseg import runner as R
 
 
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
 def _grid_args(p):
     p.add_argument("--grid-config", default=os.environ.get("GRID_CONFIG"),
                    help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
@@ -55,7 +65,7 @@ def build_parser():
     s.add_argument("--root", help="where a new study folder is created (default ., with --demo demo_study/)")
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
-    s.add_argument("--jobs", "-j", type=int, help="cells trained at the same time (default 1; --demo: 2)")
+    s.add_argument("--jobs", "-j", type=_positive_int, help="cells trained at the same time (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
     s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
@@ -122,9 +132,18 @@ def cmd_list(args) -> int:
 
 
 def _open_study(args, root) -> tuple[Path, G.GridConfig]:
+    """The study to run: flags that contradict an existing study, or finished cells its grid no longer
+    describes, are one-line errors before anything runs (mitoseg/identity.py)."""
+    from mitoseg.identity import check_study
     grid = R.base_grid(args.grid_config, args.data_dir, args.demo)
+    if args.study_dir:
+        given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
+        G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
     study = Path(args.study_dir) if args.study_dir else R.create_new_study_dir(root)
-    return study.resolve(), G.init_study(study, grid)
+    grid = G.init_study(study, grid)
+    retrain = [c.index for c in R.select_cells(grid, args.cells, args.arch)] if getattr(args, "force", False) else []
+    check_study(study, grid, retrain=retrain, check_data=True)
+    return study.resolve(), grid
 
 
 def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
@@ -132,7 +151,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
     rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
     _print("")
     _print(R.results_table(rows))
-    failed = [r for r in rows.values() if r["state"] not in R.DONE_STATUSES]
+    failed = [r for r in rows.values() if r["state"] not in (*R.DONE_STATUSES, R.BUSY_STATE)]
     _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
            f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
            f"training wall time {R.fmt_duration(time.monotonic() - t0)}")

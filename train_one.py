@@ -7,7 +7,10 @@ Grid element:     python train_one.py --study-dir STUDY --task-index 4
 Demo-sized:       python train_one.py --arch UNet --epochs 2 --patch-size 64 --base-filters 8 --depth 4
 
 Without --data-dir the built-in synthetic EM-like data is used (nothing to download).
-Exit codes: 0 finished (ok, diverged, or already done), 1 failed, 2 bad input, 3 interrupted (rerun resumes).
+Exit codes: 0 finished (ok, diverged, or already done with these settings), 1 failed, 2 bad input (also: the
+cell finished with other settings or data; --force retrains it), 3 interrupted (rerun resumes), 4 busy
+(another process is training this cell right now; nothing done).
+Paths (--data-dir, --grid-config) are made absolute against the current folder and stored so.
 """
 import argparse
 import os
@@ -96,15 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 FLAG_TO_FIELD = {"arch": "architecture", "lr": "learning_rate"}
+FIELD_TO_FLAG = {"architecture": "arch", "learning_rate": "lr", "test_tta": "tta", "batch_norm": "no-batch-norm"}
 CELL_FLAGS = ("arch", "lr", "batch_size", "seed")
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from mitoseg import grid as G
-    from mitoseg.config import TrainConfig
+    from mitoseg.config import ConfigError, TrainConfig
     from mitoseg.training import EXIT_BAD_INPUT, run_cell
 
+    if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
+        args.data_dir = G.absolute_path(args.data_dir)
     overrides = {FLAG_TO_FIELD.get(k, k): v for k, v in vars(args).items()
                  if v is not None and k not in ("study_dir", "task_index", "grid_config", "out_dir", "force")}
     try:
@@ -116,12 +122,18 @@ def main(argv=None) -> int:
             given = [f"--{k.replace('_', '-')}" for k in CELL_FLAGS if getattr(args, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} cannot be combined with --task-index: the grid sets the cell")
-            base = G.GridConfig.load(args.grid_config) if args.grid_config else G.default_grid()
+            base = G.load_user_grid(args.grid_config) if args.grid_config else G.default_grid()
+            if args.grid_config:
+                G.check_flags_against_study(args.study_dir, base, f"--grid-config {args.grid_config}")
             grid = G.init_study(args.study_dir, base)
+            G.check_absolute_data_dir(grid, os.path.join(args.study_dir, G.GRID_CONFIG_NAME))
             cell = G.study_cell_at(args.study_dir, grid, index)   # a grid or a confirmation cell
             config = cell.train_config(grid)
-            if overrides:
-                config = TrainConfig.from_dict({**config.to_dict(), **overrides})
+            contradicting = [f"--{flag.replace('_', '-')} {value!r} (the grid's {flag}: {getattr(config, flag)!r})"
+                             for flag, value in sorted(overrides.items()) if getattr(config, flag) != value]
+            if contradicting:
+                raise ValueError(f"{', '.join(contradicting)} contradicts the study's "
+                                 f"{os.path.join(args.study_dir, G.GRID_CONFIG_NAME)}, which sets every cell")
             exp_dir = os.path.join(args.study_dir, cell.name)
             cache_dir = G.study_cache_dir(args.study_dir)
             where = f"grid cell {index}/{grid.size - 1}" if cell.stage == "grid" else f"confirmation cell {index}"
@@ -131,6 +143,10 @@ def main(argv=None) -> int:
             exp_dir = os.path.join(args.out_dir, G.standalone_name(config))
             cache_dir = None  # a hand-run cell prepares its data in memory
         config.validate()
+    except ConfigError as err:   # name the flag when the value came from one
+        flag = FIELD_TO_FLAG.get(err.field, err.field.replace("_", "-"))
+        print(f"error: --{flag}: {err}" if err.field in overrides else f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

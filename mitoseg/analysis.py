@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .grid import SUMMARY_CSV_NAME
-from .io_utils import atomic_write_text
+from .io_utils import atomic_write_text, same_file
 from .plots import make_figures
 from .report import render
 from .stats import analyze
@@ -16,6 +16,20 @@ REPORT_TXT = "comprehensive_analysis_report.txt"
 SUMMARY_JSON = "analysis_summary.json"
 
 
+def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) -> None:
+    """SummaryError before anything is written when an output of the analysis is one of its input CSVs
+    (the --summary_file itself is only ever re-read, never rewritten: see below)."""
+    for name in (SUMMARY_CSV_NAME, REPORT_MD, REPORT_TXT, SUMMARY_JSON):
+        target = out_dir / name
+        for flag, path in (("--summary_file", summary_file), ("--baseline_summary", baseline_summary)):
+            if path is None or not same_file(target, path):
+                continue
+            if flag == "--summary_file" and name == SUMMARY_CSV_NAME:
+                continue
+            raise SummaryError(f"{flag} {path} is the analysis output {target}: refusing to overwrite an input; "
+                               "choose another --output_dir")
+
+
 def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_summary=None,
                  log: Callable[[str], None] = print, figures: bool = True) -> dict:
     """Run everything; returns {"outputs": {name: path}, "figures": {...}, "result": analyze-dict}.
@@ -23,9 +37,10 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     if (study_dir is None) == (summary_file is None):
         raise SummaryError("give either a study folder (--study-dir) or a summary CSV (--summary_file)")
     outputs = {}
+    out_dir = Path(output_dir) if output_dir else Path(study_dir) if study_dir is not None else Path(summary_file).parent
+    _refuse_overwriting_inputs(out_dir, summary_file, baseline_summary)
     if study_dir is not None:
         study_dir = Path(study_dir)
-        out_dir = Path(output_dir) if output_dir else study_dir
         log(f"Reading results of {study_dir} ...")
         df_raw, inv = build_summary(study_dir)
         expected = inv.expected
@@ -41,12 +56,11 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         source = str(study_dir)
     else:
         summary_file = Path(summary_file)
-        out_dir = Path(output_dir) if output_dir else summary_file.parent
         log(f"Reading summary {summary_file} ...")
         df = load_summary(summary_file)
         expected = int((df["stage"] == "grid").sum())
         target = out_dir / SUMMARY_CSV_NAME
-        if target.resolve() != summary_file.resolve():
+        if not same_file(target, summary_file):
             outputs["summary_csv"] = write_summary_csv(df, target)
         history_root = summary_file.parent
         source = str(summary_file)

@@ -9,7 +9,8 @@ and cutting patches again. Two kinds of entry:
 * ``patches-*``: the train/val patch arrays and the split record (`training.prepare_arrays`).
 
 An entry is named by a hash of its key (what was prepared and how: data folder, patch size, split,
-channels, ...). Its meta.json records the key, the source files (path, size, mtime) and, for each
+channels, ...). Its meta.json records the key, the source files (every file the loader reads, followed through
+symlinks: path, resolved path, size, mtime) and, for each
 array, shape, dtype, file size and CRC32. An entry is used only if all of that still matches
 (checking the CRC reads each file once: ~0.03 s per 100 MB, against ~3.4 s to decode the real
 33-slice subset); otherwise it is rebuilt. Entries are built in a private temporary folder and
@@ -38,7 +39,7 @@ import numpy as np
 
 from .grid import CACHE_DIR_NAME, study_cache_dir  # noqa: F401  (grid.py owns every path)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2   # 2: images scaled by their values (data.image_scaling), scaling recorded
 META_NAME = "meta.json"
 _CHUNK = 8 << 20
 
@@ -53,19 +54,20 @@ def _default_log(message: str) -> None:
 
 # --- keys and sources --------------------------------------------------------------------------------
 def source_files(data_dir) -> list[dict]:
-    """Fingerprint of a data folder: every image file under it (path, size, mtime_ns), sorted."""
-    from .data import IMAGE_SUFFIXES
-    root = Path(data_dir).resolve()
+    """Fingerprint of what `data.load_dataset(data_dir)` reads: each file (path as read, the file it
+    resolves to through symlinked files or folders, size, mtime_ns), in reading order. A folder whose
+    layout cannot be read gives [] (loading it then raises its DataError)."""
+    from .data import DataError, dataset_files
+    try:
+        files = dataset_files(data_dir)
+    except DataError:
+        return []
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith(".") or not name.lower().endswith(IMAGE_SUFFIXES):
-                continue
-            path = Path(dirpath) / name
-            st = path.stat()
-            found.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-    return sorted(found, key=lambda f: f["path"])
+    for path in files:
+        st = path.stat()   # follows symlinks: the file that is read
+        found.append({"path": str(path), "real": os.path.realpath(path), "size": st.st_size,
+                      "mtime_ns": st.st_mtime_ns})
+    return found
 
 
 def config_sources(config) -> list[dict]:
@@ -248,19 +250,20 @@ def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[
     def build():
         train, test = load()
         arrays = {"train_images": train.images, "train_masks": train.masks}
-        info = {"train": {"slice_names": list(train.slice_names), "source": train.source}, "test": None}
+        info = {"train": {"slice_names": list(train.slice_names), "source": train.source, "scaling": train.scaling},
+                "test": None}
         if test is not None:
             arrays.update(test_images=test.images, test_masks=test.masks)
-            info["test"] = {"slice_names": list(test.slice_names), "source": test.source}
+            info["test"] = {"slice_names": list(test.slice_names), "source": test.source, "scaling": test.scaling}
         return arrays, info
 
     arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), config_sources(config), build, log)
     train = Volume(arrays["train_images"], arrays["train_masks"], info["train"]["slice_names"],
-                   info["train"]["source"])
+                   info["train"]["source"], info["train"].get("scaling"))
     test = None
     if info.get("test") is not None:
         test = Volume(arrays["test_images"], arrays["test_masks"], info["test"]["slice_names"],
-                      info["test"]["source"])
+                      info["test"]["source"], info["test"].get("scaling"))
     return train, test
 
 

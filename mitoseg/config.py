@@ -10,6 +10,7 @@ filter widths, 30 epochs). Tests and the CPU demo shrink them with flags.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -19,6 +20,56 @@ HEADS = ("plain", "bn_sigmoid")
 # project built before issue 14 (models.legacy_gate). A results JSON whose config has no
 # attention_gate was written before the field existed, by the legacy gate.
 ATTENTION_GATES = ("original", "legacy")
+
+
+class ConfigError(ValueError):
+    """A setting of the wrong type or out of range; `field` names it (train_one.py names the flag)."""
+
+    def __init__(self, field_name: str, message: str):
+        super().__init__(message)
+        self.field = field_name
+
+
+_TYPE_WORDS = {"bool": "true or false (a boolean, not a string or number)", "int": "an integer",
+               "float": "a finite number", "str": "a string", "dict": "a JSON object"}
+
+
+def _type_problem(name: str, annotation: str, value) -> Optional[str]:
+    optional = annotation.startswith("Optional[")
+    kind = annotation[len("Optional["):-1] if optional else annotation
+    if value is None:
+        return None if optional else f"{name} must be {_TYPE_WORDS.get(kind, kind)}, got null"
+    is_bool = isinstance(value, bool)
+    ok = {"bool": is_bool, "int": isinstance(value, int) and not is_bool,
+          "float": isinstance(value, (int, float)) and not is_bool and math.isfinite(value),
+          "str": isinstance(value, str), "dict": isinstance(value, dict)}.get(kind, True)
+    return None if ok else f"{name} must be {_TYPE_WORDS.get(kind, kind)}, got {value!r}"
+
+
+_positive = lambda v: not v > 0
+# (field, is_bad(value), what it must be): checked once every type is right.
+_RANGES = [
+    ("architecture", lambda v: v not in ARCHITECTURES, f"one of {', '.join(ARCHITECTURES)}"),
+    *[(n, _positive, "> 0") for n in ("learning_rate", "clipnorm", "min_lr", "batch_size", "epochs", "patch_size",
+                                      "base_filters", "depth", "synthetic_slices", "synthetic_size")],
+    ("seed", lambda v: not 0 <= v < 2 ** 32, "an integer in 0 .. 2**32-1"),
+    ("focal_gamma", lambda v: v < 0, ">= 0"),
+    ("early_stopping_patience", lambda v: v < 0, ">= 0"),
+    ("reduce_lr_patience", lambda v: v < 0, ">= 0"),
+    ("reduce_lr_factor", lambda v: not 0 < v < 1, "in (0, 1)"),
+    ("threshold", lambda v: not 0 < v < 1, "in (0, 1)"),
+    ("dropout", lambda v: not 0 <= v < 1, "in [0, 1)"),
+    ("bn_momentum", lambda v: not 0 <= v <= 1, "in [0, 1]"),
+    ("val_fraction", lambda v: not 0 < v < 1, "in (0, 1)"),
+    ("test_fraction", lambda v: not 0 <= v < 1, "in [0, 1)"),
+    ("val_position", lambda v: v not in ("start", "middle", "end"), "start, middle or end"),
+    ("head", lambda v: v not in HEADS, f"one of {', '.join(HEADS)}"),
+    ("attention_gate", lambda v: v not in ATTENTION_GATES, f"one of {', '.join(ATTENTION_GATES)}"),
+    ("input_channels", lambda v: v not in (1, 3), "1 or 3"),
+    ("save_format", lambda v: v not in ("keras", "hdf5"), "keras or hdf5"),
+    ("task_index", lambda v: v < 0, ">= 0"),
+    ("data_dir", lambda v: not v.strip(), "a folder path (or null for the built-in synthetic data)"),
+]
 
 
 @dataclass
@@ -74,34 +125,29 @@ class TrainConfig:
     task_index: Optional[int] = None
     extra: dict = field(default_factory=dict)
 
+    def problems(self) -> list[tuple[str, str]]:
+        """[(field, one-line problem)] for every setting of the wrong type or out of range (nothing is
+        coerced: "false" is not a boolean, 4.9 is not a batch size)."""
+        found = [(f.name, text) for f in dataclasses.fields(self)
+                 for text in [_type_problem(f.name, str(f.type), getattr(self, f.name))] if text]
+        mistyped = {name for name, _ in found}
+        for name, bad, want in _RANGES:   # ranges only of values of the right type
+            value = getattr(self, name)
+            if name not in mistyped and value is not None and bad(value):
+                found.append((name, f"{name} must be {want}, got {value!r}"))
+        if not found and self.patch_size % (2 ** (self.depth - 1)):
+            found.append(("patch_size", f"patch_size {self.patch_size} must be divisible by 2**(depth-1) = "
+                                        f"{2 ** (self.depth - 1)}"))
+        if not found and self.test_fraction + self.val_fraction >= 1:
+            found.append(("test_fraction", f"test_fraction {self.test_fraction} + val_fraction {self.val_fraction} "
+                                           "must leave slices for training"))
+        return found
+
     def validate(self) -> "TrainConfig":
-        """Raise ValueError (one line) for settings that cannot train."""
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {self.architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
-        for name in ("learning_rate", "clipnorm", "reduce_lr_factor", "min_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not value > 0 or value != value:
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
-        for name in ("batch_size", "epochs", "patch_size", "base_filters", "depth", "synthetic_slices", "synthetic_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.patch_size % (2 ** (self.depth - 1)):
-            raise ValueError(f"patch_size {self.patch_size} must be divisible by 2**(depth-1) = {2 ** (self.depth - 1)}")
-        if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        if not 0 <= self.test_fraction < 1 or self.test_fraction + self.val_fraction >= 1:
-            raise ValueError(f"test_fraction must be in [0, 1) and leave slices for training, got {self.test_fraction}")
-        if self.head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-        if self.attention_gate not in ATTENTION_GATES:
-            raise ValueError(f"attention_gate must be one of {ATTENTION_GATES}, got {self.attention_gate!r}")
-        if self.input_channels not in (1, 3):
-            raise ValueError(f"input_channels must be 1 or 3, got {self.input_channels}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if self.save_format not in ("keras", "hdf5"):
-            raise ValueError(f"save_format must be keras or hdf5, got {self.save_format!r}")
+        """Raise ConfigError (one line, naming the setting) for settings that cannot train."""
+        found = self.problems()
+        if found:
+            raise ConfigError(found[0][0], found[0][1])
         return self
 
     def to_dict(self) -> dict[str, Any]:

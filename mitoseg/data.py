@@ -20,6 +20,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -52,6 +53,7 @@ class Volume:
     masks: np.ndarray  # (z, y, x) uint8 in {0, 1}
     slice_names: list[str]  # one per slice: file stem (folders) or "training.tif[z=5]" (stacks)
     source: str  # human-readable origin (paths)
+    scaling: Optional[dict] = None  # how the grey values became `images` (`image_scaling`); None: unknown
 
     @property
     def foreground_fraction(self) -> float:
@@ -59,35 +61,90 @@ class Volume:
 
 
 # ----------------------------------------------------------------------------- scaling
-def scale_image(array, path="<array>") -> np.ndarray:
-    """Image of any common dtype -> float32 in [0, 1]; `path` only names the file in errors.
+# How a stack's grey values become model input: ONE rule (`image_scaling`), decided by the values the
+# stack actually uses, never by its container type alone; training, test and predict.py all use it.
+#  * integers (and floats holding whole grey levels): the smallest common bit depth that holds the
+#    stack's maximum, 8/10/12/14/16 bits, divided by 2**bits - 1. 8-bit data saved as uint16 (max <= 255)
+#    is 8-bit data, not near-black 16-bit data; 12-bit camera data in uint16 is divided by 4095;
+#  * floats already in [0, 1]: kept as they are; other floats (fractional values outside [0, 1]) and
+#    negative values are refused: there is no safe way to guess their range;
+#  * booleans: 0/1.
+# The rule is decided once per stack (all slices of a folder together), logged, and recorded in the
+# results JSON (data.scaling, data.test_scaling); a test stack or a predict.py input is put on the
+# training stack's scale (`common_scaling`) or refused.
+GREY_DEPTHS = (8, 10, 12, 14, 16)
 
-    uint8 /255, uint16 /65535, bool -> 0/1, float already in [0, 1] kept as is, other integer
-    or float data min-max scaled (constant -> 0). NaN/inf or non-numeric data -> DataError.
-    """
+
+def image_scaling(array, path="<array>") -> dict:
+    """The scaling of a whole stack, from its values (see the rule above); DataError if there is none.
+
+    Returns {"rule", "bits" (or None), "divisor", "dtype", "min", "max"}: model input = value / divisor."""
     a = np.asarray(array)
     if a.size == 0:
         raise _fail(path, f"image is empty (shape {a.shape})")
     if a.dtype == bool:
-        return a.astype(np.float32)
-    # Fixed ranges for uint8/uint16 keep brightness comparable between files; min-max scaling
-    # would stretch a dim slice and a bright slice to the same contrast.
-    if a.dtype in (np.uint8, np.uint16):
-        return a.astype(np.float32) / np.float32(np.iinfo(a.dtype).max)
+        return {"rule": "boolean 0/1", "bits": None, "divisor": 1.0, "dtype": "bool", "min": 0, "max": 1}
     is_float = np.issubdtype(a.dtype, np.floating)
     if not (is_float or np.issubdtype(a.dtype, np.integer)):
         raise _fail(path, f"unsupported image dtype {a.dtype}")
-    a = a.astype(np.float64)
-    if not np.isfinite(a).all():
+    if is_float and not np.isfinite(a).all():
         raise _fail(path, "image contains NaN or infinite values")
-    lo, hi = float(a.min()), float(a.max())
-    if is_float and lo >= 0.0 and hi <= 1.0:
-        return a.astype(np.float32)  # already a [0, 1] image: keep absolute intensities
-    if hi == lo:
-        return np.zeros(a.shape, np.float32)
-    # Halving first is exact and stops hi - lo overflowing for extreme float64 values.
-    out = (a / 2 - lo / 2) / (hi / 2 - lo / 2)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    lo, hi = a.min().item(), a.max().item()
+    found = {"dtype": str(a.dtype), "min": lo, "max": hi}
+    if is_float and lo >= 0 and hi <= 1:
+        return {"rule": "floats in [0, 1], kept as they are", "bits": None, "divisor": 1.0, **found}
+    if lo < 0:
+        raise _fail(path, f"negative grey values ({a.dtype}, {lo:g}..{hi:g}); save the stack as unsigned "
+                          "8/16-bit integers or as floats in [0, 1]")
+    if is_float and not np.array_equal(a, np.floor(a)):
+        raise _fail(path, f"float grey values {lo:g}..{hi:g} are neither in [0, 1] nor whole grey levels; "
+                          "save the stack as 8/16-bit integers or as floats in [0, 1]")
+    bits = next((b for b in GREY_DEPTHS if hi <= 2 ** b - 1), None)
+    if bits is None:
+        raise _fail(path, f"grey values up to {hi:g} need more than 16 bits; save the stack as 8/16-bit integers")
+    return {"rule": f"{bits}-bit grey levels", "bits": bits, "divisor": float(2 ** bits - 1), **found}
+
+
+def describe_scaling(scaling: dict) -> str:
+    """One phrase for logs and errors, e.g. 'uint16 values 0..250: 8-bit grey levels, / 255'."""
+    text = (f"{scaling.get('dtype')} values {scaling.get('min', '?')}..{scaling.get('max', '?')}: "
+            f"{scaling.get('rule')}" + (f", / {scaling['divisor']:g}" if scaling.get("bits") is not None else ""))
+    return text + (f" ({scaling['note']})" if scaling.get("note") else "")
+
+
+def common_scaling(array, reference: dict, path="<array>", reference_name="the training stack") -> dict:
+    """The scaling that puts `array` on the scale of `reference` (the training stack's, or the one a model
+    was trained with), or DataError when it cannot be done safely.
+
+    Same divisor: nothing to do. Floats already in [0, 1] are model input as they are. Integer data of the
+    reference's type whose values fit the reference's range (a dim stack from the same camera) is scaled
+    like the reference, with a note. Anything else (8-bit next to 12-bit data, values beyond the
+    reference's range) is refused: one of them would be scaled wrongly."""
+    own = image_scaling(array, path)
+    if own["divisor"] == reference["divisor"] or own["bits"] is None:
+        return own
+    if (reference["bits"] is not None and own["dtype"] == reference["dtype"]
+            and own["max"] <= reference["divisor"]):
+        note = (f"by its values {own['bits']}-bit, scaled like {reference_name} "
+                f"({reference['bits']}-bit) so both are on one scale")
+        return {**own, "rule": reference["rule"], "bits": reference["bits"], "divisor": reference["divisor"],
+                "note": note}
+    raise _fail(path, f"{describe_scaling(own)} cannot share one scale with {reference_name} "
+                      f"({describe_scaling(reference)}); save both with one bit depth")
+
+
+def apply_scaling(array, scaling: dict) -> np.ndarray:
+    """Model input (float32) of `array` under `scaling` (from `image_scaling`/`common_scaling` of it)."""
+    a = np.asarray(array)
+    if a.dtype == bool:
+        return a.astype(np.float32)
+    return a.astype(np.float32) / np.float32(scaling["divisor"])
+
+
+def scale_image(array, path="<array>") -> np.ndarray:
+    """Image of any common dtype -> float32 in [0, 1] by its own values (`image_scaling`); `path` only
+    names the file in errors. NaN/inf, negative or non-numeric data -> DataError."""
+    return apply_scaling(array, image_scaling(array, path))
 
 
 def _format_values(values, limit=6) -> str:
@@ -122,9 +179,18 @@ def scale_mask(array, path="<array>") -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- reading
-def _to_zyx(a: np.ndarray, path, colour: bool) -> np.ndarray:
-    """Normalise a decoded image to (z, y, x): colour -> grey, drop leading singleton axes."""
-    if colour:
+def _to_zyx(a: np.ndarray, path, colour: bool, what: str = "image") -> np.ndarray:
+    """Normalise a decoded image to (z, y, x): colour -> grey, drop leading singleton axes.
+
+    A colour *mask* is never averaged into grey (a red-on-black label would become {0, 85}): one whose
+    channels are equal is read from its first channel, any other is refused with a line saying so."""
+    if colour and what == "mask":
+        channels = a[..., :1] if a.shape[-1] == 2 else a[..., :3]
+        if not (channels == channels[..., :1]).all():
+            raise _fail(path, "mask is a colour image (its colour channels differ); save masks as "
+                              "single-channel greyscale 0/255 or 0/1")
+        a = channels[..., 0]
+    elif colour:
         # Grey = mean of the colour channels. Alpha (4th channel, or 2nd of grey+alpha) is
         # opacity, not intensity, so it is left out of the mean.
         channels = a[..., :1] if a.shape[-1] == 2 else a[..., :3]
@@ -139,8 +205,20 @@ def _to_zyx(a: np.ndarray, path, colour: bool) -> np.ndarray:
     return a
 
 
-def read_tiff(path) -> np.ndarray:
-    """Read a TIFF as (z, y, x); a 2D image becomes (1, y, x); colour becomes grey."""
+def _series_to_zyx(series, path, what) -> np.ndarray:
+    a, axes = np.asarray(series.asarray()), series.axes
+    # Colour if the file says so (samples axis last), or if the last axis is 3/4 wide while the
+    # two before it are image-sized: no real z-stack is 3 pixels wide, many RGB exports are.
+    looks_rgb = a.ndim >= 3 and a.shape[-1] in (3, 4) and min(a.shape[-3:-1]) > 4
+    return _to_zyx(a, path, colour=axes.endswith("S") or looks_rgb, what=what)
+
+
+def read_tiff(path, what: str = "image") -> np.ndarray:
+    """Read a TIFF as (z, y, x); a 2D image becomes (1, y, x); colour becomes grey (see `_to_zyx`).
+
+    A TIFF written in several series (e.g. appended chunks) is read whole, its series one after the
+    other along z, when they share one slice shape and dtype; otherwise it is refused: reading only
+    the first series would silently drop the rest."""
     import tifffile  # local: keeps `import mitoseg.data` cheap
 
     path = Path(path)
@@ -154,41 +232,68 @@ def read_tiff(path) -> np.ndarray:
     tiff_logger.setLevel(logging.CRITICAL)
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            a, axes = np.asarray(series.asarray()), series.axes
+            parts = [(_series_to_zyx(series, path, what), series) for series in tif.series]
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types on corrupt input; all mean "bad file"
         raise _fail(path, f"cannot read TIFF ({_one_line(exc) or type(exc).__name__})") from exc
     finally:
         tiff_logger.setLevel(old_level)
-    # Colour if the file says so (samples axis last), or if the last axis is 3/4 wide while the
-    # two before it are image-sized: no real z-stack is 3 pixels wide, many RGB exports are.
-    looks_rgb = a.ndim >= 3 and a.shape[-1] in (3, 4) and min(a.shape[-3:-1]) > 4
-    return _to_zyx(a, path, colour=axes.endswith("S") or looks_rgb)
+    if not parts:
+        raise _fail(path, "cannot read TIFF (no image data)")
+    if len(parts) == 1:
+        return parts[0][0]
+    first = parts[0][0]
+    for a, _ in parts[1:]:
+        if a.shape[1:] != first.shape[1:] or a.dtype != first.dtype:
+            shapes = ", ".join(f"{b.shape[1]}x{b.shape[2]} {b.dtype}" for b, _ in parts[:4])
+            raise _fail(path, f"TIFF holds {len(parts)} series of different slice shapes or types ({shapes}"
+                              f"{', ...' if len(parts) > 4 else ''}); save it as one stack")
+    return np.concatenate([a for a, _ in parts])
 
 
-def _read_image(path: Path) -> np.ndarray:
+def _read_png_mask(path: Path):
+    """A palette (indexed-colour) PNG mask as its palette indices (what label tools write), else None."""
+    from PIL import Image
+    with Image.open(path) as im:
+        return np.asarray(im) if im.mode == "P" else None
+
+
+def _read_image(path: Path, what: str = "image") -> np.ndarray:
     if path.suffix.lower() != ".png":
-        return read_tiff(path)
+        return read_tiff(path, what)
     import imageio.v3 as iio
 
     try:
-        a = np.asarray(iio.imread(path))
+        palette = _read_png_mask(path) if what == "mask" else None
+        a = np.asarray(iio.imread(path)) if palette is None else palette
     except Exception as exc:
         raise _fail(path, f"cannot read PNG ({_one_line(exc) or type(exc).__name__})") from exc
-    return _to_zyx(a, path, colour=a.ndim == 3)  # a 2D PNG is never a stack: 3D means channels
+    if palette is not None:
+        return _to_zyx(a, path, colour=False)
+    return _to_zyx(a, path, colour=a.ndim == 3, what=what)  # a 2D PNG is never a stack: 3D means channels
 
 
 # ----------------------------------------------------------------------------- loading
-def load_stack_pair(image_path, mask_path) -> Volume:
-    """Load an EPFL-style image stack and its ground-truth stack."""
+def _stack_scaling(raw, path, reference, reference_name):
+    if reference is None:
+        return image_scaling(raw, path)
+    return common_scaling(raw, reference, path, reference_name)
+
+
+def load_stack_pair(image_path, mask_path, reference: Optional[dict] = None,
+                    reference_name: str = "the training stack") -> Volume:
+    """Load an EPFL-style image stack and its ground-truth stack. With `reference` (the training stack's
+    scaling) the images are put on that scale or refused (`common_scaling`)."""
     image_path, mask_path = Path(image_path), Path(mask_path)
-    raw_img, raw_mask = read_tiff(image_path), read_tiff(mask_path)
+    raw_img, raw_mask = read_tiff(image_path), read_tiff(mask_path, what="mask")
     if raw_img.shape != raw_mask.shape:
         raise _fail(image_path, f"shape {raw_img.shape} does not match mask {mask_path} "
                                 f"shape {raw_mask.shape}")
-    return Volume(images=scale_image(raw_img, image_path), masks=scale_mask(raw_mask, mask_path),
+    scaling = _stack_scaling(raw_img, image_path, reference, reference_name)
+    return Volume(images=apply_scaling(raw_img, scaling), masks=scale_mask(raw_mask, mask_path),
                   slice_names=[f"{image_path.name}[z={z}]" for z in range(raw_img.shape[0])],
-                  source=f"{image_path} + {mask_path}")
+                  source=f"{image_path} + {mask_path}", scaling={**scaling, "file": str(image_path)})
 
 
 def _natural_key(stem: str):
@@ -211,11 +316,14 @@ def _list_images(folder: Path) -> dict:
     return by_stem
 
 
-def load_folder_pairs(images_dir, masks_dir) -> Volume:
+def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
+                      reference_name: str = "the training images") -> Volume:
     """Load 2D slices from two folders, pairing image and mask by file stem.
 
     Pairing by stem (never by listing order) matters: os.listdir order is filesystem-dependent,
-    and an off-by-one pairing produces a model that trains fine on wrong labels.
+    and an off-by-one pairing produces a model that trains fine on wrong labels. The slices are
+    scaled together, as one stack (a dim slice must not be read at another bit depth than the rest),
+    so every file must share one dtype.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
     imgs, masks = _list_images(images_dir), _list_images(masks_dir)
@@ -230,7 +338,7 @@ def load_folder_pairs(images_dir, masks_dir) -> Volume:
     stems = sorted(imgs, key=_natural_key)
     image_slices, mask_slices, first = [], [], None
     for stem in stems:
-        img, mask = _read_image(imgs[stem]), _read_image(masks[stem])
+        img, mask = _read_image(imgs[stem]), _read_image(masks[stem], what="mask")
         for p, a in ((imgs[stem], img), (masks[stem], mask)):
             if a.shape[0] != 1:
                 raise _fail(p, f"expected a single 2D image, found {a.shape[0]} slices")
@@ -243,10 +351,17 @@ def load_folder_pairs(images_dir, masks_dir) -> Volume:
             raise _fail(imgs[stem], f"shape {img.shape[1]}x{img.shape[2]} differs from "
                                     f"{first[0].name} ({first[1][1]}x{first[1][2]}); "
                                     "all slices must share one shape")
-        image_slices.append(scale_image(img[0], imgs[stem]))
+        elif img.dtype != image_slices[0].dtype:
+            raise _fail(imgs[stem], f"dtype {img.dtype} differs from {first[0].name} ({image_slices[0].dtype}); "
+                                    "all slices must share one type (they are scaled as one stack)")
+        image_scaling(img, imgs[stem])   # NaN, negative or unusual values: name the file
+        image_slices.append(img[0])
         mask_slices.append(scale_mask(mask[0], masks[stem]))
-    return Volume(images=np.stack(image_slices), masks=np.stack(mask_slices),
-                  slice_names=stems, source=f"{images_dir} + {masks_dir}")
+    raw = np.stack(image_slices)
+    scaling = _stack_scaling(raw, images_dir, reference, reference_name)
+    return Volume(images=apply_scaling(raw, scaling), masks=np.stack(mask_slices),
+                  slice_names=stems, source=f"{images_dir} + {masks_dir}",
+                  scaling={**scaling, "file": str(images_dir)})
 
 
 def _find_file(folder: Path, stem: str):
@@ -258,43 +373,79 @@ def _find_file(folder: Path, stem: str):
     return None
 
 
-def _load_optional_pair(data_dir: Path, image, mask, loader, what):
+def _load_optional_pair(data_dir: Path, image, mask, loader, what, reference=None):
     """Load a pair if both exist; None if neither; DataError if only one (likely a mistake)."""
     if image is None and mask is None:
         return None
     if image is None or mask is None:
         have, missing = (image, what[1]) if mask is None else (mask, what[0])
         raise _fail(data_dir, f"found {Path(have).name} but not its partner {missing}")
-    return loader(image, mask)
+    if reference is None:
+        return loader(image, mask)
+    return loader(image, mask, reference.scaling, Path(reference.scaling["file"]).name)
+
+
+def _check_slices(train: Volume, where) -> None:
+    if len(train.images) < 2:
+        raise _fail(where, f"{len(train.images)} slice; training needs at least 2 whole slices "
+                           "(training and validation are separate slices)")
+
+
+def _layout(data_dir: Path):
+    """("stack" | "folders", (train image, train mask), (test image, test mask)) as `load_dataset` reads
+    them (entries None when absent): the one home of the layout rules (also used by `dataset_files`)."""
+    if data_dir.is_file():
+        raise _fail(data_dir, f"is a file, not a data folder; give the folder that holds it ({_EXPECTED_LAYOUT})")
+    if not data_dir.is_dir():
+        raise _fail(data_dir, f"data folder not found ({_EXPECTED_LAYOUT})")
+    sub = lambda name: data_dir / name if (data_dir / name).is_dir() else None
+    stack = (_find_file(data_dir, "training"), _find_file(data_dir, "training_groundtruth"))
+    if any(stack):  # stacks take precedence: they are the canonical EPFL/Lucchi format
+        return "stack", stack, (_find_file(data_dir, "testing"), _find_file(data_dir, "testing_groundtruth"))
+    folders = (sub("images"), sub("masks"))
+    if any(folders):
+        return "folders", folders, (sub("test_images"), sub("test_masks"))
+    raise _fail(data_dir, f"no recognised dataset layout; {_EXPECTED_LAYOUT}")
+
+
+def dataset_files(data_dir) -> list[Path]:
+    """Every file `load_dataset(data_dir)` reads (through symlinked files and folders alike)."""
+    kind, train, test = _layout(Path(data_dir))
+    files = []
+    for part in (*train, *test):
+        if part is not None:
+            files += [part] if kind == "stack" else [part / name for name in
+                                                     sorted(p.name for p in _list_images(part).values())]
+    return files
 
 
 def load_dataset(data_dir):
     """Auto-detect the layout of data_dir and return (train Volume, test Volume or None)."""
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise _fail(data_dir, f"data folder not found ({_EXPECTED_LAYOUT})")
-    sub = lambda name: data_dir / name if (data_dir / name).is_dir() else None
-    stack = (_find_file(data_dir, "training"), _find_file(data_dir, "training_groundtruth"))
-    folders = (sub("images"), sub("masks"))
-    if any(stack):  # stacks take precedence: they are the canonical EPFL/Lucchi format
-        train = _load_optional_pair(data_dir, *stack, load_stack_pair,
+    kind, train_pair, test_pair = _layout(data_dir)
+    if kind == "stack":
+        train = _load_optional_pair(data_dir, *train_pair, load_stack_pair,
                                     ("training.tif", "training_groundtruth.tif"))
-        test = _load_optional_pair(data_dir, _find_file(data_dir, "testing"),
-                                   _find_file(data_dir, "testing_groundtruth"), load_stack_pair,
-                                   ("testing.tif", "testing_groundtruth.tif"))
-        mask_name = stack[1]
-    elif any(folders):
-        train = _load_optional_pair(data_dir, *folders, load_folder_pairs, ("images/", "masks/"))
-        test = _load_optional_pair(data_dir, sub("test_images"), sub("test_masks"),
-                                   load_folder_pairs, ("test_images/", "test_masks/"))
-        mask_name = folders[1]
+        _check_slices(train, train_pair[0])
+        test = _load_optional_pair(data_dir, *test_pair, load_stack_pair,
+                                   ("testing.tif", "testing_groundtruth.tif"), reference=train)
     else:
-        raise _fail(data_dir, f"no recognised dataset layout; {_EXPECTED_LAYOUT}")
+        train = _load_optional_pair(data_dir, *train_pair, load_folder_pairs, ("images/", "masks/"))
+        _check_slices(train, train_pair[0])
+        test = _load_optional_pair(data_dir, *test_pair, load_folder_pairs,
+                                   ("test_images/", "test_masks/"), reference=train)
     if not train.masks.any():
         # An all-background mask trains a model that predicts background everywhere and still
         # reports ~100% pixel accuracy; stop here instead.
-        raise _fail(mask_name, "masks contain no foreground pixels")
+        raise _fail(train_pair[1], "masks contain no foreground pixels")
     return train, test
+
+
+def log_scaling(train_scaling: Optional[dict], test_scaling: Optional[dict], log) -> None:
+    """The chosen scaling of the training (and test) images, one line each (README: Data layouts)."""
+    for what, scaling in (("training", train_scaling), ("test", test_scaling)):
+        if scaling is not None:
+            log(f"image scaling ({what}): {scaling.get('file', '?')}: {describe_scaling(scaling)}")
 
 
 # ----------------------------------------------------------------------------- splitting & patches
@@ -452,6 +603,18 @@ def make_synthetic_em(n_slices=12, height=256, width=256, seed=0, foreground_tar
     img = gaussian_filter(img, sigma=(0, 0.7, 0.7))  # microscope blur: soft, not pixel-hard edges
     img += np.float32(0.05) * rng.standard_normal(shape, dtype=np.float32)
     return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), masks * np.uint8(255)
+
+
+def synthetic_volumes(n_slices: int, size: int) -> tuple[Volume, Volume]:
+    """The built-in synthetic training volume (seed 1234) and its 4-slice test volume (seed 4321)."""
+    def volume(n, seed, name, source):
+        images, masks = make_synthetic_em(n, size, size, seed=seed)
+        scaling = {**image_scaling(images, name), "file": name}
+        return Volume(apply_scaling(images, scaling), scale_mask(masks, name),
+                      [f"{name}[z={z}]" for z in range(n)], source, scaling)
+
+    return (volume(n_slices, 1234, "synthetic", f"built-in synthetic EM ({n_slices} x {size}^2, seed 1234)"),
+            volume(4, 4321, "synthetic_test", "built-in synthetic EM test (seed 4321)"))
 
 
 def _atomic_imwrite(path: Path, array: np.ndarray) -> None:

@@ -12,6 +12,7 @@ import dataclasses
 import datetime as _dt
 import itertools
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -29,29 +30,26 @@ CONFIRM_CONFIG_NAME = "confirm_config.json"   # the confirmation stage's cells (
 STAGES = ("grid", "confirm")
 
 
+_DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3],
+                 "batch_sizes": [8, 16, 32], "seeds": [42]}
+
+
 @dataclass
 class GridConfig:
     # Scientific hyperparameter: the architecture. Nuisance ones, optimised away per architecture:
     # learning rate and batch size. Seeds repeat every cell to measure run-to-run noise.
-    architectures: list = field(default_factory=lambda: list(ARCHITECTURES))
-    learning_rates: list = field(default_factory=lambda: [1e-4, 5e-4, 1e-3, 5e-3])
-    batch_sizes: list = field(default_factory=lambda: [8, 16, 32])
-    seeds: list = field(default_factory=lambda: [42])
+    architectures: list = field(default_factory=lambda: list(_DEFAULT_AXES["architectures"]))
+    learning_rates: list = field(default_factory=lambda: list(_DEFAULT_AXES["learning_rates"]))
+    batch_sizes: list = field(default_factory=lambda: list(_DEFAULT_AXES["batch_sizes"]))
+    seeds: list = field(default_factory=lambda: list(_DEFAULT_AXES["seeds"]))
     # Fixed settings shared by every cell (any TrainConfig field except the four above).
     fixed: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("architectures", "learning_rates", "batch_sizes", "seeds"):
-            if not getattr(self, name):
-                raise ValueError(f"grid {name} is empty")
-        for arch in self.architectures:
-            if arch not in ARCHITECTURES:
-                raise ValueError(f"unknown architecture {arch!r} in grid; choose from {', '.join(ARCHITECTURES)}")
-        cell_keys = {"architecture", "learning_rate", "batch_size", "seed"}
-        clash = cell_keys & set(self.fixed)
-        if clash:
-            raise ValueError(f"fixed settings may not set grid axes: {sorted(clash)}")
-        TrainConfig.from_dict(dict(self.fixed)).validate()  # unknown keys / bad values fail here
+        problems = grid_problems(dataclasses.asdict(self))
+        if problems:
+            more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
+            raise ValueError(problems[0] + more)
 
     @property
     def size(self) -> int:
@@ -72,12 +70,125 @@ class GridConfig:
     def load(cls, path) -> "GridConfig":
         path = Path(path)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            return cls.from_dict(read_grid_json(path))
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a valid grid config ({err})") from None
 
     def save(self, path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+# --- paths given by the user -----------------------------------------------------------------------
+def absolute_path(path) -> str:
+    """A path from a command line, an environment variable or a grid file, made absolute against the
+    user's working directory NOW (a relative path would otherwise be read later against another folder,
+    e.g. the repository, where a train_one.py process runs)."""
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def with_absolute_paths(grid: GridConfig) -> GridConfig:
+    data_dir = grid.fixed.get("data_dir")
+    if not data_dir:
+        return grid
+    return GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": absolute_path(data_dir)}})
+
+
+def load_user_grid(path) -> GridConfig:
+    """A grid file given by the user: validated, its paths made absolute against the current folder."""
+    return with_absolute_paths(GridConfig.load(path))
+
+
+def grid_differences(old: GridConfig, new: GridConfig, limit: int = 3) -> list[str]:
+    """'learning_rates [0.001] -> [0.001, 0.005]'-style phrases for the axes and fixed settings that differ."""
+    a, b = old.to_dict(), new.to_dict()
+    a.update({f"fixed.{k}": v for k, v in a.pop("fixed").items()})
+    b.update({f"fixed.{k}": v for k, v in b.pop("fixed").items()})
+    diffs = [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+             if a.get(k, "(unset)") != b.get(k, "(unset)")]
+    return diffs[:limit] + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+def check_flags_against_study(study_dir, requested: GridConfig, grid_flag: Optional[str] = None,
+                              data_dir: Optional[str] = None) -> None:
+    """ValueError (one line) when flags given for an EXISTING study contradict its grid_config.json:
+    a --grid-config (or --demo) whose grid differs, or a --data-dir other than the study's data folder.
+    Flags that agree with the study are fine; a study never silently ignores what it was told."""
+    path = Path(study_dir) / GRID_CONFIG_NAME
+    if not path.exists():
+        return
+    existing = GridConfig.load(path)
+    if grid_flag and requested.to_dict() != existing.to_dict():
+        raise ValueError(f"{grid_flag} differs from the existing study's {path} "
+                         f"({'; '.join(grid_differences(existing, requested))}); omit it to continue the study "
+                         "as it is, or start a new study")
+    if data_dir and not grid_flag:
+        current = existing.fixed.get("data_dir")
+        if current is None or absolute_path(current) != absolute_path(data_dir):
+            raise ValueError(f"--data-dir {absolute_path(data_dir)} contradicts the existing study's {path} "
+                             f"(data_dir {current!r}); omit it to continue the study, or start a new study")
+
+
+def _no_repeated_keys(pairs):
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:   # json.loads would silently keep the last one
+        raise ValueError(f"key {', '.join(map(repr, repeated))} appears more than once")
+    return dict(pairs)
+
+
+def read_grid_json(path) -> dict:
+    """The JSON of a grid file; ValueError for a key written twice (a slip JSON itself accepts)."""
+    return json.loads(Path(path).read_text(), object_pairs_hook=_no_repeated_keys)
+
+
+def check_absolute_data_dir(grid: "GridConfig", where) -> None:
+    """A study's data_dir must be absolute: a relative one is read against whatever folder a cell runs in."""
+    data_dir = grid.fixed.get("data_dir")
+    if data_dir and not os.path.isabs(data_dir):
+        raise ValueError(f"{where}: data_dir {data_dir!r} is relative, so every cell would read it against the "
+                         "folder it happens to run in; write the absolute path")
+
+
+_AXES = {  # axis -> (the cell field it sets, what each value must be, is_ok(value))
+    "architectures": ("architecture", f"one of {', '.join(ARCHITECTURES)}", lambda v: v in ARCHITECTURES),
+    "learning_rates": ("learning_rate", "a finite number > 0",
+                       lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
+    "batch_sizes": ("batch_size", "an integer > 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "seeds": ("seed", "an integer in 0 .. 2**32-1",
+              lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 32),
+}
+
+
+def grid_problems(values: dict) -> list[str]:
+    """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never
+    coerced: "false" is not false, 4.9 is not a batch size, and a repeated value would make two
+    identical cells. The pre-flight check (`run_study.py verify`) lists them as FAIL rows."""
+    if not isinstance(values, dict):
+        return [f"a grid config must be a JSON object, got {type(values).__name__}"]
+    known = {f.name for f in dataclasses.fields(GridConfig)}
+    problems = [f"unknown grid key {k!r} (known: {', '.join(sorted(known))})" for k in sorted(set(values) - known)]
+    for axis, (_, want, ok) in _AXES.items():
+        items = values.get(axis, _DEFAULT_AXES[axis])
+        if not isinstance(items, list) or not items:
+            problems.append(f"{axis} must be a non-empty list, got {items!r}")
+            continue
+        problems += [(f"unknown architecture {v!r} in grid; choose from {', '.join(ARCHITECTURES)}"
+                      if axis == "architectures" else f"{axis}[{i}] must be {want}, got {v!r}")
+                     for i, v in enumerate(items) if not ok(v)]
+        repeated = sorted({repr(v) for i, v in enumerate(items) if v in items[:i] and ok(v)})
+        if repeated:
+            problems.append(f"{axis} repeats {', '.join(repeated)} (two identical cells)")
+    fixed = values.get("fixed", {})
+    if not isinstance(fixed, dict):
+        return problems + [f"fixed must be a JSON object, got {fixed!r}"]
+    clash = sorted({field for field, _, _ in _AXES.values()} & set(fixed))
+    if clash:
+        problems.append(f"fixed settings may not set grid axes: {clash}")
+    try:
+        config = TrainConfig.from_dict({k: v for k, v in fixed.items() if k not in clash})
+    except (TypeError, ValueError) as err:
+        return problems + [f"fixed: {err}"]
+    return problems + [f"fixed.{text}" for _, text in config.problems()]
 
 
 def default_grid() -> GridConfig:
@@ -271,7 +382,7 @@ def main(argv=None) -> int:
         if args.study_dir:
             grid = load_study_grid(args.study_dir)
         elif args.grid_config:
-            grid = GridConfig.load(args.grid_config)
+            grid = load_user_grid(args.grid_config)
         else:
             grid = demo_grid() if args.demo else default_grid()
     except ValueError as err:

@@ -39,3 +39,15 @@ def atomic_save(path, save_fn) -> None:
         except OSError:
             pass
         raise
+
+
+def same_file(a, b) -> bool:
+    """True when paths a and b name one file: the same path after resolving symlinks and '..', or (both
+    existing) the same inode, which also catches hard links and case-insensitive file systems."""
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()

@@ -52,6 +52,8 @@ SLURM_SCRIPT = REPO_DIR / "slurm_hyperparameter_optimization.sh"
 POINTER_DIR = ".mitoseg_jobs"
 ANALYSIS_SCRIPT_NAME = "run_analysis.sh"
 DONE_STATUSES = ("ok", "diverged")
+BUSY_STATE = "running elsewhere"   # train_one.py exit 4: another process holds the cell's lock
+EXIT_BUSY = 4
 CONTAINER_ENV = "TF_CONTAINER"          # path of the Singularity/Apptainer TensorFlow image
 EXAMPLE_CONTAINER = "/apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif"  # example only, site-specific
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
@@ -163,11 +165,14 @@ def base_grid(grid_config: Optional[str] = None, data_dir: Optional[str] = None,
     """The grid a new study is created with: a JSON file, the demo grid or the default one;
     `data_dir` (e.g. $DATA_DIR) fills fixed.data_dir when the grid does not name one."""
     if grid_config:
-        grid = G.GridConfig.load(grid_config)
+        grid = G.load_user_grid(grid_config)
     else:
         grid = G.demo_grid() if demo else G.default_grid()
-    if data_dir and not grid.fixed.get("data_dir"):
-        grid = G.GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": str(data_dir)}})
+    if data_dir and grid.fixed.get("data_dir") and G.absolute_path(data_dir) != grid.fixed["data_dir"]:
+        raise ValueError(f"--data-dir/$DATA_DIR {G.absolute_path(data_dir)} contradicts data_dir "
+                         f"{grid.fixed['data_dir']} in {grid_config}; give only one")
+    if data_dir and not grid.fixed.get("data_dir"):   # absolute: cells run in another folder
+        grid = G.GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": G.absolute_path(data_dir)}})
     return grid
 
 
@@ -404,7 +409,16 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     grid_config = grid_config or env.get("GRID_CONFIG") or None
     study, how = resolve_study_dir(root, env)
     study = study.resolve()
-    grid = G.init_study(study, base_grid(grid_config, env.get("DATA_DIR")))
+    try:
+        requested = base_grid(grid_config, env.get("DATA_DIR"))
+        G.check_flags_against_study(study, requested, grid_config and f"$GRID_CONFIG/--grid-config {grid_config}",
+                                    env.get("DATA_DIR"))
+        grid = G.init_study(study, requested)
+        from .identity import check_study   # settings only: the data is checked per cell by train_one.py
+        check_study(study, grid)
+    except ValueError as err:
+        log(f"error: {err}")
+        return 2
     log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}")
     try:
         G.study_cell_at(study, grid, index)   # a grid cell, or a confirmation cell after the grid
@@ -542,8 +556,12 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                 done += 1
                 rec = cell_record(study_dir, cell) or {}
                 state = rec.get("status") or ("failed" if code else cell_state(study_dir, cell))
+                if code == EXIT_BUSY:
+                    state, rec = BUSY_STATE, {}
                 note = rec.get("error") or ("" if code in (0, None) else f"exit {code}; see {logs_dir / (cell.name + '.out')}")
-                if code and not rec:
+                if code == EXIT_BUSY:
+                    note = "another process is training it; not started here"
+                elif code and not rec:
                     note = _last_error_line(logs_dir / f"{cell.name}.out") or note
                 rows[idx] = dict(cell=cell, state=state, note=note or "", iou=rec.get("best_val_iou"),
                                  baseline=rec.get("all_foreground_jaccard"), epochs=rec.get("epochs_run"),

@@ -37,6 +37,7 @@ DONE_STATUSES = ("ok", "diverged")   # finished cells; failed/interrupted ones a
 HISTORY_COLUMNS = ["epoch", "loss", "jaccard", "iou", "val_loss", "val_jaccard", "val_iou", "val_dice",
                    "val_precision", "val_recall", "val_predicted_foreground_fraction", "learning_rate", "time_s"]
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_BUSY = 4   # another process holds the cell's lock (mitoseg/celllock.py): nothing was done
 
 
 def log(message: str) -> None:
@@ -53,15 +54,7 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
 
     def load():
         if config.data_dir is None:
-            images, masks = data.make_synthetic_em(config.synthetic_slices, config.synthetic_size,
-                                                   config.synthetic_size, seed=1234)
-            train = data.Volume(data.scale_image(images, "synthetic"), data.scale_mask(masks, "synthetic"),
-                                [f"synthetic[z={z}]" for z in range(len(images))],
-                                f"built-in synthetic EM ({config.synthetic_slices} x {config.synthetic_size}^2, seed 1234)")
-            t_images, t_masks = data.make_synthetic_em(4, config.synthetic_size, config.synthetic_size, seed=4321)
-            test = data.Volume(data.scale_image(t_images, "synthetic"), data.scale_mask(t_masks, "synthetic"),
-                               [f"synthetic_test[z={z}]" for z in range(4)], "built-in synthetic EM test (seed 4321)")
-            return train, test
+            return data.synthetic_volumes(config.synthetic_slices, config.synthetic_size)
         train, test = data.load_dataset(config.data_dir)
         if test is None and config.test_fraction > 0:
             train, test = hold_out_test_slices(train, config.test_fraction)
@@ -81,9 +74,10 @@ def hold_out_test_slices(volume, test_fraction: float):
         raise data.DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
     rest, test_idx = data.split_slices(n, test_fraction, "start")
     test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
-                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}")
+                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}",
+                       volume.scaling)
     train = data.Volume(volume.images[rest], volume.masks[rest], [volume.slice_names[i] for i in rest],
-                        f"{volume.source} slices {rest[0]}..{rest[-1]}")
+                        f"{volume.source} slices {rest[0]}..{rest[-1]}", volume.scaling)
     return train, test
 
 
@@ -108,7 +102,7 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
                  "train_slices": [int(i) for i in train_idx], "val_slices": [int(i) for i in val_idx],
                  "val_slice_names": [train_volume.slice_names[i] for i in val_idx],
                  "n_train_patches": int(len(x_train)), "n_val_patches": int(len(x_val)),
-                 "train_foreground_fraction": float(y_train.mean())}
+                 "train_foreground_fraction": float(y_train.mean()), "scaling": train_volume.scaling}
         return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "split": split}
 
     if cache_dir is None:
@@ -369,27 +363,61 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
     except ValueError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
-    status = existing_status(paths)
-    if status in DONE_STATUSES and not force:
-        log(f"{paths.name}: already finished (status {status}); skipping. Use --force to retrain.")
-        return load_results(paths.results_json), EXIT_OK
+    finished = _finished_cell(paths, config, force)
+    if finished is not None:
+        return finished
 
     from .data import DataError
+    from .identity import data_fingerprint
     try:
         train_volume, test_volume = load_cell_data(config, cache_dir)
         for volume in (train_volume, test_volume):
             _check_patch_fits(volume, config.patch_size)
         arrays = prepare_arrays(train_volume, config, cache_dir)
+        arrays["split"]["data_fingerprint"] = data_fingerprint(config.data_dir)
     except DataError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
+    from .celllock import try_lock
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
         with open(paths.log, "a"):
             pass
+        lock, holder = try_lock(exp_dir)
     except OSError as err:
         log(f"error: {exp_dir}: cannot write the experiment folder ({err.strerror or err})")
         return None, EXIT_FAILED
+    if lock is None:
+        log(f"{paths.name}: another process is training this cell ({holder}); moving on")
+        return None, EXIT_BUSY
+    with lock:
+        finished = _finished_cell(paths, config, force)   # it may have finished while we loaded the data
+        if finished is not None:
+            return finished
+        return _run_locked(config, paths, arrays, test_volume, force, started)
+
+
+def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool):
+    """(record, exit code) when the cell is finished with the settings and data of `config` (skip it), or
+    one refusal line when it finished with others (--force retrains it); None when it has to run."""
+    from .identity import data_fingerprint, finished_cell_differences
+    status = existing_status(paths)
+    if status not in DONE_STATUSES or force:
+        return None
+    record = load_results(paths.results_json)
+    differs = finished_cell_differences(record, config.to_dict(), data_fingerprint(config.data_dir))
+    if differs:
+        log(f"error: {paths.exp_dir}: finished (status {status}) with other settings or data "
+            f"({'; '.join(differs)}); rerun with --force to retrain it")
+        return None, EXIT_BAD_INPUT
+    if (record.get("data") or {}).get("data_fingerprint") is None and config.data_dir is not None:
+        log(f"{paths.name}: no data fingerprint recorded (older results): skipping on its settings alone")
+    log(f"{paths.name}: already finished (status {status}); skipping (same settings and data). Use --force to retrain.")
+    return record, EXIT_OK
+
+
+def _run_locked(config, paths, arrays, test_volume, force, started):
+    exp_dir = paths.exp_dir
     for stale in exp_dir.glob(".*.tmp*"):   # temporary files of a run SIGKILLed mid-write (io_utils names)
         with contextlib.suppress(OSError):
             if stale.is_file():
@@ -408,6 +436,8 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
     log(f"data: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
         f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
         f"val foreground {baselines['foreground_fraction']:.3f}, all-foreground IoU {baselines['all_foreground_jaccard']:.3f}")
+    from .data import log_scaling
+    log_scaling(split.get("scaling"), test_volume.scaling if test_volume is not None else None, log)
     record = empty_record(
         experiment_id=name, status="failed", architecture=config.architecture,
         learning_rate=float(config.learning_rate), batch_size=int(config.batch_size), seed=int(config.seed),
@@ -516,6 +546,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
                                              batch_size=config.batch_size, channels=config.input_channels,
                                              slice_names=test_volume.slice_names)
             split["test_source"] = test_volume.source
+            split["test_scaling"] = test_volume.scaling
             split["test_slice_names"] = list(test_volume.slice_names)
             log(f"held-out test ({record['test']['n_slices']} whole slices, tiled): IoU {record['test']['iou']:.4f} "
                 f"Dice {record['test']['dice']:.4f} (all-foreground baseline {record['test']['all_foreground_jaccard']:.4f})")

@@ -314,6 +314,26 @@ def run_checks(grid: G.GridConfig, output_root=".", pbs_script=None, slurm_scrip
     return rows
 
 
+def check_grid_values(grid_config: Optional[str], data_dir: Optional[str] = None, demo: bool = False) -> list[Row]:
+    """Types and ranges of the grid file and the data flag (mitoseg.grid.grid_problems): one FAIL row per
+    problem, so a bad value is seen before anything is queued; one PASS row otherwise."""
+    source = grid_config or ("the demo grid" if demo else "the default grid")
+    if grid_config:
+        try:
+            raw = G.read_grid_json(grid_config)
+        except (OSError, ValueError) as err:
+            return [Row("grid values", FAIL, f"{grid_config}: not a readable grid config ({err})")]
+        problems = G.grid_problems(raw)
+        if problems:
+            return [Row("grid values", FAIL, f"{grid_config}: {text}") for text in problems]
+    try:
+        grid = R.base_grid(grid_config, data_dir, demo)
+    except ValueError as err:
+        return [Row("grid values", FAIL, str(err))]
+    return [Row("grid values", PASS, f"{source}: {grid.size} cells, every axis and fixed setting of the right "
+                                     "type and range, no repeated values")]
+
+
 def format_table(rows: list[Row]) -> str:
     width = max(len(r.check) for r in rows)
     lines = [f"{'check':<{width}}  result  detail", "-" * (width + 60)]
@@ -328,11 +348,16 @@ def format_table(rows: list[Row]) -> str:
 
 def main(args) -> int:
     """`run_study.py verify` (args from its parser)."""
+    value_rows = check_grid_values(args.grid_config, args.data_dir, args.demo)
+    if any(r.status == FAIL for r in value_rows):
+        print(format_table(value_rows), flush=True)
+        return 1
     grid = R.base_grid(args.grid_config, args.data_dir, args.demo)
     print(f"Verifying the setup for a study of {grid.size} cells (fixed settings: {json.dumps(grid.fixed, sort_keys=True)})",
           flush=True)
     rows = run_checks(grid, args.output_root, args.pbs_script, args.slurm_script,
                       env_probe=not args.skip_env_probe)
+    rows = value_rows + rows
     print(format_table(rows), flush=True)
     return 1 if any(r.status == FAIL for r in rows) else 0
 

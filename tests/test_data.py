@@ -1,4 +1,5 @@
 """Tests for mitoseg.data: validation messages, pairing, tiling, splitting, synthetic EM."""
+import re
 import time
 from pathlib import Path
 
@@ -73,10 +74,21 @@ def test_scale_image_dtypes():
     np.testing.assert_array_equal(scale_image(np.array([True, False]), "i"), [1, 0])
     kept = np.array([0.2, 0.3], np.float64)  # already [0, 1]: intensities kept, not stretched
     np.testing.assert_allclose(scale_image(kept, "i"), kept)
-    np.testing.assert_allclose(scale_image(np.array([-2.0, 0.0, 2.0]), "i"), [0, 0.5, 1])
-    np.testing.assert_allclose(scale_image(np.array([-5, 5], np.int16), "i"), [0, 1])
-    assert scale_image(np.full(4, 7.0), "i").max() == 0  # constant out of range: no div by 0
-    for arr in (np.array([0, 255], np.uint8), np.array([0.5, 3.0])):
+    # Scaled by the values used, not the type (issue 13): 8-bit data in uint16 or as whole-number floats
+    # gives exactly the input of the same uint8 data; 12-bit data is divided by 4095.
+    grey = np.array([0, 51, 255], np.uint8)
+    for same in (grey.astype(np.uint16), grey.astype(np.float32), grey.astype(np.int32)):
+        np.testing.assert_array_equal(scale_image(same, "i"), scale_image(grey, "i"))
+    np.testing.assert_allclose(scale_image(np.array([0, 4095], np.uint16), "i"), [0, 1])
+    np.testing.assert_allclose(scale_image(np.array([0, 300], np.uint16), "i"), [0, 300 / 1023])
+    assert scale_image(np.full(4, 7.0), "i").max() == pytest.approx(7 / 255)  # whole grey levels, no div by 0
+    for refused, why in ((np.array([-2.0, 0.0, 2.0]), "negative grey values"),
+                         (np.array([-5, 5], np.int16), "negative grey values"),
+                         (np.array([0.5, 3.25]), "neither in [0, 1] nor whole grey levels"),
+                         (np.array([0, 70000], np.uint32), "more than 16 bits")):
+        with pytest.raises(DataError, match=re.escape(why)):
+            scale_image(refused, "i.tif")
+    for arr in (np.array([0, 255], np.uint8), np.array([0.5, 1.0]), np.array([1.0, 3.0])):
         assert scale_image(arr, "i").dtype == np.float32
     for bad in (np.nan, np.inf):
         with pytest.raises(DataError) as exc:

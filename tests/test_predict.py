@@ -81,7 +81,7 @@ def test_one_line_errors(case, model_path, stack, capsys):
     elif case == "bad_model":
         (stack / "bad.keras").write_bytes(b"not a model")
         args[1] = str(stack / "bad.keras")
-        expect = "cannot load model"
+        expect = "bad.keras: not a Keras model (a .keras model is a zip archive"
     elif case == "missing_input":
         args[3] = str(stack / "nope.tif")
         expect = "file not found"
@@ -109,6 +109,82 @@ def test_one_line_errors(case, model_path, stack, capsys):
     lines = _err_line(capsys)
     assert len(lines) == 1 and expect in lines[0], lines
     assert not (stack / "o.tif").exists()
+
+
+# --- never overwrite an input (issue 13) -----------------------------------------------------------
+def _digests(folder):
+    import hashlib
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", ["output_is_input", "output_is_ground_truth", "overlay_is_input",
+                                  "output_via_symlink", "output_via_hardlink", "output_via_dotdot",
+                                  "output_is_model", "overlay_is_output", "existing_output"])
+def test_outputs_never_replace_inputs(case, model_path, stack, capsys):
+    import os
+    m = stack / "m.keras"
+    m.write_bytes(model_path.read_bytes())
+    inp, gt = stack / "in.tif", stack / "gt.tif"
+    args = {"--model": m, "--input": inp, "--output": stack / "o.tif"}
+    expect = "is the same file as"
+    if case == "output_is_input":
+        args["--output"] = inp
+    elif case == "output_is_ground_truth":
+        args.update({"--ground-truth": gt, "--output": gt})
+    elif case == "overlay_is_input":
+        (stack / "in.png").symlink_to(inp)
+        args.update({"--ground-truth": gt, "--overlay": stack / "in.png"})
+    elif case == "output_via_symlink":
+        (stack / "link.tif").symlink_to(inp)
+        args["--output"] = stack / "link.tif"
+    elif case == "output_via_hardlink":
+        os.link(inp, stack / "hard.tif")
+        args["--output"] = stack / "hard.tif"
+    elif case == "output_via_dotdot":
+        (stack / "sub").mkdir()
+        args["--output"] = stack / "sub" / ".." / "in.tif"
+    elif case == "output_is_model":
+        (stack / "model.tif").symlink_to(m)
+        args["--output"] = stack / "model.tif"
+    elif case == "overlay_is_output":
+        args.update({"--ground-truth": gt, "--output": stack / "o.png.tif", "--overlay": stack / "x.png"})
+        (stack / "x.png").symlink_to(stack / "o.png.tif")
+        expect = "name the same file"
+    else:
+        tifffile.imwrite(stack / "o.tif", np.zeros((1, 4, 4), np.uint8))
+        expect = "already exists; add --overwrite to replace it"
+    before = _digests(stack)
+    argv = [str(x) for kv in args.items() for x in kv] + ["--quiet"]
+    assert predict.main(argv) == predict.EXIT_BAD_INPUT
+    lines = _err_line(capsys)
+    assert len(lines) == 1 and expect in lines[0], lines
+    assert _digests(stack) == before, "an input or an existing file was changed"
+    if case == "existing_output":   # --overwrite replaces an earlier output, and only that
+        assert predict.main(argv + ["--overwrite"]) == 0
+        assert tifffile.imread(stack / "o.tif").dtype == np.float32
+        assert _digests(stack)["in.tif"] == before["in.tif"]
+
+
+def test_overwrite_never_allows_replacing_an_input(model_path, stack, capsys):
+    before = _digests(stack)
+    argv = ["--model", str(model_path), "--input", str(stack / "in.tif"), "--output", str(stack / "in.tif"),
+            "--overwrite", "--quiet"]
+    assert predict.main(argv) == predict.EXIT_BAD_INPUT
+    assert "is the same file as --input" in _err_line(capsys)[0]
+    assert _digests(stack) == before
+
+
+def test_study_overlays_need_overwrite_to_replace(model_path, tmp_path, capsys):
+    study = tmp_path / "study"
+    _fake_cell(study, "exp_00_UNet_lr0.001_bs8", "UNet", model_path, val_iou=0.9)
+    assert predict.main(["--study-dir", str(study), "--overlays", "--n-slices", "1"]) == 0
+    png = study / "overlays" / "overlay_UNet.png"
+    first = png.read_bytes()
+    capsys.readouterr()
+    assert predict.main(["--study-dir", str(study), "--overlays", "--n-slices", "1"]) == predict.EXIT_BAD_INPUT
+    assert "overlay_UNet.png already exists; add --overwrite" in _err_line(capsys)[0]
+    assert png.read_bytes() == first
+    assert predict.main(["--study-dir", str(study), "--overlays", "--n-slices", "1", "--overwrite"]) == 0
 
 
 def _fake_cell(study, name, arch, model_path, val_iou, test_iou=None, status="ok"):
@@ -163,3 +239,58 @@ def test_real_keras_model_blends_without_seams():
     expected = 1 / (1 + np.exp(-(4 * img - 2)))
     got = inference.predict_slices(model, img, inference.model_patch_size(model), tta=True)
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+# --- the model's recorded scaling (issue 13) ---------------------------------------------------------
+def _cell_with_scaling(tmp_path, model_path, scaling):
+    exp = tmp_path / "exp_UNet_lr0.001_bs8_seed42"
+    exp.mkdir()
+    model = exp / f"{exp.name}_model.keras"
+    model.write_bytes(model_path.read_bytes())
+    rec = empty_record(experiment_id=exp.name, status="ok", architecture="UNet", learning_rate=1e-3, batch_size=8,
+                       seed=42, started_at="s", finished_at="f", files={"model": model.name},
+                       data={} if scaling is None else {"scaling": scaling})
+    save_results(exp / f"{exp.name}_results.json", rec)
+    return model
+
+
+def test_same_grey_values_in_any_container_give_the_same_prediction(model_path, tmp_path, capsys):
+    from mitoseg import data
+    grey = np.random.default_rng(1).integers(0, 256, (2, 40, 40)).astype(np.uint8)
+    model = _cell_with_scaling(tmp_path, model_path, data.image_scaling(grey))
+    outs = []
+    for name, arr in (("u8", grey), ("u16", grey.astype(np.uint16)), ("f32", grey.astype(np.float32))):
+        tifffile.imwrite(tmp_path / f"{name}.tif", arr)
+        assert predict.main(["--model", str(model), "--input", str(tmp_path / f"{name}.tif"),
+                             "--output", str(tmp_path / f"p_{name}.tif"), "--quiet"]) == 0
+        outs.append(tifffile.imread(tmp_path / f"p_{name}.tif"))
+        out = capsys.readouterr().out
+        assert "input scaling: " in out and "8-bit grey levels, / 255" in out and "the model was trained on" in out
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_input_that_cannot_share_the_models_scale_is_refused(model_path, tmp_path, capsys):
+    from mitoseg import data
+    twelve_bit = data.image_scaling(np.array([0, 4000], np.uint16))
+    model = _cell_with_scaling(tmp_path, model_path, twelve_bit)
+    tifffile.imwrite(tmp_path / "u8.tif", np.full((1, 40, 40), 200, np.uint8))
+    args = ["--model", str(model), "--input", str(tmp_path / "u8.tif"), "--output", str(tmp_path / "o.tif"), "--quiet"]
+    assert predict.main(args) == predict.EXIT_BAD_INPUT
+    line = _err_line(capsys)
+    assert len(line) == 1 and "u8.tif" in line[0] and "cannot share one scale" in line[0], line
+    assert not (tmp_path / "o.tif").exists()
+    # A dim stack of the model's own type is put on the model's scale (/4095), not stretched to 8 bits.
+    dim = np.full((1, 40, 40), 200, np.uint16)
+    tifffile.imwrite(tmp_path / "dim.tif", dim)
+    args[3] = str(tmp_path / "dim.tif")
+    assert predict.main(args) == 0
+    assert "12-bit grey levels, / 4095 (by its values 8-bit, scaled like" in capsys.readouterr().out
+
+
+def test_model_without_recorded_scaling_says_so(model_path, tmp_path, capsys):
+    model = _cell_with_scaling(tmp_path, model_path, None)   # an older results JSON: no data.scaling
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((1, 40, 40), np.uint16))
+    assert predict.main(["--model", str(model), "--input", str(tmp_path / "in.tif"), "--output",
+                         str(tmp_path / "o.tif"), "--quiet"]) == 0
+    assert "records no image scaling" in capsys.readouterr().out

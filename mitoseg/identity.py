@@ -1,0 +1,102 @@
+"""A cell's identity: its resolved settings and the data it read. A finished cell counts as finished only
+for the settings and data it was trained with.
+
+* `config_differences`: what differs between a recorded resolved config and the one that would run now;
+* `data_fingerprint`: a hash over every file the data loader reads (resolved through symlinks, size,
+  mtime), recorded in the results JSON as `data.data_fingerprint`; the built-in synthetic data has none
+  (it is fixed by the config's synthetic_* settings);
+* `finished_cell_differences`: both of the above for one finished results record (train_one.py refuses
+  to skip a finished cell that differs, and retrains it only with --force);
+* `check_study`: every finished exp_ folder of a study against its grid_config.json (run before a local
+  run or a submission: a hand-edited grid cannot mix cells of different settings in one comparison).
+
+Standard library only at import time (array elements run `check_study` on the host Python); the
+fingerprint imports mitoseg.cache lazily. Results written before these fields existed still load: a
+record without a fingerprint is compared on its config alone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+DONE_STATUSES = ("ok", "diverged")
+_UNSET = "(unset)"
+
+
+def config_differences(recorded: dict, current: dict, limit: int = 4) -> list[str]:
+    """['epochs 1 -> 2', ...] for every setting that differs; fields the recorded config predates are
+    compared with their default."""
+    from .config import TrainConfig
+    try:
+        old = TrainConfig.from_dict(dict(recorded)).to_dict()
+    except (TypeError, ValueError):
+        old = dict(recorded)
+    diffs = []
+    for key in sorted(set(old) | set(current)):
+        a, b = old.get(key, _UNSET), current.get(key, _UNSET)
+        if a != b or type(a) is bool and type(b) is not bool or type(b) is bool and type(a) is not bool:
+            diffs.append(f"{key} {a!r} -> {b!r}")
+    return diffs[:limit] + ([f"{len(diffs) - limit} more"] if len(diffs) > limit else [])
+
+
+def data_fingerprint(data_dir: Optional[str]) -> Optional[dict]:
+    """{"files": n, "sha256": ...} over what the loader reads in data_dir; None for the synthetic data."""
+    if data_dir is None:
+        return None
+    from .cache import source_files
+    files = [{k: f[k] for k in ("real", "size", "mtime_ns")} for f in source_files(data_dir)]
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
+    return {"files": len(files), "sha256": digest}
+
+
+def fingerprint_difference(record: dict, current: Optional[dict]) -> Optional[str]:
+    recorded = (record.get("data") or {}).get("data_fingerprint")
+    if not isinstance(recorded, dict) or current is None or recorded == current:
+        return None
+    return (f"its data files changed since it finished ({recorded.get('files')} files, fingerprint "
+            f"{recorded.get('sha256')} -> {current['files']} files, {current['sha256']})")
+
+
+def finished_cell_differences(record: dict, config_dict: dict, fingerprint: Optional[dict]) -> list[str]:
+    """What differs between a finished record and the config/data that would run now ([] = the same cell).
+    A record with an empty config (hand-made) has no settings to compare."""
+    diffs = config_differences(record["config"], config_dict) if record.get("config") else []
+    data_diff = fingerprint_difference(record, fingerprint)
+    return diffs + ([data_diff] if data_diff else [])
+
+
+def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optional[dict] = None,
+                check_data: bool = False) -> None:
+    """ValueError (one line) for a relative data_dir in the study's grid, or for the first finished cell of
+    the study that the grid no longer describes: an exp_ folder that is no cell of the grid, or a cell
+    trained with other settings (or, with `check_data`, other data). Cells in `retrain` (--force) are exempt."""
+    from . import grid as G
+    from .results import ResultsError, load_results
+    study_dir = Path(study_dir)
+    by_name = {cell.name: cell for cell in G.cells(grid)}
+    retrain = set(retrain)
+    if check_data and fingerprint is None:
+        fingerprint = data_fingerprint(grid.fixed.get("data_dir"))
+    where = study_dir / G.GRID_CONFIG_NAME
+    G.check_absolute_data_dir(grid, where)
+    for path in sorted(study_dir.glob("exp_*/*_results.json")):
+        if path.name != f"{path.parent.name}_results.json":
+            continue
+        try:
+            record = load_results(path)
+        except ResultsError:
+            continue   # rerun anyway
+        if record["status"] not in DONE_STATUSES:
+            continue
+        cell = by_name.get(path.parent.name)
+        if cell is None:
+            raise ValueError(f"{where}: the finished cell {path.parent.name} is no cell of this grid (was the grid "
+                             "edited?); restore the grid, or start a new study")
+        if cell.index in retrain:
+            continue
+        diffs = finished_cell_differences(record, cell.train_config(grid).to_dict(), fingerprint)
+        if diffs:
+            raise ValueError(f"{where}: the finished cell {cell.name} was trained with other settings or data "
+                             f"({'; '.join(diffs)}); restore the grid, or retrain with --force")

@@ -207,6 +207,11 @@ class ExperimentPaths:
     def train_state(self) -> Path:
         return self.exp_dir / "train_state.json"
 
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files of the cell (`tensorboard --logdir STUDY` finds them)."""
+        return self.exp_dir / "tensorboard"
+
 
 def experiment_paths(out_dir, name: str) -> ExperimentPaths:
     return ExperimentPaths(Path(out_dir) / name)

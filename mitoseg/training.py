@@ -518,6 +518,8 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
             _make_backup_callback(paths, validation),
         ]
         dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], config)
+        from .tensorboard_log import tensorboard_callbacks   # [] when config.tensorboard is off
+        callbacks += tensorboard_callbacks(config, paths, state, log)
         if resuming:
             log(f"resuming from the backup in {paths.backup_dir} (best val_iou so far {state['best_iou']})")
         if state.get("stopped_early"):

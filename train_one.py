@@ -13,7 +13,9 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
+from mitoseg import quiet_tf  # noqa: E402  (standard library only)
+
+quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
 
 def positive_float(text):

@@ -58,7 +58,7 @@ def build_parser():
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
 
 
-    s = sub.add_parser("status", help="state of every cell of a study")
+    s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA")
     s.add_argument("--study-dir", required=True)
 
     s = sub.add_parser("analyze", help="run the analysis of a study")
@@ -149,13 +149,8 @@ def cmd_local(args) -> int:
 
 
 def cmd_status(args) -> int:
-    grid = G.load_study_grid(args.study_dir)
-    rows = R.study_rows(args.study_dir, grid)
-    _print(R.results_table(rows))
-    counts = {}
-    for r in rows.values():
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    _print(f"\n{grid.size} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    from mitoseg import study_status
+    study_status.show(args.study_dir, log=_print)
     report = R.report_path(args.study_dir)
     if report:
         _print(f"report: {report}")

@@ -9,6 +9,7 @@
 # Environment (exported with -V): TF_CONTAINER=image (e.g. /apps/containers/tensorflow_2.15.0-gpu.sif;
 # unset or missing: plain python with a warning), STUDY_DIR (default: a new
 # hyperparameter_optimization_<timestamp>/ shared by all elements), GRID_CONFIG, DATA_DIR, PYTHON.
+# K cells per element on one GPU: python run_study.py submit --cells-per-gpu K (sets CELLS_PER_GPU and the range).
 #PBS -N mitoseg_hpo
 #PBS -J 0-35
 #PBS -l select=1:ncpus=8:ngpus=1:mem=64gb

@@ -374,10 +374,17 @@ def claim_analysis_submission(study_dir, key: str) -> bool:
 
 # --- one array element ----------------------------------------------------------------------------
 def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str] = None,
-                environ=None, log: Callable[[str], None] = print) -> int:
+                environ=None, log: Callable[[str], None] = print, cells_per_gpu: Optional[int] = None) -> int:
     """What a job script runs: study folder, grid, the analysis job (first element only), then
-    train_one.py for this element's cell in the container. Returns train_one.py's exit code."""
+    train_one.py for this element's cell in the container (K cells at once with cells_per_gpu /
+    $CELLS_PER_GPU = K, see mitoseg/multi_cell.py). Returns train_one.py's exit code."""
+    from . import multi_cell
     env = dict(os.environ if environ is None else environ)
+    try:
+        k = multi_cell.cells_per_gpu(cells_per_gpu, env)
+    except ValueError as err:
+        log(f"error: {err}")
+        return 2
     if index is None:
         index = G.task_index_from_env(env)
     if index is None:
@@ -388,8 +395,15 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     study, how = resolve_study_dir(root, env)
     study = study.resolve()
     grid = G.init_study(study, base_grid(grid_config, env.get("DATA_DIR")))
-    log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}")
-    if not 0 <= index < grid.size:
+    log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}"
+        + (f", {k} cells per element" if k > 1 else ""))
+    if k > 1:
+        try:
+            indices = multi_cell.element_cells(index, k, grid.size)
+        except ValueError as err:
+            log(f"error: {err}")
+            return 2
+    elif not 0 <= index < grid.size:
         log(f"error: array index {index} is outside the grid (0..{grid.size - 1}); "
             f"the array range must be 0-{grid.size - 1} (python run_study.py list --size)")
         return 2
@@ -400,10 +414,16 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     prefix, warning = launcher(env)
     if warning:
         log(warning)
+    child_env = {**env, "STUDY_DIR": str(study)}
+    if k > 1:
+        cmds = {i: train_command(study, i, prefix) for i in indices}
+        for i, cmd in cmds.items():
+            log(f"running cell {i}: " + " ".join(shlex.quote(c) for c in cmd))
+        sys.stdout.flush()
+        return multi_cell.run_cells(cmds, child_env, log)
     cmd = train_command(study, index, prefix)
     log("running: " + " ".join(shlex.quote(c) for c in cmd))
     sys.stdout.flush()
-    child_env = {**env, "STUDY_DIR": str(study)}
     return _run_forwarding_signals(cmd, env=child_env)
 
 
@@ -423,12 +443,14 @@ def detect_scheduler() -> Optional[str]:
 
 
 def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args: list[str],
-                 log: Callable[[str], None] = print, dry_run: bool = False) -> dict:
-    """Submit the array (range = the grid) and the dependent analysis job. Returns their ids."""
+                 log: Callable[[str], None] = print, dry_run: bool = False, cells_per_gpu: int = 1) -> dict:
+    """Submit the array (range = the grid, or ceil(grid / K) elements of K cells) and the dependent
+    analysis job. Returns their ids."""
+    from .multi_cell import ENV as K_ENV, array_size
     study_dir = Path(study_dir).resolve()
     G.init_study(study_dir, grid)
-    last = grid.size - 1
-    env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1"
+    last = array_size(grid.size, cells_per_gpu) - 1
+    env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu}"
     if scheduler == "slurm":
         cmd = ["sbatch", "--parsable", f"--array=0-{last}", f"--export=ALL,{env_vars}",
                f"--chdir={REPO_DIR}", *extra_args, str(SLURM_SCRIPT)]

@@ -16,8 +16,9 @@ own compiled model (training.build_compiled_model: Adam + clipping, focal loss, 
 metrics) on one fixed random batch repeated (compute only; bench_throughput.py shows the input
 pipeline keeps up), times --steps steps after --warmup untimed ones at each batch size, reads the
 allocator's peak (tf.config.experimental.get_memory_info, reset per batch size; on CPU the
-process's peak RSS, which only grows), then doubles the batch from 64 until it runs out of memory
-or reaches --max-batch: the largest batch that fits is the last power of two that trained. Each
+process's peak RSS, which only grows), then doubles the batch from twice the largest measured
+one (64) until it runs out of memory or passes --max-batch: the largest batch that fits is the
+last size that trained (8 x a power of two with the default sizes). Each
 result is printed as it is measured, so a child killed by an out-of-memory crash still leaves the
 batches it did. Sharing: K children (float32, batch 16, TF_FORCE_GPU_ALLOW_GROWTH=true so none
 takes the whole GPU) start together, wait for each other after warm-up, and time their steps;
@@ -200,14 +201,16 @@ def measure(args, rep, gpu):
             elif last["largest"] is None:
                 text = "none of the measured sizes"
             else:
-                text = str(last["largest"]) + (f" (stopped at the --max-batch cap {args.max_batch})" if last["capped"] else "")
+                cap = f" (stopped at the --max-batch cap {args.max_batch})" if last["capped"] else ""
+                text = str(last["largest"]) + cap
             largest.append([arch, mode, text])
             print(f"  {arch} {mode}: done ({load()})", flush=True)
     what = "GB GPU peak (allocator)" if gpu else "GB process peak RSS (CPU; grows, never reset)"
     rep.add("Training throughput, one fixed batch repeated (compute only):")
     rep.add()
     rep.table(["architecture", "mode", "batch", "images/s", what], speed)
-    rep.add("Largest batch that trains (powers of two from 64 after the measured sizes):")
+    rep.add(f"Largest batch that trains (doubling from {2 * max(args.batch_sizes)} after the measured sizes, "
+            f"up to {args.max_batch}):")
     rep.add()
     rep.table(["architecture", "mode", "largest batch"], largest)
 
@@ -226,10 +229,12 @@ def share(args, rep, gpu):
                 outs = [p.communicate() for p in procs]
             results = [r for out, _ in outs for r in _results(out) if r["kind"] == "share"]
             if len(results) < k:
-                errs = [(err.strip().splitlines() or ["no output"])[-1][:160] for (_, err), p in zip(outs, procs) if p.returncode]
+                errs = [(err.strip().splitlines() or ["no output"])[-1][:160]
+                        for (_, err), p in zip(outs, procs) if p.returncode]
                 rows.append([arch, k, "failed", "-", "; ".join(errs) or "no result"])
                 continue
-            total = sum(r["images"] for r in results) / (max(r["end"] for r in results) - min(r["start"] for r in results))
+            span = max(r["end"] for r in results) - min(r["start"] for r in results)
+            total = sum(r["images"] for r in results) / span
             single = total if k == 1 else single
             rows.append([arch, k, f"{total:.1f}", f"{statistics.fmean(r['images_s'] for r in results):.1f}",
                          f"{total / single:.2f}x" if single else "-"])
@@ -291,7 +296,6 @@ def main(argv=None) -> int:
         rep.path = Path(args.results_dir) / rep.path.name
     print(first, flush=True)
     rep.lines.insert(1, first)
-    rep.lines.insert(2, "")
     if args.modes and args.batch_sizes:
         measure(args, rep, bool(gpus))
     if args.k:

@@ -168,10 +168,9 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     for r in rows:
         epoch = f"{r['epoch']}/{r['epochs_max']}" if r["state"] != "missing" else "-"
         latest = r["latest_iou"] if r["state"] in ("running", "stalled") else None
-        ago = None if r["last_write"] is None else now - r["last_write"]
+        ago = "-" if r["last_write"] is None else _fmt(now - r["last_write"]) + " ago"
         lines.append(f"{r['cell'].index:>3}  {r['cell'].name:<44} {r['state']:<11} {epoch:>7} {_score(latest):>7} "
-                     f"{_score(r['best_iou']):>6} {_fmt(r['epoch_s']):>7} {_fmt(ago) + ' ago' if ago is not None else '-':>10}"
-                     f"  {r['note']}")
+                     f"{_score(r['best_iou']):>6} {_fmt(r['epoch_s']):>7} {ago:>10}  {r['note']}")
     counts = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1

@@ -14,6 +14,7 @@
 # Hyperparameter_Optimization_Strategy.md); `bash pbs_setup_verification.sh` on a GPU node measures
 # a step and says when this is too short or far too long. A cell cut by the walltime resumes from
 # its last finished epoch when resubmitted.
+# K cells per element on one GPU: python run_study.py submit --cells-per-gpu K (sets CELLS_PER_GPU and the range).
 #PBS -N mitoseg_hpo
 #PBS -J 0-35
 #PBS -l select=1:ncpus=8:ngpus=1:mem=64gb

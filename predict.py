@@ -28,11 +28,12 @@ Exit codes: 0 ok, 2 bad input (missing/unreadable model or TIFF, nothing to draw
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from mitoseg import quiet_tf  # noqa: E402  (standard library only)
+
+quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
 EXIT_OK, EXIT_BAD_INPUT = 0, 2
 

@@ -84,7 +84,7 @@ def build_parser():
     s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
 
-    s = sub.add_parser("status", help="state of every cell of a study")
+    s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA")
     s.add_argument("--study-dir", required=True)
 
     s = sub.add_parser("analyze", help="run the analysis of a study")
@@ -99,12 +99,16 @@ def build_parser():
     s.add_argument("--study-dir", help="existing study to continue (default: a new one in --root)")
     s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--dry-run", action="store_true", help="print the command only")
+    s.add_argument("--cells-per-gpu", type=int,
+                   help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
+                   "the array gets ceil(cells / K) elements")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
 
     s = sub.add_parser("element", help="one array element (what the job scripts run)")
     s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
     s.add_argument("--grid-config", default=None, help="grid JSON for a new study (default $GRID_CONFIG)")
     s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
 
     s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
     _grid_args(s)
@@ -216,13 +220,8 @@ def cmd_confirm(args) -> int:
 
 
 def cmd_status(args) -> int:
-    grid = G.load_study_grid(args.study_dir)
-    rows = R.study_rows(args.study_dir, grid)
-    _print(R.results_table(rows))
-    counts = {}
-    for r in rows.values():
-        counts[r["state"]] = counts.get(r["state"], 0) + 1
-    _print(f"\n{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    from mitoseg import study_status
+    study_status.show(args.study_dir, log=_print)
     report = R.report_path(args.study_dir)
     if report:
         _print(f"report: {report}")
@@ -236,7 +235,9 @@ def cmd_submit(args) -> int:
         return 2
     study, grid = _open_study(args, args.root)
     extra = [a for a in (args.extra or []) if a != "--"]
-    ids = R.submit_study(study, grid, scheduler, extra, log=_print, dry_run=args.dry_run)
+    from mitoseg.multi_cell import cells_per_gpu
+    k = cells_per_gpu(args.cells_per_gpu)
+    ids = R.submit_study(study, grid, scheduler, extra, log=_print, dry_run=args.dry_run, cells_per_gpu=k)
     _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
     return 0 if ids["array"] or args.dry_run else 1
 
@@ -262,7 +263,8 @@ def main(argv=None) -> int:
         if args.command == "confirm":
             return cmd_confirm(args)
         if args.command == "element":
-            return R.run_element(args.task_index, args.root, args.grid_config, log=_print)
+            return R.run_element(args.task_index, args.root, args.grid_config, log=_print,
+                                 cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
             from mitoseg import verify
             return verify.main(args)

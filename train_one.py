@@ -16,7 +16,9 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the logs
+from mitoseg import quiet_tf  # noqa: E402  (standard library only)
+
+quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
 
 def positive_float(text):
@@ -87,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--jit-compile", action="store_true", default=None, help="XLA compilation (GPU)")
     s.add_argument("--deterministic", action="store_true", default=None,
                    help="TensorFlow op determinism: the same seed gives a bit-identical run (can be slower)")
+    s.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="do not write TensorBoard event files (default: write them under the exp_ folder)")
     s.add_argument("--save-format", choices=("keras", "hdf5"), help="model file format (default keras)")
     d = p.add_argument_group("data and output")
     d.add_argument("--data-dir", help="training.tif + training_groundtruth.tif [+ testing*.tif], or images/ + masks/ "

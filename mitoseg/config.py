@@ -120,6 +120,7 @@ class TrainConfig:
     # so a seed rerun measures seed variance and nothing else. Off by default: it can be slower and
     # some GPU kernels refuse it.
     deterministic: bool = False
+    tensorboard: bool = True        # per-epoch curves + hparams under exp_/tensorboard (mitoseg/tensorboard_log.py)
     test_tta: bool = False          # 8-fold flip/rotation test-time augmentation on held-out slices
     save_format: str = "keras"      # "keras" or "hdf5"
     task_index: Optional[int] = None

@@ -25,6 +25,7 @@ from .io_utils import atomic_write_text
 GRID_CONFIG_NAME = "grid_config.json"
 STUDY_PREFIX = "hyperparameter_optimization_"
 SUMMARY_CSV_NAME = "hyperparameter_summary.csv"
+COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not saved into the study
 CACHE_DIR_NAME = ".cache"   # decoded stacks and patches shared by a study's cells (mitoseg/cache.py)
 CONFIRM_CONFIG_NAME = "confirm_config.json"   # the confirmation stage's cells (mitoseg/confirm.py writes it)
 STAGES = ("grid", "confirm")
@@ -60,6 +61,11 @@ class GridConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GridConfig":
+        values = dict(values)
+        comment = values.pop(COMMENT_KEY, None)   # JSON has no comments: a grid file may carry this key
+        if comment is not None and not (isinstance(comment, str) or
+                                        (isinstance(comment, list) and all(isinstance(c, str) for c in comment))):
+            raise ValueError(f"{COMMENT_KEY} must be a string or a list of strings")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -358,6 +364,11 @@ class ExperimentPaths:
     @property
     def train_state(self) -> Path:
         return self.exp_dir / "train_state.json"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files of the cell (`tensorboard --logdir STUDY` finds them)."""
+        return self.exp_dir / "tensorboard"
 
 
 def experiment_paths(out_dir, name: str) -> ExperimentPaths:

@@ -167,4 +167,6 @@ def trial(grid_dict: dict) -> dict:
 
 
 if __name__ == "__main__":
+    from . import quiet_tf
+    quiet_tf.install()   # TensorFlow's start-up lines stay out of the check's output; real warnings pass
     print(json.dumps(trial(json.loads(sys.argv[1]))), flush=True)

@@ -396,10 +396,17 @@ def claim_analysis_submission(study_dir, key: str) -> bool:
 
 # --- one array element ----------------------------------------------------------------------------
 def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str] = None,
-                environ=None, log: Callable[[str], None] = print) -> int:
+                environ=None, log: Callable[[str], None] = print, cells_per_gpu: Optional[int] = None) -> int:
     """What a job script runs: study folder, grid, the analysis job (first element only), then
-    train_one.py for this element's cell in the container. Returns train_one.py's exit code."""
+    train_one.py for this element's cell in the container (K cells at once with cells_per_gpu /
+    $CELLS_PER_GPU = K, see mitoseg/multi_cell.py). Returns train_one.py's exit code."""
+    from . import multi_cell
     env = dict(os.environ if environ is None else environ)
+    try:
+        k = multi_cell.cells_per_gpu(cells_per_gpu, env)
+    except ValueError as err:
+        log(f"error: {err}")
+        return 2
     if index is None:
         index = G.task_index_from_env(env)
     if index is None:
@@ -419,12 +426,16 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     except ValueError as err:
         log(f"error: {err}")
         return 2
-    log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}")
+    log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}"
+        + (f", {k} cells per element" if k > 1 else ""))
     try:
-        G.study_cell_at(study, grid, index)   # a grid cell, or a confirmation cell after the grid
+        if k > 1:
+            indices = multi_cell.element_cells(index, k, grid.size)
+        else:
+            G.study_cell_at(study, grid, index)   # a grid cell, or a confirmation cell after the grid
     except ValueError as err:
-        log(f"error: {err}; the array range must be 0-{grid.size - 1} (python run_study.py list --size), "
-            f"or the range that run_study.py confirm printed")
+        log(f"error: {err}" + ("" if k > 1 else f"; the array range must be 0-{grid.size - 1} (python run_study.py "
+                                                 "list --size), or the range that run_study.py confirm printed"))
         return 2
     dep = dependency_target(env)
     key = array_job_key(env)
@@ -433,10 +444,16 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     prefix, warning = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study))
     if warning:
         log(warning)
+    child_env = {**env, "STUDY_DIR": str(study)}
+    if k > 1:
+        cmds = {i: train_command(study, i, prefix) for i in indices}
+        for i, cmd in cmds.items():
+            log(f"running cell {i}: " + " ".join(shlex.quote(c) for c in cmd))
+        sys.stdout.flush()
+        return multi_cell.run_cells(cmds, child_env, log)
     cmd = train_command(study, index, prefix)
     log("running: " + " ".join(shlex.quote(c) for c in cmd))
     sys.stdout.flush()
-    child_env = {**env, "STUDY_DIR": str(study)}
     return _run_forwarding_signals(cmd, env=child_env)
 
 
@@ -457,13 +474,17 @@ def detect_scheduler() -> Optional[str]:
 
 def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args: list[str],
                  log: Callable[[str], None] = print, dry_run: bool = False,
-                 indices: Optional[tuple[int, int]] = None) -> dict:
-    """Submit the array (range = the grid, or `indices` = (first, last), e.g. the confirmation
-    cells) and the dependent analysis job. Returns their ids."""
+                 indices: Optional[tuple[int, int]] = None, cells_per_gpu: int = 1) -> dict:
+    """Submit the array (range = the grid, ceil(grid / K) elements of K cells with cells_per_gpu = K,
+    or `indices` = (first, last), e.g. the confirmation cells) and the dependent analysis job.
+    Returns their ids."""
+    from .multi_cell import ENV as K_ENV, array_size
+    if indices and cells_per_gpu > 1:
+        raise ValueError("--cells-per-gpu applies to the grid's own cells, not to a confirmation range")
     study_dir = Path(study_dir).resolve()
     G.init_study(study_dir, grid)
-    first, last = indices or (0, grid.size - 1)
-    env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1"
+    first, last = indices or (0, array_size(grid.size, cells_per_gpu) - 1)
+    env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu}"
     if scheduler == "slurm":
         cmd = ["sbatch", "--parsable", f"--array={first}-{last}", f"--export=ALL,{env_vars}",
                f"--chdir={REPO_DIR}", *extra_args, str(SLURM_SCRIPT)]
@@ -477,7 +498,7 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     if proc.returncode != 0:
         raise RuntimeError(f"submission failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     array_id = parse_job_id(proc.stdout)
-    log(f"array job {array_id}: {last - first + 1} cells ({first}-{last}) into {study_dir}")
+    log(f"array job {array_id}: {last - first + 1} elements ({first}-{last}) into {study_dir}")
     if scheduler == "slurm":
         dep = f"afterany:{array_id}"
     else:

@@ -140,6 +140,9 @@ def make_train_dataset(x, y, config: TrainConfig):
             both = tf.cond(tf.random.uniform([]) < 0.5, lambda: tf.image.flip_left_right(both), lambda: both)
             return both[..., :-1], both[..., -1:]
         ds = ds.unbatch().map(augment, num_parallel_calls=tf.data.AUTOTUNE).batch(config.batch_size)
+        # unbatch() makes the length unknown: Keras would then run into the end of the data and warn
+        # "Your input ran out of data" every epoch. The batch count is unchanged, so state it.
+        ds = ds.apply(tf.data.experimental.assert_cardinality(-(-n // config.batch_size)))
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -511,6 +514,8 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
             resume.make_callback(paths.backup_dir, lambda: validation.partial_epoch),
         ]
         dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], config)
+        from .tensorboard_log import tensorboard_callbacks   # [] when config.tensorboard is off
+        callbacks += tensorboard_callbacks(config, paths, state, log)
         initial_epoch = 0
         if resuming:
             log(f"resuming from the backup in {paths.backup_dir} (best val_iou so far {state['best_iou']})")

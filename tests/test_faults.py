@@ -200,6 +200,26 @@ def test_rerun_after_kills_finishes_the_cell(study):
     assert log.count("resuming from the backup") == 2 and "received signal 15" in log
 
 
+def test_tensorboard_curve_of_the_resumed_cell_has_every_epoch_once(study):
+    """After SIGTERM, resume, SIGKILL and the final rerun, TensorBoard shows one curve: epochs 1..4,
+    each once, with the values of the final history CSV (read in a child: no TensorFlow here)."""
+    code = ("import json, sys\n"
+            "from tests.test_tensorboard_log import raw_steps, read_board\n"
+            "scalars, hparams, _ = read_board(sys.argv[1])\n"
+            "print(json.dumps({'val_iou': scalars['val_iou'], 'raw': raw_steps(sys.argv[1]), 'hp': hparams}))\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(study["paths"].tensorboard_dir)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    board = json.loads(proc.stdout.strip().splitlines()[-1])
+    with open(study["paths"].history_csv, newline="") as fh:
+        history = [(int(r["epoch"]), float(r["val_iou"])) for r in csv.DictReader(fh)]
+    assert [step for step, _ in board["val_iou"]] == list(range(1, TOTAL_EPOCHS + 1))
+    assert [v for _, v in board["val_iou"]] == pytest.approx([v for _, v in history], abs=1e-6)
+    pairs = [tuple(p) for p in board["raw"]]
+    assert len(pairs) == len(set(pairs)), "a step was written twice"
+    assert board["hp"]["architecture"] == "UNet" and board["hp"]["batch_size"] == 2
+
+
 def test_sigterm_before_training_starts_is_recorded_interrupted(tmp_path):
     """Walltime can hit while TensorFlow is still being imported: the handler is installed first thing
     in the cell, so this too ends as `interrupted` (exit 3) with nothing trained, never as a crash."""

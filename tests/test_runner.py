@@ -259,7 +259,7 @@ def test_placeholder_analysis_and_status(tmp_path):
     r = _run_study("placeholder-analysis", "--study-dir", str(study))
     assert r.returncode == 0 and "PLACEHOLDER" in r.stdout and "0.610" in r.stdout
     r = _run_study("status", "--study-dir", str(study))
-    assert r.returncode == 0 and "1 ok" in r.stdout and "3 missing" in r.stdout
+    assert r.returncode == 0 and "1 finished" in r.stdout and "3 missing" in r.stdout
 
 
 # --- job scripts ----------------------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""`run_study.py status`: where a study stands, read from its exp_ folders alone (any scheduler,
+no scheduler query): per cell running / finished / failed / interrupted / stalled / missing, the
+epoch and latest validation IoU of running cells, and an ETA from the measured epoch times.
+
+How a state is decided (standard library only: this runs with the host Python):
+- a readable results JSON with status ok/diverged: finished; failed / interrupted: as recorded,
+  unless a file of the cell was written more than RERUN_MARGIN_S after that JSON (a rerun is on);
+- otherwise (no JSON, or a rerun on): running when a file of the cell was written within the stall
+  limit - 3 expected epoch times + STALL_GRACE_S, or NO_EPOCH_STALL_S while no epoch time is known -
+  else stalled (killed without a trace, or very slow); no exp_ folder at all: missing.
+
+ETA: every unfinished cell (running, stalled, interrupted, failed, missing) is assumed to run its
+remaining epochs up to the configured maximum (early stopping only shortens it), at the mean epoch
+time measured for cells of its architecture and batch size (else its architecture, else the whole
+study), plus the mean start-up/test overhead of the finished cells, spread over as many cells at a
+time as are running now (at least one).
+"""
+from __future__ import annotations
+
+import csv
+import statistics
+import time
+from pathlib import Path
+from typing import Optional
+
+from . import grid as G
+from .results import ResultsError, load_results
+
+DONE = ("ok", "diverged")
+RERUN_MARGIN_S = 30.0
+STALL_GRACE_S = 15 * 60.0
+NO_EPOCH_STALL_S = 2 * 3600.0
+
+
+def read_history(path: Path) -> list[dict]:
+    """Rows of a history CSV as {column: float or None}; [] when absent or unreadable."""
+    try:
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, csv.Error):
+        return []
+    out = []
+    for row in rows:
+        parsed = {}
+        for key, value in row.items():
+            try:
+                parsed[key] = float(value)
+            except (TypeError, ValueError):
+                parsed[key] = None
+        if parsed.get("epoch") is not None:
+            out.append(parsed)
+    return out
+
+
+def last_write(exp_dir: Path) -> Optional[float]:
+    """Newest modification time of any file of the cell (log, history, state, backup, events)."""
+    newest = None
+    for path in exp_dir.rglob("*"):
+        try:
+            if path.is_file():
+                mtime = path.stat().st_mtime
+                newest = mtime if newest is None or mtime > newest else newest
+        except OSError:
+            continue
+    return newest
+
+
+def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
+    paths = G.experiment_paths(study_dir, cell.name)
+    row = dict(cell=cell, state="missing", epoch=0, epochs_max=epochs_max, latest_iou=None, best_iou=None,
+               epoch_times=[], overhead_s=None, last_write=None, note="")
+    if not paths.exp_dir.is_dir():
+        return row
+    history = read_history(paths.history_csv)
+    row["epoch"] = int(history[-1]["epoch"]) if history else 0
+    row["epoch_times"] = [r["time_s"] for r in history if r.get("time_s") is not None]
+    ious = [r["val_iou"] for r in history if r.get("val_iou") is not None]
+    row["latest_iou"] = ious[-1] if ious else None
+    row["best_iou"] = max(ious) if ious else None
+    row["last_write"] = last_write(paths.exp_dir)
+    record = None
+    if paths.results_json.exists():
+        try:
+            record = load_results(paths.results_json)
+        except ResultsError as err:
+            row["note"] = f"unreadable results ({err})"[:120]
+    if record is not None:
+        json_time = paths.results_json.stat().st_mtime
+        rerun = record["status"] not in DONE and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
+        if not rerun:
+            row["state"] = "finished" if record["status"] in DONE else record["status"]
+            row["best_iou"] = record.get("best_val_iou")
+            row["epoch"] = record.get("epochs_run") or row["epoch"]
+            if record["status"] in DONE:
+                row["note"] = record["status"] + (" (degenerate)" if record.get("degenerate") else "")
+                if record.get("total_time_s") is not None and record.get("training_time_s") is not None:
+                    row["overhead_s"] = max(0.0, record["total_time_s"] - record["training_time_s"])
+            else:
+                row["note"] = record.get("error") or ""
+            return row
+        row["note"] = f"rerun of a {record['status']} cell"
+    row["state"] = "running"   # decided against the stall limit in `status_rows`
+    return row
+
+
+def expected_epoch_s(row: dict, rows: list[dict]) -> Optional[float]:
+    if row["epoch_times"]:
+        return statistics.fmean(row["epoch_times"])
+    cell = row["cell"]
+    for same in (lambda c: c.architecture == cell.architecture and c.batch_size == cell.batch_size,
+                 lambda c: c.architecture == cell.architecture, lambda c: True):
+        times = [t for r in rows if same(r["cell"]) for t in r["epoch_times"]]
+        if times:
+            return statistics.fmean(times)
+    return None
+
+
+def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None) -> list[dict]:
+    study_dir = Path(study_dir)
+    now = time.time() if now is None else now
+    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in G.cells(grid)]
+    for row in rows:
+        row["epoch_s"] = expected_epoch_s(row, rows)
+        if row["state"] == "running":
+            limit = NO_EPOCH_STALL_S if row["epoch_s"] is None else 3 * row["epoch_s"] + STALL_GRACE_S
+            if row["last_write"] is None or now - row["last_write"] > limit:
+                row["state"] = "stalled"
+                row["note"] = (row["note"] + "; " if row["note"] else "") + "no file written for " + \
+                    _fmt(None if row["last_write"] is None else now - row["last_write"]) + ": killed? rerun it"
+    return rows
+
+
+def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
+    """(seconds until every unfinished cell is done, or None when no epoch was measured yet; cells at a time)."""
+    overheads = [r["overhead_s"] for r in rows if r["overhead_s"] is not None]
+    overhead = statistics.fmean(overheads) if overheads else 0.0
+    todo = [r for r in rows if r["state"] != "finished"]
+    if not todo:
+        return 0.0, 0
+    parallel = max(1, sum(r["state"] == "running" for r in rows))
+    total = 0.0
+    for r in todo:
+        if r["epoch_s"] is None:
+            return None, parallel
+        done = r["epoch"] if r["state"] in ("running", "stalled", "interrupted") else 0
+        total += max(0, r["epochs_max"] - done) * r["epoch_s"] + overhead
+    return total / parallel, parallel
+
+
+def _fmt(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+def _score(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render(rows: list[dict], now: Optional[float] = None) -> str:
+    now = time.time() if now is None else now
+    head = (f"{'idx':>3}  {'cell':<44} {'state':<11} {'epoch':>7} {'val IoU':>7} {'best':>6} "
+            f"{'s/epoch':>7} {'last write':>10}  note")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        epoch = f"{r['epoch']}/{r['epochs_max']}" if r["state"] != "missing" else "-"
+        latest = r["latest_iou"] if r["state"] in ("running", "stalled") else None
+        ago = "-" if r["last_write"] is None else _fmt(now - r["last_write"]) + " ago"
+        lines.append(f"{r['cell'].index:>3}  {r['cell'].name:<44} {r['state']:<11} {epoch:>7} {_score(latest):>7} "
+                     f"{_score(r['best_iou']):>6} {_fmt(r['epoch_s']):>7} {ago:>10}  {r['note']}")
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    lines.append("")
+    lines.append(f"{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    eta, parallel = eta_seconds(rows)
+    if eta == 0.0 and not parallel:
+        lines.append("every cell finished")
+    elif eta is None:
+        lines.append("ETA: unknown until a first epoch has been measured")
+    else:
+        lines.append(f"ETA: {_fmt(eta)} with {parallel} cell(s) at a time as now, if every unfinished cell "
+                     "(failed and missing ones included, as a resubmission reruns them) runs all its epochs at "
+                     "the measured epoch times; early stopping makes it shorter")
+    return "\n".join(lines)
+
+
+def show(study_dir, log=print) -> int:
+    grid = G.load_study_grid(study_dir)
+    log(render(status_rows(study_dir, grid)))
+    return 0

@@ -344,8 +344,15 @@ def run_predict(args) -> int:
     return EXIT_OK
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad flags -> ONE line naming the flag (argparse's default prints the usage block first), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     one = p.add_argument_group("one model on one stack")
     one.add_argument("--model", help="trained model (.keras or .hdf5)")
     one.add_argument("--input", help="image stack (TIFF; a 2D TIFF is one slice)")

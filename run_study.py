@@ -50,8 +50,15 @@ def _grid_args(p):
                    help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad flags -> ONE line naming the flag (argparse's default prints the usage block first), exit 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="print the grid (index -> cell) and its size")

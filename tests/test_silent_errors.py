@@ -532,3 +532,28 @@ def test_data_dir_that_is_a_file_says_so(tmp_path, em):
     proc = run("train_one.py", ["--data-dir", str(d / "training.tif"), "--out-dir", str(tmp_path / "runs"), *TINY])
     assert proc.returncode == 2
     assert "training.tif: is a file, not a data folder" in the_error_line(proc)
+
+
+@pytest.mark.parametrize("script, args, expected", [
+    ("run_study.py", ["local", "--jobs", "0"], "argument --jobs/-j: '0' must be a positive integer"),
+    ("predict.py", ["--model", "m.keras", "--input", "a.tif", "--output", "b.tif", "--overlap", "1"],
+     "--overlap must be in [0, 1), got 1.0"),
+    ("predict.py", ["--threshold", "abc"], "argument --threshold: invalid float value: 'abc'"),
+])
+def test_bad_runner_and_predict_flags_are_one_line(tmp_path, script, args, expected):
+    proc = run(script, args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert expected in the_error_line(proc)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_array_element_refuses_a_study_with_a_relative_data_dir(tmp_path):
+    from mitoseg import runner as R
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / G.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],
+                                                         "batch_sizes": [4], "fixed": {"data_dir": "data"}}))
+    logs = []
+    assert R.run_element(0, tmp_path, environ={"STUDY_DIR": str(study), "PATH": os.environ["PATH"]},
+                         log=logs.append) == 2
+    assert len(logs) == 1 and logs[0].startswith("error: ") and "data_dir 'data' is relative" in logs[0]

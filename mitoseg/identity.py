@@ -75,7 +75,7 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
     from . import grid as G
     from .results import ResultsError, load_results
     study_dir = Path(study_dir)
-    by_name = {cell.name: cell for cell in G.cells(grid)}
+    by_name = {cell.name: cell for cell in G.study_cells(study_dir, grid)}   # grid + confirmation cells
     retrain = set(retrain)
     if check_data and fingerprint is None:
         fingerprint = data_fingerprint(grid.fixed.get("data_dir"))

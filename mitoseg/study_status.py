@@ -118,7 +118,7 @@ def expected_epoch_s(row: dict, rows: list[dict]) -> Optional[float]:
 def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None) -> list[dict]:
     study_dir = Path(study_dir)
     now = time.time() if now is None else now
-    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in G.cells(grid)]
+    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in G.study_cells(study_dir, grid)]
     for row in rows:
         row["epoch_s"] = expected_epoch_s(row, rows)
         if row["state"] == "running":

@@ -31,7 +31,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mitoseg import quiet_tf  # noqa: E402  (standard library only)
+from mitoseg import quiet_tf  # standard library only
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 

@@ -251,6 +251,8 @@ def _verdict(p: dict, alpha: float, power: float) -> tuple[str, Optional[bool]]:
     seeds = p["seeds_needed"]
     need = (f"about {seeds} seeds per architecture would be needed for {_num(p['target_difference'])}"
             if seeds else f"no number of seeds can be given for {_num(p['target_difference'])}")
+    if p["ci_low"] > 0:   # the unadjusted interval excludes 0, the multiplicity-adjusted test does not
+        pa += " - the unadjusted interval excludes 0, but not beyond the correction for the pairs compared"
     return (f"{a} vs {b}: no difference detected (difference {_num(p['diff_mean'])}, {ci}, Holm-adjusted {pa}); "
             f"with these runs (n = {p['n_a']} and {p['n_b']} seeds) the smallest difference that could be detected "
             f"(power {power:g}) is {_num(p['min_detectable_difference'])} - {need}."), False

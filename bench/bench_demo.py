@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""End-to-end wall time of the default demo study: `python run_study.py local --demo` (12 tiny cells
-on the built-in synthetic data + the analysis), in a temporary root that is deleted afterwards.
+"""End-to-end wall time of the default demo study: `python run_study.py local --demo` (12 tiny grid
+cells, then 9 confirmation cells - 3 fresh seeds x 3 winners - on the built-in synthetic data, and
+the analysis), in a temporary root that is deleted afterwards.
 
     python bench/bench_demo.py                 # the default (run_study.py decides --jobs: 2 for --demo)
     python bench/bench_demo.py --jobs 1 --keep

@@ -32,7 +32,8 @@ import numpy as np
 # import name -> distribution name (for the version): what a cell and the analysis import
 PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "focal_loss": "focal-loss",
             "tifffile": "tifffile", "skimage": "scikit-image", "scipy": "scipy", "pandas": "pandas",
-            "matplotlib": "matplotlib", "seaborn": "seaborn", "statsmodels": "statsmodels", "h5py": "h5py"}
+            "matplotlib": "matplotlib", "seaborn": "seaborn", "statsmodels": "statsmodels", "h5py": "h5py",
+            "tensorboard": "tensorboard"}
 
 
 def package_versions() -> dict:

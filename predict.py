@@ -190,7 +190,6 @@ def draw_overlay(path, images, masks, probs, threshold, title, slice_labels):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     from mitoseg import metrics
     from mitoseg.io_utils import atomic_save

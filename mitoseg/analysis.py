@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from .grid import SUMMARY_CSV_NAME
 from .io_utils import atomic_write_text, same_file

@@ -14,7 +14,7 @@ from scipy import stats as sps
 from mitoseg import comparison as K
 from mitoseg.analysis import REPORT_MD, SUMMARY_JSON, run_analysis
 from mitoseg.stats import analyze, select_configs
-from mitoseg.summary import SummaryError, build_summary, load_summary, normalize_summary
+from mitoseg.summary import SummaryError, load_summary, normalize_summary
 from tests.fixtures_results import add_confirmation, make_study
 
 A = np.array([0.81, 0.83, 0.80, 0.84, 0.82])

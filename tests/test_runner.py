@@ -15,7 +15,7 @@ import pytest
 
 from mitoseg import grid as G
 from mitoseg import runner as R
-from mitoseg.results import load_results, save_results
+from mitoseg.results import save_results
 from tests.fixtures_results import record_for
 
 REPO = Path(__file__).resolve().parent.parent

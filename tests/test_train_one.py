@@ -1,5 +1,4 @@
 """train_one.py end to end: a real (tiny) training run, its files and JSON, skip-if-done, bad input."""
-import json
 import os
 import subprocess
 import sys

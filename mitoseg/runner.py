@@ -518,7 +518,7 @@ def fmt_duration(seconds: Optional[float]) -> str:
     return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def _fmt_score(value) -> str:
+def fmt_score(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
@@ -592,8 +592,8 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                 left = total - done
                 # mean cell time x cells left, spread over the parallel slots
                 eta = sum(finished_secs) / len(finished_secs) * left / max(1, min(jobs, left)) if left else 0.0
-                log(f"[{done}/{total}] {cell.name}: {state}  best_val_iou {_fmt_score(rec.get('best_val_iou'))} "
-                    f"(all-foreground {_fmt_score(rec.get('all_foreground_jaccard'))})  "
+                log(f"[{done}/{total}] {cell.name}: {state}  best_val_iou {fmt_score(rec.get('best_val_iou'))} "
+                    f"(all-foreground {fmt_score(rec.get('all_foreground_jaccard'))})  "
                     f"cell {fmt_duration(rows[idx]['seconds'])}  elapsed {fmt_duration(elapsed)}  "
                     f"ETA {fmt_duration(eta)}" + (f"  [{note}]" if state not in DONE_STATUSES and note else ""))
     except KeyboardInterrupt:
@@ -625,8 +625,8 @@ def results_table(rows: dict) -> str:
     lines = [head, "-" * len(head)]
     for idx in sorted(rows):
         r = rows[idx]
-        lines.append(f"{idx:>3}  {r['cell'].name:<44} {r['state']:<11} {_fmt_score(r['iou']):>7} "
-                     f"{_fmt_score(r['baseline']):>6} {str(r['epochs'] if r['epochs'] is not None else '-'):>6} "
+        lines.append(f"{idx:>3}  {r['cell'].name:<44} {r['state']:<11} {fmt_score(r['iou']):>7} "
+                     f"{fmt_score(r['baseline']):>6} {str(r['epochs'] if r['epochs'] is not None else '-'):>6} "
                      f"{fmt_duration(r['seconds']):>8}  {r['note']}")
     return "\n".join(lines)
 

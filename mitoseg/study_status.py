@@ -25,6 +25,7 @@ from typing import Optional
 
 from . import grid as G
 from .results import ResultsError, load_results
+from .runner import fmt_duration, fmt_score
 
 DONE = ("ok", "diverged")
 RERUN_MARGIN_S = 30.0
@@ -126,7 +127,7 @@ def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None) -> l
             if row["last_write"] is None or now - row["last_write"] > limit:
                 row["state"] = "stalled"
                 row["note"] = (row["note"] + "; " if row["note"] else "") + "no file written for " + \
-                    _fmt(None if row["last_write"] is None else now - row["last_write"]) + ": killed? rerun it"
+                    fmt_duration(None if row["last_write"] is None else now - row["last_write"]) + ": killed? rerun it"
     return rows
 
 
@@ -147,19 +148,6 @@ def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
     return total / parallel, parallel
 
 
-def _fmt(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(round(seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
-
-
-def _score(value) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
-
 def render(rows: list[dict], now: Optional[float] = None) -> str:
     now = time.time() if now is None else now
     head = (f"{'idx':>3}  {'cell':<44} {'state':<11} {'epoch':>7} {'val IoU':>7} {'best':>6} "
@@ -168,9 +156,9 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     for r in rows:
         epoch = f"{r['epoch']}/{r['epochs_max']}" if r["state"] != "missing" else "-"
         latest = r["latest_iou"] if r["state"] in ("running", "stalled") else None
-        ago = "-" if r["last_write"] is None else _fmt(now - r["last_write"]) + " ago"
-        lines.append(f"{r['cell'].index:>3}  {r['cell'].name:<44} {r['state']:<11} {epoch:>7} {_score(latest):>7} "
-                     f"{_score(r['best_iou']):>6} {_fmt(r['epoch_s']):>7} {ago:>10}  {r['note']}")
+        ago = "-" if r["last_write"] is None else fmt_duration(now - r["last_write"]) + " ago"
+        lines.append(f"{r['cell'].index:>3}  {r['cell'].name:<44} {r['state']:<11} {epoch:>7} {fmt_score(latest):>7} "
+                     f"{fmt_score(r['best_iou']):>6} {fmt_duration(r['epoch_s']):>7} {ago:>10}  {r['note']}")
     counts = {}
     for r in rows:
         counts[r["state"]] = counts.get(r["state"], 0) + 1
@@ -182,7 +170,7 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     elif eta is None:
         lines.append("ETA: unknown until a first epoch has been measured")
     else:
-        lines.append(f"ETA: {_fmt(eta)} with {parallel} cell(s) at a time as now, if every unfinished cell "
+        lines.append(f"ETA: {fmt_duration(eta)} with {parallel} cell(s) at a time as now, if every unfinished cell "
                      "(failed and missing ones included, as a resubmission reruns them) runs all its epochs at "
                      "the measured epoch times; early stopping makes it shorter")
     return "\n".join(lines)

@@ -121,14 +121,15 @@ def test_scores_for(t, all_fg=ALL_FG):
     return test_scores(t, all_fg)
 
 
-def add_confirmation(study: Path, seeds: int, val_fn, test_fn, top: int = 1, special=None, slices=True) -> dict:
+def add_confirmation(study: Path, seeds: int, val_fn, test_fn, top: int = 1, special=None, slices=True,
+                     allow_incomplete=False) -> dict:
     """Plan the confirmation stage of a fixture study (the real planner) and write a results file for
     each of its cells: validation IoU val_fn(cell), test IoU test_fn(cell). `special` maps a cell
     name to "failed" | "missing"."""
     from mitoseg.confirm import plan_confirmation
     from mitoseg.grid import confirm_cells
     special = special or {}
-    plan = plan_confirmation(study, seeds, top, log=lambda _: None)
+    plan = plan_confirmation(study, seeds, top, allow_incomplete=allow_incomplete, log=lambda _: None)
     for cell in confirm_cells(study):
         kind = special.get(cell.name, "ok")
         if kind == "missing":

@@ -32,6 +32,8 @@ import sys
 from pathlib import Path
 
 from mitoseg import quiet_tf  # standard library only
+from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
+from mitoseg.status import UNREADABLE
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
@@ -227,7 +229,7 @@ def best_per_architecture(study_dir):
         df = normalize_summary(df, str(study_dir))
     except SummaryError as err:
         raise PredictError(f"no finished cells to draw: {err}") from None
-    for _, row in df[df["status"] == "unreadable"].iterrows():
+    for _, row in df[df["status"] == UNREADABLE].iterrows():
         print(f"warning: skipped {row['error']}", file=sys.stderr)
     best = {}
     for _, sel in select_configs(df).iterrows():
@@ -235,8 +237,8 @@ def best_per_architecture(study_dir):
             continue
         exp_dir = study_dir / str(sel["best_run_dir"])
         try:
-            rec = load_results(next(exp_dir.glob("*_results.json")))
-        except (StopIteration, ResultsError) as err:
+            rec = load_results(ExperimentPaths(exp_dir).find_results_json())
+        except (OSError, ResultsError) as err:
             raise PredictError(f"{exp_dir}: cannot read its results ({err})") from None
         criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['val_iou_mean']:.4f}"
         best[sel["architecture"]] = (rec, exp_dir, criterion)
@@ -271,10 +273,10 @@ def overlay_slices(record, data_dir=None):
 def run_overlays(args) -> int:
     import numpy as np
     best = best_per_architecture(args.study_dir)
-    out_dir = Path(args.out_dir) if args.out_dir else Path(args.study_dir) / "overlays"
-    models = {arch: exp_dir / (rec.get("files") or {}).get("model", f"{exp_dir.name}_model.keras")
+    out_dir = Path(args.out_dir) if args.out_dir else StudyPaths(args.study_dir).overlays
+    models = {arch: exp_dir / (rec.get("files") or {}).get("model", ExperimentPaths(exp_dir).model().name)
               for arch, (rec, exp_dir, _) in best.items()}
-    check_outputs({f"overlay ({arch})": out_dir / f"overlay_{arch}.png" for arch in best},
+    check_outputs({f"overlay ({arch})": out_dir / overlay_name(arch) for arch in best},
                   {f"model of {arch}": path for arch, path in models.items()}, args.overwrite)
     for arch, (rec, exp_dir, criterion) in best.items():
         model_path = models[arch]
@@ -287,7 +289,7 @@ def run_overlays(args) -> int:
                               quiet=True)
         title = (f"{arch}: best cell {rec['experiment_id']} (val IoU {rec['best_val_iou']:.3f}); "
                  f"{which} slices{', TTA x8' if args.tta else ''}")
-        path = out_dir / f"overlay_{arch}.png"
+        path = out_dir / overlay_name(arch)
         try:
             draw_overlay(path, images[pick], masks[pick], probs, args.threshold, title, [labels[i] for i in pick])
         except OSError as err:

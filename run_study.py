@@ -30,6 +30,7 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
+from mitoseg.status import DONE_STATUSES
 
 
 def _positive_int(text):
@@ -97,9 +98,6 @@ def build_parser():
     s = sub.add_parser("analyze", help="run the analysis of a study")
     s.add_argument("--study-dir", required=True)
 
-    s = sub.add_parser("placeholder-analysis", help="PLACEHOLDER used when analyze_hyperparameter_results.py is missing")
-    s.add_argument("--study-dir", required=True)
-
     s = sub.add_parser("submit", help="submit the array job and its dependent analysis job")
     _grid_args(s)
     s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"), help="default: detected")
@@ -162,7 +160,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
     rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
     _print("")
     _print(R.results_table(rows))
-    failed = [r for r in rows.values() if r["state"] not in (*R.DONE_STATUSES, R.BUSY_STATE)]
+    failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, R.BUSY_STATE)]
     _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
            f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
            f"training wall time {R.fmt_duration(time.monotonic() - t0)}")
@@ -263,8 +261,6 @@ def main(argv=None) -> int:
             return cmd_status(args)
         if args.command == "analyze":
             return R.run_analysis(args.study_dir, log=_print)
-        if args.command == "placeholder-analysis":
-            return R.placeholder_analysis(args.study_dir, log=_print)
         if args.command == "submit":
             return cmd_submit(args)
         if args.command == "confirm":

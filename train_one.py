@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from mitoseg import grid as G
     from mitoseg.config import ConfigError, TrainConfig
+    from mitoseg.paths import StudyPaths, cell_name
     from mitoseg.training import EXIT_BAD_INPUT, run_cell
 
     if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
@@ -130,21 +131,22 @@ def main(argv=None) -> int:
             if args.grid_config:
                 G.check_flags_against_study(args.study_dir, base, f"--grid-config {args.grid_config}")
             grid = G.init_study(args.study_dir, base)
-            G.check_absolute_data_dir(grid, os.path.join(args.study_dir, G.GRID_CONFIG_NAME))
+            G.check_absolute_data_dir(grid, StudyPaths(args.study_dir).grid_config)
             cell = G.study_cell_at(args.study_dir, grid, index)   # a grid or a confirmation cell
             config = cell.train_config(grid)
             contradicting = [f"--{flag.replace('_', '-')} {value!r} (the grid's {flag}: {getattr(config, flag)!r})"
                              for flag, value in sorted(overrides.items()) if getattr(config, flag) != value]
             if contradicting:
                 raise ValueError(f"{', '.join(contradicting)} contradicts the study's "
-                                 f"{os.path.join(args.study_dir, G.GRID_CONFIG_NAME)}, which sets every cell")
-            exp_dir = os.path.join(args.study_dir, cell.name)
-            cache_dir = G.study_cache_dir(args.study_dir)
+                                 f"{StudyPaths(args.study_dir).grid_config}, which sets every cell")
+            exp_dir = StudyPaths(args.study_dir).exp(cell.name).exp_dir
+            cache_dir = StudyPaths(args.study_dir).cache_dir
             where = f"grid cell {index}/{grid.size - 1}" if cell.stage == "grid" else f"confirmation cell {index}"
             print(f"{where}: {cell.name}", flush=True)
         else:
             config = TrainConfig.from_dict(overrides)
-            exp_dir = os.path.join(args.out_dir, G.standalone_name(config))
+            exp_dir = os.path.join(args.out_dir, cell_name(None, config.architecture, config.learning_rate,
+                                                           config.batch_size, config.seed))
             cache_dir = None  # a hand-run cell prepares its data in memory
         config.validate()
     except ConfigError as err:   # name the flag when the value came from one

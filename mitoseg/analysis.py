@@ -4,16 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from .grid import SUMMARY_CSV_NAME
 from .io_utils import atomic_write_text, same_file
+from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from .plots import make_figures
 from .report import render
 from .stats import analyze
 from .summary import SummaryError, build_summary, load_summary, write_summary_csv
-
-REPORT_MD = "hyperparameter_report.md"
-REPORT_TXT = "comprehensive_analysis_report.txt"
-SUMMARY_JSON = "analysis_summary.json"
 
 
 def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) -> None:

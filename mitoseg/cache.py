@@ -37,7 +37,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .grid import CACHE_DIR_NAME, study_cache_dir  # noqa: F401  (grid.py owns every path)
 
 FORMAT_VERSION = 2   # 2: images scaled by their values (data.image_scaling), scaling recorded
 META_NAME = "meta.json"

@@ -17,7 +17,8 @@ import socket
 from pathlib import Path
 from typing import Optional
 
-LOCK_NAME = ".cell.lock"
+from .paths import ExperimentPaths
+
 
 
 class CellLock:
@@ -44,7 +45,7 @@ class CellLock:
 def try_lock(exp_dir) -> tuple[Optional[CellLock], str]:
     """(lock, "") when this process now holds the cell, or (None, who holds it) when another one does.
     OSError for a folder that cannot be written (the caller reports it like any other write error)."""
-    path = Path(exp_dir) / LOCK_NAME
+    path = ExperimentPaths(Path(exp_dir)).lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -22,14 +22,15 @@ from typing import Callable, Optional
 
 from . import grid as G
 from .io_utils import atomic_write_text
+from .paths import StudyPaths
+from .status import DONE_STATUSES
 
 PLAN_VERSION = 1
 DEMO_CONFIRM_SEEDS = 3     # the demo's confirmation: 3 fresh seeds of each architecture's winner (9 tiny cells)
-DONE = ("ok", "diverged")  # as the runner: a grid cell that needs no rerun
 
 
 def load_plan(study_dir) -> Optional[dict]:
-    path = G.confirm_plan_path(study_dir)
+    path = StudyPaths(study_dir).confirm_config
     if not path.exists():
         return None
     try:
@@ -47,7 +48,7 @@ def used_seeds(study_dir, grid: G.GridConfig) -> set:
     results of any exp_ folder (hand-run cells included)."""
     from .results import ResultsError, load_results
     seeds = {int(s) for s in grid.seeds} | {c.seed for c in G.confirm_cells(study_dir)}
-    for path in Path(study_dir).glob("exp_*/*_results.json"):
+    for path in StudyPaths(study_dir).results_files():
         try:
             seeds.add(int(load_results(path)["seed"]))
         except (ResultsError, TypeError, ValueError):
@@ -69,7 +70,7 @@ def grid_selection(study_dir, top: int, allow_incomplete: bool = False):
     df, _ = build_summary(study_dir)
     df = normalize_summary(df, str(study_dir))
     grid_rows = df[df["stage"] == "grid"]
-    pending = grid_rows[~grid_rows["status"].isin(DONE)]
+    pending = grid_rows[~grid_rows["status"].isin(DONE_STATUSES)]
     if len(pending) and not allow_incomplete:
         states = pending["status"].value_counts().to_dict()
         raise ValueError(f"{study_dir}: {len(pending)} of {len(grid_rows)} grid cells are not finished "
@@ -103,14 +104,14 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, allow_incomplete: boo
     now = _dt.datetime.now().isoformat(timespec="seconds")
     if plan is not None:
         if plan["top"] != top:
-            raise ValueError(f"{G.confirm_plan_path(study_dir)} confirms the top {plan['top']} configuration(s) per "
+            raise ValueError(f"{StudyPaths(study_dir).confirm_config} confirms the top {plan['top']} configuration(s) per "
                              f"architecture; rerun with --top {plan['top']} (a different --top is a new study)")
         have = plan["seeds_per_config"]
         if seeds < have:
-            raise ValueError(f"{G.confirm_plan_path(study_dir)} already plans {have} seeds per configuration; use "
+            raise ValueError(f"{StudyPaths(study_dir).confirm_config} already plans {have} seeds per configuration; use "
                              f"--seeds {have} to continue it, or more to add seeds")
         if seeds == have:
-            log(f"confirmation plan {G.confirm_plan_path(study_dir)} exists: reusing it")
+            log(f"confirmation plan {StudyPaths(study_dir).confirm_config} exists: reusing it")
             return plan
         new = fresh_seeds(used_seeds(study_dir, grid), seeds - have)
         plan["cells"] += _cells_for(plan["configs"], new, grid.size + len(plan["cells"]))
@@ -132,7 +133,7 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, allow_incomplete: boo
         plan = dict(plan_version=PLAN_VERSION, selected_on="validation", top=top, seeds_per_config=seeds,
                     seeds=new, created_at=now, updated_at=now, configs=configs,
                     cells=_cells_for(configs, new, grid.size))
-    atomic_write_text(G.confirm_plan_path(study_dir), json.dumps(plan, indent=2) + "\n")
+    atomic_write_text(StudyPaths(study_dir).confirm_config, json.dumps(plan, indent=2) + "\n")
     return plan
 
 

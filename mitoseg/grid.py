@@ -1,15 +1,13 @@
-"""The study grid and every output path: the one place that decides names and folders.
+"""The study grid: its axes and fixed settings, validated, and the cells it expands to.
 
-A study is a folder `hyperparameter_optimization_YYYYMMDD_HHMMSS/` holding `grid_config.json`
-(the resolved grid, written once) and one `exp_*` folder per cell. Cells are numbered in a fixed
-order (architecture, then learning rate, then batch size, then seed), so an array index always
-maps to the same cell and the mapping can be printed (`python -m mitoseg.grid`).
+Cells are numbered in a fixed order (architecture, then learning rate, then batch size, then
+seed), so an array index always maps to the same cell and the mapping can be printed
+(`python -m mitoseg.grid`). File and folder names are mitoseg/paths.py's.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime as _dt
 import itertools
 import json
 import math
@@ -21,13 +19,9 @@ from typing import Any, Optional
 
 from .config import ARCHITECTURES, TrainConfig
 from .io_utils import atomic_write_text
+from .paths import StudyPaths, cell_name
 
-GRID_CONFIG_NAME = "grid_config.json"
-STUDY_PREFIX = "hyperparameter_optimization_"
-SUMMARY_CSV_NAME = "hyperparameter_summary.csv"
 COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not saved into the study
-CACHE_DIR_NAME = ".cache"   # decoded stacks and patches shared by a study's cells (mitoseg/cache.py)
-CONFIRM_CONFIG_NAME = "confirm_config.json"   # the confirmation stage's cells (mitoseg/confirm.py writes it)
 STAGES = ("grid", "confirm")
 
 
@@ -119,7 +113,7 @@ def check_flags_against_study(study_dir, requested: GridConfig, grid_flag: Optio
     """ValueError (one line) when flags given for an EXISTING study contradict its grid_config.json:
     a --grid-config (or --demo) whose grid differs, or a --data-dir other than the study's data folder.
     Flags that agree with the study are fine; a study never silently ignores what it was told."""
-    path = Path(study_dir) / GRID_CONFIG_NAME
+    path = StudyPaths(study_dir).grid_config
     if not path.exists():
         return
     existing = GridConfig.load(path)
@@ -227,8 +221,9 @@ class Cell:
     def name(self) -> str:
         """Folder name, e.g. exp_04_UNet_lr0.0001_bs8 (plus _seed7 when the grid repeats seeds, and
         always for a confirmation cell)."""
-        name = f"exp_{self.index:02d}_{self.architecture}_lr{self.learning_rate:g}_bs{self.batch_size}"
-        return name + (f"_seed{self.seed}" if self.n_seeds > 1 or self.stage == "confirm" else "")
+        with_seed = self.n_seeds > 1 or self.stage == "confirm"
+        return cell_name(self.index, self.architecture, self.learning_rate, self.batch_size,
+                         self.seed if with_seed else None)
 
     def train_config(self, grid: GridConfig) -> TrainConfig:
         return TrainConfig.from_dict({**grid.fixed, "architecture": self.architecture,
@@ -249,14 +244,10 @@ def cell_at(grid: GridConfig, index: int) -> Cell:
 
 
 # --- the confirmation stage's cells: indices after the grid's ---------------------------------------
-def confirm_plan_path(study_dir) -> Path:
-    return Path(study_dir) / CONFIRM_CONFIG_NAME
-
-
 def confirm_cells(study_dir) -> list[Cell]:
     """The cells listed in STUDY/confirm_config.json (none without the file). Their indices follow
     the grid's, so one array index names one cell of the study whichever stage it belongs to."""
-    path = confirm_plan_path(study_dir)
+    path = StudyPaths(study_dir).confirm_config
     if not path.exists():
         return []
     try:
@@ -302,82 +293,23 @@ def task_index_from_env(environ=None) -> Optional[int]:
     return None
 
 
-# --- paths ------------------------------------------------------------------------------------------
-def new_study_dir(root=".", now: Optional[_dt.datetime] = None) -> Path:
-    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d_%H%M%S")
-    return Path(root) / f"{STUDY_PREFIX}{stamp}"
-
-
+# --- the study folder's grid ------------------------------------------------------------------------
 def init_study(study_dir, grid: GridConfig) -> GridConfig:
     """Create the study folder with its grid config, or reuse it; an existing grid always wins,
     so resubmitting into a study can never silently change what its cells mean."""
-    study_dir = Path(study_dir)
-    config_path = study_dir / GRID_CONFIG_NAME
+    config_path = StudyPaths(study_dir).grid_config
     if config_path.exists():
-        existing = GridConfig.load(config_path)
-        return existing
-    study_dir.mkdir(parents=True, exist_ok=True)
+        return GridConfig.load(config_path)
+    config_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(config_path)
     return grid
 
 
-def study_cache_dir(study_dir) -> Path:
-    return Path(study_dir) / CACHE_DIR_NAME
-
-
 def load_study_grid(study_dir) -> GridConfig:
-    path = Path(study_dir) / GRID_CONFIG_NAME
+    path = StudyPaths(study_dir).grid_config
     if not path.exists():
         raise ValueError(f"{path}: no grid config; is {study_dir} a study folder?")
     return GridConfig.load(path)
-
-
-@dataclass(frozen=True)
-class ExperimentPaths:
-    """Every file of one cell's exp_ folder."""
-    exp_dir: Path
-
-    @property
-    def name(self) -> str:
-        return self.exp_dir.name
-
-    @property
-    def log(self) -> Path:
-        return self.exp_dir / "training_log.txt"
-
-    @property
-    def history_csv(self) -> Path:
-        return self.exp_dir / f"{self.name}_history.csv"
-
-    def model(self, save_format: str = "keras") -> Path:
-        return self.exp_dir / f"{self.name}_model.{'hdf5' if save_format == 'hdf5' else 'keras'}"
-
-    @property
-    def results_json(self) -> Path:
-        return self.exp_dir / f"{self.name}_results.json"
-
-    @property
-    def backup_dir(self) -> Path:
-        """The resume backup (mitoseg.resume): lets a killed cell continue from its last finished epoch."""
-        return self.exp_dir / "backup"
-
-    @property
-    def train_state(self) -> Path:
-        return self.exp_dir / "train_state.json"
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        """TensorBoard event files of the cell (`tensorboard --logdir STUDY` finds them)."""
-        return self.exp_dir / "tensorboard"
-
-
-def experiment_paths(out_dir, name: str) -> ExperimentPaths:
-    return ExperimentPaths(Path(out_dir) / name)
-
-
-def standalone_name(config: TrainConfig) -> str:
-    """Folder name for a cell run by hand, outside a grid."""
-    return f"exp_{config.architecture}_lr{config.learning_rate:g}_bs{config.batch_size}_seed{config.seed}"
 
 
 # --- CLI: print the grid ----------------------------------------------------------------------------
@@ -411,7 +343,7 @@ def main(argv=None) -> int:
               f"{cell.seed:>5}  {cell.name}")
     extra = confirm_cells(args.study_dir) if args.study_dir else []
     if extra:
-        print(f"confirmation stage ({CONFIRM_CONFIG_NAME}): {len(extra)} cells, indices {extra[0].index}-{extra[-1].index}")
+        print(f"confirmation stage ({StudyPaths(args.study_dir).confirm_config.name}): {len(extra)} cells, indices {extra[0].index}-{extra[-1].index}")
         for cell in extra:
             print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
                   f"{cell.seed:>5}  {cell.name}")

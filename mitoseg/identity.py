@@ -21,7 +21,9 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-DONE_STATUSES = ("ok", "diverged")
+from .paths import StudyPaths
+from .status import DONE_STATUSES
+
 _UNSET = "(unset)"
 
 
@@ -79,9 +81,9 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
     retrain = set(retrain)
     if check_data and fingerprint is None:
         fingerprint = data_fingerprint(grid.fixed.get("data_dir"))
-    where = study_dir / G.GRID_CONFIG_NAME
+    where = StudyPaths(study_dir).grid_config
     G.check_absolute_data_dir(grid, where)
-    for path in sorted(study_dir.glob("exp_*/*_results.json")):
+    for path in StudyPaths(study_dir).results_files():
         if path.name != f"{path.parent.name}_results.json":
             continue
         try:

@@ -17,6 +17,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .io_utils import atomic_save  # noqa: E402
+from .paths import ExperimentPaths  # noqa: E402
+from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS  # noqa: E402
 
 ARCH_COLORS = {"UNet": "#1f77b4", "Attention_UNet": "#ff7f0e", "Attention_ResUNet": "#2ca02c"}
 _EXTRA_COLORS = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -222,8 +224,10 @@ def _history_path(root: Optional[Path], exp_dir, exp_id) -> Optional[Path]:
         return None
     d = Path(str(exp_dir))
     d = d if d.is_absolute() else Path(root) / d
-    name = d.name if exp_id is None else str(exp_id)
-    for cand in (d / f"{name}_history.csv", d / f"{d.name}_history.csv"):
+    candidates = [ExperimentPaths(d).history_csv]   # a folder renamed by hand keeps its files' names
+    if exp_id is not None:
+        candidates.insert(0, d / ExperimentPaths(d.with_name(str(exp_id))).history_csv.name)
+    for cand in candidates:
         if cand.is_file():
             return cand
     return None
@@ -340,28 +344,18 @@ def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-FIGURES = {
-    "detailed_heatmaps.png": "heatmaps",
-    "comprehensive_analysis.png": "comprehensive",
-    "best_configurations_comparison.png": "best",
-    "training_curves.png": "curves",
-    "baseline_comparison.png": "baseline",
-    "architecture_comparison.png": "confirmation",
-}
-
-
 def make_figures(res: dict, out_dir: Path, history_root: Optional[Path]) -> dict:
     """file name -> Path written, or the reason it was skipped."""
     out_dir = Path(out_dir)
     out = {}
-    jobs = [("detailed_heatmaps.png", lambda p: plot_heatmaps(res, p)),
-            ("comprehensive_analysis.png", lambda p: plot_comprehensive(res, p)),
-            ("best_configurations_comparison.png", lambda p: plot_best_configs(res, p)),
-            ("training_curves.png", lambda p: plot_training_curves(res, history_root, p))]
+    jobs = [(FIG_HEATMAPS, lambda p: plot_heatmaps(res, p)),
+            (FIG_COMPREHENSIVE, lambda p: plot_comprehensive(res, p)),
+            (FIG_BEST, lambda p: plot_best_configs(res, p)),
+            (FIG_CURVES, lambda p: plot_training_curves(res, history_root, p))]
     if res.get("baseline") is not None:
-        jobs.append(("baseline_comparison.png", lambda p: plot_baseline(res, p)))
+        jobs.append((FIG_BASELINE, lambda p: plot_baseline(res, p)))
     if res.get("confirmation") is not None:
-        jobs.append(("architecture_comparison.png", lambda p: plot_architecture_comparison(res, p)))
+        jobs.append((FIG_CONFIRMATION, lambda p: plot_architecture_comparison(res, p)))
     for name, fn in jobs:
         try:
             out[name] = fn(out_dir / name)

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import checks
+from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
 from .stats import ALPHA, FACTORS, OVERFIT_RELATIVE_GAP, finite
 
 NA = "n/a"
@@ -392,18 +393,18 @@ def build_document(res: dict, source: str, expected: int, figures: dict, out_dir
     # figures
     doc.h(2, "Figures")
     captions = {
-        "detailed_heatmaps.png": f"Mean {m.label} and val-loss stability per learning rate x batch size for each "
+        FIG_HEATMAPS: f"Mean {m.label} and val-loss stability per learning rate x batch size for each "
                                  "architecture; hatched cells have no successful run (status shown), red frames "
                                  "mark degenerate configurations.",
-        "comprehensive_analysis.png": f"{m.label} and stability vs learning rate and batch size (mean +- standard "
+        FIG_COMPREHENSIVE: f"{m.label} and stability vs learning rate and batch size (mean +- standard "
                                       "error over runs), score vs stability of every run, and score per architecture; "
                                       "the red dashed line is the all-foreground baseline.",
-        "best_configurations_comparison.png": "Best configuration of each architecture: score (error bar = "
+        FIG_BEST: "Best configuration of each architecture: score (error bar = "
                                               "standard error over seeds) and stability.",
-        "training_curves.png": "Loss and scores per epoch of the best run of each architecture.",
-        "baseline_comparison.png": "This study's best configurations against the baseline study's: score and "
+        FIG_CURVES: "Loss and scores per epoch of the best run of each architecture.",
+        FIG_BASELINE: "This study's best configurations against the baseline study's: score and "
                                    "stability side by side, with the improvement factors.",
-        "architecture_comparison.png": "Confirmation runs (fresh seeds): the test IoU of every run (dots) and each "
+        FIG_CONFIRMATION: "Confirmation runs (fresh seeds): the test IoU of every run (dots) and each "
                                        "architecture's mean with its 95 % t interval over seeds.",
     }
     if not figures:

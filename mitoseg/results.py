@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from .io_utils import atomic_write_text
+from .status import STATUSES
 
 SCHEMA_VERSION = 2
 # Versions load_results accepts. Version 1 is version 2 without the per-slice test scores
 # (`test.slices`); studies written by it stay analysable, they just cannot be paired on slices.
 READABLE_VERSIONS = (1, 2)
-STATUSES = ("ok", "diverged", "failed", "interrupted")
 
 _NUM = (int, float, type(None))
 _STR = (str, type(None))

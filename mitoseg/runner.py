@@ -41,7 +41,9 @@ from typing import Callable, Iterable, Optional
 
 from . import grid as G
 from .io_utils import atomic_write_text
+from .paths import POINTER_DIR, REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths, new_study_dir
 from .results import ResultsError, load_results
+from .status import DONE_STATUSES, FAILED
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 TRAIN_ONE = REPO_DIR / "train_one.py"
@@ -49,9 +51,6 @@ RUN_STUDY = REPO_DIR / "run_study.py"
 ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
 PBS_SCRIPT = REPO_DIR / "pbs_hyperparameter_optimization.sh"
 SLURM_SCRIPT = REPO_DIR / "slurm_hyperparameter_optimization.sh"
-POINTER_DIR = ".mitoseg_jobs"
-ANALYSIS_SCRIPT_NAME = "run_analysis.sh"
-DONE_STATUSES = ("ok", "diverged")
 BUSY_STATE = "running elsewhere"   # train_one.py exit 4: another process holds the cell's lock
 EXIT_BUSY = 4
 CONTAINER_ENV = "TF_CONTAINER"          # path of the Singularity/Apptainer TensorFlow image
@@ -119,7 +118,7 @@ def create_new_study_dir(root=".", now: Optional[_dt.datetime] = None) -> Path:
     now = now or _dt.datetime.now()
     Path(root).mkdir(parents=True, exist_ok=True)
     for i in range(3600):
-        path = G.new_study_dir(root, now + _dt.timedelta(seconds=i))
+        path = new_study_dir(root, now + _dt.timedelta(seconds=i))
         try:
             path.mkdir()
             return path
@@ -178,7 +177,7 @@ def base_grid(grid_config: Optional[str] = None, data_dir: Optional[str] = None,
 
 # --- cell state -----------------------------------------------------------------------------------
 def cell_record(study_dir, cell: G.Cell) -> Optional[dict]:
-    path = G.experiment_paths(study_dir, cell.name).results_json
+    path = StudyPaths(study_dir).exp(cell.name).find_results_json()
     if not path.exists():
         return None
     try:
@@ -193,7 +192,7 @@ def cell_state(study_dir, cell: G.Cell) -> str:
     record = cell_record(study_dir, cell)
     if record is not None:
         return record["status"]
-    return "started" if (Path(study_dir) / cell.name).exists() else "missing"
+    return "started" if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else "missing"
 
 
 def parse_cells(spec: str, size: int) -> list[int]:
@@ -308,11 +307,9 @@ def _run_forwarding_signals(cmd: list[str], **kw) -> int:
 
 # --- the analysis job -----------------------------------------------------------------------------
 def analysis_command(study_dir, python: Optional[list] = None) -> list[str]:
-    """The analysis of a study; a clearly named placeholder when the script is missing."""
+    """The analysis of a study (analyze_hyperparameter_results.py)."""
     python = python or [sys.executable]
-    if ANALYZE_SCRIPT.exists():
-        return [*python, str(ANALYZE_SCRIPT), "--study-dir", str(study_dir)]
-    return [*python, str(RUN_STUDY), "placeholder-analysis", "--study-dir", str(study_dir)]
+    return [*python, str(ANALYZE_SCRIPT), "--study-dir", str(study_dir)]
 
 
 def write_analysis_script(study_dir, environ=None) -> Path:
@@ -322,19 +319,18 @@ def write_analysis_script(study_dir, environ=None) -> Path:
     cmd = " ".join(shlex.quote(a) for a in [*prefix, str(RUN_STUDY), "analyze", "--study-dir", str(study_dir)])
     text = ("#!/bin/bash\n"
             "# Analysis of this study, run by the scheduler after the whole array (afterany).\n"
-            f"# Rerun by hand: bash {shlex.quote(str(study_dir / ANALYSIS_SCRIPT_NAME))}\n"
+            f"# Rerun by hand: bash {shlex.quote(str(StudyPaths(study_dir).analysis_script))}\n"
             f"cd {shlex.quote(str(REPO_DIR))} || exit 2\n"
             f"exec {cmd}\n")
-    path = study_dir / ANALYSIS_SCRIPT_NAME
+    path = StudyPaths(study_dir).analysis_script
     atomic_write_text(path, text)
     path.chmod(0o755)
     return path
 
 
 def analysis_submit_command(scheduler: str, dependency: str, script: Path, study_dir) -> list[str]:
-    log = Path(study_dir).resolve() / "analysis_job.log"
+    log = StudyPaths(Path(study_dir).resolve()).analysis_log(slurm=scheduler == "slurm")
     if scheduler == "slurm":
-        log = log.with_name("analysis_job_%j.log")
         extra = shlex.split(os.environ.get("MITOSEG_ANALYSIS_SBATCH_ARGS", "--cpus-per-task=1 --mem=4G --time=02:00:00"))
         return ["sbatch", "--parsable", f"--dependency={dependency}", "--kill-on-invalid-dep=yes",
                 "--job-name=mitoseg_analysis", f"--output={log}", f"--chdir={REPO_DIR}", *extra, str(script)]
@@ -370,7 +366,7 @@ def submit_analysis_job(study_dir, scheduler: str, dependency: str, environ=None
             f"{(proc.stderr or proc.stdout).strip()}; run it by hand: bash {script}")
         return None
     job_id = parse_job_id(proc.stdout)
-    atomic_write_text(Path(study_dir) / "analysis_job.json", json.dumps(
+    atomic_write_text(StudyPaths(study_dir).analysis_job, json.dumps(
         {"job_id": job_id, "scheduler": scheduler, "dependency": dependency, "script": str(script),
          "command": cmd, "submitted_at": _dt.datetime.now().isoformat(timespec="seconds")}, indent=2) + "\n")
     log(f"analysis job {job_id} submitted ({dependency}); it runs {script}")
@@ -528,7 +524,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     subprocesses at once. A failed cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()
     G.init_study(study_dir, grid)
-    logs_dir = study_dir / "local_logs"
+    logs_dir = StudyPaths(study_dir).local_logs
     logs_dir.mkdir(exist_ok=True)
     rows: dict[int, dict] = {}
     todo = []
@@ -576,7 +572,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                 del running[idx]
                 done += 1
                 rec = cell_record(study_dir, cell) or {}
-                state = rec.get("status") or ("failed" if code else cell_state(study_dir, cell))
+                state = rec.get("status") or (FAILED if code else cell_state(study_dir, cell))
                 if code == EXIT_BUSY:
                     state, rec = BUSY_STATE, {}
                 note = rec.get("error") or ("" if code in (0, None) else f"exit {code}; see {logs_dir / (cell.name + '.out')}")
@@ -642,25 +638,16 @@ def study_rows(study_dir, grid: G.GridConfig) -> dict:
 
 
 def run_analysis(study_dir, log: Callable[[str], None] = print) -> int:
-    """Run the analysis (or the placeholder) on a study; returns its exit code."""
+    """Run the analysis of a study; returns its exit code."""
     cmd = analysis_command(Path(study_dir).resolve())
     log("analysis: " + " ".join(shlex.quote(c) for c in cmd))
     sys.stdout.flush()
     return subprocess.call(cmd, cwd=str(REPO_DIR))
 
 
-def placeholder_analysis(study_dir, log: Callable[[str], None] = print) -> int:
-    """PLACEHOLDER for analyze_hyperparameter_results.py when that file is missing: prints the
-    per-cell table only (no statistics, no figures)."""
-    grid = G.load_study_grid(study_dir)
-    log("PLACEHOLDER ANALYSIS (analyze_hyperparameter_results.py not found): per-cell summary only")
-    log(results_table(study_rows(study_dir, grid)))
-    return 0
-
-
 def report_path(study_dir) -> Optional[Path]:
-    for name in ("hyperparameter_report.md", "comprehensive_analysis_report.txt", G.SUMMARY_CSV_NAME):
-        p = Path(study_dir) / name
+    for name in (REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME):
+        p = StudyPaths(study_dir).output(name)
         if p.exists():
             return p
     return None

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Optional
 
 from . import grid as G
+from .paths import StudyPaths
 from .results import ResultsError, load_results
 from .runner import fmt_duration, fmt_score
+from .status import DONE_STATUSES
 
-DONE = ("ok", "diverged")
 RERUN_MARGIN_S = 30.0
 STALL_GRACE_S = 15 * 60.0
 NO_EPOCH_STALL_S = 2 * 3600.0
@@ -67,7 +68,7 @@ def last_write(exp_dir: Path) -> Optional[float]:
 
 
 def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
-    paths = G.experiment_paths(study_dir, cell.name)
+    paths = StudyPaths(study_dir).exp(cell.name)
     row = dict(cell=cell, state="missing", epoch=0, epochs_max=epochs_max, latest_iou=None, best_iou=None,
                epoch_times=[], overhead_s=None, last_write=None, note="")
     if not paths.exp_dir.is_dir():
@@ -87,12 +88,12 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
             row["note"] = f"unreadable results ({err})"[:120]
     if record is not None:
         json_time = paths.results_json.stat().st_mtime
-        rerun = record["status"] not in DONE and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
+        rerun = record["status"] not in DONE_STATUSES and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
         if not rerun:
-            row["state"] = "finished" if record["status"] in DONE else record["status"]
+            row["state"] = "finished" if record["status"] in DONE_STATUSES else record["status"]
             row["best_iou"] = record.get("best_val_iou")
             row["epoch"] = record.get("epochs_run") or row["epoch"]
-            if record["status"] in DONE:
+            if record["status"] in DONE_STATUSES:
                 row["note"] = record["status"] + (" (degenerate)" if record.get("degenerate") else "")
                 if record.get("total_time_s") is not None and record.get("training_time_s") is not None:
                     row["overhead_s"] = max(0.0, record["total_time_s"] - record["training_time_s"])

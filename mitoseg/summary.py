@@ -1,7 +1,7 @@
 """Study folder -> one summary row per cell (`hyperparameter_summary.csv`), and CSV -> checked DataFrame.
 
-`build_summary(study_dir)` is the only place that reads results JSON files. Every expected cell of
-the study's grid gets a row: finished cells with their status (ok / diverged / failed /
+`build_summary(study_dir)` turns a study's results files into the rows the analysis reads. Every
+expected cell of the study's grid gets a row: finished cells with their status (ok / diverged / failed /
 interrupted), a results file that `load_results` refuses as "unreadable" (with the error), and a
 cell without a results file as "missing" (not started, still running, or killed).
 
@@ -13,23 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from .checks import degenerate_reason
-from .grid import GRID_CONFIG_NAME, STAGES, SUMMARY_CSV_NAME, experiment_paths, load_study_grid, study_cells
+from .grid import STAGES, load_study_grid, study_cells
 from .io_utils import atomic_write_text
-from .results import STATUSES, ResultsError, load_results
-
-MISSING = "missing"
-UNREADABLE = "unreadable"
-ALL_STATUSES = STATUSES + (UNREADABLE, MISSING)
-FINISHED_STATUSES = STATUSES  # a results file exists and was read
+from .paths import StudyPaths, parse_cell_name
+from .results import ResultsError, load_results
+from .status import FAILED, MISSING, OK, UNREADABLE
 
 # Columns of hyperparameter_summary.csv, in order. Field names as in mitoseg.results.RESULT_FIELDS
 # where one exists; test_* come from the results' `test` dict.
@@ -53,10 +48,6 @@ NUMERIC_COLUMNS = [
 INTEGER_COLUMNS = ["batch_size", "seed", "epochs_run", "epochs_to_best", "task_index"]
 REQUIRED_COLUMNS = ["architecture", "learning_rate", "batch_size"]
 SCORE_COLUMNS = ["test_iou", "best_val_iou", "best_val_jaccard"]  # at least one must be present
-
-_NAME_RE = re.compile(r"^exp_(?:(?P<index>\d+)_)?(?P<arch>[A-Za-z_]+?)_lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>\d+)"
-                      r"(?:_seed(?P<seed>-?\d+))?$")
-
 
 class SummaryError(ValueError):
     """Bad input for the analysis (no study, no cells, CSV without required columns); one line."""
@@ -83,23 +74,6 @@ def _num(value):
     return value if math.isfinite(value) else np.nan
 
 
-def parse_experiment_name(name: str) -> dict:
-    """architecture, learning_rate, batch_size, seed and task_index from an exp_ folder name (or {})."""
-    match = _NAME_RE.match(name)
-    if not match:
-        return {}
-    out = {"architecture": match["arch"], "batch_size": int(match["bs"])}
-    try:
-        out["learning_rate"] = float(match["lr"])
-    except ValueError:
-        pass
-    if match["seed"] is not None:
-        out["seed"] = int(match["seed"])
-    if match["index"] is not None:
-        out["task_index"] = int(match["index"])
-    return out
-
-
 def record_to_row(record: dict, exp_dir: str) -> dict:
     """One summary row from a validated results record."""
     row = {col: np.nan for col in SUMMARY_COLUMNS}
@@ -113,7 +87,7 @@ def record_to_row(record: dict, exp_dir: str) -> dict:
     slices = test.get("slices")
     row["test_slice_iou"] = json.dumps({s["name"]: s["iou"] for s in slices}) if slices else None
     row["stage"] = "grid"
-    row["success"] = record["status"] == "ok"
+    row["success"] = record["status"] == OK
     row["degenerate"] = bool(record.get("degenerate"))
     row["exp_dir"] = exp_dir
     for col in NUMERIC_COLUMNS:
@@ -123,7 +97,7 @@ def record_to_row(record: dict, exp_dir: str) -> dict:
 
 def _placeholder_row(name: str, status: str, error: str, cell=None) -> dict:
     row = {col: np.nan for col in SUMMARY_COLUMNS}
-    info = parse_experiment_name(name)
+    info = parse_cell_name(name)
     if cell is not None:
         info = dict(architecture=cell.architecture, learning_rate=cell.learning_rate,
                     batch_size=cell.batch_size, seed=cell.seed, task_index=cell.index)
@@ -134,11 +108,8 @@ def _placeholder_row(name: str, status: str, error: str, cell=None) -> dict:
 
 
 def _read_cell(study_dir: Path, name: str, cell=None) -> dict:
-    paths = experiment_paths(study_dir, name)
-    json_path = paths.results_json
-    if not json_path.exists():
-        candidates = sorted(paths.exp_dir.glob("*_results.json")) if paths.exp_dir.is_dir() else []
-        json_path = candidates[0] if candidates else json_path
+    paths = StudyPaths(study_dir).exp(name)
+    json_path = paths.find_results_json()
     if not json_path.exists():
         where = "folder exists, no results file yet (still running, or killed)" if paths.exp_dir.is_dir() \
             else "no folder (not started yet)"
@@ -155,7 +126,7 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise SummaryError(f"study folder {study_dir} does not exist")
-    has_grid = (study_dir / GRID_CONFIG_NAME).exists()
+    has_grid = StudyPaths(study_dir).grid_config.exists()
     rows, seen = [], set()
     expected = 0
     if has_grid:
@@ -170,7 +141,7 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
             seen.add(cell.name)
         expected = sum(r["stage"] == "grid" for r in rows)
     extra = []
-    for exp_dir in sorted(p for p in study_dir.glob("exp_*") if p.is_dir()):
+    for exp_dir in StudyPaths(study_dir).exp_dirs():
         if exp_dir.name in seen:
             continue
         row = _read_cell(study_dir, exp_dir.name)
@@ -179,7 +150,7 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
         rows.append(row)
         extra.append(exp_dir.name)
     if not rows:
-        raise SummaryError(f"{study_dir}: no cells at all (no {GRID_CONFIG_NAME} and no exp_* folders)")
+        raise SummaryError(f"{study_dir}: no cells at all (no {StudyPaths(study_dir).grid_config.name} and no exp_* folders)")
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     inventory = StudyInventory(study_dir, has_grid, expected if has_grid else len(rows),
                                df["status"].value_counts().to_dict(), extra if has_grid else [],
@@ -239,13 +210,13 @@ def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame
     status = df["status"].astype(object)
     if status.isna().all():
         if "success" in df.columns and df["success"].notna().any():
-            status = np.where(_to_bool(df["success"]), "ok", "failed")
+            status = np.where(_to_bool(df["success"]), OK, FAILED)
         else:
             has_score = df[score_cols].notna().any(axis=1) if score_cols else pd.Series(False, index=df.index)
-            status = np.where(has_score, "ok", "failed")
+            status = np.where(has_score, OK, FAILED)
         status = pd.Series(status, index=df.index, dtype=object)
     df["status"] = status.where(pd.Series(status).notna(), MISSING).astype(str).str.strip()
-    df["success"] = df["status"] == "ok"
+    df["success"] = df["status"] == OK
     for col in ("error", "degenerate_reason", "experiment_id", "exp_dir", "test_slice_iou"):
         df[col] = df[col].astype(object).where(df[col].notna(), None)
     df["stage"] = _stages(df["stage"], source)
@@ -285,11 +256,3 @@ def load_summary(path) -> pd.DataFrame:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
     return normalize_summary(df, str(path))
-
-
-def summarize_study(study_dir, output_csv: Optional[Path] = None) -> tuple[Path, StudyInventory]:
-    """build_summary + write the CSV (default: <study>/hyperparameter_summary.csv)."""
-    df, inventory = build_summary(study_dir)
-    out = Path(output_csv) if output_csv else Path(study_dir) / SUMMARY_CSV_NAME
-    write_summary_csv(df, out)
-    return out, inventory

@@ -29,11 +29,11 @@ import numpy as np
 from . import metrics, resume
 from .checks import degenerate_reason
 from .config import TrainConfig
-from .grid import ExperimentPaths
 from .io_utils import atomic_save, atomic_write_text
+from .paths import ExperimentPaths
 from .results import ResultsError, empty_record, load_results, save_results
+from .status import DONE_STATUSES
 
-DONE_STATUSES = ("ok", "diverged")   # finished cells; failed/interrupted ones are rerun
 HISTORY_COLUMNS = ["epoch", "loss", "jaccard", "iou", "val_loss", "val_jaccard", "val_iou", "val_dice",
                    "val_precision", "val_recall", "val_predicted_foreground_fraction", "learning_rate", "time_s"]
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
@@ -48,7 +48,7 @@ def log(message: str) -> None:
 def load_cell_data(config: TrainConfig, cache_dir=None):
     """(train Volume, test Volume or None). DataError on bad input, before anything is written.
 
-    With `cache_dir` (a study's `.cache` folder, `cache.study_cache_dir`) the decoded volumes are
+    With `cache_dir` (a study's `StudyPaths.cache_dir`) the decoded volumes are
     cached there once per study and memory-mapped by later cells (see mitoseg/cache.py)."""
     from . import data
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mitoseg.grid import GRID_CONFIG_NAME, GridConfig, cells, experiment_paths
+from mitoseg.grid import GridConfig, cells
+from mitoseg.paths import GRID_CONFIG_NAME, experiment_paths
 from mitoseg.results import empty_record, save_results
 
 ALL_FG = 0.07  # all-foreground IoU of the fixture validation slices (as in the original data)

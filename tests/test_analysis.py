@@ -12,9 +12,9 @@ from scipy import stats as sps
 
 import analyze_hyperparameter_results as cli
 from tests.fixtures_results import ALL_FG, make_study, name_of
-from mitoseg.analysis import REPORT_MD, REPORT_TXT, SUMMARY_JSON, run_analysis
+from mitoseg.analysis import run_analysis
 from mitoseg.checks import degenerate_reason, required_iou
-from mitoseg.grid import SUMMARY_CSV_NAME
+from mitoseg.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from mitoseg.report import render
 from mitoseg.stats import analyze
 from mitoseg.summary import SUMMARY_COLUMNS, SummaryError, build_summary, load_summary, normalize_summary

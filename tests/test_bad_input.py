@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import tifffile
 
+from mitoseg import paths as P
 from mitoseg import data as D
 from mitoseg import grid as G
 from mitoseg.results import SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
@@ -189,7 +190,7 @@ def test_array_index_outside_grid(tmp_path, capfd, monkeypatch, index_args, env,
     proc = main_in_process(["--study-dir", str(study), *index_args], capfd, monkeypatch, env)
     assert proc.returncode == 2
     assert expected in the_error_line(proc)
-    assert sorted(p.name for p in study.iterdir()) == [G.GRID_CONFIG_NAME]
+    assert sorted(p.name for p in study.iterdir()) == [P.GRID_CONFIG_NAME]
 
 
 # --- results JSON ------------------------------------------------------------------------------------
@@ -197,7 +198,7 @@ def _exp_with_record(tmp_path, mutate):
     study = tmp_path / "study"
     cell = G.cells(G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4]))[0]
     G.init_study(study, G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4]))
-    paths = G.ExperimentPaths(study / cell.name)
+    paths = P.ExperimentPaths(study / cell.name)
     rec = empty_record(experiment_id=cell.name, status="ok", architecture="UNet", learning_rate=1e-3,
                        batch_size=4, seed=42, task_index=0, started_at="s", finished_at="f", best_val_iou=0.9)
     save_results(paths.results_json, rec)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mitoseg import paths as P
 from mitoseg import cache
 from mitoseg.config import TrainConfig
 from mitoseg.data import DataError, write_synthetic_dataset
@@ -45,7 +46,7 @@ def test_hit_returns_identical_arrays_memory_mapped(data_dir, tmp_path):
     config = _config(data_dir)
     train, test = load_cell_data(config)
     reference = prepare_arrays(train, config)
-    cache_dir = tmp_path / "study" / cache.CACHE_DIR_NAME
+    cache_dir = tmp_path / "study" / P.CACHE_DIR_NAME
     messages = []
     c_train, c_test, first = _cached(config, cache_dir, messages)      # miss: builds
     assert sum("built" in m for m in messages) == 2 and not any("using" in m for m in messages)
@@ -160,6 +161,6 @@ def test_bad_data_still_raises_and_unwritable_cache_falls_back(tmp_path, data_di
     blocker.write_text("a file where the cache folder should be")
     config = _config(data_dir)
     messages = []
-    train, _, arrays = _cached(config, blocker / cache.CACHE_DIR_NAME, messages)
+    train, _, arrays = _cached(config, blocker / P.CACHE_DIR_NAME, messages)
     assert any("not used" in m for m in messages)
     _assert_same(arrays, prepare_arrays(load_cell_data(config)[0], config))

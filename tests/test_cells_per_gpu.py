@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mitoseg import paths as P
 from mitoseg import grid as G
 from mitoseg import multi_cell as M
 from mitoseg import runner as R
@@ -41,7 +42,7 @@ def test_submit_sets_the_array_range_and_k(tmp_path):
 
 
 def _log_headers(study, cell):
-    log = G.experiment_paths(study, cell.name).log
+    log = P.experiment_paths(study, cell.name).log
     return log.read_text().count(f"=== {cell.name} (") if log.exists() else 0
 
 
@@ -56,12 +57,12 @@ def test_two_cells_per_element_with_a_failure_and_a_rerun(tmp_path):
     logs = []
     codes = [R.run_element(i, tmp_path, environ=env, log=logs.append) for i in range(M.array_size(3, 2))]
     assert codes == [1, 0], logs               # element 0: cell 1 failed, cell 0 did not care
-    assert load_results(G.experiment_paths(study, cells[0].name).results_json)["status"] == "ok"
-    assert load_results(G.experiment_paths(study, cells[2].name).results_json)["status"] == "ok"
+    assert load_results(P.experiment_paths(study, cells[0].name).results_json)["status"] == "ok"
+    assert load_results(P.experiment_paths(study, cells[2].name).results_json)["status"] == "ok"
     assert "cells of this element: 0: exit 0, 1: exit 1" in logs
     assert R.run_element(2, tmp_path, environ=env, log=logs.append) == 2 and "outside the array" in logs[-1]
     blocker.unlink()
     assert R.run_element(0, tmp_path, environ=env, log=logs.append) == 0   # the rerun: cell 0 skipped, 1 trained
     for cell in cells:
-        assert load_results(G.experiment_paths(study, cell.name).results_json)["status"] == "ok"
+        assert load_results(P.experiment_paths(study, cell.name).results_json)["status"] == "ok"
         assert _log_headers(study, cell) == 1, cell.name   # every cell trained exactly once

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mitoseg import paths as P
 from mitoseg import grid as G
 from mitoseg.config import TrainConfig
 
@@ -52,4 +53,4 @@ def test_a_comment_key_is_accepted_but_must_be_text(tmp_path):
         G.GridConfig.load(bad)
     study = tmp_path / "study"
     G.init_study(study, G.GridConfig.load(ROOT / "examples" / "cpu_real_data_1h.json"))
-    assert G.COMMENT_KEY not in json.loads((study / G.GRID_CONFIG_NAME).read_text())
+    assert G.COMMENT_KEY not in json.loads((study / P.GRID_CONFIG_NAME).read_text())

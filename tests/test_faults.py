@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from mitoseg import paths as P
 from mitoseg import grid as G
 from mitoseg import resume
 from mitoseg.results import ResultsError, empty_record, load_results, save_results
@@ -85,8 +86,8 @@ def study(tmp_path_factory):
     grid_file = root / "grid.json"
     GRID.save(grid_file)
     c0, c1 = G.cells(GRID)
-    p0 = G.ExperimentPaths(study / c0.name)
-    ev = {"study": study, "paths": p0, "div_paths": G.ExperimentPaths(study / c1.name), "snapshots": []}
+    p0 = P.ExperimentPaths(study / c0.name)
+    ev = {"study": study, "paths": p0, "div_paths": P.ExperimentPaths(study / c1.name), "snapshots": []}
     base = ["--study-dir", str(study), "--grid-config", str(grid_file)]
 
     # 1. Two array elements start at once into a study that does not exist yet; cell 1 diverges.
@@ -97,7 +98,7 @@ def study(tmp_path_factory):
     last = [0.0]
 
     def epoch1_done():
-        if time.time() - last[0] > 0.3 and (study / G.GRID_CONFIG_NAME).exists():
+        if time.time() - last[0] > 0.3 and (study / P.GRID_CONFIG_NAME).exists():
             ev["snapshots"].append(summary_snapshot(study))
             last[0] = time.time()
         return history_epochs(p0.history_csv) == [1]
@@ -509,7 +510,7 @@ def test_leftover_temp_files_alone_are_not_results(tmp_path):
     from mitoseg.training import existing_status
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4])
     G.init_study(tmp_path, grid)
-    paths = G.ExperimentPaths(tmp_path / G.cells(grid)[0].name)
+    paths = P.ExperimentPaths(tmp_path / G.cells(grid)[0].name)
     paths.exp_dir.mkdir()
     rec = empty_record(experiment_id=paths.name, status="ok", architecture="UNet", learning_rate=1e-3,
                        batch_size=4, seed=42, started_at="s", finished_at="f")

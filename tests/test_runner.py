@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mitoseg import paths as P
 from mitoseg import grid as G
 from mitoseg import runner as R
 from mitoseg.results import save_results
@@ -122,7 +123,7 @@ def test_study_dir_resolution_is_shared_by_one_array_under_concurrency(tmp_path)
         got = pool.map(_resolve_worker, work)
     a, b = set(got[:12]), set(got[12:])
     assert len(a) == 1 and len(b) == 1 and a != b
-    studies = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(G.STUDY_PREFIX))
+    studies = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(P.STUDY_PREFIX))
     assert len(studies) == 2  # losers removed the folders they made
     assert all(re.fullmatch(r"hyperparameter_optimization_\d{8}_\d{6}", s) for s in studies)
     # later elements of the same array read the pointer
@@ -167,6 +168,7 @@ FAKE_TRAIN = r'''
 import json, sys, os
 sys.path.insert(0, {repo!r})
 from mitoseg import grid as G
+from mitoseg import paths as P
 from mitoseg.results import save_results
 from tests.fixtures_results import record_for
 args = sys.argv[1:]
@@ -178,7 +180,7 @@ if index == {fail!r}:
     sys.exit(1)
 cell = G.study_cell_at(study, G.load_study_grid(study), index)   # as train_one.py
 os.makedirs(os.path.join(study, cell.name), exist_ok=True)
-save_results(G.experiment_paths(study, cell.name).results_json, record_for(cell, iou=0.5 + index / 100))
+save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell, iou=0.5 + index / 100))
 '''
 
 
@@ -195,7 +197,7 @@ def test_local_runner_skips_finished_reruns_failed_and_survives_a_failure(tmp_pa
     cells = G.cells(grid)
     for cell, status in ((cells[0], "ok"), (cells[1], "failed")):
         (study / cell.name).mkdir()
-        save_results(G.experiment_paths(study, cell.name).results_json, record_for(cell, status=status, iou=0.9))
+        save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell, status=status, iou=0.9))
     monkeypatch.setattr(R, "TRAIN_ONE", _fake_trainer(tmp_path, fail=2))
     lines = []
     rows = R.run_local(study, grid, cells, jobs=2, log=lines.append)
@@ -232,7 +234,7 @@ def test_run_element_bad_index_and_analysis_submitted_once(tmp_path, monkeypatch
     assert "outside the grid" in logs[-1]
     for i in range(4):
         assert R.run_element(None, root, environ={**base, "SLURM_ARRAY_TASK_ID": str(i)}, log=logs.append) == 0
-    studies = list(root.glob(G.STUDY_PREFIX + "*"))
+    studies = list(root.glob(P.STUDY_PREFIX + "*"))
     assert len(studies) == 1
     study = studies[0]
     assert G.load_study_grid(study).size == 4
@@ -241,7 +243,7 @@ def test_run_element_bad_index_and_analysis_submitted_once(tmp_path, monkeypatch
     assert len(calls) == 1 and "--dependency=afterany:20" in calls[0] and "--kill-on-invalid-dep=yes" in calls[0]
     info = json.loads((study / "analysis_job.json").read_text())
     assert info["job_id"] == "99"
-    script = (study / R.ANALYSIS_SCRIPT_NAME).read_text()
+    script = (study / P.ANALYSIS_SCRIPT_NAME).read_text()
     assert "run_study.py analyze --study-dir" in script
     # a resubmission (another array id) into the same study submits its own analysis job
     env2 = {**base, "SLURM_ARRAY_JOB_ID": "30", "SLURM_JOB_ID": "31", "STUDY_DIR": str(study), "SLURM_ARRAY_TASK_ID": "0"}
@@ -249,15 +251,13 @@ def test_run_element_bad_index_and_analysis_submitted_once(tmp_path, monkeypatch
     assert len((tmp_path / "sbatch_calls").read_text().splitlines()) == 2
 
 
-def test_placeholder_analysis_and_status(tmp_path):
+def test_status_counts_finished_and_missing_cells(tmp_path):
     grid = tiny_grid()
     study = tmp_path / "s"
     G.init_study(study, grid)
     cell = G.cells(grid)[0]
     (study / cell.name).mkdir()
-    save_results(G.experiment_paths(study, cell.name).results_json, record_for(cell, iou=0.61))
-    r = _run_study("placeholder-analysis", "--study-dir", str(study))
-    assert r.returncode == 0 and "PLACEHOLDER" in r.stdout and "0.610" in r.stdout
+    save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell, iou=0.61))
     r = _run_study("status", "--study-dir", str(study))
     assert r.returncode == 0 and "1 finished" in r.stdout and "3 missing" in r.stdout
 
@@ -302,7 +302,7 @@ def test_submit_dry_run_sets_the_array_range_from_the_grid(tmp_path):
         assert flag in line and script in line and "--qos=x" in line and "MITOSEG_NO_ANALYSIS_JOB=1" in line
         if sched != "slurm":
             assert " 0-3 " in line
-    studies = list(tmp_path.glob(G.STUDY_PREFIX + "*"))
+    studies = list(tmp_path.glob(P.STUDY_PREFIX + "*"))
     assert len(studies) == 3 and all(G.load_study_grid(s).size == 4 for s in studies)
 
 

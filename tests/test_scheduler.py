@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from mitoseg import paths as P
 from mitoseg import grid as G
 from mitoseg.results import load_results
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
@@ -51,7 +52,7 @@ def _submit_dir(tmp_path: Path) -> tuple[Path, dict]:
 
 
 def _the_study(sub: Path) -> Path:
-    studies = sorted(sub.glob(G.STUDY_PREFIX + "*"))
+    studies = sorted(sub.glob(P.STUDY_PREFIX + "*"))
     assert len(studies) == 1, studies
     return studies[0]
 
@@ -80,7 +81,7 @@ def _check_cells(study: Path) -> dict:
     assert grid.size == 2
     out = {}
     for cell in G.cells(grid):
-        paths = G.experiment_paths(study, cell.name)
+        paths = P.experiment_paths(study, cell.name)
         rec = load_results(paths.results_json)
         assert rec["status"] == "ok", rec["error"]
         assert rec["task_index"] == cell.index and rec["epochs_run"] == 1
@@ -107,9 +108,9 @@ def test_slurm_script_array_analysis_and_resubmission(slurm_cluster, tmp_path): 
     first = _check_cells(study)
     analysis_id = _wait_for_analysis(slurm_cluster, study, array_id)
     assert (study / "hyperparameter_report.md").exists()
-    assert (study / G.SUMMARY_CSV_NAME).exists()
+    assert (study / P.SUMMARY_CSV_NAME).exists()
     report_time = (study / "hyperparameter_report.md").stat().st_mtime
-    last_cell = max(os.path.getmtime(G.experiment_paths(study, c.name).results_json) for c in G.cells(TINY))
+    last_cell = max(os.path.getmtime(P.experiment_paths(study, c.name).results_json) for c in G.cells(TINY))
     assert report_time >= last_cell
 
     # resubmission into the same study with `run_study.py submit` (array range from the grid, the
@@ -125,7 +126,7 @@ def test_slurm_script_array_analysis_and_resubmission(slurm_cluster, tmp_path): 
     assert logs.count("already finished (status ok); skipping") == 2, logs
     second = _check_cells(study)
     assert [second[i]["finished_at"] for i in (0, 1)] == [first[i]["finished_at"] for i in (0, 1)]
-    assert len(list(sub.glob(G.STUDY_PREFIX + "*"))) == 1
+    assert len(list(sub.glob(P.STUDY_PREFIX + "*"))) == 1
     _wait_for_analysis(slurm_cluster, study, again, previous=analysis_id)
 
 
@@ -170,7 +171,7 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
     assert states[array_id] == {0: "COMPLETED"}, logs
     assert "warning: $TF_CONTAINER" not in logs
     study = _the_study(sub)
-    rec = load_results(G.experiment_paths(study, G.cells(grid)[0].name).results_json)
+    rec = load_results(P.experiment_paths(study, G.cells(grid)[0].name).results_json)
     assert rec["status"] == "ok", rec["error"]
     oldest = json.loads(subprocess.run([oldest_python, "-c", "import json, platform, importlib.metadata as m; print(json.dumps("
                                         "[platform.python_version(), m.version('keras'), m.version('tensorflow')]))"],
@@ -192,8 +193,8 @@ def test_confirm_stage_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     study = sub / "study"
     G.init_study(study, TINY)
     for cell in G.cells(TINY):   # a finished grid (fake results): the confirmation stage trains for real
-        G.experiment_paths(study, cell.name).exp_dir.mkdir()
-        save_results(G.experiment_paths(study, cell.name).results_json,
+        P.experiment_paths(study, cell.name).exp_dir.mkdir()
+        save_results(P.experiment_paths(study, cell.name).results_json,
                      record_for(cell, iou=0.8 if cell.batch_size == 8 else 0.7))
     r = slurm_cluster.run([sys.executable, str(REPO / "run_study.py"), "confirm", "--study-dir", str(study),
                            "--seeds", "2", "--scheduler", "slurm", "--", "--cpus-per-task=1", "--mem=1G", "--gres=none",
@@ -205,7 +206,7 @@ def test_confirm_stage_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     logs = _element_logs(sub, "confirm_*.out")
     assert states[array_id] == {2: "COMPLETED", 3: "COMPLETED"}, logs
     for cell, seed in zip(G.confirm_cells(study), (43, 44)):
-        rec = load_results(G.experiment_paths(study, cell.name).results_json)
+        rec = load_results(P.experiment_paths(study, cell.name).results_json)
         assert rec["status"] == "ok" and rec["seed"] == seed and rec["batch_size"] == 8   # the validation winner
         assert rec["task_index"] == cell.index and len(rec["test"]["slices"]) == rec["test"]["n_slices"]
     _wait_for_analysis(slurm_cluster, study, array_id)

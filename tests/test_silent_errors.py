@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from mitoseg import paths as P
 from mitoseg import data as D
 from mitoseg import grid as G
 
@@ -457,7 +458,7 @@ def test_relative_data_dir_of_a_local_study_is_the_users_folder(local_study):
 
 
 def test_edited_grid_config_that_no_longer_matches_finished_cells_is_refused(local_study):
-    path = local_study["study"] / G.GRID_CONFIG_NAME
+    path = local_study["study"] / P.GRID_CONFIG_NAME
     original = path.read_text()
     try:
         for edit, expected in ((lambda g: g["fixed"].update(epochs=2), "epochs 1 -> 2"),
@@ -502,8 +503,8 @@ def test_analysis_never_overwrites_its_input_csvs(tmp_path):
     study = tmp_path / "study"
     G.init_study(study, grid)
     for cell in G.cells(grid):
-        save_results(G.experiment_paths(study, cell.name).results_json, record_for(cell))
-    baseline = study / G.SUMMARY_CSV_NAME               # a baseline CSV kept where the new summary goes
+        save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell))
+    baseline = study / P.SUMMARY_CSV_NAME               # a baseline CSV kept where the new summary goes
     baseline.write_text("architecture,learning_rate,batch_size,status,best_val_iou\nUNet,0.01,8,ok,0.07\n")
     before = baseline.read_bytes()
     proc = run("analyze_hyperparameter_results.py", ["--study-dir", str(study), "--baseline_summary", str(baseline),
@@ -517,14 +518,14 @@ def test_analysis_never_overwrites_its_input_csvs(tmp_path):
 def test_relative_data_dir_in_a_study_grid_is_refused(tmp_path):
     study = tmp_path / "study"
     study.mkdir()
-    (study / G.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],
+    (study / P.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],
                                                          "batch_sizes": [4], "fixed": {"data_dir": "data"}}))
     for script, args in (("run_study.py", ["local", "--study-dir", str(study), "--no-analysis"]),
                          ("train_one.py", ["--study-dir", str(study), "--task-index", "0"])):
         proc = run(script, args)
         assert proc.returncode == 2
         assert "data_dir 'data' is relative" in the_error_line(proc)
-    assert sorted(p.name for p in study.iterdir()) == [G.GRID_CONFIG_NAME]
+    assert sorted(p.name for p in study.iterdir()) == [P.GRID_CONFIG_NAME]
 
 
 def test_data_dir_that_is_a_file_says_so(tmp_path, em):
@@ -551,7 +552,7 @@ def test_array_element_refuses_a_study_with_a_relative_data_dir(tmp_path):
     from mitoseg import runner as R
     study = tmp_path / "study"
     study.mkdir()
-    (study / G.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],
+    (study / P.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],
                                                          "batch_sizes": [4], "fixed": {"data_dir": "data"}}))
     logs = []
     assert R.run_element(0, tmp_path, environ={"STUDY_DIR": str(study), "PATH": os.environ["PATH"]},

@@ -1,0 +1,191 @@
+"""Every file and folder name of a study and of its cells: the one place that decides them.
+
+A study is a folder `hyperparameter_optimization_YYYYMMDD_HHMMSS/` holding `grid_config.json`
+(the resolved grid, written once), one `exp_*` folder per cell and the analysis outputs.
+`StudyPaths(study_dir)` names the study's files, `ExperimentPaths(exp_dir)` a cell's; the names
+of the cells themselves (`exp_04_UNet_lr0.0001_bs8`) are made and parsed here too.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+STUDY_PREFIX = "hyperparameter_optimization_"
+EXP_PREFIX = "exp_"
+POINTER_DIR = ".mitoseg_jobs"   # array job id -> study folder, in the submit folder (mitoseg/runner.py)
+GRID_CONFIG_NAME = "grid_config.json"
+CONFIRM_CONFIG_NAME = "confirm_config.json"
+CACHE_DIR_NAME = ".cache"
+ANALYSIS_SCRIPT_NAME = "run_analysis.sh"
+
+# The analysis outputs: summary CSV, reports and figures, written into the study (or --output_dir).
+SUMMARY_CSV_NAME = "hyperparameter_summary.csv"
+REPORT_MD = "hyperparameter_report.md"
+REPORT_TXT = "comprehensive_analysis_report.txt"
+SUMMARY_JSON = "analysis_summary.json"
+FIG_HEATMAPS = "detailed_heatmaps.png"
+FIG_COMPREHENSIVE = "comprehensive_analysis.png"
+FIG_BEST = "best_configurations_comparison.png"
+FIG_CURVES = "training_curves.png"
+FIG_BASELINE = "baseline_comparison.png"
+FIG_CONFIRMATION = "architecture_comparison.png"
+
+_EXP_NAME_RE = re.compile(r"^exp_(?:(?P<index>\d+)_)?(?P<arch>[A-Za-z_]+?)_lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>\d+)"
+                          r"(?:_seed(?P<seed>-?\d+))?$")
+
+
+# --- cell names -------------------------------------------------------------------------------------
+def cell_name(index: Optional[int], architecture: str, learning_rate: float, batch_size: int,
+              seed: Optional[int] = None) -> str:
+    """exp_04_UNet_lr0.0001_bs8, plus _seed7 when a seed is given (index None: a cell run by hand)."""
+    prefix = EXP_PREFIX if index is None else f"{EXP_PREFIX}{index:02d}_"
+    name = f"{prefix}{architecture}_lr{learning_rate:g}_bs{batch_size}"
+    return name + ("" if seed is None else f"_seed{seed}")
+
+
+def parse_cell_name(name: str) -> dict:
+    """architecture, learning_rate, batch_size, seed and task_index from an exp_ folder name (or {})."""
+    match = _EXP_NAME_RE.match(name)
+    if not match:
+        return {}
+    out = {"architecture": match["arch"], "batch_size": int(match["bs"])}
+    try:
+        out["learning_rate"] = float(match["lr"])
+    except ValueError:
+        pass
+    if match["seed"] is not None:
+        out["seed"] = int(match["seed"])
+    if match["index"] is not None:
+        out["task_index"] = int(match["index"])
+    return out
+
+
+def new_study_dir(root=".", now: Optional[_dt.datetime] = None) -> Path:
+    stamp = (now or _dt.datetime.now()).strftime("%Y%m%d_%H%M%S")
+    return Path(root) / f"{STUDY_PREFIX}{stamp}"
+
+
+# --- one cell's folder ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ExperimentPaths:
+    """Every file of one cell's exp_ folder."""
+    exp_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.exp_dir.name
+
+    @property
+    def log(self) -> Path:
+        return self.exp_dir / "training_log.txt"
+
+    @property
+    def history_csv(self) -> Path:
+        return self.exp_dir / f"{self.name}_history.csv"
+
+    def model(self, save_format: str = "keras") -> Path:
+        return self.exp_dir / f"{self.name}_model.{'hdf5' if save_format == 'hdf5' else 'keras'}"
+
+    @property
+    def results_json(self) -> Path:
+        return self.exp_dir / f"{self.name}_results.json"
+
+    def find_results_json(self) -> Path:
+        """The results file: the one named after the folder, else any *_results.json in it (a folder
+        renamed by hand), else the expected name (which does not exist)."""
+        if not self.results_json.exists() and self.exp_dir.is_dir():
+            found = sorted(self.exp_dir.glob("*_results.json"))
+            if found:
+                return found[0]
+        return self.results_json
+
+    @property
+    def lock(self) -> Path:
+        """Held (flock) while a process trains the cell (mitoseg/celllock.py)."""
+        return self.exp_dir / ".cell.lock"
+
+    @property
+    def backup_dir(self) -> Path:
+        """The resume backup (mitoseg.resume): lets a killed cell continue from its last finished epoch."""
+        return self.exp_dir / "backup"
+
+    @property
+    def train_state(self) -> Path:
+        return self.exp_dir / "train_state.json"
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        """TensorBoard event files of the cell (`tensorboard --logdir STUDY` finds them)."""
+        return self.exp_dir / "tensorboard"
+
+
+def experiment_paths(out_dir, name: str) -> ExperimentPaths:
+    return ExperimentPaths(Path(out_dir) / name)
+
+
+# --- the study folder -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class StudyPaths:
+    """Every study-level file: configs, cache, analysis outputs, job files, logs of local runs."""
+    root: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def grid_config(self) -> Path:
+        return self.root / GRID_CONFIG_NAME
+
+    @property
+    def confirm_config(self) -> Path:
+        """The confirmation stage's cells (mitoseg/confirm.py writes it)."""
+        return self.root / CONFIRM_CONFIG_NAME
+
+    @property
+    def cache_dir(self) -> Path:
+        """Decoded stacks and patches shared by the study's cells (mitoseg/cache.py)."""
+        return self.root / CACHE_DIR_NAME
+
+    @property
+    def analysis_script(self) -> Path:
+        """The analysis command as a script: what the dependent job runs, rerunnable by hand."""
+        return self.root / ANALYSIS_SCRIPT_NAME
+
+    @property
+    def analysis_job(self) -> Path:
+        """The submitted analysis job: id, scheduler, dependency, command."""
+        return self.root / "analysis_job.json"
+
+    def analysis_log(self, slurm: bool = False) -> Path:
+        """The analysis job's output (Slurm fills in the job id for %j)."""
+        return self.root / ("analysis_job_%j.log" if slurm else "analysis_job.log")
+
+    @property
+    def local_logs(self) -> Path:
+        """One <cell>.out per cell run by `run_study.py local`."""
+        return self.root / "local_logs"
+
+    @property
+    def overlays(self) -> Path:
+        return self.root / "overlays"
+
+    def output(self, name: str) -> Path:
+        """An analysis output (SUMMARY_CSV_NAME, REPORT_MD, a figure, ...) in this folder."""
+        return self.root / name
+
+    def exp(self, name: str) -> ExperimentPaths:
+        return experiment_paths(self.root, name)
+
+    def exp_dirs(self) -> list[Path]:
+        return sorted(p for p in self.root.glob(f"{EXP_PREFIX}*") if p.is_dir())
+
+    def results_files(self) -> list[Path]:
+        """The results file of every exp_ folder, whatever its name (hand-run cells included)."""
+        return sorted(self.root.glob(f"{EXP_PREFIX}*/*_results.json"))
+
+
+def overlay_name(architecture: str) -> str:
+    return f"overlay_{architecture}.png"

@@ -55,7 +55,3 @@ def degenerate_reason(iou, all_foreground_iou, predicted_foreground_fraction=Non
         if frac > MAX_FOREGROUND_FRACTION:
             return "predicts (almost) everything as foreground"
     return None
-
-
-def is_degenerate(iou, all_foreground_iou, predicted_foreground_fraction=None) -> bool:
-    return degenerate_reason(iou, all_foreground_iou, predicted_foreground_fraction) is not None

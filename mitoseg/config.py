@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 ARCHITECTURES = ("UNet", "Attention_UNet", "Attention_ResUNet")
@@ -20,6 +20,9 @@ HEADS = ("plain", "bn_sigmoid")
 # project built before issue 14 (models.legacy_gate). A results JSON whose config has no
 # attention_gate was written before the field existed, by the legacy gate.
 ATTENTION_GATES = ("original", "legacy")
+# Keys that earlier versions wrote into every results JSON with a value that meant nothing: read
+# past them, so finished cells of an older study still match their grid.
+_RETIRED = {"extra": {}}
 
 
 class ConfigError(ValueError):
@@ -124,7 +127,6 @@ class TrainConfig:
     test_tta: bool = False          # 8-fold flip/rotation test-time augmentation on held-out slices
     save_format: str = "keras"      # "keras" or "hdf5"
     task_index: Optional[int] = None
-    extra: dict = field(default_factory=dict)
 
     def problems(self) -> list[tuple[str, str]]:
         """[(field, one-line problem)] for every setting of the wrong type or out of range (nothing is
@@ -156,6 +158,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        values = {k: v for k, v in values.items() if not (k in _RETIRED and v == _RETIRED[k])}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

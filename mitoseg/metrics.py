@@ -67,12 +67,6 @@ def soft_jaccard(y_true, prob, smooth: float = 1.0) -> float:
     return (inter + smooth) / (t.sum() + p.sum() - inter + smooth)
 
 
-def soft_dice(y_true, prob, smooth: float = 1.0) -> float:
-    t = np.asarray(y_true, dtype=np.float64).ravel()
-    p = np.asarray(prob, dtype=np.float64).ravel()
-    return (2 * float(np.dot(t, p)) + smooth) / (t.sum() + p.sum() + smooth)
-
-
 def focal_loss(y_true, prob, gamma: float = 2.0, eps: float = 1e-7) -> float:
     """Mean binary focal loss (Lin et al. 2017, no alpha): -(1-p_t)^gamma * log(p_t)."""
     t = np.asarray(y_true, dtype=np.float64)

@@ -112,3 +112,14 @@ def test_save_refuses_invalid_record(tmp_path):
     with pytest.raises(R.ResultsError):
         R.save_results(tmp_path / "r.json", {"schema_version": 1})
     assert not (tmp_path / "r.json").exists()
+
+
+def test_a_config_recorded_with_the_retired_extra_key_still_matches_its_cell():
+    # results JSONs written before TrainConfig.extra was removed hold "extra": {}
+    from mitoseg.config import TrainConfig
+    from mitoseg.identity import config_differences
+    current = G.cells(G.default_grid())[0].train_config(G.default_grid()).to_dict()
+    assert config_differences({**current, "extra": {}}, current) == []
+    assert config_differences({**current, "epochs": 2}, current) == [f"epochs 2 -> {current['epochs']}"]
+    with pytest.raises(ValueError, match="unknown config keys: extra"):
+        TrainConfig.from_dict({"extra": {"meant": "something"}})

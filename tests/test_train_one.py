@@ -1,12 +1,15 @@
 """train_one.py end to end: a real (tiny) training run, its files and JSON, skip-if-done, bad input."""
+import csv
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mitoseg.results import FIELD_NAMES, load_results
+from mitoseg.checks import degenerate_reason
+from mitoseg.results import load_results
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
@@ -39,15 +42,19 @@ def test_smoke_run_writes_every_file(trained):
         assert (exp / f).is_file(), f
     assert not (exp / "backup").exists()   # finished cells drop their resume state
     record = load_results(exp / f"{name}_results.json")
-    assert set(FIELD_NAMES) <= set(record)
+    assert all((exp / file).is_file() for file in record["files"].values()), record["files"]
     assert record["status"] == "ok" and record["error"] is None
     assert record["architecture"] == "Attention_UNet" and record["batch_size"] == 4 and record["seed"] == 3
     assert record["epochs_run"] == 2 and record["best_epoch"] in (1, 2)
     assert 0 <= record["best_val_iou"] <= 1 and 0 <= record["best_val_jaccard"] <= 1
     assert 0 < record["all_foreground_jaccard"] == pytest.approx(record["foreground_fraction"])
     assert record["overfitting_gap"] == pytest.approx(record["final_val_loss"] - record["final_train_loss"])
-    assert record["val_loss_stability"] is not None and record["val_loss_stability"] >= 0
-    assert isinstance(record["degenerate"], bool)
+    with open(exp / f"{name}_history.csv") as f:
+        val_losses = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    assert record["val_loss_stability"] == pytest.approx(np.std(val_losses[-10:], ddof=1))
+    reason = degenerate_reason(record["best_val_iou"], record["all_foreground_jaccard"],
+                               record["val_predicted_foreground_fraction"])
+    assert record["degenerate"] == (reason is not None) and record["degenerate_reason"] == reason
     assert record["config"]["bn_momentum"] == 0.9 and record["config"]["head"] == "plain"
     assert record["config"]["attention_gate"] == "original"
     split = record["data"]
@@ -63,7 +70,6 @@ def test_smoke_run_writes_every_file(trained):
 
 
 def test_saved_model_reloads_and_predicts(trained):
-    import numpy as np
     import models
     out, _ = trained
     exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
@@ -147,7 +153,6 @@ def test_deterministic_flag_gives_identical_runs(tmp_path):
 def test_gpu_options_run_on_cpu_and_are_recorded(tmp_path, flag, field):
     """The cluster's GPU options still train (slowly) on a CPU, are saved in the results JSON,
     and under mixed precision the model still outputs float32 probabilities."""
-    import numpy as np
     import models
     proc = run([flag, "--batch-size", "4", "--out-dir", str(tmp_path), *TINY])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -158,3 +163,22 @@ def test_gpu_options_run_on_cpu_and_are_recorded(tmp_path, flag, field):
     assert record["config"][other.pop()] is False
     probs = models.load_model(exp / f"{exp.name}_model.keras").predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
     assert probs.dtype == np.float32
+
+
+def test_hdf5_save_format_writes_an_hdf5_model_that_reloads(tmp_path):
+    import h5py
+    import models
+    proc = run(["--save-format", "hdf5", "--batch-size", "4", "--out-dir", str(tmp_path), *TINY])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = tmp_path / "exp_UNet_lr0.001_bs4_seed42"
+    record = load_results(exp / f"{exp.name}_results.json")
+    assert record["status"] == "ok" and record["config"]["save_format"] == "hdf5"
+    model_path = exp / record["files"]["model"]
+    assert model_path.name == f"{exp.name}_model.hdf5" and h5py.is_hdf5(model_path)
+    assert not list(exp.glob("*.keras"))
+    probs = models.load_model(model_path).predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
+    assert probs.shape == (1, 32, 32, 1) and np.all((probs >= 0) & (probs <= 1))
+    before = (exp / f"{exp.name}_results.json").read_text()
+    again = run(["--save-format", "hdf5", "--batch-size", "4", "--out-dir", str(tmp_path), *TINY])
+    assert again.returncode == 0 and "already finished" in again.stdout   # the hdf5 model counts as done
+    assert (exp / f"{exp.name}_results.json").read_text() == before

@@ -2,34 +2,17 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
-def atomic_write_text(path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 def atomic_save(path, save_fn) -> None:
-    """Call save_fn(tmp_path) on a temporary file beside `path` (same suffix), then rename it."""
+    """Call save_fn(tmp_path) on a temporary file beside `path` (same suffix, so writers that pick
+    the format from it still work), then rename it over `path`. The temporary name is unique per
+    process and call, so concurrent writers never share one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}{path.suffix}")
     try:
         save_fn(tmp)
         os.replace(tmp, path)
@@ -39,6 +22,16 @@ def atomic_save(path, save_fn) -> None:
         except OSError:
             pass
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # results are meant to be shared, whatever the umask of the writer
+    atomic_save(path, write)
 
 
 def same_file(a, b) -> bool:

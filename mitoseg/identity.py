@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
-from .paths import StudyPaths
+from .paths import ExperimentPaths, StudyPaths
 from .status import DONE_STATUSES
 
 _UNSET = "(unset)"
@@ -84,8 +84,8 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
     where = StudyPaths(study_dir).grid_config
     G.check_absolute_data_dir(grid, where)
     for path in StudyPaths(study_dir).results_files():
-        if path.name != f"{path.parent.name}_results.json":
-            continue
+        if path != ExperimentPaths(path.parent).results_json:
+            continue   # a stray file: the cell's own results file is named after its folder
         try:
             record = load_results(path)
         except ResultsError:

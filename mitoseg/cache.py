@@ -301,4 +301,3 @@ def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict],
     arrays, info, _ = load_or_build(cache_dir, "patches", key, config_sources(config), build, log)
     return {"x_train": arrays["x_train"], "y_train": arrays["y_train"],
             "x_val": np.array(arrays["x_val"]), "y_val": np.array(arrays["y_val"]), "split": info["split"]}
-

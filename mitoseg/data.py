@@ -324,4 +324,3 @@ def load_dataset(data_dir):
         # reports ~100% pixel accuracy; stop here instead.
         raise data_error(train_pair[1], "masks contain no foreground pixels")
     return train, test
-

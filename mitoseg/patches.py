@@ -48,4 +48,3 @@ def tile_patches(volume_array, patch_size, source="tile_patches") -> np.ndarray:
     ny, nx = h // p, w // p
     tiles = a[:, : ny * p, : nx * p].reshape(z, ny, p, nx, p).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(tiles.reshape(z * ny * nx, p, p))
-

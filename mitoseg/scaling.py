@@ -98,8 +98,6 @@ def apply_scaling(array, scaling: dict) -> np.ndarray:
     return a.astype(np.float32) / np.float32(scaling["divisor"])
 
 
-
-
 def _format_values(values, limit=6) -> str:
     floats = [float(v) for v in values[:limit]]
     shown = [str(int(f)) if f.is_integer() and abs(f) < 1e15 else repr(f) for f in floats]
@@ -131,10 +129,8 @@ def scale_mask(array, path="<array>") -> np.ndarray:
     raise _data_error(path, f"mask values {_format_values(values)} are not {{0, 255}} or {{0, 1}}")
 
 
-
 def log_scaling(train_scaling: Optional[dict], test_scaling: Optional[dict], log) -> None:
     """The chosen scaling of the training (and test) images, one line each (README: Data layouts)."""
     for what, scaling in (("training", train_scaling), ("test", test_scaling)):
         if scaling is not None:
             log(f"image scaling ({what}): {scaling.get('file', '?')}: {describe_scaling(scaling)}")
-

@@ -1,6 +1,6 @@
 """The built-in synthetic EM data: an EM-like stack with exact mitochondria masks, for demos and tests.
 
-Owns the generator (`make_synthetic_em`: same seed and size, same arrays, on every machine), the
+Owns the generator (`make_synthetic_em`: one seed and size, one set of arrays), the
 built-in volumes a cell trains on without --data-dir (`synthetic_volumes`) and writing a synthetic
 dataset in either layout `data.load_dataset` reads (`write_synthetic_dataset`). The generator's code
 decides cached arrays: mitoseg/cache.py lists this module among the sources of the synthetic data.

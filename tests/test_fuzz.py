@@ -42,7 +42,7 @@ def one_line(err: Exception, *names) -> None:
 # --- scaling -----------------------------------------------------------------------------------------
 @FAST
 @given(arrays())
-def test_scale_image_any_array(a):
+def test_image_scaling_any_array(a):
     try:
         out = apply_scaling(a, image_scaling(a, "img.tif"))
     except D.DataError as err:

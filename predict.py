@@ -137,19 +137,21 @@ def read_stack(path, reference=None, reference_name="the model's training images
     """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
     refused when it cannot be), else by its own values. Returns (images, scaling)."""
     from mitoseg import data
+    from mitoseg.scaling import apply_scaling, common_scaling, image_scaling
     try:
         raw = data.read_tiff(path)
-        scaling = (data.image_scaling(raw, str(path)) if reference is None
-                   else data.common_scaling(raw, reference, str(path), reference_name))
-        return data.apply_scaling(raw, scaling), scaling
+        scaling = (image_scaling(raw, str(path)) if reference is None
+                   else common_scaling(raw, reference, str(path), reference_name))
+        return apply_scaling(raw, scaling), scaling
     except data.DataError as err:
         raise PredictError(str(err)) from None
 
 
 def read_mask_stack(path):
     from mitoseg import data
+    from mitoseg.scaling import scale_mask
     try:
-        return data.scale_mask(data.read_tiff(path, what="mask"), str(path))
+        return scale_mask(data.read_tiff(path, what="mask"), str(path))
     except data.DataError as err:
         raise PredictError(str(err)) from None
 
@@ -250,7 +252,9 @@ def best_per_architecture(study_dir):
 def overlay_slices(record, data_dir=None):
     """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
     from mitoseg.config import TrainConfig
-    from mitoseg.data import DataError, describe_scaling, split_slices
+    from mitoseg.data import DataError
+    from mitoseg.patches import split_slices
+    from mitoseg.scaling import describe_scaling
     from mitoseg.training import load_cell_data
     values = dict(record.get("config") or {})
     if data_dir is not None:
@@ -314,7 +318,7 @@ def run_predict(args) -> int:
     check_model_file(args.model)
     reference, where = recorded_scaling(args.model)
     images, scaling = read_stack(args.input, reference)
-    from mitoseg.data import describe_scaling
+    from mitoseg.scaling import describe_scaling
     print(f"input scaling: {describe_scaling(scaling)}; "
           + (f"the model was trained on {describe_scaling(reference)} ({where.name})" if reference else
              f"scaled by its own values: {where}"))

@@ -80,7 +80,7 @@ def train_one_arch(arch, args, train_imgs, train_masks, val_imgs, val_masks, tes
     from focal_loss import BinaryFocalLoss
 
     from mitoseg import metrics
-    from mitoseg.data import tile_patches
+    from mitoseg.patches import tile_patches
     from mitoseg.inference import evaluate_volume
     from models import build_model
 
@@ -254,12 +254,13 @@ def main(argv=None) -> int:
         return count_flops(args)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + list(argv if argv is not None else sys.argv[1:]))
     from mitoseg import data
+    from mitoseg.patches import split_slices
     from mitoseg.training import hold_out_test_slices
     try:
         volume, test = data.load_dataset(args.data_dir)
         if test is None:
             volume, test = hold_out_test_slices(volume, args.test_fraction)
-        tr, va = data.split_slices(len(volume.images), args.val_fraction, "end")
+        tr, va = split_slices(len(volume.images), args.val_fraction, "end")
     except data.DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

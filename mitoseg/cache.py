@@ -9,9 +9,9 @@ and cutting patches again. Two kinds of entry:
 * ``patches-*``: the train/val patch arrays and the split record (`training.prepare_arrays`).
 
 An entry is named by a hash of its key (what was prepared and how: data folder, patch size, split,
-channels, ...). Its meta.json records the key, the source files (every file the loader reads, followed through
-symlinks: path, resolved path, size, mtime) and, for each
-array, shape, dtype, file size and CRC32. An entry is used only if all of that still matches
+channels, ...). Its meta.json records the key, the sources (every file the loader reads, followed through
+symlinks: path, resolved path, size, mtime; for the built-in synthetic data the modules of
+`SYNTHETIC_DATA_CODE`) and, for each array, shape, dtype, file size and CRC32. An entry is used only if all of that still matches
 (checking the CRC reads each file once: ~0.03 s per 100 MB, against ~3.4 s to decode the real
 33-slice subset); otherwise it is rebuilt. Entries are built in a private temporary folder and
 published with one ``os.rename`` of the folder, so a concurrent array element sees either no entry
@@ -33,12 +33,12 @@ import time
 import uuid
 import zlib
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
 
-FORMAT_VERSION = 2   # 2: images scaled by their values (data.image_scaling), scaling recorded
+FORMAT_VERSION = 2   # 2: images scaled by their values (scaling.image_scaling), scaling recorded
 META_NAME = "meta.json"
 _CHUNK = 8 << 20
 
@@ -69,14 +69,24 @@ def source_files(data_dir) -> list[dict]:
     return found
 
 
+# The modules whose code decides the arrays prepared from the built-in synthetic data: the generator,
+# the scaling and the Volume it becomes, and the split and tiling of the patch entries. A module left
+# out here would let changed code silently reuse stale entries (tests/test_cache.py checks this list
+# against the code that runs while the synthetic data is prepared).
+SYNTHETIC_DATA_CODE = ("data.py", "scaling.py", "synthetic.py", "patches.py")
+
+
 def config_sources(config) -> list[dict]:
     """What the prepared data of `config` derives from: its data files, or for the built-in
-    synthetic data the generator's source code (a changed generator must not reuse old data)."""
+    synthetic data the source code of `SYNTHETIC_DATA_CODE` (changed code must not reuse old data)."""
     if config.data_dir is not None:
         return source_files(config.data_dir)
-    path = Path(__file__).with_name("data.py").resolve()
-    st = path.stat()
-    return [{"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}]
+    sources = []
+    for name in SYNTHETIC_DATA_CODE:
+        path = Path(__file__).with_name(name).resolve()
+        st = path.stat()
+        sources.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return sources
 
 
 def _data_key(config) -> dict:
@@ -151,6 +161,9 @@ def _fsync_path(path: Path) -> None:
 
 
 def _write_entry(tmp: Path, kind: str, key: dict, sources: list[dict], arrays: dict, info: dict) -> None:
+    """Write an entry's files into the private folder `tmp`. Plain writes, not io_utils' per-file atomic
+    writers: no reader sees `tmp` until `_publish` renames the whole folder, and an entry is its arrays
+    and meta.json together, so only the folder rename can publish it atomically."""
     tmp.mkdir(parents=True)
     specs = {}
     for name, a in arrays.items():
@@ -288,15 +301,3 @@ def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict],
     arrays, info, _ = load_or_build(cache_dir, "patches", key, config_sources(config), build, log)
     return {"x_train": arrays["x_train"], "y_train": arrays["y_train"],
             "x_val": np.array(arrays["x_val"]), "y_val": np.array(arrays["y_val"]), "split": info["split"]}
-
-
-def clear(cache_dir) -> None:
-    """Delete a study's cache (it is rebuilt on demand)."""
-    shutil.rmtree(cache_dir, ignore_errors=True)
-
-
-def cache_size_bytes(cache_dir) -> Optional[int]:
-    root = Path(cache_dir)
-    if not root.is_dir():
-        return None
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())

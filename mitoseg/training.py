@@ -51,10 +51,11 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
     With `cache_dir` (a study's `StudyPaths.cache_dir`) the decoded volumes are
     cached there once per study and memory-mapped by later cells (see mitoseg/cache.py)."""
     from . import data
+    from .synthetic import synthetic_volumes
 
     def load():
         if config.data_dir is None:
-            return data.synthetic_volumes(config.synthetic_slices, config.synthetic_size)
+            return synthetic_volumes(config.synthetic_slices, config.synthetic_size)
         train, test = data.load_dataset(config.data_dir)
         if test is None and config.test_fraction > 0:
             train, test = hold_out_test_slices(train, config.test_fraction)
@@ -69,10 +70,11 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
 def hold_out_test_slices(volume, test_fraction: float):
     """Split a contiguous block of whole slices off the start of the stack as the test volume."""
     from . import data
+    from .patches import split_slices
     n = len(volume.images)
     if n < 3:
         raise data.DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
-    rest, test_idx = data.split_slices(n, test_fraction, "start")
+    rest, test_idx = split_slices(n, test_fraction, "start")
     test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
                        [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}",
                        volume.scaling)
@@ -86,15 +88,15 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
 
     With `cache_dir` the arrays are cached once per study; the train arrays then come back as
     read-only memory maps (fed by `make_train_dataset` batch by batch), the val arrays in memory."""
-    from . import data
+    from .patches import split_slices, tile_patches
 
     def prepare():
-        train_idx, val_idx = data.split_slices(len(train_volume.images), config.val_fraction, config.val_position)
+        train_idx, val_idx = split_slices(len(train_volume.images), config.val_fraction, config.val_position)
         p = config.patch_size
-        x_train = data.tile_patches(train_volume.images[train_idx], p)[..., None]
-        y_train = data.tile_patches(train_volume.masks[train_idx], p)[..., None].astype(np.float32)
-        x_val = data.tile_patches(train_volume.images[val_idx], p)[..., None]
-        y_val = data.tile_patches(train_volume.masks[val_idx], p)[..., None].astype(np.float32)
+        x_train = tile_patches(train_volume.images[train_idx], p)[..., None]
+        y_train = tile_patches(train_volume.masks[train_idx], p)[..., None].astype(np.float32)
+        x_val = tile_patches(train_volume.images[val_idx], p)[..., None]
+        y_val = tile_patches(train_volume.masks[val_idx], p)[..., None].astype(np.float32)
         if config.input_channels == 3:
             x_train, x_val = np.repeat(x_train, 3, axis=-1), np.repeat(x_val, 3, axis=-1)
         split = {"source": train_volume.source, "n_slices": int(len(train_volume.images)),
@@ -439,7 +441,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
     log(f"data: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
         f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
         f"val foreground {baselines['foreground_fraction']:.3f}, all-foreground IoU {baselines['all_foreground_jaccard']:.3f}")
-    from .data import log_scaling
+    from .scaling import log_scaling
     log_scaling(split.get("scaling"), test_volume.scaling if test_volume is not None else None, log)
     record = empty_record(
         experiment_id=name, status="failed", architecture=config.architecture,

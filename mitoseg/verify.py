@@ -142,8 +142,8 @@ def check_container(environ=None) -> list[Row]:
 
 
 def _patch_counts(volume, patch_size: int, val_fraction: float, val_position: str) -> tuple[int, int]:
-    from . import data
-    train_idx, val_idx = data.split_slices(len(volume.images), val_fraction, val_position)
+    from .patches import split_slices
+    train_idx, val_idx = split_slices(len(volume.images), val_fraction, val_position)
     _, h, w = volume.images.shape
     per_slice = (h // patch_size) * (w // patch_size)
     return len(train_idx) * per_slice, len(val_idx) * per_slice

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 
 from mitoseg import paths as P
-from mitoseg import data as D
+from mitoseg import synthetic as SYN
 from mitoseg import grid as G
 from mitoseg.results import SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
 from mitoseg.summary import build_summary
@@ -79,7 +79,7 @@ def stack(tmp_path, images, masks, name="data"):
 
 @pytest.fixture
 def good():
-    return D.make_synthetic_em(10, 64, 64, seed=3)
+    return SYN.make_synthetic_em(10, 64, 64, seed=3)
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_all_empty_masks(tmp_path, good):
 
 
 def test_image_smaller_than_patch(tmp_path):
-    images, masks = D.make_synthetic_em(6, 16, 16, seed=1)
+    images, masks = SYN.make_synthetic_em(6, 16, 16, seed=1)
     masks[:, 4:8, 4:8] = 255
     d = stack(tmp_path, images, masks)
     line = train_bad(tmp_path, d)   # --patch-size 32 from TINY
@@ -132,7 +132,7 @@ def test_image_smaller_than_patch(tmp_path):
 
 def test_unpaired_file_names(tmp_path, good):
     d = tmp_path / "folders"
-    D.write_synthetic_dataset(d, n_slices=4, height=64, width=64, with_test=False, layout="folders")
+    SYN.write_synthetic_dataset(d, n_slices=4, height=64, width=64, with_test=False, layout="folders")
     (d / "masks" / "slice_002.tif").rename(d / "masks" / "slice_2b.tif")
     line = train_bad(tmp_path, d)
     assert "unpaired" in line and "slice_002" in line and "slice_2b" in line and str(d / "images") in line

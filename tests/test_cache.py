@@ -11,7 +11,8 @@ import pytest
 from mitoseg import paths as P
 from mitoseg import cache
 from mitoseg.config import TrainConfig
-from mitoseg.data import DataError, write_synthetic_dataset
+from mitoseg.data import DataError
+from mitoseg.synthetic import write_synthetic_dataset
 from mitoseg.training import load_cell_data, prepare_arrays
 
 
@@ -74,6 +75,52 @@ def test_synthetic_data_is_cached_too(tmp_path):
         c_train, c_test = load_cell_data(config, cache_dir=tmp_path)
         _assert_same(prepare_arrays(c_train, config, cache_dir=tmp_path), reference)
     assert c_test is not None and len(_entries(tmp_path)) == 1
+
+
+def test_synthetic_sources_list_every_module_whose_code_prepares_the_data():
+    """Every mitoseg module with code that runs while the synthetic volumes and their patches are made is in
+    cache.SYNTHETIC_DATA_CODE: a module missing there would let its changed code reuse stale entries."""
+    import sys
+
+    from mitoseg import patches, synthetic
+    package = Path(cache.__file__).parent
+    ran = set()
+
+    def profile(frame, event, arg):
+        if event == "call" and Path(frame.f_code.co_filename).parent == package:
+            ran.add(Path(frame.f_code.co_filename).name)
+
+    sys.setprofile(profile)
+    try:
+        train, _ = synthetic.synthetic_volumes(4, 64)
+        train_idx, val_idx = patches.split_slices(len(train.images), 0.2, "end")
+        patches.tile_patches(train.images[train_idx], 32)
+        patches.tile_patches(train.masks[val_idx], 32)
+    finally:
+        sys.setprofile(None)
+    assert {"scaling.py", "synthetic.py", "patches.py"} <= ran   # the profile sees them (Volume's generated
+    # __init__ has no file: data.py is listed for the Volume it defines)
+    assert ran <= set(cache.SYNTHETIC_DATA_CODE), ran - set(cache.SYNTHETIC_DATA_CODE)
+
+
+def test_changing_any_synthetic_code_module_invalidates(tmp_path, monkeypatch):
+    """A change to the text of each module in SYNTHETIC_DATA_CODE changes the sources an entry is checked
+    against (on a copy of the modules: cache.py finds them beside its own file)."""
+    import shutil
+
+    package = Path(cache.__file__).parent
+    for name in cache.SYNTHETIC_DATA_CODE:
+        shutil.copy2(package / name, tmp_path / name)
+    monkeypatch.setattr(cache, "__file__", str(tmp_path / "cache.py"))
+    config = TrainConfig(synthetic_slices=4, synthetic_size=64)
+    before = cache.config_sources(config)
+    assert [Path(s["path"]).name for s in before] == list(cache.SYNTHETIC_DATA_CODE)
+    for name in cache.SYNTHETIC_DATA_CODE:
+        with open(tmp_path / name, "a") as handle:
+            handle.write("# changed\n")
+        after = cache.config_sources(config)
+        assert after != before, name
+        before = after
 
 
 @pytest.mark.parametrize("change", ["mtime", "size"])

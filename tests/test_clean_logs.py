@@ -22,7 +22,7 @@ def epfl_dir(tmp_path_factory):
     """A small stack in the EPFL layout (training.tif + training_groundtruth.tif)."""
     import tifffile
 
-    from mitoseg.data import make_synthetic_em
+    from mitoseg.synthetic import make_synthetic_em
     folder = tmp_path_factory.mktemp("epfl")
     images, masks = make_synthetic_em(8, 64, 64, seed=7)
     tifffile.imwrite(folder / "training.tif", images)

@@ -255,9 +255,9 @@ def _cell_with_scaling(tmp_path, model_path, scaling):
 
 
 def test_same_grey_values_in_any_container_give_the_same_prediction(model_path, tmp_path, capsys):
-    from mitoseg import data
+    from mitoseg import scaling
     grey = np.random.default_rng(1).integers(0, 256, (2, 40, 40)).astype(np.uint8)
-    model = _cell_with_scaling(tmp_path, model_path, data.image_scaling(grey))
+    model = _cell_with_scaling(tmp_path, model_path, scaling.image_scaling(grey))
     outs = []
     for name, arr in (("u8", grey), ("u16", grey.astype(np.uint16)), ("f32", grey.astype(np.float32))):
         tifffile.imwrite(tmp_path / f"{name}.tif", arr)
@@ -271,8 +271,8 @@ def test_same_grey_values_in_any_container_give_the_same_prediction(model_path, 
 
 
 def test_input_that_cannot_share_the_models_scale_is_refused(model_path, tmp_path, capsys):
-    from mitoseg import data
-    twelve_bit = data.image_scaling(np.array([0, 4000], np.uint16))
+    from mitoseg import scaling
+    twelve_bit = scaling.image_scaling(np.array([0, 4000], np.uint16))
     model = _cell_with_scaling(tmp_path, model_path, twelve_bit)
     tifffile.imwrite(tmp_path / "u8.tif", np.full((1, 40, 40), 200, np.uint8))
     args = ["--model", str(model), "--input", str(tmp_path / "u8.tif"), "--output", str(tmp_path / "o.tif"), "--quiet"]

@@ -22,6 +22,7 @@ import tifffile
 
 from mitoseg import paths as P
 from mitoseg import data as D
+from mitoseg.synthetic import make_synthetic_em
 from mitoseg import grid as G
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def write_stack(folder: Path, images, masks, test=None) -> Path:
 
 @pytest.fixture(scope="module")
 def em():
-    return D.make_synthetic_em(6, 64, 64, seed=5)
+    return make_synthetic_em(6, 64, 64, seed=5)
 
 
 # --- images scaled by their values --------------------------------------------------------------------

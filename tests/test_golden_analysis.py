@@ -10,6 +10,7 @@ from mitoseg.analysis import run_analysis
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PLACEHOLDER = "<STUDY>"
+STUDY_PATH_LENGTH = 100   # a fixed length (under 120): the reports cut error messages, which start with it, to 120 characters
 TIME_PLACEHOLDER = "Generated <TIME>."
 REPORTS = {"report_md": "expected_report.md", "report_txt": "expected_report.txt"}
 
@@ -25,7 +26,8 @@ def run_golden_analysis(tmp: Path, edit=None, keys=("summary_csv", "summary_json
     """Analyse a copy of the fixed study (after edit(copy), if given); the texts of the outputs
     `keys` (default: summary CSV, analysis_summary.json) with the copy's path replaced by a
     placeholder and the reports' time stamp by another."""
-    study = tmp / "study"
+    study = tmp / "study".ljust(STUDY_PATH_LENGTH - len(str(tmp)) - 1, "_")
+    assert len(str(study)) == STUDY_PATH_LENGTH, f"temporary folder {tmp} too long for the fixed study path"
     shutil.copytree(GOLDEN / "study", study)
     if edit:
         edit(study)

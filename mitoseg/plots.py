@@ -1,4 +1,4 @@
-"""Figures of the analysis (matplotlib, Agg backend), from the dict of mitoseg.stats.analyze.
+"""Figures of the analysis (matplotlib, Agg backend), from a StudyAnalysis (mitoseg.study_analysis).
 
 Each plot_* function writes one PNG atomically and returns its path, or returns a string saying why
 it was skipped (nothing to plot).
@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from .io_utils import atomic_save  # noqa: E402
 from .paths import ExperimentPaths  # noqa: E402
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS  # noqa: E402
+from .study_analysis import StudyAnalysis  # noqa: E402
 
 ARCH_COLORS = {"UNet": "#1f77b4", "Attention_UNet": "#ff7f0e", "Attention_ResUNet": "#2ca02c"}
 _EXTRA_COLORS = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -43,8 +44,8 @@ def _fmt(x, digits=3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
-def _baseline_value(res) -> Optional[float]:
-    vals = res["df"]["baseline"].dropna()
+def _baseline_value(res: StudyAnalysis) -> Optional[float]:
+    vals = res.df["baseline"].dropna()
     return float(vals.mean()) if len(vals) else None
 
 
@@ -53,8 +54,8 @@ def _short_status(text: str) -> str:
     return "\n".join(dict.fromkeys(parts)) or "no run"
 
 
-def plot_heatmaps(res: dict, path: Path) -> Union[Path, str]:
-    df, configs, metric = res["df"], res["configs"], res["metric"]
+def plot_heatmaps(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    df, configs, metric = res.df, res.configs, res.metric
     archs = sorted(configs["architecture"].unique()) if len(configs) else []
     if not archs:
         return "no cell has a learning rate and batch size"
@@ -122,8 +123,8 @@ def _level_stats(ok: pd.DataFrame, factor: str, value: str) -> pd.DataFrame:
     return out
 
 
-def plot_comprehensive(res: dict, path: Path) -> Union[Path, str]:
-    ok, metric = res["ok"], res["metric"]
+def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    ok, metric = res.ok, res.metric
     if ok.empty:
         return "no successful run"
     archs = sorted(ok["architecture"].unique())
@@ -188,8 +189,8 @@ def plot_comprehensive(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-def plot_best_configs(res: dict, path: Path) -> Union[Path, str]:
-    best, metric = res["best"], res["metric"]
+def plot_best_configs(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    best, metric = res.best, res.metric
     if best.empty:
         return "no configuration has a successful run"
     archs = list(best["architecture"])
@@ -233,8 +234,8 @@ def _history_path(root: Optional[Path], exp_dir, exp_id) -> Optional[Path]:
     return None
 
 
-def plot_training_curves(res: dict, root: Optional[Path], path: Path) -> Union[Path, str]:
-    best = res["best"]
+def plot_training_curves(res: StudyAnalysis, root: Optional[Path], path: Path) -> Union[Path, str]:
+    best = res.best
     curves = []
     for _, row in best.iterrows():
         hist_path = _history_path(root, row["best_run_dir"], row["best_run"])
@@ -278,8 +279,8 @@ def plot_training_curves(res: dict, root: Optional[Path], path: Path) -> Union[P
     return _save(fig, path)
 
 
-def plot_baseline(res: dict, path: Path) -> Union[Path, str]:
-    comp = res.get("baseline")
+def plot_baseline(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    comp = res.baseline
     if not comp or comp.get("rows") is None:
         return (comp or {}).get("reason") or "no baseline summary given"
     rows = comp["rows"]
@@ -312,13 +313,13 @@ def plot_baseline(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
+def plot_architecture_comparison(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     """Confirmation runs: each run's test IoU (dots) and the mean with its 95 % interval per architecture."""
-    conf = res.get("confirmation")
+    conf = res.confirmation
     arms = [a for a in conf["arms"] if a["n_scored"]] if conf else []
     if not arms:
         return "no confirmation runs with test scores"
-    runs = res["confirm_df"]
+    runs = res.confirm_df
     archs = [a["architecture"] for a in arms]
     fig, ax = plt.subplots(figsize=(max(6, 2.4 * len(arms)), 4.5))
     for i, a in enumerate(arms):
@@ -344,7 +345,7 @@ def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-def make_figures(res: dict, out_dir: Path, history_root: Optional[Path]) -> dict:
+def make_figures(res: StudyAnalysis, out_dir: Path, history_root: Optional[Path]) -> dict:
     """file name -> Path written, or the reason it was skipped."""
     out_dir = Path(out_dir)
     out = {}
@@ -352,9 +353,9 @@ def make_figures(res: dict, out_dir: Path, history_root: Optional[Path]) -> dict
             (FIG_COMPREHENSIVE, lambda p: plot_comprehensive(res, p)),
             (FIG_BEST, lambda p: plot_best_configs(res, p)),
             (FIG_CURVES, lambda p: plot_training_curves(res, history_root, p))]
-    if res.get("baseline") is not None:
+    if res.baseline is not None:
         jobs.append((FIG_BASELINE, lambda p: plot_baseline(res, p)))
-    if res.get("confirmation") is not None:
+    if res.confirmation is not None:
         jobs.append((FIG_CONFIRMATION, lambda p: plot_architecture_comparison(res, p)))
     for name, fn in jobs:
         try:

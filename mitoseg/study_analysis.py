@@ -71,14 +71,15 @@ def split_stages(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return grid, confirm
 
 
-def winner_comparisons(df: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame) -> dict:
-    """Winner vs runner-up: across architectures (best config of each) and, per architecture, between configs."""
+def winner_comparisons(df: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame, metric: Metric) -> dict:
+    """Winner vs runner-up, ranked by select_configs (the one rule): across architectures (the
+    selected configuration of each) and, per architecture, its first against its second configuration."""
     comparisons = {}
     if len(best) >= 2:
         a, b = best.iloc[0], best.iloc[1]
         comparisons["architectures"] = dict(winner=a, runner_up=b, **compare_runs(run_scores(df, a), run_scores(df, b)))
-    for arch, grp in configs[configs["score_mean"].notna()].groupby("architecture"):
-        grp = grp.sort_values("score_mean", ascending=False)
+    top_two = best_from_selection(configs, select_configs(df, 2, metric.column))
+    for arch, grp in top_two.groupby("architecture", sort=True):   # in rank order within each architecture
         if len(grp) >= 2:
             a, b = grp.iloc[0], grp.iloc[1]
             comparisons[arch] = dict(winner=a, runner_up=b, **compare_runs(run_scores(df, a), run_scores(df, b)))
@@ -126,7 +127,7 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> StudyA
         n_ok=n_ok, n_degenerate=n_deg, n_finished=int(df["status"].isin(STATUSES).sum()),
         has_seeds=bool(seeds and seeds >= 2), soft_only=soft, overall_best=overall,
         no_model_learned=no_model_learned(overall, soft, n_ok, n_deg),
-        comparisons=winner_comparisons(df, configs, best),
+        comparisons=winner_comparisons(df, configs, best, metric),
         edges={row["architecture"]: edge_notes(df, row) for _, row in best.iterrows()},
         overfitting=overfitting(best),
         effects=factor_effects(ok, "score"),

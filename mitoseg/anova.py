@@ -2,7 +2,7 @@
 
 One-way ANOVA per factor (scipy), factorial ANOVA with interactions and Tukey HSD between the
 architectures (statsmodels), the Pearson correlation of the metrics, and the Welch t-test of a
-winner against its runner-up. Each returns a plain dict whose `reason` says in words why a test
+winner against its runner-up. Each test returns a plain dict whose `reason` says in words why it
 could not be computed (then its numbers are NaN or None).
 """
 from __future__ import annotations

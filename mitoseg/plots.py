@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from .io_utils import atomic_save  # noqa: E402
 from .paths import ExperimentPaths  # noqa: E402
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS  # noqa: E402
+from .report_format import f3  # noqa: E402
 from .study_analysis import StudyAnalysis  # noqa: E402
 
 ARCH_COLORS = {"UNet": "#1f77b4", "Attention_UNet": "#ff7f0e", "Attention_ResUNet": "#2ca02c"}
@@ -38,10 +39,6 @@ def _save(fig, path: Path) -> Path:
     atomic_save(path, save)
     plt.close(fig)
     return path
-
-
-def _fmt(x, digits=3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
 
 
 def _baseline_value(res: StudyAnalysis) -> Optional[float]:
@@ -206,7 +203,7 @@ def plot_best_configs(res: StudyAnalysis, path: Path) -> Union[Path, str]:
         yerr = best[err].fillna(0).to_numpy(float) if err else None
         bars = ax.bar(x, np.nan_to_num(vals), yerr=yerr, capsize=5, color=colors, alpha=0.85)
         for b, v, n in zip(bars, vals, best["n_ok"]):
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{_fmt(v, 3)}\n(n={int(n)})", ha="center",
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{f3(v, 3)}\n(n={int(n)})", ha="center",
                     va="bottom", fontsize=9)
         if col == "score_mean" and base is not None:
             ax.axhline(base, color="red", ls="--", lw=1, label=f"all-foreground baseline {base:.3f}")
@@ -295,14 +292,14 @@ def plot_baseline(res: StudyAnalysis, path: Path) -> Union[Path, str]:
         c = ax.bar(x + w / 2, np.nan_to_num(rows[ccol].to_numpy(float)), w, label="this study", color="#1f77b4")
         for bars, vals in ((b, rows[bcol]), (c, rows[ccol])):
             for bar, v in zip(bars, vals):
-                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), _fmt(float(v), 4), ha="center",
+                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f3(float(v), 4), ha="center",
                         va="bottom", fontsize=8)
         labels = []
         for _, r in rows.iterrows():
             f = r[fcol]
             word = "x better" if fcol == "stability_factor" else "x"
             labels.append(f"{r['architecture']}\nbaseline lr {r['baseline_lr']:g} bs {int(r['baseline_bs'])}\n"
-                          f"now lr {r['lr']:g} bs {int(r['bs'])}\nfactor {_fmt(float(f), 2)}{word if f == f else ''}")
+                          f"now lr {r['lr']:g} bs {int(r['bs'])}\nfactor {f3(float(f), 2)}{word if f == f else ''}")
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_title(title)
         ax.margins(y=0.2)
@@ -334,7 +331,7 @@ def plot_architecture_comparison(res: StudyAnalysis, path: Path) -> Union[Path, 
             ax.errorbar([i + 0.3], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=6, lw=2)
         else:
             ax.plot([i + 0.3], [mean], "o", color=color)
-        ax.text(i + 0.36, mean, f" {_fmt(mean)}\n (n={a['n_scored']})", va="center", fontsize=8)
+        ax.text(i + 0.36, mean, f" {f3(mean)}\n (n={a['n_scored']})", va="center", fontsize=8)
     ax.set_xticks(range(len(arms)), [f"{a['architecture']}\nlr {a['learning_rate']:g}, bs {int(a['batch_size'])}"
                                      for a in arms])
     ax.set_xlim(-0.5, len(arms) - 0.2)

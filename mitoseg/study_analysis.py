@@ -36,7 +36,7 @@ class StudyAnalysis:
     selection: pd.DataFrame          # select_configs: each architecture's selected configuration
     best: pd.DataFrame               # the configs rows of the selection, in its order (best_from_selection)
     stable: pd.DataFrame             # each architecture's steadiest configuration (most_stable_configs)
-    counts: dict                     # status -> number of grid rows
+    counts: dict[str, int]           # status -> number of grid rows
     n_rows: int                      # grid rows
     n_ok: int                        # successful grid rows
     n_degenerate: int                # successful grid rows that did not learn
@@ -45,13 +45,13 @@ class StudyAnalysis:
     soft_only: bool                  # the headline metric is the soft Jaccard: nothing is ranked
     overall_best: Optional[pd.Series]   # the first row of best (highest selected score), None without one
     no_model_learned: Optional[bool]    # the best score does not clearly beat the baseline (None: soft / no best)
-    comparisons: dict                # "architectures" and each architecture -> winner, runner_up + compare_runs
-    edges: dict                      # architecture -> sentences on its selected configuration at the grid's edge
-    overfitting: dict                # architecture -> gap, relative, flag, epochs_to_best, epochs_run
-    effects: dict                    # factor -> DataFrame(level, mean, std, n) of the score
-    stability_effects: dict          # factor -> the same for the val-loss stability
-    anova: dict                      # factor -> one_way_anova
-    two_way: dict                    # architecture -> factorial_anova of learning rate x batch size
+    comparisons: dict[str, dict]     # "architectures" and each architecture -> winner_comparisons' dict
+    edges: dict[str, list[str]]      # architecture -> sentences on its selected configuration at the grid's edge
+    overfitting: dict[str, dict]     # architecture -> gap, relative, flag, epochs_to_best, epochs_run
+    effects: dict[str, pd.DataFrame]             # factor -> DataFrame(level, mean, std, n) of the score
+    stability_effects: dict[str, pd.DataFrame]   # factor -> the same for the val-loss stability
+    anova: dict[str, dict]           # factor -> one_way_anova
+    two_way: dict[str, dict]         # architecture -> factorial_anova of learning rate x batch size
     three_way: dict                  # factorial_anova of architecture x learning rate x batch size
     tukey: dict                      # tukey_architectures
     correlation: dict                # correlation_matrix
@@ -73,7 +73,8 @@ def split_stages(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def winner_comparisons(df: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame, metric: Metric) -> dict:
     """Winner vs runner-up, ranked by select_configs (the one rule): across architectures (the
-    selected configuration of each) and, per architecture, its first against its second configuration."""
+    selected configuration of each) and, per architecture, its first against its second configuration.
+    Each: winner and runner_up (best_from_selection rows) and compare_runs of their successful runs."""
     comparisons = {}
     if len(best) >= 2:
         a, b = best.iloc[0], best.iloc[1]

@@ -25,10 +25,11 @@ OVERFIT_RELATIVE_GAP = 0.2   # final val loss more than 20 % above final train l
 SELECTED_ON = {"val": "validation", "test": "test", "soft": "soft validation Jaccard"}   # Metric.kind -> words
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudyAnalysis:
-    """The numbers of one study. Tables are DataFrames; a test or comparison is a dict whose
-    `reason` says in words why it could not be computed (its numbers are then NaN or None)."""
+    """The numbers of one study, computed once (frozen: the figures and reports only read them).
+    Tables are DataFrames; a test or comparison is a dict whose `reason` says in words why it could
+    not be computed (its numbers are then NaN or None)."""
     metric: Metric                   # the headline score (mitoseg.stats.choose_metric)
     df: pd.DataFrame                 # the grid's rows, with score, baseline and stability columns (add_score)
     ok: pd.DataFrame                 # the successful grid rows that have a score

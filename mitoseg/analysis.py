@@ -8,7 +8,7 @@ from .io_utils import atomic_write_text, same_file
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from .plots import make_figures
 from .report import render
-from .stats import analyze
+from .study_analysis import analyze
 from .summary import SummaryError, build_summary, load_summary, write_summary_csv
 
 
@@ -28,7 +28,7 @@ def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) ->
 
 def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_summary=None,
                  log: Callable[[str], None] = print, figures: bool = True) -> dict:
-    """Run everything; returns {"outputs": {name: path}, "figures": {...}, "result": analyze-dict}.
+    """Run everything; returns {"outputs": {name: path}, "figures": {...}, "result": StudyAnalysis}.
     Raises SummaryError (one line) for bad input."""
     if (study_dir is None) == (summary_file is None):
         raise SummaryError("give either a study folder (--study-dir) or a summary CSV (--summary_file)")
@@ -47,7 +47,9 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
             log(f"  {inv.confirm_expected} of them are confirmation runs (stage confirm)")
         if inv.extra:
             log(f"  note: {len(inv.extra)} exp_ folder(s) not in the grid were included: {', '.join(inv.extra[:5])}")
-        df = load_summary(csv_path)  # the analysis always runs from the CSV
+        # the statistics run on the CSV just written, as with --summary_file; only the training-curves
+        # figure reads more of the study (the best runs' history files, under history_root)
+        df = load_summary(csv_path)
         history_root = study_dir
         source = str(study_dir)
     else:
@@ -67,7 +69,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         baseline = load_summary(baseline_summary)
     log("Computing statistics ...")
     res = analyze(df, baseline)
-    log(f"  headline metric: {res['metric'].label}")
+    log(f"  headline metric: {res.metric.label}")
     if figures:
         log(f"Drawing figures into {out_dir} ...")
         figures = make_figures(res, out_dir, history_root)
@@ -76,13 +78,13 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     for name, value in figures.items():
         log(f"  {name}: {'written' if isinstance(value, Path) else 'skipped (' + str(value) + ')'}")
     log("Writing reports ...")
-    md, txt, js = render(res, source, expected, figures, out_dir)
+    md, txt, js = render(res, source, expected, figures)
     for key, name, text in (("report_md", REPORT_MD, md), ("report_txt", REPORT_TXT, txt), ("summary_json", SUMMARY_JSON, js)):
         atomic_write_text(out_dir / name, text)
         outputs[key] = out_dir / name
-    if res["no_model_learned"]:
+    if res.no_model_learned:
         log("WARNING: no model learned (best score does not clearly beat the all-foreground baseline)")
-    elif res["soft_only"]:
+    elif res.soft_only:
         log("WARNING: only soft Jaccard scores; configurations are not ranked")
     log(f"Report: {outputs['report_md']}")
     return dict(outputs=outputs, figures=figures, result=res)

@@ -23,6 +23,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from .stats import select_configs
+
 ALPHA = 0.05
 POWER = 0.8
 N_BOOTSTRAP = 4000
@@ -146,7 +148,6 @@ def _slice_matrix(runs: pd.DataFrame) -> Optional[tuple[list, np.ndarray]]:
 def representatives(confirm: pd.DataFrame) -> pd.DataFrame:
     """Per architecture, the confirmed configuration that stands for it: the only one (--top 1), or
     with --top K the one with the best mean validation IoU over its confirmation runs (the one rule)."""
-    from .stats import select_configs
     rows = []
     for arch, grp in confirm.dropna(subset=["learning_rate", "batch_size"]).groupby("architecture", sort=True):
         configs = grp[["learning_rate", "batch_size"]].drop_duplicates()

@@ -1,4 +1,4 @@
-"""Figures of the analysis (matplotlib, Agg backend), from the dict of mitoseg.stats.analyze.
+"""Figures of the analysis (matplotlib, Agg backend), from a StudyAnalysis (mitoseg.study_analysis).
 
 Each plot_* function writes one PNG atomically and returns its path, or returns a string saying why
 it was skipped (nothing to plot).
@@ -19,6 +19,8 @@ import pandas as pd  # noqa: E402
 from .io_utils import atomic_save  # noqa: E402
 from .paths import ExperimentPaths  # noqa: E402
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS  # noqa: E402
+from .report_format import f3  # noqa: E402
+from .study_analysis import StudyAnalysis  # noqa: E402
 
 ARCH_COLORS = {"UNet": "#1f77b4", "Attention_UNet": "#ff7f0e", "Attention_ResUNet": "#2ca02c"}
 _EXTRA_COLORS = ["#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
@@ -39,12 +41,8 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _fmt(x, digits=3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{digits}f}"
-
-
-def _baseline_value(res) -> Optional[float]:
-    vals = res["df"]["baseline"].dropna()
+def _baseline_value(res: StudyAnalysis) -> Optional[float]:
+    vals = res.df["baseline"].dropna()
     return float(vals.mean()) if len(vals) else None
 
 
@@ -53,8 +51,8 @@ def _short_status(text: str) -> str:
     return "\n".join(dict.fromkeys(parts)) or "no run"
 
 
-def plot_heatmaps(res: dict, path: Path) -> Union[Path, str]:
-    df, configs, metric = res["df"], res["configs"], res["metric"]
+def plot_heatmaps(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    df, configs, metric = res.df, res.configs, res.metric
     archs = sorted(configs["architecture"].unique()) if len(configs) else []
     if not archs:
         return "no cell has a learning rate and batch size"
@@ -122,8 +120,8 @@ def _level_stats(ok: pd.DataFrame, factor: str, value: str) -> pd.DataFrame:
     return out
 
 
-def plot_comprehensive(res: dict, path: Path) -> Union[Path, str]:
-    ok, metric = res["ok"], res["metric"]
+def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    ok, metric = res.ok, res.metric
     if ok.empty:
         return "no successful run"
     archs = sorted(ok["architecture"].unique())
@@ -188,8 +186,8 @@ def plot_comprehensive(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-def plot_best_configs(res: dict, path: Path) -> Union[Path, str]:
-    best, metric = res["best"], res["metric"]
+def plot_best_configs(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    best, metric = res.best, res.metric
     if best.empty:
         return "no configuration has a successful run"
     archs = list(best["architecture"])
@@ -205,7 +203,7 @@ def plot_best_configs(res: dict, path: Path) -> Union[Path, str]:
         yerr = best[err].fillna(0).to_numpy(float) if err else None
         bars = ax.bar(x, np.nan_to_num(vals), yerr=yerr, capsize=5, color=colors, alpha=0.85)
         for b, v, n in zip(bars, vals, best["n_ok"]):
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{_fmt(v, 3)}\n(n={int(n)})", ha="center",
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{f3(v, 3)}\n(n={int(n)})", ha="center",
                     va="bottom", fontsize=9)
         if col == "score_mean" and base is not None:
             ax.axhline(base, color="red", ls="--", lw=1, label=f"all-foreground baseline {base:.3f}")
@@ -233,8 +231,8 @@ def _history_path(root: Optional[Path], exp_dir, exp_id) -> Optional[Path]:
     return None
 
 
-def plot_training_curves(res: dict, root: Optional[Path], path: Path) -> Union[Path, str]:
-    best = res["best"]
+def plot_training_curves(res: StudyAnalysis, root: Optional[Path], path: Path) -> Union[Path, str]:
+    best = res.best
     curves = []
     for _, row in best.iterrows():
         hist_path = _history_path(root, row["best_run_dir"], row["best_run"])
@@ -278,8 +276,8 @@ def plot_training_curves(res: dict, root: Optional[Path], path: Path) -> Union[P
     return _save(fig, path)
 
 
-def plot_baseline(res: dict, path: Path) -> Union[Path, str]:
-    comp = res.get("baseline")
+def plot_baseline(res: StudyAnalysis, path: Path) -> Union[Path, str]:
+    comp = res.baseline
     if not comp or comp.get("rows") is None:
         return (comp or {}).get("reason") or "no baseline summary given"
     rows = comp["rows"]
@@ -294,14 +292,14 @@ def plot_baseline(res: dict, path: Path) -> Union[Path, str]:
         c = ax.bar(x + w / 2, np.nan_to_num(rows[ccol].to_numpy(float)), w, label="this study", color="#1f77b4")
         for bars, vals in ((b, rows[bcol]), (c, rows[ccol])):
             for bar, v in zip(bars, vals):
-                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), _fmt(float(v), 4), ha="center",
+                ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height(), f3(float(v), 4), ha="center",
                         va="bottom", fontsize=8)
         labels = []
         for _, r in rows.iterrows():
             f = r[fcol]
             word = "x better" if fcol == "stability_factor" else "x"
             labels.append(f"{r['architecture']}\nbaseline lr {r['baseline_lr']:g} bs {int(r['baseline_bs'])}\n"
-                          f"now lr {r['lr']:g} bs {int(r['bs'])}\nfactor {_fmt(float(f), 2)}{word if f == f else ''}")
+                          f"now lr {r['lr']:g} bs {int(r['bs'])}\nfactor {f3(float(f), 2)}{word if f == f else ''}")
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_title(title)
         ax.margins(y=0.2)
@@ -312,13 +310,13 @@ def plot_baseline(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
+def plot_architecture_comparison(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     """Confirmation runs: each run's test IoU (dots) and the mean with its 95 % interval per architecture."""
-    conf = res.get("confirmation")
+    conf = res.confirmation
     arms = [a for a in conf["arms"] if a["n_scored"]] if conf else []
     if not arms:
         return "no confirmation runs with test scores"
-    runs = res["confirm_df"]
+    runs = res.confirm_df
     archs = [a["architecture"] for a in arms]
     fig, ax = plt.subplots(figsize=(max(6, 2.4 * len(arms)), 4.5))
     for i, a in enumerate(arms):
@@ -333,7 +331,7 @@ def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
             ax.errorbar([i + 0.3], [mean], yerr=[[mean - lo], [hi - mean]], fmt="o", color=color, capsize=6, lw=2)
         else:
             ax.plot([i + 0.3], [mean], "o", color=color)
-        ax.text(i + 0.36, mean, f" {_fmt(mean)}\n (n={a['n_scored']})", va="center", fontsize=8)
+        ax.text(i + 0.36, mean, f" {f3(mean)}\n (n={a['n_scored']})", va="center", fontsize=8)
     ax.set_xticks(range(len(arms)), [f"{a['architecture']}\nlr {a['learning_rate']:g}, bs {int(a['batch_size'])}"
                                      for a in arms])
     ax.set_xlim(-0.5, len(arms) - 0.2)
@@ -344,7 +342,7 @@ def plot_architecture_comparison(res: dict, path: Path) -> Union[Path, str]:
     return _save(fig, path)
 
 
-def make_figures(res: dict, out_dir: Path, history_root: Optional[Path]) -> dict:
+def make_figures(res: StudyAnalysis, out_dir: Path, history_root: Optional[Path]) -> dict:
     """file name -> Path written, or the reason it was skipped."""
     out_dir = Path(out_dir)
     out = {}
@@ -352,9 +350,9 @@ def make_figures(res: dict, out_dir: Path, history_root: Optional[Path]) -> dict
             (FIG_COMPREHENSIVE, lambda p: plot_comprehensive(res, p)),
             (FIG_BEST, lambda p: plot_best_configs(res, p)),
             (FIG_CURVES, lambda p: plot_training_curves(res, history_root, p))]
-    if res.get("baseline") is not None:
+    if res.baseline is not None:
         jobs.append((FIG_BASELINE, lambda p: plot_baseline(res, p)))
-    if res.get("confirmation") is not None:
+    if res.confirmation is not None:
         jobs.append((FIG_CONFIRMATION, lambda p: plot_architecture_comparison(res, p)))
     for name, fn in jobs:
         try:

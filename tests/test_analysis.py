@@ -16,7 +16,7 @@ from mitoseg.analysis import run_analysis
 from mitoseg.checks import degenerate_reason, required_iou
 from mitoseg.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from mitoseg.report import render
-from mitoseg.stats import analyze
+from mitoseg.study_analysis import analyze
 from mitoseg.summary import SUMMARY_COLUMNS, SummaryError, build_summary, load_summary, normalize_summary
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
@@ -52,7 +52,7 @@ def executive_opening(md: str) -> str:
 
 def report_from_csv(csv_path, baseline=None):
     res = analyze(load_summary(csv_path), baseline)
-    md, txt, js = render(res, str(csv_path), res["n_rows"], {}, Path(csv_path).parent)
+    md, txt, js = render(res, str(csv_path), res.n_rows, {})
     assert_clean(md, txt)
     json.loads(js)
     return res, md, txt, js
@@ -156,7 +156,7 @@ def test_one_way_anova_against_independent_computation(mixed):
         y = ok["best_val_iou"].to_numpy()
         ss_total = ((y - y.mean()) ** 2).sum()
         ss_between = sum(len(g) * (g.mean() - y.mean()) ** 2 for g in groups)
-        got = res["anova"][factor]
+        got = res.anova[factor]
         assert got["F"] == pytest.approx(f, rel=1e-9)
         assert got["p"] == pytest.approx(p, rel=1e-9)
         assert got["eta_sq"] == pytest.approx(ss_between / ss_total, rel=1e-9)
@@ -171,26 +171,26 @@ def test_factorial_anova_and_tukey_with_seeds(tmp_path):
     study = make_study(tmp_path / "s", history=False, **grid)
     df, _ = build_summary(study)
     res = analyze(normalize_summary(df))
-    three = res["three_way"]
+    three = res.three_way
     assert three["reason"] is None
     table = three["table"].set_index("source")
-    ok = res["ok"]
+    ok = res.ok
     y = ok["score"]
     # balanced design: type II SS of a main effect = sum n_level (mean_level - grand)^2
     for factor, name in (("architecture", "architecture"), ("learning_rate", "learning rate")):
         ss = sum(len(g) * (g.mean() - y.mean()) ** 2 for _, g in ok.groupby(factor)["score"])
         assert table.loc[name, "sum_sq"] == pytest.approx(ss, rel=1e-6)
     assert "architecture x learning rate x batch size" in table.index
-    for arch, r in res["two_way"].items():
+    for arch, r in res.two_way.items():
         assert r["table"] is not None
     # Tukey HSD p-value against scipy's implementation
     groups = [ok.loc[ok["architecture"] == a, "score"].to_numpy() for a in sorted(ok["architecture"].unique())]
     scipy_p = sps.tukey_hsd(*groups).pvalue[0, 1]
-    assert res["tukey"]["table"]["p_adj"].iloc[0] == pytest.approx(scipy_p, abs=1e-3)
+    assert res.tukey["table"]["p_adj"].iloc[0] == pytest.approx(scipy_p, abs=1e-3)
     # seeds: the learning-rate effect (0.15 at noise 0.01) is beyond noise within each architecture
-    comp = res["comparisons"]["UNet"]
+    comp = res.comparisons["UNet"]
     assert comp["reason"] is None and comp["n_a"] == 3
-    md, txt, js = render(res, "x", res["n_rows"], {}, tmp_path)
+    md, txt, js = render(res, "x", res.n_rows, {})
     assert_clean(md, txt)
     assert "Two- and three-way ANOVA" in md and "type II" in md
 
@@ -201,13 +201,13 @@ def test_winner_beyond_noise_only_when_supported(tmp_path):
     study = make_study(tmp_path / "a", history=False, **grid)
     df, _ = build_summary(study)
     res = analyze(normalize_summary(df))
-    md, _, _ = render(res, "x", res["n_rows"], {}, tmp_path)
+    md, _, _ = render(res, "x", res.n_rows, {})
     assert "the winner is ahead beyond seed noise" in md
     # one seed: noise unknown, no winner claimed
     study1 = make_study(tmp_path / "b", history=False, **dict(grid, seeds=[1]))
     df1, _ = build_summary(study1)
     res1 = analyze(normalize_summary(df1))
-    md1, txt1, _ = render(res1, "x", res1["n_rows"], {}, tmp_path)
+    md1, txt1, _ = render(res1, "x", res1.n_rows, {})
     assert "beyond seed noise" not in md1
     assert "run-to-run noise is unknown" in md1
     assert_clean(md1, txt1)
@@ -225,7 +225,7 @@ def test_degenerate_warning_opens_summary(tmp_path):
     assert "24 of 24 successful cells are degenerate" in opening
     assert json.loads((study / SUMMARY_JSON).read_text())["flags"]["no_model_learned"] is True
     assert_clean(md, (study / REPORT_TXT).read_text())
-    assert out["result"]["no_model_learned"] is True
+    assert out["result"].no_model_learned is True
 
 
 def test_degenerate_recomputed_from_edited_csv(mixed, tmp_path):
@@ -247,8 +247,8 @@ def test_test_scores_are_shown_but_never_select(tmp_path):
     df, _ = build_summary(study)
     assert df["test_iou"].notna().sum() == 24 and df["test_dice"].notna().all()
     res = analyze(normalize_summary(df))
-    assert res["metric"].column == "best_val_iou" and res["selected_on"] == "validation"
-    md, txt, _ = render(res, "x", 24, {}, tmp_path)
+    assert res.metric.column == "best_val_iou" and res.selected_on == "validation"
+    md, txt, _ = render(res, "x", 24, {})
     assert "held-out test IoU, not used for selection" in executive_opening(md)
     assert "selected on the test score" not in md
     assert "test IoU (not used for selection)" in md.split("## Complete results")[1]

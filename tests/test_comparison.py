@@ -13,7 +13,8 @@ from scipy import stats as sps
 
 from mitoseg import comparison as K
 from mitoseg.analysis import REPORT_MD, SUMMARY_JSON, run_analysis
-from mitoseg.stats import analyze, select_configs
+from mitoseg.stats import select_configs
+from mitoseg.study_analysis import analyze
 from mitoseg.summary import SummaryError, load_summary, normalize_summary
 from tests.fixtures_results import add_confirmation, make_study
 
@@ -128,6 +129,17 @@ def test_select_configs_excludes_degenerate_runs_and_confirm_rows():
     assert sel.iloc[1]["val_iou_mean"] == pytest.approx(0.78)     # the confirm row (0.99) is not selection data
 
 
+def test_winner_vs_runner_up_per_architecture_follows_select_configs():
+    rows = [dict(architecture="UNet", learning_rate=lr, batch_size=8, seed=seed, best_val_iou=val,
+                 all_foreground_jaccard=0.07, val_predicted_foreground_fraction=0.08)
+            for lr, seed, val in ((1e-3, 1, 0.80), (1e-3, 2, 0.07), (5e-3, 1, 0.78), (1e-2, 1, 0.60))]
+    res = analyze(normalize_summary(pd.DataFrame(rows)))   # 1e-3's mean over every run (0.435) would rank it last
+    comp = res.comparisons["UNet"]
+    assert comp["winner"]["learning_rate"] == res.best.iloc[0]["learning_rate"] == 1e-3
+    assert comp["runner_up"]["learning_rate"] == 5e-3
+    assert comp["winner"]["score_mean"] == pytest.approx(0.80) and comp["winner"]["n_ok"] == 1
+
+
 def _confirmed_study(tmp_path, effect, seeds=4, noise=0.01, slices=True, figures=False):
     study = make_study(tmp_path / "c", history=False, test=True, iou_fn=lambda c: 0.85 - 0.05 * (c.learning_rate > 1e-3),
                        **GRID3)
@@ -190,11 +202,11 @@ def test_identical_runs_and_single_seeds():
                  stage="confirm", status="ok") for a in ("UNet", "Attention_UNet") for s in (1, 2, 3)]
     grid = [dict(architecture=a, learning_rate=1e-3, batch_size=8, seed=0, best_val_iou=0.8) for a in ("UNet", "Attention_UNet")]
     res = analyze(normalize_summary(pd.DataFrame(grid + rows)))
-    assert res["confirmation"]["pairs"][0]["verdict"].startswith("UNet vs Attention_UNet: no difference detected") \
-        or res["confirmation"]["pairs"][0]["verdict"].startswith("Attention_UNet vs UNet: no difference detected")
+    assert res.confirmation["pairs"][0]["verdict"].startswith("UNet vs Attention_UNet: no difference detected") \
+        or res.confirmation["pairs"][0]["verdict"].startswith("Attention_UNet vs UNet: no difference detected")
     one = [r for r in rows if r["seed"] == 1]
     res1 = analyze(normalize_summary(pd.DataFrame(grid + one)))
-    assert "cannot be judged: needs at least 2 runs of each" in res1["confirmation"]["pairs"][0]["verdict"]
+    assert "cannot be judged: needs at least 2 runs of each" in res1.confirmation["pairs"][0]["verdict"]
 
 
 def test_confirmation_rows_from_a_hand_made_csv(tmp_path):
@@ -209,10 +221,10 @@ def test_confirmation_rows_from_a_hand_made_csv(tmp_path):
     path = tmp_path / "hand.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     res = analyze(load_summary(path))
-    assert res["n_rows"] == 3 and res["confirmation"]["pairs"][0]["verdict"].startswith("Attention_UNet beats UNet")
+    assert res.n_rows == 3 and res.confirmation["pairs"][0]["verdict"].startswith("Attention_UNet beats UNet")
     out = run_analysis(summary_file=path, output_dir=tmp_path / "out", log=quiet, figures=False)
     assert "Attention_UNet beats UNet" in (tmp_path / "out" / REPORT_MD).read_text()
-    assert out["result"]["best"].iloc[0]["learning_rate"] == 1e-3
+    assert out["result"].best.iloc[0]["learning_rate"] == 1e-3
     bad = pd.DataFrame(rows).assign(stage="final")
     bad.to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(SummaryError, match="column stage holds 'final'"):

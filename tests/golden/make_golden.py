@@ -18,7 +18,7 @@ GRID = dict(architectures=["UNet", "Attention_UNet", "Attention_ResUNet"], learn
 
 
 def main() -> None:
-    from tests.test_golden_analysis import run_golden_analysis
+    from tests.test_golden_analysis import REPORTS, run_golden_analysis
     special = {name_of(GRID, "UNet", 1e-4, 16, 1): "failed",
                name_of(GRID, "Attention_ResUNet", 1e-2, 8, 2): "diverged",
                name_of(GRID, "Attention_UNet", 1e-4, 8, 2): "degenerate",
@@ -32,6 +32,9 @@ def main() -> None:
         csv, summary = run_golden_analysis(Path(tmp))
         (HERE / "expected_summary.csv").write_text(csv)
         (HERE / "expected_analysis_summary.json").write_text(summary)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in zip(REPORTS.values(), run_golden_analysis(Path(tmp), keys=tuple(REPORTS))):
+            (HERE / name).write_text(text)
 
 
 if __name__ == "__main__":

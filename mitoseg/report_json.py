@@ -1,0 +1,137 @@
+"""analysis_summary.json: the machine-readable numbers of a StudyAnalysis (mitoseg.study_analysis).
+
+Every value is plain JSON: DataFrames become lists of records, numpy numbers Python numbers, and
+a missing or infinite number null.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pandas as pd
+
+from .report_format import cfg_text
+from .stats import FACTORS
+from .status import DIVERGED, FAILED
+from .study_analysis import StudyAnalysis
+
+CONFIG_COLUMNS = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok", "score_mean", "score_std",
+                  "score_sem", "stability_mean", "baseline", "degenerate", "best_run"]
+PAIR_FIELDS = ("a", "b", "diff_mean", "ci_low", "ci_high", "p_adjusted", "verdict", "p", "n_a", "n_b", "mean_a",
+               "mean_b", "significant", "min_detectable_difference", "seeds_needed", "target_difference",
+               "pooled_sd", "bootstrap", "reason")
+
+
+def jsonable(x):
+    """x with every container, table and number turned into plain JSON values."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, pd.DataFrame):
+        return [jsonable(r) for r in x.to_dict(orient="records")]
+    if isinstance(x, pd.Series):
+        return jsonable(x.to_dict())
+    if isinstance(x, Path):
+        return str(x)
+    if isinstance(x, (np.bool_, bool)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(float(x)) else None
+    return x
+
+
+def summary_json(res: StudyAnalysis, source: str, expected: int, figures: dict) -> dict:
+    """The content of analysis_summary.json (figures: file name -> Path written, or why not)."""
+    m = res.metric
+    conf = res.confirmation
+    out = dict(
+        source=source, generated=_dt.datetime.now().isoformat(timespec="seconds"),
+        metric=dict(column=m.column, label=m.label, kind=m.kind, note=m.note),
+        cells=dict(expected=expected, rows=res.n_rows, finished=res.n_finished, successful=res.n_ok,
+                   by_status=res.counts),
+        flags=flags_json(res),
+        best_configurations=None if res.soft_only else res.best[CONFIG_COLUMNS],
+        most_stable_configurations=res.stable[CONFIG_COLUMNS],
+        winner_vs_runner_up=comparisons_json(res.comparisons),
+        effects={f: res.effects[f] for f in FACTORS},
+        stability_effects={f: res.stability_effects[f] for f in FACTORS},
+        tests=tests_json(res),
+        baseline_comparison=res.baseline,
+        best_per_architecture=best_per_architecture_json(res),
+        architecture_comparison=comparison_json(conf),
+        min_detectable_difference=None if conf is None else conf["min_detectable_difference"],
+        confirmation=confirmation_json(conf),
+        figures={k: (str(v.name) if isinstance(v, Path) else f"not produced: {v}") for k, v in figures.items()},
+    )
+    return jsonable(out)
+
+
+def flags_json(res: StudyAnalysis) -> dict:
+    """The warnings of the analysis: what a reader must know before trusting a ranking."""
+    return dict(
+        no_model_learned=res.no_model_learned, soft_only=res.soft_only, has_seeds=res.has_seeds,
+        degenerate_cells=res.n_degenerate,
+        degenerate_fraction_of_successful=(res.n_degenerate / res.n_ok) if res.n_ok else None,
+        failed_fraction=res.counts.get(FAILED, 0) / res.n_rows,
+        diverged_fraction=res.counts.get(DIVERGED, 0) / res.n_rows,
+        edge_of_grid=res.edges, overfitting=res.overfitting)
+
+
+def comparisons_json(comparisons: dict) -> dict:
+    """Winner vs runner-up, across architectures and per architecture, with the configurations in words."""
+    return {key: dict(winner=cfg_text(c["winner"]), runner_up=cfg_text(c["runner_up"]), difference=c["diff"],
+                      n_winner=c["n_a"], n_runner_up=c["n_b"], p_welch=c["p"], beyond_noise=c["clear"],
+                      reason=c["reason"])
+            for key, c in comparisons.items()}
+
+
+def tests_json(res: StudyAnalysis) -> dict:
+    """The ANOVAs, Tukey HSD and the correlation matrix."""
+    def test_entry(r):
+        return {k: r[k] for k in ("name", "F", "p", "eta_sq", "df_between", "df_within", "reason")}
+
+    correlation = res.correlation
+    return dict(
+        one_way_anova={f: test_entry(r) for f, r in res.anova.items()},
+        two_way_anova={a: dict(table=r["table"], reason=r["reason"]) for a, r in res.two_way.items()},
+        three_way_anova=dict(table=res.three_way["table"], reason=res.three_way["reason"]),
+        tukey_architectures=res.tukey,
+        correlation=dict(table=None if correlation["table"] is None else correlation["table"].to_dict(),
+                         reason=correlation["reason"]))
+
+
+def best_per_architecture_json(res: StudyAnalysis) -> list:
+    """The validation-selected configuration of each architecture ([] for a soft-only summary)."""
+    if res.soft_only:
+        return []
+    kind = res.metric.kind
+    out = []
+    for _, r in res.selection.iterrows():
+        val = (r["val_iou_mean"], r["val_iou_std"]) if kind == "val" else (None, None)
+        test = (r["test_iou_mean"], r["test_iou_std"])
+        out.append(dict(architecture=r["architecture"], learning_rate=r["learning_rate"],
+                        batch_size=r["batch_size"], selected_on=res.selected_on, n_runs=r["n_runs"],
+                        val_iou_mean=val[0], val_iou_std=val[1], test_iou_mean=test[0], test_iou_std=test[1],
+                        n_test=r["n_test"], degenerate=r["degenerate"], best_run=r["best_run"]))
+    return out
+
+
+def comparison_json(conf: Optional[dict]) -> list:
+    """The pairwise comparisons of the confirmation runs ([] without confirmation runs)."""
+    if conf is None:
+        return []
+    return [{k: p[k] for k in PAIR_FIELDS} for p in conf["pairs"]]
+
+
+def confirmation_json(conf: Optional[dict]) -> Optional[dict]:
+    """The confirmation runs per architecture and their counts (None without confirmation runs)."""
+    if conf is None:
+        return None
+    return dict(architectures=conf["arms"], reason=conf["reason"], alpha=conf["alpha"], power=conf["power"],
+                runs=conf["n_rows"], by_status=conf["counts"], min_detectable_difference_detail=conf["mdd_detail"])

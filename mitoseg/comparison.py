@@ -23,9 +23,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .stats import select_configs
+from .anova import ALPHA
+from .stats import config_mask, select_configs
 
-ALPHA = 0.05
 POWER = 0.8
 N_BOOTSTRAP = 4000
 BOOTSTRAP_SEED = 0            # the bootstrap is reproducible: the same runs give the same interval
@@ -161,12 +161,6 @@ def representatives(confirm: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["architecture", "learning_rate", "batch_size"])
 
 
-def _runs_of(confirm: pd.DataFrame, cfg) -> pd.DataFrame:
-    m = ((confirm["architecture"] == cfg["architecture"]) & np.isclose(confirm["learning_rate"], cfg["learning_rate"])
-         & (confirm["batch_size"] == cfg["batch_size"]))
-    return confirm[m]
-
-
 def compare_architectures(confirm: pd.DataFrame, alpha: float = ALPHA, power: float = POWER) -> dict:
     """Everything the report says about the confirmation runs (rows of stage "confirm")."""
     res = dict(arms=[], pairs=[], min_detectable_difference=np.nan, mdd_detail=None, reason=None, alpha=alpha,
@@ -174,7 +168,7 @@ def compare_architectures(confirm: pd.DataFrame, alpha: float = ALPHA, power: fl
     reps = representatives(confirm)
     arms = {}
     for _, cfg in reps.iterrows():
-        runs = _runs_of(confirm, cfg)
+        runs = confirm[config_mask(confirm, cfg)]
         ok = runs[runs["success"] & runs["test_iou"].notna()]
         stats = mean_ci(ok["test_iou"], alpha)
         arms[cfg["architecture"]] = dict(

@@ -192,11 +192,15 @@ def factor_effects(ok: pd.DataFrame, value: str = "score") -> dict:
     return out
 
 
+def config_mask(df: pd.DataFrame, cfg) -> pd.Series:
+    """The rows of configuration cfg (architecture, learning rate, batch size)."""
+    return ((df["architecture"] == cfg["architecture"]) & np.isclose(df["learning_rate"], cfg["learning_rate"])
+            & (df["batch_size"] == cfg["batch_size"]))
+
+
 def run_scores(df: pd.DataFrame, cfg) -> np.ndarray:
     """The scores of the successful runs (degenerate ones included) of configuration cfg."""
-    m = ((df["architecture"] == cfg["architecture"]) & np.isclose(df["learning_rate"], cfg["learning_rate"])
-         & (df["batch_size"] == cfg["batch_size"]) & df["success"])
-    return df.loc[m, "score"].to_numpy(float)
+    return df.loc[config_mask(df, cfg) & df["success"], "score"].to_numpy(float)
 
 
 def edge_notes(df: pd.DataFrame, cfg) -> list:

@@ -26,7 +26,7 @@ from typing import Optional
 from . import grid as G
 from .paths import StudyPaths
 from .results import ResultsError, load_results
-from .runner import fmt_duration, fmt_score
+from .console import fmt_duration, fmt_score
 from .status import DONE_STATUSES
 
 RERUN_MARGIN_S = 30.0

@@ -211,6 +211,11 @@ def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=F
     return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis)
 
 
+def _scheduler_args(args) -> list[str]:
+    """The qsub/sbatch arguments given after `--`."""
+    return [a for a in (args.extra or []) if a != "--"]
+
+
 def cmd_confirm(args) -> int:
     study = Path(args.study_dir).resolve()
     grid = G.load_study_grid(study)
@@ -220,9 +225,8 @@ def cmd_confirm(args) -> int:
     plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
-    extra = [a for a in (args.extra or []) if a != "--"]
-    ids = submit_study(study, grid, C.scheduler_name(args.scheduler), extra, log=_print, dry_run=args.dry_run,
-                         indices=(cells[0].index, cells[-1].index))
+    ids = submit_study(study, grid, C.scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
+                       dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index))
     _print(f"follow it with: python run_study.py status --study-dir {study}")
     return 0 if ids["array"] or args.dry_run else 1
 
@@ -242,10 +246,9 @@ def cmd_submit(args) -> int:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
         return 2
     study, grid = _open_study(args, args.root)
-    extra = [a for a in (args.extra or []) if a != "--"]
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)
-    ids = submit_study(study, grid, scheduler, extra, log=_print, dry_run=args.dry_run, cells_per_gpu=k)
+    ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
     _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
     return 0 if ids["array"] or args.dry_run else 1
 

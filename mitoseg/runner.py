@@ -32,7 +32,7 @@ from .study_dir import base_grid, resolve_study_dir
 TRAIN_ONE = REPO_DIR / "train_one.py"
 ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
 BUSY_STATE = "running elsewhere"   # train_one.py exit 4: another process holds the cell's lock
-EXIT_BUSY = 4   # = mitoseg.training.EXIT_BUSY, not imported: training.py needs numpy, the host Python may not
+EXIT_BUSY = 4   # = mitoseg.training.EXIT_BUSY; not imported: training.py needs numpy, which the host Python may lack
 
 
 # --- cell state -----------------------------------------------------------------------------------

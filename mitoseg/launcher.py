@@ -1,15 +1,18 @@
 """How a cell's Python is started: the repository's location, the TensorFlow container
-($TF_CONTAINER run by apptainer/singularity, with the folders a cell needs bound) or this Python.
+($TF_CONTAINER run by apptainer/singularity, with the folders a cell needs bound) or this Python;
+and how the scheduler's stop signals reach the training processes while they run.
 
 Standard library only: an array element runs it with the *host* Python before the container.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 CONTAINER_ENV = "TF_CONTAINER"          # path of the Singularity/Apptainer TensorFlow image
@@ -59,3 +62,29 @@ def launcher(environ=None, binds: Iterable[str] = ()) -> tuple[list[str], Option
                        f"is on PATH (module load apptainer?); running with {sys.executable}")
     bind = ["--bind", ",".join(binds)] if binds else []
     return [runtime, "exec", "--nv", *bind, image, env.get("CONTAINER_PYTHON", "python")], None
+
+
+@contextlib.contextmanager
+def signals_forwarded(procs: Iterable) -> Iterator[None]:
+    """While inside: SIGTERM/SIGINT sent to us (walltime, scancel, qdel) are passed on to every
+    process of `procs`, so train_one.py can save its state and exit 3 (interrupted); SIGUSR1 (a
+    pre-walltime warning, e.g. `#SBATCH --signal=B:USR1@300`) is passed on as SIGTERM."""
+    procs = list(procs)
+
+    def forward(signum, _frame):
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM if signum == signal.SIGUSR1 else signum)
+            except OSError:
+                pass
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+        try:
+            previous[sig] = signal.signal(sig, forward)
+        except (ValueError, OSError):   # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional
 from . import grid as G
 from . import multi_cell
 from .console import cell_row, progress_line
-from .launcher import REPO_DIR, launcher, study_binds
+from .launcher import REPO_DIR, launcher, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
 from .scheduler import submit_analysis_from_element
@@ -96,29 +96,10 @@ def train_command(study_dir, index: int, prefix: Optional[list] = None, force: b
 
 
 def _run_forwarding_signals(cmd: list[str], **kw) -> int:
-    """Run cmd; SIGTERM/SIGINT sent to us (walltime, scancel, qdel) are passed on, so train_one.py
-    can save its state and exit 3 (interrupted). SIGUSR1 (a pre-walltime warning, e.g.
-    `#SBATCH --signal=B:USR1@300`) is passed on as SIGTERM."""
+    """Run cmd with our stop signals passed on (launcher.signals_forwarded); its exit code."""
     proc = subprocess.Popen(cmd, **kw)
-    handled = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-    previous = {}
-
-    def forward(signum, _frame):
-        try:
-            proc.send_signal(signal.SIGTERM if signum == signal.SIGUSR1 else signum)
-        except OSError:
-            pass
-    for sig in handled:
-        try:
-            previous[sig] = signal.signal(sig, forward)
-        except (ValueError, OSError):  # not the main thread
-            pass
-    try:
+    with signals_forwarded([proc]):
         return proc.wait()
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
 
 
 # --- one array element ----------------------------------------------------------------------------

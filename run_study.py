@@ -30,6 +30,9 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
+from mitoseg.console import fmt_duration, results_table
+from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, submit_study
+from mitoseg.study_dir import base_grid, create_new_study_dir
 from mitoseg.status import DONE_STATUSES
 
 
@@ -118,8 +121,8 @@ def build_parser():
     s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
     _grid_args(s)
     s.add_argument("--output-root", default=".", help="where study folders will be written (default .)")
-    s.add_argument("--pbs-script", default=str(R.PBS_SCRIPT))
-    s.add_argument("--slurm-script", default=str(R.SLURM_SCRIPT))
+    s.add_argument("--pbs-script", default=str(PBS_SCRIPT))
+    s.add_argument("--slurm-script", default=str(SLURM_SCRIPT))
     s.add_argument("--skip-env-probe", action="store_true",
                    help="skip importing TensorFlow in the training environment (faster)")
     return p
@@ -144,11 +147,11 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig]:
     """The study to run: flags that contradict an existing study, or finished cells its grid no longer
     describes, are one-line errors before anything runs (mitoseg/identity.py)."""
     from mitoseg.identity import check_study
-    grid = R.base_grid(args.grid_config, args.data_dir, args.demo)
+    grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if args.study_dir:
         given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
         G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
-    study = Path(args.study_dir) if args.study_dir else R.create_new_study_dir(root)
+    study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
     grid = G.init_study(study, grid)
     retrain = [c.index for c in R.select_cells(grid, args.cells, args.arch)] if getattr(args, "force", False) else []
     check_study(study, grid, retrain=retrain, check_data=True)
@@ -159,11 +162,11 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
     t0 = time.monotonic()
     rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
     _print("")
-    _print(R.results_table(rows))
+    _print(results_table(rows))
     failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, R.BUSY_STATE)]
     _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
            f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
-           f"training wall time {R.fmt_duration(time.monotonic() - t0)}")
+           f"training wall time {fmt_duration(time.monotonic() - t0)}")
     code = 1 if failed else 0
     if analysis:
         acode = R.run_analysis(study, log=_print)
@@ -190,7 +193,7 @@ def cmd_local(args) -> int:
     if seeds:
         code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis) or code
     if args.demo:
-        _print(f"Demo finished in {R.fmt_duration(time.monotonic() - t0)}. "
+        _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
 
@@ -208,6 +211,11 @@ def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=F
     return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis)
 
 
+def _scheduler_args(args) -> list[str]:
+    """The qsub/sbatch arguments given after `--`."""
+    return [a for a in (args.extra or []) if a != "--"]
+
+
 def cmd_confirm(args) -> int:
     study = Path(args.study_dir).resolve()
     grid = G.load_study_grid(study)
@@ -217,9 +225,8 @@ def cmd_confirm(args) -> int:
     plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
-    extra = [a for a in (args.extra or []) if a != "--"]
-    ids = R.submit_study(study, grid, C.scheduler_name(args.scheduler), extra, log=_print, dry_run=args.dry_run,
-                         indices=(cells[0].index, cells[-1].index))
+    ids = submit_study(study, grid, C.scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
+                       dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index))
     _print(f"follow it with: python run_study.py status --study-dir {study}")
     return 0 if ids["array"] or args.dry_run else 1
 
@@ -234,15 +241,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    scheduler = args.scheduler or R.detect_scheduler()
+    scheduler = args.scheduler or detect_scheduler()
     if scheduler is None:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
         return 2
     study, grid = _open_study(args, args.root)
-    extra = [a for a in (args.extra or []) if a != "--"]
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)
-    ids = R.submit_study(study, grid, scheduler, extra, log=_print, dry_run=args.dry_run, cells_per_gpu=k)
+    ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
     _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
     return 0 if ids["array"] or args.dry_run else 1
 

@@ -152,6 +152,6 @@ def scheduler_name(choice: str) -> str:
     """--scheduler pbs -> pbspro or torque as detected (pbspro when qsub is absent, e.g. --dry-run)."""
     if choice != "pbs":
         return choice
-    from .runner import detect_scheduler
+    from .scheduler import detect_scheduler
     found = detect_scheduler()
     return found if found in ("pbspro", "torque") else "pbspro"

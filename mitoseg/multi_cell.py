@@ -11,11 +11,12 @@ Standard library only: this runs with the host Python, before the container.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
 from typing import Callable
+
+from .launcher import signals_forwarded
 
 ENV = "CELLS_PER_GPU"
 
@@ -64,23 +65,8 @@ def run_cells(cmds: dict, env: dict, log: Callable[[str], None] = print, out=Non
     for t in pumps:
         t.start()
 
-    def forward(signum, _frame):
-        for p in procs.values():
-            try:
-                p.send_signal(signal.SIGTERM if signum == signal.SIGUSR1 else signum)
-            except OSError:
-                pass
-    previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-        try:
-            previous[sig] = signal.signal(sig, forward)
-        except (ValueError, OSError):   # not the main thread
-            pass
-    try:
+    with signals_forwarded(procs.values()):
         codes = {i: p.wait() for i, p in procs.items()}
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
     for t in pumps:
         t.join(timeout=10)
     codes = {i: (1 if c < 0 else c) for i, c in codes.items()}

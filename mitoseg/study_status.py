@@ -26,8 +26,8 @@ from typing import Optional
 from . import grid as G
 from .paths import StudyPaths
 from .results import ResultsError, load_results
-from .runner import fmt_duration, fmt_score
-from .status import DONE_STATUSES
+from .console import fmt_duration, fmt_score
+from .status import DONE_STATUSES, INTERRUPTED, MISSING
 
 RERUN_MARGIN_S = 30.0
 STALL_GRACE_S = 15 * 60.0
@@ -69,7 +69,7 @@ def last_write(exp_dir: Path) -> Optional[float]:
 
 def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
     paths = StudyPaths(study_dir).exp(cell.name)
-    row = dict(cell=cell, state="missing", epoch=0, epochs_max=epochs_max, latest_iou=None, best_iou=None,
+    row = dict(cell=cell, state=MISSING, epoch=0, epochs_max=epochs_max, latest_iou=None, best_iou=None,
                epoch_times=[], overhead_s=None, last_write=None, note="")
     if not paths.exp_dir.is_dir():
         return row
@@ -144,7 +144,7 @@ def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
     for r in todo:
         if r["epoch_s"] is None:
             return None, parallel
-        done = r["epoch"] if r["state"] in ("running", "stalled", "interrupted") else 0
+        done = r["epoch"] if r["state"] in ("running", "stalled", INTERRUPTED) else 0
         total += max(0, r["epochs_max"] - done) * r["epoch_s"] + overhead
     return total / parallel, parallel
 
@@ -155,7 +155,7 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
             f"{'s/epoch':>7} {'last write':>10}  note")
     lines = [head, "-" * len(head)]
     for r in rows:
-        epoch = f"{r['epoch']}/{r['epochs_max']}" if r["state"] != "missing" else "-"
+        epoch = f"{r['epoch']}/{r['epochs_max']}" if r["state"] != MISSING else "-"
         latest = r["latest_iou"] if r["state"] in ("running", "stalled") else None
         ago = "-" if r["last_write"] is None else fmt_duration(now - r["last_write"]) + " ago"
         lines.append(f"{r['cell'].index:>3}  {r['cell'].name:<44} {r['state']:<11} {epoch:>7} {fmt_score(latest):>7} "

@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Optional
 
 from . import grid as G
-from . import runner as R
+from . import launcher as L
+from .console import fmt_duration
+from .study_dir import base_grid
 from .config import TrainConfig
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -50,11 +52,11 @@ class Row:
 # --- the trial: runs inside the training environment (mitoseg/preflight.py) -----------------------
 def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEOUT_S) -> tuple[Optional[dict], str]:
     """Run the pre-flight trial through the launcher the cells use. (result or None, where / why)."""
-    prefix, _ = R.launcher(environ, binds=R.study_binds(grid.fixed.get("data_dir")))
+    prefix, _ = L.launcher(environ, binds=L.study_binds(grid.fixed.get("data_dir")))
     cmd = [*prefix, "-m", "mitoseg.preflight", json.dumps(grid.to_dict())]
     env = {**(os.environ if environ is None else environ), "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:   # stderr (progress, tracebacks) goes to the user's terminal / job log as it happens
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=str(R.REPO_DIR), env=env)
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=str(L.REPO_DIR), env=env)
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"{' '.join(cmd[:4])}: {err}"
     for line in reversed(proc.stdout.splitlines()):
@@ -128,13 +130,13 @@ def check_trial(result: Optional[dict], grid: G.GridConfig) -> tuple[list[Row], 
 
 def check_container(environ=None) -> list[Row]:
     env = os.environ if environ is None else environ
-    image = env.get(R.CONTAINER_ENV)
+    image = env.get(L.CONTAINER_ENV)
     if not image:
-        return [Row("container image", WARN, f"${R.CONTAINER_ENV} not set: jobs run plain python "
-                                             f"(e.g. export {R.CONTAINER_ENV}={R.EXAMPLE_CONTAINER})")]
+        return [Row("container image", WARN, f"${L.CONTAINER_ENV} not set: jobs run plain python "
+                                             f"(e.g. export {L.CONTAINER_ENV}={L.EXAMPLE_CONTAINER})")]
     if not Path(image).is_file():
-        return [Row("container image", FAIL, f"${R.CONTAINER_ENV}={image} does not exist")]
-    runtime = R.container_runtime()
+        return [Row("container image", FAIL, f"${L.CONTAINER_ENV}={image} does not exist")]
+    runtime = L.container_runtime()
     if runtime is None:
         return [Row("container image", FAIL, f"{image} exists but neither apptainer nor singularity is on PATH")]
     size = Path(image).stat().st_size / 2**30
@@ -270,7 +272,7 @@ def check_walltime(estimates: dict, gpus: list, pbs_script=None, slurm_script=No
         return []
     longest, total = max(estimates.values()), sum(estimates.values())
     where = "on this GPU" if gpus else "on this CPU (run the check on a GPU node for the real figure)"
-    rows = [Row("time estimate", PASS, f"longest cell {R.fmt_duration(longest)}, whole grid {R.fmt_duration(total)} of "
+    rows = [Row("time estimate", PASS, f"longest cell {fmt_duration(longest)}, whole grid {fmt_duration(total)} of "
                                        f"one device {where}; every epoch run, no early stopping")]
     for kind, script in (("pbs", pbs_script), ("slurm", slurm_script)):
         if not script:
@@ -280,16 +282,16 @@ def check_walltime(estimates: dict, gpus: list, pbs_script=None, slurm_script=No
         if limit is None:
             rows.append(Row(name, WARN, f"no walltime line in {script}: the queue's default applies"))
         elif longest > limit:
-            rows.append(Row(name, FAIL if gpus else WARN, f"{R.fmt_duration(limit)} is shorter than the longest cell "
-                            f"({R.fmt_duration(longest)} {where}); cells would be cut and need resubmitting"))
+            rows.append(Row(name, FAIL if gpus else WARN, f"{fmt_duration(limit)} is shorter than the longest cell "
+                            f"({fmt_duration(longest)} {where}); cells would be cut and need resubmitting"))
         elif longest * WALLTIME_MARGIN > limit:
-            rows.append(Row(name, WARN, f"{R.fmt_duration(limit)} leaves less than {WALLTIME_MARGIN:g}x margin over the "
-                                        f"longest cell ({R.fmt_duration(longest)})"))
+            rows.append(Row(name, WARN, f"{fmt_duration(limit)} leaves less than {WALLTIME_MARGIN:g}x margin over the "
+                                        f"longest cell ({fmt_duration(longest)})"))
         elif gpus and limit > WALLTIME_OVERSIZE * longest:
-            rows.append(Row(name, WARN, f"{R.fmt_duration(limit)} is over {WALLTIME_OVERSIZE:g}x the longest cell "
-                                        f"({R.fmt_duration(longest)}): a smaller request usually starts sooner"))
+            rows.append(Row(name, WARN, f"{fmt_duration(limit)} is over {WALLTIME_OVERSIZE:g}x the longest cell "
+                                        f"({fmt_duration(longest)}): a smaller request usually starts sooner"))
         else:
-            rows.append(Row(name, PASS, f"{R.fmt_duration(limit)} for a longest cell of {R.fmt_duration(longest)}"))
+            rows.append(Row(name, PASS, f"{fmt_duration(limit)} for a longest cell of {fmt_duration(longest)}"))
     return rows
 
 
@@ -326,7 +328,7 @@ def check_grid_values(grid_config: Optional[str], data_dir: Optional[str] = None
         if problems:
             return [Row("grid values", FAIL, f"{grid_config}: {text}") for text in problems]
     try:
-        grid = R.base_grid(grid_config, data_dir, demo)
+        grid = base_grid(grid_config, data_dir, demo)
     except ValueError as err:
         return [Row("grid values", FAIL, str(err))]
     return [Row("grid values", PASS, f"{source}: {grid.size} cells, every axis and fixed setting of the right "
@@ -351,7 +353,7 @@ def main(args) -> int:
     if any(r.status == FAIL for r in value_rows):
         print(format_table(value_rows), flush=True)
         return 1
-    grid = R.base_grid(args.grid_config, args.data_dir, args.demo)
+    grid = base_grid(args.grid_config, args.data_dir, args.demo)
     print(f"Verifying the setup for a study of {grid.size} cells (fixed settings: {json.dumps(grid.fixed, sort_keys=True)})",
           flush=True)
     rows = run_checks(grid, args.output_root, args.pbs_script, args.slurm_script,

@@ -16,6 +16,8 @@ from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import inference, metrics
 from mitoseg import runner as R
+from mitoseg import study_status
+from mitoseg.scheduler import NO_ANALYSIS_ENV
 from mitoseg.results import ResultsError, empty_record, load_results, save_results
 from mitoseg.summary import build_summary
 from tests.fixtures_results import add_confirmation, make_study, record_for
@@ -100,7 +102,7 @@ def test_local_runner_resumes_and_skips_confirmation_cells(tmp_path, monkeypatch
     (study / "calls.txt").unlink()
     R.run_local(study, grid, G.confirm_cells(study), jobs=1, log=quiet)   # everything finished: nothing runs
     assert not (study / "calls.txt").exists()
-    status = R.study_rows(study, grid)
+    status = study_status.status_rows(study, grid)
     assert len(status) == 20 and status[18]["cell"].stage == "confirm"
 
 
@@ -108,7 +110,7 @@ def test_element_runs_a_confirmation_index(tmp_path, monkeypatch):
     study = _study(tmp_path)
     C.plan_confirmation(study, 2, log=quiet)
     monkeypatch.setattr(R, "TRAIN_ONE", _fake_trainer(tmp_path, fail=-1))
-    env = {"STUDY_DIR": str(study), "PATH": os.environ["PATH"], R.NO_ANALYSIS_ENV: "1"}
+    env = {"STUDY_DIR": str(study), "PATH": os.environ["PATH"], NO_ANALYSIS_ENV: "1"}
     logs = []
     assert R.run_element(19, tmp_path, environ=env, log=logs.append) == 0
     assert (study / "calls.txt").read_text().split() == ["19"]

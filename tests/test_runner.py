@@ -15,7 +15,11 @@ import pytest
 
 from mitoseg import paths as P
 from mitoseg import grid as G
+from mitoseg import launcher as L
 from mitoseg import runner as R
+from mitoseg import scheduler as Sched
+from mitoseg.console import results_table
+from mitoseg.study_dir import resolve_study_dir
 from mitoseg.results import save_results
 from tests.fixtures_results import record_for
 
@@ -54,26 +58,26 @@ def test_task_index_from_each_scheduler_variable(env, index):
     ({}, None, None, None),
 ])
 def test_scheduler_ids(env, sched, key, dep):
-    assert R.scheduler_of(env) == sched
-    assert R.array_job_key(env) == key
-    target = R.dependency_target(env)
+    assert Sched.scheduler_of(env) == sched
+    assert Sched.array_job_key(env) == key
+    target = Sched.dependency_target(env)
     assert (target[1] if target else None) == dep
 
 
 def test_parse_job_id():
-    assert R.parse_job_id("123\n") == "123"
-    assert R.parse_job_id("123;cluster\n") == "123"
-    assert R.parse_job_id("4567[].pbs01\n") == "4567[].pbs01"
-    assert R.parse_job_id("Submitted batch job 88") == "88"
+    assert Sched.parse_job_id("123\n") == "123"
+    assert Sched.parse_job_id("123;cluster\n") == "123"
+    assert Sched.parse_job_id("4567[].pbs01\n") == "4567[].pbs01"
+    assert Sched.parse_job_id("Submitted batch job 88") == "88"
 
 
 def test_analysis_submit_commands(tmp_path):
     script = tmp_path / "run_analysis.sh"
-    s = R.analysis_submit_command("slurm", "afterany:5", script, tmp_path)
+    s = Sched.analysis_submit_command("slurm", "afterany:5", script, tmp_path)
     assert s[:2] == ["sbatch", "--parsable"] and "--dependency=afterany:5" in s and "--kill-on-invalid-dep=yes" in s
-    p = R.analysis_submit_command("pbspro", "afterany:5[].srv", script, tmp_path)
+    p = Sched.analysis_submit_command("pbspro", "afterany:5[].srv", script, tmp_path)
     assert p[0] == "qsub" and p[p.index("-W") + 1] == "depend=afterany:5[].srv" and p[-1] == str(script)
-    t = R.analysis_submit_command("torque", "afteranyarray:5[].srv", script, tmp_path)
+    t = Sched.analysis_submit_command("torque", "afteranyarray:5[].srv", script, tmp_path)
     assert "depend=afteranyarray:5[].srv" in t
 
 
@@ -110,7 +114,7 @@ def test_select_cells():
 # --- the study folder -----------------------------------------------------------------------------
 def _resolve_worker(args):
     root, env = args
-    study, _ = R.resolve_study_dir(root, env)
+    study, _ = resolve_study_dir(root, env)
     return str(study)
 
 
@@ -127,28 +131,28 @@ def test_study_dir_resolution_is_shared_by_one_array_under_concurrency(tmp_path)
     assert len(studies) == 2  # losers removed the folders they made
     assert all(re.fullmatch(r"hyperparameter_optimization_\d{8}_\d{6}", s) for s in studies)
     # later elements of the same array read the pointer
-    assert str(R.resolve_study_dir(tmp_path, env_a)[0]) in a
+    assert str(resolve_study_dir(tmp_path, env_a)[0]) in a
 
 
 def test_study_dir_from_env_and_local(tmp_path):
-    assert R.resolve_study_dir(tmp_path, {"STUDY_DIR": "mine"})[0] == tmp_path / "mine"
-    one = R.resolve_study_dir(tmp_path, {})[0]
-    two = R.resolve_study_dir(tmp_path, {})[0]
+    assert resolve_study_dir(tmp_path, {"STUDY_DIR": "mine"})[0] == tmp_path / "mine"
+    one = resolve_study_dir(tmp_path, {})[0]
+    two = resolve_study_dir(tmp_path, {})[0]
     assert one != two and one.is_dir() and two.is_dir()
 
 
 def test_analysis_claimed_once(tmp_path):
     with multiprocessing.get_context("spawn").Pool(6) as pool:
-        got = pool.starmap(R.claim_analysis_submission, [(str(tmp_path), "slurm_5")] * 18)
+        got = pool.starmap(Sched.claim_analysis_submission, [(str(tmp_path), "slurm_5")] * 18)
     assert sum(got) == 1
-    assert R.claim_analysis_submission(tmp_path, "slurm_6")
+    assert Sched.claim_analysis_submission(tmp_path, "slurm_6")
 
 
 # --- launching ------------------------------------------------------------------------------------
 def test_launcher_container_or_plain_python(tmp_path, monkeypatch):
-    prefix, warning = R.launcher({})
+    prefix, warning = L.launcher({})
     assert prefix == [sys.executable] and "TF_CONTAINER" in warning
-    prefix, warning = R.launcher({"TF_CONTAINER": str(tmp_path / "missing.sif")})
+    prefix, warning = L.launcher({"TF_CONTAINER": str(tmp_path / "missing.sif")})
     assert prefix == [sys.executable] and "not found" in warning
     image = tmp_path / "tf.sif"
     image.write_text("x")
@@ -158,7 +162,7 @@ def test_launcher_container_or_plain_python(tmp_path, monkeypatch):
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    prefix, warning = R.launcher({"TF_CONTAINER": str(image)})
+    prefix, warning = L.launcher({"TF_CONTAINER": str(image)})
     assert warning is None and prefix == [str(fake), "exec", "--nv", str(image), "python"]
     cmd = R.train_command("S", 4, prefix)
     assert cmd[-5:] == [str(R.TRAIN_ONE), "--study-dir", "S", "--task-index", "4"]
@@ -209,7 +213,7 @@ def test_local_runner_skips_finished_reruns_failed_and_survives_a_failure(tmp_pa
     progress = [ln for ln in lines if ln.startswith("[")]
     assert len(progress) == 3 and progress[-1].startswith("[3/3]") and "ETA" in progress[-1]
     assert "best_val_iou 0.510" in "".join(progress)
-    table = R.results_table(rows)
+    table = results_table(rows)
     assert "finished earlier, skipped" in table and "boom" in table
     # second pass: only the failed cell runs again
     (study / "calls.txt").unlink()

@@ -5,7 +5,7 @@
 #   Torque:   qsub -t 0-35 pbs_hyperparameter_optimization.sh (if it rejects the -J line, delete it)
 #   A grid of another size: python run_study.py submit --grid-config G.json (sets the range itself)
 # The -J range must be 0..(grid size - 1): `python run_study.py list --size`; checked by
-# pbs_setup_verification.sh. All logic is in run_study.py / mitoseg/runner.py.
+# pbs_setup_verification.sh. All logic is in run_study.py and mitoseg/ (runner.py: the element).
 # Environment (exported with -V): TF_CONTAINER=image (e.g. /apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif;
 # unset or missing: plain python with a warning), STUDY_DIR (default: a new
 # hyperparameter_optimization_<timestamp>/ shared by all elements), GRID_CONFIG, DATA_DIR, PYTHON.

@@ -133,14 +133,7 @@ def _print(msg=""):
 
 
 def cmd_list(args) -> int:
-    argv = ["--size"] if args.size else []
-    if args.study_dir:
-        argv += ["--study-dir", args.study_dir]
-    elif args.grid_config:
-        argv += ["--grid-config", args.grid_config]
-    elif args.demo:
-        argv += ["--demo"]
-    return G.main(argv)
+    return G.list_grid(args.study_dir, args.grid_config, args.demo, args.size)
 
 
 def _open_study(args, root) -> tuple[Path, G.GridConfig]:

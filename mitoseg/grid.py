@@ -313,6 +313,42 @@ def load_study_grid(study_dir) -> GridConfig:
 
 
 # --- CLI: print the grid ----------------------------------------------------------------------------
+def _cell_line(cell: Cell) -> str:
+    return (f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
+            f"{cell.seed:>5}  {cell.name}")
+
+
+def list_grid(study_dir=None, grid_config=None, demo: bool = False, size_only: bool = False) -> int:
+    """Print a grid (a study's, a file's, the demo's or the default one): array index -> cell, with a
+    study's confirmation cells after the grid's. Exit code 2 (one line) for an unreadable grid."""
+    try:
+        if study_dir:
+            grid = load_study_grid(study_dir)
+        elif grid_config:
+            grid = load_user_grid(grid_config)
+        else:
+            grid = demo_grid() if demo else default_grid()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if size_only:
+        print(grid.size)
+        return 0
+    print(f"{grid.size} cells: {len(grid.architectures)} architectures x {len(grid.learning_rates)} "
+          f"learning rates x {len(grid.batch_sizes)} batch sizes x {len(grid.seeds)} seeds")
+    print("fixed: " + json.dumps(grid.fixed, sort_keys=True))
+    print(f"{'index':>5}  {'architecture':<18} {'lr':>8} {'batch':>5} {'seed':>5}  folder")
+    for cell in cells(grid):
+        print(_cell_line(cell))
+    extra = confirm_cells(study_dir) if study_dir else []
+    if extra:
+        print(f"confirmation stage ({StudyPaths(study_dir).confirm_config.name}): {len(extra)} cells, "
+              f"indices {extra[0].index}-{extra[-1].index}")
+        for cell in extra:
+            print(_cell_line(cell))
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mitoseg.grid",
                                      description="List the study grid: array index -> cell.")
@@ -321,33 +357,7 @@ def main(argv=None) -> int:
     parser.add_argument("--demo", action="store_true", help="list the CPU demo grid")
     parser.add_argument("--size", action="store_true", help="print only the number of cells")
     args = parser.parse_args(argv)
-    try:
-        if args.study_dir:
-            grid = load_study_grid(args.study_dir)
-        elif args.grid_config:
-            grid = load_user_grid(args.grid_config)
-        else:
-            grid = demo_grid() if args.demo else default_grid()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.size:
-        print(grid.size)
-        return 0
-    print(f"{grid.size} cells: {len(grid.architectures)} architectures x {len(grid.learning_rates)} "
-          f"learning rates x {len(grid.batch_sizes)} batch sizes x {len(grid.seeds)} seeds")
-    print("fixed: " + json.dumps(grid.fixed, sort_keys=True))
-    print(f"{'index':>5}  {'architecture':<18} {'lr':>8} {'batch':>5} {'seed':>5}  folder")
-    for cell in cells(grid):
-        print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
-              f"{cell.seed:>5}  {cell.name}")
-    extra = confirm_cells(args.study_dir) if args.study_dir else []
-    if extra:
-        print(f"confirmation stage ({StudyPaths(args.study_dir).confirm_config.name}): {len(extra)} cells, indices {extra[0].index}-{extra[-1].index}")
-        for cell in extra:
-            print(f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
-                  f"{cell.seed:>5}  {cell.name}")
-    return 0
+    return list_grid(args.study_dir, args.grid_config, args.demo, args.size)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Optional
 
 STUDY_PREFIX = "hyperparameter_optimization_"
 EXP_PREFIX = "exp_"
-POINTER_DIR = ".mitoseg_jobs"   # array job id -> study folder, in the submit folder (mitoseg/runner.py)
+POINTER_DIR = ".mitoseg_jobs"   # array job id -> study folder, in the submit folder (mitoseg/study_dir.py)
 GRID_CONFIG_NAME = "grid_config.json"
 CONFIRM_CONFIG_NAME = "confirm_config.json"
 CACHE_DIR_NAME = ".cache"

@@ -12,7 +12,7 @@ from mitoseg import paths as P
 from mitoseg import cache
 from mitoseg.config import TrainConfig
 from mitoseg.data import DataError, write_synthetic_dataset
-from mitoseg.training import load_cell_data, prepare_arrays
+from mitoseg.cell_data import load_cell_data, prepare_arrays
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_hit_returns_identical_arrays_memory_mapped(data_dir, tmp_path):
     assert sum("built" in m for m in messages) == 2 and not any("using" in m for m in messages)
     _assert_same(first, reference)
     messages.clear()
-    # the public hooks of training.py take the same path
+    # the public hooks of cell_data.py take the same path
     c_train, c_test = load_cell_data(config, cache_dir=cache_dir)
     second = prepare_arrays(c_train, config, cache_dir=cache_dir)
     _cached(config, cache_dir, messages)

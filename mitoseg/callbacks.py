@@ -1,9 +1,10 @@
 """The epoch-end validation of a training cell: one pass over the whole validation set, every score,
 the best model, the history CSV, the state a rerun resumes from, and early stopping.
 
-The training state (`new_training_state`) is what the cell persists in `train_state.json` after each
-epoch and reads back on resume. The Keras callback class is built lazily (`validation_callback`) so
-importing this module does not import Keras.
+The training state (`new_training_state`: history, best epoch and scores, patience) is updated here
+and written to `train_state.json` after each finished epoch; mitoseg/cell.py reads it back on resume.
+The Keras callback class is built lazily (`validation_callback`) so importing this module does not
+import Keras.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ exp_ folder is touched; every file is written atomically; the results JSON comes
 presence with status ok means the cell is finished. A cell stopped by SIGTERM (walltime) keeps a
 backup of its last finished epoch and records `interrupted`; the next run continues from there.
 The Keras side (input pipeline, model, callbacks) is mitoseg/training.py and mitoseg/callbacks.py;
-the record itself mitoseg/cell_record.py.
+the results record is mitoseg/cell_record.py.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from .cell_data import check_patch_fits, load_cell_data, prepare_arrays
 from .cell_log import log, tee_output
 from .cell_record import finish_record, new_record, record_failure
 from .config import TrainConfig
+from .data import DataError
 from .environment import environment_info
 from .paths import ExperimentPaths
 from .results import ResultsError, load_results
@@ -51,7 +52,6 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
     if finished is not None:
         return finished
 
-    from .data import DataError
     from .identity import data_fingerprint
     try:
         train_volume, test_volume = load_cell_data(config, cache_dir)

@@ -20,7 +20,7 @@ Outputs never replace an input of the command (--input, --ground-truth, --model;
 symlinks or hard links); an existing output file is replaced only with --overwrite.
 Input grey values are scaled like the model's training images (the scaling its cell recorded in the
 results JSON beside the model); an input that cannot be put on that scale is refused. A model without a
-recorded scaling gets the input scaled by its own values (mitoseg.data.image_scaling), with a line saying so.
+recorded scaling gets the input scaled by its own values (mitoseg.scaling.image_scaling), with a line saying so.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
 Exit codes: 0 ok, 2 bad input (missing/unreadable model or TIFF, nothing to draw).
@@ -177,45 +177,7 @@ def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overl
         raise PredictError(str(err)) from None
 
 
-# --- overlays ----------------------------------------------------------------------------------------
-def error_map(mask, pred):
-    """RGB: green = true positive, red = false positive, blue = false negative, black = true negative."""
-    import numpy as np
-    m, p = mask.astype(bool), pred.astype(bool)
-    rgb = np.zeros(m.shape + (3,), np.float32)
-    rgb[m & p] = (0.1, 0.85, 0.1)
-    rgb[~m & p] = (0.95, 0.15, 0.15)
-    rgb[m & ~p] = (0.2, 0.4, 1.0)
-    return rgb
-
-
-def draw_overlay(path, images, masks, probs, threshold, title, slice_labels):
-    """One row per slice: image | ground truth | prediction | error map."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from mitoseg import metrics
-    from mitoseg.io_utils import atomic_save
-    n = len(images)
-    h, w = images.shape[1:]
-    fig, axes = plt.subplots(n, 4, figsize=(4 * 3.2, n * 3.2 * h / w + 0.8), squeeze=False)
-    for i in range(n):
-        pred = probs[i] >= threshold
-        iou = metrics.foreground_iou(masks[i], pred, 0.5)
-        panels = [(images[i], "gray", f"{slice_labels[i]}"), (masks[i], "gray", "ground truth"),
-                  (pred, "gray", f"prediction (p >= {threshold:g})"),
-                  (error_map(masks[i], pred), None, f"errors: IoU {iou:.3f}")]
-        for ax, (arr, cmap, text) in zip(axes[i], panels):
-            ax.imshow(arr, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(text, fontsize=9)
-            ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    atomic_save(Path(path), lambda tmp: fig.savefig(tmp, dpi=90))
-    plt.close(fig)
-
-
+# --- overlays of a study's best models ---------------------------------------------------------------
 def best_per_architecture(study_dir):
     """{arch: (record, exp_dir, criterion)}: each architecture's selected configuration (the one rule,
     mitoseg.stats.select_configs: highest mean validation IoU over its non-degenerate grid runs) and
@@ -251,11 +213,11 @@ def best_per_architecture(study_dir):
 
 def overlay_slices(record, data_dir=None):
     """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
+    from mitoseg.cell_data import load_cell_data
     from mitoseg.config import TrainConfig
     from mitoseg.data import DataError
     from mitoseg.patches import split_slices
     from mitoseg.scaling import describe_scaling
-    from mitoseg.training import load_cell_data
     values = dict(record.get("config") or {})
     if data_dir is not None:
         values["data_dir"] = str(data_dir)
@@ -276,6 +238,8 @@ def overlay_slices(record, data_dir=None):
 
 def run_overlays(args) -> int:
     import numpy as np
+
+    from mitoseg.overlay_figure import draw_overlay
     best = best_per_architecture(args.study_dir)
     out_dir = Path(args.out_dir) if args.out_dir else StudyPaths(args.study_dir).overlays
     models = {arch: exp_dir / (rec.get("files") or {}).get("model", ExperimentPaths(exp_dir).model().name)
@@ -341,6 +305,7 @@ def run_predict(args) -> int:
         print(f"vs {args.ground_truth}: IoU {s['iou']:.4f}  Dice {s['dice']:.4f}  precision {s['precision']:.4f}  "
               f"recall {s['recall']:.4f}  (all-foreground IoU {base['all_foreground_jaccard']:.4f})")
         if args.overlay:
+            from mitoseg.overlay_figure import draw_overlay
             n = min(args.n_slices, len(images))
             pick = np.unique(np.linspace(0, len(images) - 1, n).round().astype(int))
             draw_overlay(args.overlay, images[pick], masks[pick], probs[pick], args.threshold,

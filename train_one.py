@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     from mitoseg import grid as G
     from mitoseg.config import ConfigError, TrainConfig
     from mitoseg.paths import StudyPaths, cell_name
-    from mitoseg.training import EXIT_BAD_INPUT, run_cell
+    from mitoseg.cell import EXIT_BAD_INPUT, run_cell
 
     if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
         args.data_dir = G.absolute_path(args.data_dir)

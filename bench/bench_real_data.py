@@ -254,8 +254,8 @@ def main(argv=None) -> int:
         return count_flops(args)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + list(argv if argv is not None else sys.argv[1:]))
     from mitoseg import data
+    from mitoseg.cell_data import hold_out_test_slices
     from mitoseg.patches import split_slices
-    from mitoseg.training import hold_out_test_slices
     try:
         volume, test = data.load_dataset(args.data_dir)
         if test is None:

@@ -41,10 +41,10 @@ def _config(args, arch):
 
 
 def _arrays(args, arch):
-    from mitoseg import training
+    from mitoseg import cell_data
     config = _config(args, arch)
-    train, _ = training.load_cell_data(config, cache_dir=args.cache_dir)
-    return config, training.prepare_arrays(train, config, cache_dir=args.cache_dir)
+    train, _ = cell_data.load_cell_data(config, cache_dir=args.cache_dir)
+    return config, cell_data.prepare_arrays(train, config, cache_dir=args.cache_dir)
 
 
 def _model(config):
@@ -144,14 +144,14 @@ def run_child(args, arch, extra) -> dict:
 
 def data_path_memory(args, rep) -> None:
     """tracemalloc peak (numpy buffers) of loading + patching: without the cache vs a cache hit."""
-    from mitoseg import training
+    from mitoseg import cell_data
     config = _config(args, "UNet")
     rows = []
     for label, cdir in (("no cache", None), ("cache hit", args.cache_dir)):
         tracemalloc.start()
         t = time.perf_counter()
-        train, _ = training.load_cell_data(config, cache_dir=cdir)
-        arrays = training.prepare_arrays(train, config, cache_dir=cdir)
+        train, _ = cell_data.load_cell_data(config, cache_dir=cdir)
+        arrays = cell_data.prepare_arrays(train, config, cache_dir=cdir)
         dt = time.perf_counter() - t
         peak = tracemalloc.get_traced_memory()[1] / 1e6
         tracemalloc.stop()
@@ -187,9 +187,9 @@ def main(argv=None) -> int:
     rep = Report("bench_throughput", "training throughput and peak memory")
     try:
         sys.path.insert(0, str(REPO))
-        from mitoseg import training
+        from mitoseg import cell_data
         t = time.perf_counter()
-        training.prepare_arrays(training.load_cell_data(_config(args, "UNet"), cache_dir=args.cache_dir)[0],
+        cell_data.prepare_arrays(cell_data.load_cell_data(_config(args, "UNet"), cache_dir=args.cache_dir)[0],
                                 _config(args, "UNet"), cache_dir=args.cache_dir)
         rep.add(f"Cache built for patch {args.patch} in {time.perf_counter() - t:.1f}s ({load()})")
         rep.add()

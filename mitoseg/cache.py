@@ -5,8 +5,8 @@ that needs a given preparation writes it under ``STUDY/.cache/<kind>-<hash>/`` a
 plus a ``meta.json``; every later cell memory-maps those files instead of decoding the TIFF stacks
 and cutting patches again. Two kinds of entry:
 
-* ``volumes-*``: the decoded, scaled train (and test) volumes (`training.load_cell_data`);
-* ``patches-*``: the train/val patch arrays and the split record (`training.prepare_arrays`).
+* ``volumes-*``: the decoded, scaled train (and test) volumes (`cell_data.load_cell_data`);
+* ``patches-*``: the train/val patch arrays and the split record (`cell_data.prepare_arrays`).
 
 An entry is named by a hash of its key (what was prepared and how: data folder, patch size, split,
 channels, ...). Its meta.json records the key, the sources (every file the loader reads, followed through
@@ -70,10 +70,11 @@ def source_files(data_dir) -> list[dict]:
 
 
 # The modules whose code decides the arrays prepared from the built-in synthetic data: the generator,
-# the scaling and the Volume it becomes, and the split and tiling of the patch entries. A module left
+# the scaling and the Volume it becomes, the split and tiling of the patch entries, and the cell-level
+# assembly of both (cell_data.py: test hold-out, patch arrays, channels). A module left
 # out here would let changed code silently reuse stale entries (tests/test_cache.py checks this list
 # against the code that runs while the synthetic data is prepared).
-SYNTHETIC_DATA_CODE = ("data.py", "scaling.py", "synthetic.py", "patches.py")
+SYNTHETIC_DATA_CODE = ("data.py", "scaling.py", "synthetic.py", "patches.py", "cell_data.py")
 
 
 def config_sources(config) -> list[dict]:
@@ -254,7 +255,7 @@ def load_or_build(cache_dir, kind: str, key: dict, sources: list[dict], build: C
     return cached, cached_info, False
 
 
-# --- the two entry kinds used by training.py -----------------------------------------------------------
+# --- the two entry kinds used by cell_data.py ---------------------------------------------------------
 def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[str], None] = _default_log):
     """Cached `load()` -> (train Volume, test Volume or None), volumes memory-mapped on a hit."""
     from .data import Volume

@@ -28,23 +28,18 @@ from pathlib import Path
 
 import numpy as np
 
-
-# import name -> distribution name (for the version): what a cell and the analysis import
-PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "focal_loss": "focal-loss",
-            "tifffile": "tifffile", "skimage": "scikit-image", "scipy": "scipy", "pandas": "pandas",
-            "matplotlib": "matplotlib", "seaborn": "seaborn", "statsmodels": "statsmodels", "h5py": "h5py",
-            "tensorboard": "tensorboard"}
+from .environment import PACKAGES, package_version
 
 
 def package_versions() -> dict:
-    """{import name: {"ok": True, "version": v} or {"ok": False, "error": one line}}."""
+    """{import name: {"ok": True, "version": v} or {"ok": False, "error": one line}} for every package
+    of mitoseg.environment.PACKAGES, each imported here (the study's own environment)."""
     import importlib
-    import importlib.metadata as md
     found = {}
     for mod, dist in PACKAGES.items():
         try:
             importlib.import_module(mod)
-            found[mod] = {"ok": True, "version": md.version(dist)}
+            found[mod] = {"ok": True, "version": package_version(dist)}
         except Exception as err:  # noqa: BLE001 - reported as a FAIL row
             found[mod] = {"ok": False, "error": _one_line(err)}
     return found
@@ -68,7 +63,7 @@ def _peak_memory(gpus: list) -> dict:
 
 
 def _arrays(config):
-    from .training import load_cell_data, prepare_arrays
+    from .cell_data import load_cell_data, prepare_arrays
     train_volume, _ = load_cell_data(config)
     return prepare_arrays(train_volume, config)
 

@@ -222,7 +222,7 @@ def test_results_json_of_other_schema_or_hand_edited(tmp_path, mutate, expected)
         load_results(paths.results_json)
     assert expected in str(info.value) and str(paths.results_json) in str(info.value)
     # The cell reruns (never "already finished") ...
-    from mitoseg.training import existing_status
+    from mitoseg.cell import existing_status
     assert existing_status(paths) is None
     # ... the analysis lists it as unreadable, not as a success ...
     df, inventory = build_summary(study)

@@ -11,9 +11,9 @@ import pytest
 from mitoseg import paths as P
 from mitoseg import cache
 from mitoseg.config import TrainConfig
+from mitoseg.cell_data import load_cell_data, prepare_arrays
 from mitoseg.data import DataError
 from mitoseg.synthetic import write_synthetic_dataset
-from mitoseg.training import load_cell_data, prepare_arrays
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_hit_returns_identical_arrays_memory_mapped(data_dir, tmp_path):
     assert sum("built" in m for m in messages) == 2 and not any("using" in m for m in messages)
     _assert_same(first, reference)
     messages.clear()
-    # the public hooks of training.py take the same path
+    # the public hooks of cell_data.py take the same path
     c_train, c_test = load_cell_data(config, cache_dir=cache_dir)
     second = prepare_arrays(c_train, config, cache_dir=cache_dir)
     _cached(config, cache_dir, messages)
@@ -82,8 +82,9 @@ def test_synthetic_sources_list_every_module_whose_code_prepares_the_data():
     cache.SYNTHETIC_DATA_CODE: a module missing there would let its changed code reuse stale entries."""
     import sys
 
-    from mitoseg import patches, synthetic
+    from mitoseg.config import TrainConfig
     package = Path(cache.__file__).parent
+    config = TrainConfig(synthetic_slices=6, synthetic_size=64, patch_size=32, val_fraction=0.2)
     ran = set()
 
     def profile(frame, event, arg):
@@ -92,13 +93,11 @@ def test_synthetic_sources_list_every_module_whose_code_prepares_the_data():
 
     sys.setprofile(profile)
     try:
-        train, _ = synthetic.synthetic_volumes(4, 64)
-        train_idx, val_idx = patches.split_slices(len(train.images), 0.2, "end")
-        patches.tile_patches(train.images[train_idx], 32)
-        patches.tile_patches(train.masks[val_idx], 32)
+        train, _ = load_cell_data(config)          # the code path of a cell, without the cache itself
+        prepare_arrays(train, config)
     finally:
         sys.setprofile(None)
-    assert {"scaling.py", "synthetic.py", "patches.py"} <= ran   # the profile sees them (Volume's generated
+    assert {"scaling.py", "synthetic.py", "patches.py", "cell_data.py"} <= ran   # the profile sees them (Volume's generated
     # __init__ has no file: data.py is listed for the Volume it defines)
     assert ran <= set(cache.SYNTHETIC_DATA_CODE), ran - set(cache.SYNTHETIC_DATA_CODE)
 

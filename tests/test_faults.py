@@ -133,7 +133,7 @@ def study(tmp_path_factory):
     leftover = p0.exp_dir / f".{p0.results_json.name}.k1ll3d.tmp"
     leftover.write_text(text)
     ev["truncated_summary"] = summary_snapshot(study)
-    from mitoseg.training import existing_status
+    from mitoseg.cell import existing_status
     ev["truncated_existing_status"] = existing_status(p0)
 
     # 5. The rerun must resume (never skip the cell as finished) and finish the cell.
@@ -507,7 +507,7 @@ def test_backup_restores_epoch_counter_skips_partial_epochs_and_survives_torn_ch
 
 def test_leftover_temp_files_alone_are_not_results(tmp_path):
     """SIGKILL after the temporary file was written but before os.replace: only the temp files exist."""
-    from mitoseg.training import existing_status
+    from mitoseg.cell import existing_status
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4])
     G.init_study(tmp_path, grid)
     paths = P.ExperimentPaths(tmp_path / G.cells(grid)[0].name)

@@ -1,0 +1,287 @@
+"""One grid cell's life cycle: check -> data -> lock -> set-up -> resume -> fit -> test -> record.
+`train_one.py` calls `run_cell`.
+
+Order of work is chosen so bad input loses nothing: the config and the data are checked before the
+exp_ folder is touched; every file is written atomically; the results JSON comes last, so its
+presence with status ok means the cell is finished. A cell stopped by SIGTERM (walltime) keeps a
+backup of its last finished epoch and records `interrupted`; the next run continues from there.
+The Keras side (input pipeline, model, callbacks) is mitoseg/training.py and mitoseg/callbacks.py;
+the results record is mitoseg/cell_record.py.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from . import metrics, resume
+from .callbacks import new_training_state, validation_callback
+from .cell_data import check_patch_fits, load_cell_data, prepare_arrays
+from .cell_log import log, tee_output
+from .cell_record import finish_record, new_record, record_failure
+from .config import TrainConfig
+from .data import DataError
+from .environment import environment_info
+from .paths import ExperimentPaths
+from .results import ResultsError, load_results
+from .status import DIVERGED, INTERRUPTED, OK, is_done
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
+EXIT_BUSY = 4   # another process holds the cell's lock (mitoseg/celllock.py): nothing was done
+
+
+def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) -> tuple[dict | None, int]:
+    """Train one cell into `exp_dir`. Returns (results record or None, exit code).
+    `cache_dir` (grid mode: the study's) shares decoded stacks and patches between cells."""
+    started = time.time()
+    exp_dir = Path(exp_dir)
+    paths = ExperimentPaths(exp_dir)
+    try:
+        config.validate()
+    except ValueError as err:
+        log(f"error: {err}")
+        return None, EXIT_BAD_INPUT
+    finished = _finished_cell(paths, config, force)
+    if finished is not None:
+        return finished
+
+    from .identity import data_fingerprint
+    try:
+        train_volume, test_volume = load_cell_data(config, cache_dir)
+        for volume in (train_volume, test_volume):
+            check_patch_fits(volume, config.patch_size)
+        arrays = prepare_arrays(train_volume, config, cache_dir)
+        arrays["split"]["data_fingerprint"] = data_fingerprint(config.data_dir)
+    except DataError as err:
+        log(f"error: {err}")
+        return None, EXIT_BAD_INPUT
+    from .celllock import try_lock
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        with open(paths.log, "a"):
+            pass
+        lock, holder = try_lock(exp_dir)
+    except OSError as err:
+        log(f"error: {exp_dir}: cannot write the experiment folder ({err.strerror or err})")
+        return None, EXIT_FAILED
+    if lock is None:
+        log(f"{paths.name}: another process is training this cell ({holder}); moving on")
+        return None, EXIT_BUSY
+    with lock:
+        finished = _finished_cell(paths, config, force)   # it may have finished while we loaded the data
+        if finished is not None:
+            return finished
+        return _run_locked(config, paths, arrays, test_volume, force, started)
+
+
+def existing_status(paths: ExperimentPaths) -> Optional[str]:
+    """Status of a finished results JSON, or None when the cell has to (re)run."""
+    if not paths.results_json.exists():
+        return None
+    try:
+        return load_results(paths.results_json)["status"]
+    except ResultsError as err:
+        log(f"warning: {err}; the cell will be rerun")
+        return None
+
+
+def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool):
+    """(record, exit code) when the cell is finished with the settings and data of `config` (skip it), or
+    one refusal line when it finished with others (--force retrains it); None when it has to run."""
+    from .identity import data_fingerprint, finished_cell_differences
+    status = existing_status(paths)
+    if not is_done(status) or force:
+        return None
+    record = load_results(paths.results_json)
+    differs = finished_cell_differences(record, config.to_dict(), data_fingerprint(config.data_dir))
+    if differs:
+        log(f"error: {paths.exp_dir}: finished (status {status}) with other settings or data "
+            f"({'; '.join(differs)}); rerun with --force to retrain it")
+        return None, EXIT_BAD_INPUT
+    if (record.get("data") or {}).get("data_fingerprint") is None and config.data_dir is not None:
+        log(f"{paths.name}: no data fingerprint recorded (older results): skipping on its settings alone")
+    log(f"{paths.name}: already finished (status {status}); skipping (same settings and data). Use --force to retrain.")
+    return record, EXIT_OK
+
+
+def _run_locked(config, paths, arrays, test_volume, force, started):
+    for stale in paths.exp_dir.glob(".*.tmp*"):   # temporary files of a run SIGKILLed mid-write (io_utils names)
+        with contextlib.suppress(OSError):
+            if stale.is_file():
+                stale.unlink()
+
+    with tee_output(paths.log):
+        return _train(config, paths, arrays, test_volume, force, started)
+
+
+class _StopSignal:
+    """The SIGTERM handler of a training cell (walltime/preemption): finish the batch, keep the backup."""
+
+    def __init__(self):
+        self.received = []    # signals received, also before the callbacks exist (e.g. during the TensorFlow import)
+        self.validation = None
+
+    def __call__(self, signum, frame):
+        log(f"received signal {signum}: stopping after this batch; rerun the cell to resume")
+        self.received.append(signum)
+        if self.validation is not None:
+            self.validation.interrupted = True
+
+
+@contextlib.contextmanager
+def _sigterm_handled():
+    """A _StopSignal as the SIGTERM handler while the cell trains; the previous handler afterwards."""
+    stop = _StopSignal()
+    try:
+        previous_handler = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (run_cell called from a thread): no walltime handling
+        previous_handler = None
+    try:
+        yield stop
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+
+def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, int]:
+    """Train the locked cell; every outcome, an exception included, ends in a results JSON."""
+    baselines = _log_start(config, paths, arrays, test_volume)
+    record = new_record(config, paths, arrays["split"], baselines, started)
+    state = new_training_state()
+    with _sigterm_handled() as stop:
+        try:
+            return _fit_and_record(config, paths, arrays, test_volume, force, started, record, state, stop)
+        except BaseException as err:  # OOM (ResourceExhaustedError) and everything else -> failed, recorded
+            record_failure(record, err, paths)
+            try:
+                finish_record(record, state, config, paths, started)
+            except Exception as save_err:  # e.g. disk full: say so; nothing reads as success
+                log(f"error: could not write {paths.results_json}: {save_err}")
+            log(f"{paths.name}: {record['status']}: {record['error']}")
+            return record, (EXIT_INTERRUPTED if record["status"] == INTERRUPTED else EXIT_FAILED)
+
+
+def _log_start(config, paths, arrays, test_volume) -> dict:
+    """The cell's first log lines (name, config, data split, scalings); returns the trivial baselines."""
+    log(f"=== {paths.name} ({_dt.datetime.now().isoformat(timespec='seconds')}) ===")
+    log("config: " + json.dumps(config.to_dict(), sort_keys=True))
+    split = arrays["split"]
+    baselines = metrics.trivial_baselines(arrays["y_val"])
+    log(f"data: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
+        f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
+        f"val foreground {baselines['foreground_fraction']:.3f}, all-foreground IoU {baselines['all_foreground_jaccard']:.3f}")
+    from .scaling import log_scaling
+    log_scaling(split.get("scaling"), test_volume.scaling if test_volume is not None else None, log)
+    return baselines
+
+
+def _fit_and_record(config, paths, arrays, test_volume, force, started, record, state, stop) -> tuple[dict, int]:
+    """Set-up, resume, fit, test and the final record of the locked cell."""
+    from .tensorboard_log import tensorboard_callbacks   # [] when config.tensorboard is off
+    from .training import (build_compiled_model, build_training_state, fit_callbacks, make_train_dataset,
+                           seed_and_policy, start_keras)
+    start_keras()
+    record["environment"] = environment_info()
+    seed_and_policy(config)
+    resuming = _resume_or_start_afresh(paths, state, force)
+    model = build_compiled_model(config)
+    build_training_state(model, arrays["x_train"][:1], arrays["y_train"][:1])
+    log(f"model: {config.architecture}, {model.count_params():,} parameters, "
+        f"device {record['environment']['device']}")
+    validation = stop.validation = validation_callback(arrays["x_val"], arrays["y_val"], config, paths, state)
+    validation.interrupted = bool(stop.received)
+    callbacks = fit_callbacks(validation, config, paths.backup_dir)
+    dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], config)
+    callbacks += tensorboard_callbacks(config, paths, state, log)
+    initial_epoch = _restore_backup(model, paths, state) if resuming else 0
+    if state.get("stopped_early"):
+        log("this cell already stopped early; finishing its results")
+    elif not stop.received:
+        model.fit(dataset, epochs=config.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                  verbose=0, shuffle=False)
+    if stop.received:
+        record.update(status=INTERRUPTED, error="stopped by SIGTERM (walltime or preemption); rerun to resume")
+        return finish_record(record, state, config, paths, started), EXIT_INTERRUPTED
+    _judge(record, state, validation.diverged_epoch)
+    if state["best_epoch"] is not None and test_volume is not None:
+        _evaluate_test(record, config, paths, arrays, test_volume)
+    code = EXIT_OK if is_done(record["status"]) else EXIT_FAILED
+    record = finish_record(record, state, config, paths, started)
+    if is_done(record["status"]):
+        shutil.rmtree(paths.backup_dir, ignore_errors=True)
+    return record, code
+
+
+def _resume_or_start_afresh(paths: ExperimentPaths, state: dict, force: bool) -> bool:
+    """True when the cell continues from its backup (the saved training state is loaded into `state`);
+    otherwise the backup and the state are removed. --force also removes the old results JSON."""
+    resuming = paths.backup_dir.exists() and paths.train_state.exists() and not force
+    if force:
+        # A forced rerun overwrites the model and history: drop the old results first, so a rerun
+        # killed half-way can never leave an old "ok" JSON beside a new, unfinished model.
+        with contextlib.suppress(FileNotFoundError):
+            paths.results_json.unlink()
+    if resuming:
+        try:
+            loaded = json.loads(paths.train_state.read_text())
+            if not isinstance(loaded, dict) or not isinstance(loaded.get("history"), list):
+                raise ValueError("not a training state")
+            state.update(loaded)
+        except (OSError, ValueError) as err:
+            log(f"warning: {paths.train_state} is unreadable ({err}); starting the cell afresh")
+            resuming = False
+    if not resuming:
+        # Without a readable state the backup must not be restored either: fit would skip the
+        # epochs it holds while our history starts empty, losing those epochs from the record.
+        shutil.rmtree(paths.backup_dir, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            paths.train_state.unlink()
+    return resuming
+
+
+def _restore_backup(model, paths: ExperimentPaths, state: dict) -> int:
+    """Load the backup into `model`; returns the epoch to continue from."""
+    log(f"resuming from the backup in {paths.backup_dir} (best val_iou so far {state['best_iou']})")
+    try:
+        return resume.restore(model, paths.backup_dir, log)
+    except RuntimeError:   # the backup is gone now; its state must go too
+        paths.train_state.unlink(missing_ok=True)
+        raise
+
+
+def _judge(record: dict, state: dict, diverged_epoch: Optional[int]) -> None:
+    """Status of a cell whose training ran to its end: diverged, ok, or an error without a validated epoch."""
+    if diverged_epoch is not None:
+        record.update(status=DIVERGED, diverged_epoch=diverged_epoch,
+                      error=f"loss became NaN/inf in epoch {diverged_epoch}")
+        log(f"diverged in epoch {diverged_epoch}")
+    elif state["best_epoch"] is None:
+        raise RuntimeError("training finished without a single validated epoch")
+    else:
+        record["status"] = OK
+
+
+def _evaluate_test(record: dict, config: TrainConfig, paths: ExperimentPaths, arrays: dict, test_volume) -> None:
+    """Score the best model on the held-out test slices, tiled whole, at a threshold chosen on validation."""
+    from models import load_model
+    from .inference import evaluate_volume
+    best = load_model(paths.model(config.save_format))
+    val_probs = np.asarray(best.predict(arrays["x_val"], batch_size=config.batch_size, verbose=0))
+    val_thr, _ = metrics.best_threshold(arrays["y_val"], val_probs)
+    record["test"] = evaluate_volume(best, test_volume.images, test_volume.masks, config.patch_size, config.threshold,
+                                     val_threshold=val_thr, tta=config.test_tta,
+                                     batch_size=config.batch_size, channels=config.input_channels,
+                                     slice_names=test_volume.slice_names)
+    split = arrays["split"]   # the record's "data"
+    split["test_source"] = test_volume.source
+    split["test_scaling"] = test_volume.scaling
+    split["test_slice_names"] = list(test_volume.slice_names)
+    log(f"held-out test ({record['test']['n_slices']} whole slices, tiled): IoU {record['test']['iou']:.4f} "
+        f"Dice {record['test']['dice']:.4f} (all-foreground baseline {record['test']['all_foreground_jaccard']:.4f})")

@@ -1,0 +1,86 @@
+"""One cell's data: its train and test volumes (read, or synthesised, through the study cache), the
+held-out test slices, the train/val patch arrays with the split's record, and the check that the
+patch fits the slices. Numpy only (no TensorFlow), so predict.py and the pre-flight can rebuild a
+cell's data cheaply; the stacks themselves are read by mitoseg.data.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import data
+from .cell_log import log
+from .config import TrainConfig
+from .patches import split_slices, tile_patches
+from .synthetic import synthetic_volumes
+
+
+def load_cell_data(config: TrainConfig, cache_dir=None):
+    """(train Volume, test Volume or None). DataError on bad input, before anything is written.
+
+    With `cache_dir` (a study's `StudyPaths.cache_dir`) the decoded volumes are
+    cached there once per study and memory-mapped by later cells (see mitoseg/cache.py)."""
+    def load():
+        if config.data_dir is None:
+            return synthetic_volumes(config.synthetic_slices, config.synthetic_size)
+        train, test = data.load_dataset(config.data_dir)
+        if test is None and config.test_fraction > 0:
+            train, test = hold_out_test_slices(train, config.test_fraction)
+        return train, test
+
+    if cache_dir is None:
+        return load()
+    from .cache import cached_volumes
+    return cached_volumes(cache_dir, config, load, log=log)
+
+
+def hold_out_test_slices(volume, test_fraction: float):
+    """Split a contiguous block of whole slices off the start of the stack as the test volume."""
+    n = len(volume.images)
+    if n < 3:
+        raise data.DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
+    rest, test_idx = split_slices(n, test_fraction, "start")
+    test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
+                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}",
+                       volume.scaling)
+    train = data.Volume(volume.images[rest], volume.masks[rest], [volume.slice_names[i] for i in rest],
+                        f"{volume.source} slices {rest[0]}..{rest[-1]}", volume.scaling)
+    return train, test
+
+
+def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
+    """Split whole slices, cut patches. Returns arrays (N, p, p, C) and the split's record.
+
+    With `cache_dir` the arrays are cached once per study; the train arrays then come back as
+    read-only memory maps (fed by `training.make_train_dataset` batch by batch), the val arrays in memory."""
+    def prepare():
+        train_idx, val_idx = split_slices(len(train_volume.images), config.val_fraction, config.val_position)
+        p = config.patch_size
+        x_train = tile_patches(train_volume.images[train_idx], p)[..., None]
+        y_train = tile_patches(train_volume.masks[train_idx], p)[..., None].astype(np.float32)
+        x_val = tile_patches(train_volume.images[val_idx], p)[..., None]
+        y_val = tile_patches(train_volume.masks[val_idx], p)[..., None].astype(np.float32)
+        if config.input_channels == 3:
+            x_train, x_val = np.repeat(x_train, 3, axis=-1), np.repeat(x_val, 3, axis=-1)
+        split = {"source": train_volume.source, "n_slices": int(len(train_volume.images)),
+                 "slice_shape": list(train_volume.images.shape[1:]),
+                 "train_slices": [int(i) for i in train_idx], "val_slices": [int(i) for i in val_idx],
+                 "val_slice_names": [train_volume.slice_names[i] for i in val_idx],
+                 "n_train_patches": int(len(x_train)), "n_val_patches": int(len(x_val)),
+                 "train_foreground_fraction": float(y_train.mean()), "scaling": train_volume.scaling}
+        return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "split": split}
+
+    if cache_dir is None:
+        return prepare()
+    from .cache import cached_arrays
+    return cached_arrays(cache_dir, train_volume, config, prepare, log=log)
+
+
+def check_patch_fits(volume, patch_size: int) -> None:
+    """DataError naming the files when a slice is smaller than the patch (train or test volume), before
+    training: tiling would otherwise fail with a message that names no file, or only after training."""
+    if volume is None:
+        return
+    h, w = volume.images.shape[1:]
+    if h < patch_size or w < patch_size:
+        raise data.DataError(f"{volume.source}: slices of {h}x{w} pixels are smaller than the patch size "
+                             f"{patch_size}; use --patch-size {min(h, w)} or less")

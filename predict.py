@@ -33,11 +33,9 @@ from pathlib import Path
 
 from mitoseg import quiet_tf  # standard library only
 from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
-from mitoseg.status import UNREADABLE
+from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK, UNREADABLE
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
-
-EXIT_OK, EXIT_BAD_INPUT = 0, 2
 
 
 class PredictError(Exception):
@@ -120,7 +118,7 @@ def recorded_scaling(model_path):
     the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
     from mitoseg.results import ResultsError, load_results
     model_path = Path(model_path)
-    for path in sorted(model_path.parent.glob("*_results.json")):
+    for path in ExperimentPaths(model_path.parent).results_files():
         try:
             record = load_results(path)
         except ResultsError:
@@ -137,22 +135,24 @@ def read_stack(path, reference=None, reference_name="the model's training images
     """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
     refused when it cannot be), else by its own values. Returns (images, scaling)."""
     from mitoseg import data
+    from mitoseg.input_error import DataError
     from mitoseg.scaling import apply_scaling, common_scaling, image_scaling
     try:
         raw = data.read_tiff(path)
         scaling = (image_scaling(raw, str(path)) if reference is None
                    else common_scaling(raw, reference, str(path), reference_name))
         return apply_scaling(raw, scaling), scaling
-    except data.DataError as err:
+    except DataError as err:
         raise PredictError(str(err)) from None
 
 
 def read_mask_stack(path):
     from mitoseg import data
+    from mitoseg.input_error import DataError
     from mitoseg.scaling import scale_mask
     try:
         return scale_mask(data.read_tiff(path, what="mask"), str(path))
-    except data.DataError as err:
+    except DataError as err:
         raise PredictError(str(err)) from None
 
 
@@ -215,7 +215,7 @@ def overlay_slices(record, data_dir=None):
     """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
     from mitoseg.cell_data import load_cell_data
     from mitoseg.config import TrainConfig
-    from mitoseg.data import DataError
+    from mitoseg.input_error import DataError
     from mitoseg.patches import split_slices
     from mitoseg.scaling import describe_scaling
     values = dict(record.get("config") or {})

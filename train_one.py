@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     from mitoseg import grid as G
     from mitoseg.config import ConfigError, TrainConfig
     from mitoseg.paths import StudyPaths, cell_name
-    from mitoseg.cell import EXIT_BAD_INPUT, run_cell
+    from mitoseg.cell import run_cell
+    from mitoseg.status import EXIT_BAD_INPUT
 
     if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
         args.data_dir = G.absolute_path(args.data_dir)

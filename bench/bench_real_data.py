@@ -255,13 +255,14 @@ def main(argv=None) -> int:
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + list(argv if argv is not None else sys.argv[1:]))
     from mitoseg import data
     from mitoseg.cell_data import hold_out_test_slices
+    from mitoseg.input_error import DataError
     from mitoseg.patches import split_slices
     try:
         volume, test = data.load_dataset(args.data_dir)
         if test is None:
             volume, test = hold_out_test_slices(volume, args.test_fraction)
         tr, va = split_slices(len(volume.images), args.val_fraction, "end")
-    except data.DataError as err:
+    except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     split = (f"test = {test.source} ({len(test.images)} slices), val = slices {va[0]}..{va[-1]} of the rest, "

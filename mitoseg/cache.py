@@ -19,7 +19,7 @@ or a complete one; if another process publishes first, its entry is used and our
 
 The cache can never fail a cell: if the study folder is not writable, or anything about the
 cache goes wrong, the data is prepared in memory as before (with a warning). Errors of the data
-itself (`data.DataError`) are raised as without the cache.
+itself (`input_error.DataError`) are raised as without the cache.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def source_files(data_dir) -> list[dict]:
     """Fingerprint of what `data.load_dataset(data_dir)` reads: each file (path as read, the file it
     resolves to through symlinked files or folders, size, mtime_ns), in reading order. A folder whose
     layout cannot be read gives [] (loading it then raises its DataError)."""
-    from .data import DataError, dataset_files
+    from .data import dataset_files
+    from .input_error import DataError
     try:
         files = dataset_files(data_dir)
     except DataError:

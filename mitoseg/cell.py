@@ -27,14 +27,13 @@ from .cell_data import check_patch_fits, load_cell_data, prepare_arrays
 from .cell_log import log, tee_output
 from .cell_record import finish_record, new_record, record_failure
 from .config import TrainConfig
-from .data import DataError
+from .input_error import DataError
 from .environment import environment_info
 from .paths import ExperimentPaths
 from .results import ResultsError, load_results
-from .status import DIVERGED, INTERRUPTED, OK, is_done
+from .status import (DIVERGED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, INTERRUPTED, OK,
+                     is_done)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 3
-EXIT_BUSY = 4   # another process holds the cell's lock (mitoseg/celllock.py): nothing was done
 
 
 def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) -> tuple[dict | None, int]:

@@ -10,6 +10,7 @@ import numpy as np
 from . import data
 from .cell_log import log
 from .config import TrainConfig
+from .input_error import DataError
 from .patches import split_slices, tile_patches
 from .synthetic import synthetic_volumes
 
@@ -37,7 +38,7 @@ def hold_out_test_slices(volume, test_fraction: float):
     """Split a contiguous block of whole slices off the start of the stack as the test volume."""
     n = len(volume.images)
     if n < 3:
-        raise data.DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
+        raise DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
     rest, test_idx = split_slices(n, test_fraction, "start")
     test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
                        [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}",
@@ -82,5 +83,5 @@ def check_patch_fits(volume, patch_size: int) -> None:
         return
     h, w = volume.images.shape[1:]
     if h < patch_size or w < patch_size:
-        raise data.DataError(f"{volume.source}: slices of {h}x{w} pixels are smaller than the patch size "
+        raise DataError(f"{volume.source}: slices of {h}x{w} pixels are smaller than the patch size "
                              f"{patch_size}; use --patch-size {min(h, w)} or less")

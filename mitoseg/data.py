@@ -1,8 +1,8 @@
 """Input data for mitochondria segmentation: find, read and validate the training (and test) stacks.
 
 Owns the two on-disk layouts (see `load_dataset`, `dataset_files`), reading TIFF/PNG files as
-(z, y, x) stacks, pairing images with masks, the `Volume` they become, and `DataError`, the one
-exception type of bad input (raised by `scaling`, `patches` and `synthetic` too, through `data_error`).
+(z, y, x) stacks, pairing images with masks, and the `Volume` they become; bad input is a
+`DataError` (mitoseg.input_error).
 Grey values are scaled by `mitoseg.scaling`. Everything is plain numpy (no TensorFlow), so it can be
 imported and tested cheaply on a login node. The layouts:
 
@@ -25,27 +25,12 @@ from typing import Optional
 
 import numpy as np
 
+from .input_error import DataError, data_error, one_line
 from .scaling import apply_scaling, common_scaling, image_scaling, scale_mask
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 _EXPECTED_LAYOUT = ("expected training.tif + training_groundtruth.tif (or .tiff), "
                     "or images/ + masks/ folders")
-
-
-class DataError(ValueError):
-    """Bad input. str(err) is ONE line naming the file and the problem, e.g.
-    "training_groundtruth.tif: mask values {0, 3, 255} are not {0, 255} or {0, 1}"."""
-
-
-def _one_line(text, limit=200) -> str:
-    """Collapse a (library) message to one short line, so DataError stays one line."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def data_error(where, problem) -> DataError:
-    """The DataError "<where>: <problem>" (one line): how every input module reports bad input."""
-    return DataError(_one_line(f"{where}: {problem}", limit=400))
 
 
 @dataclass
@@ -121,7 +106,7 @@ def read_tiff(path, what: str = "image") -> np.ndarray:
     except DataError:
         raise
     except Exception as exc:  # tifffile raises many types on corrupt input; all mean "bad file"
-        raise data_error(path, f"cannot read TIFF ({_one_line(exc) or type(exc).__name__})") from exc
+        raise data_error(path, f"cannot read TIFF ({one_line(exc) or type(exc).__name__})") from exc
     finally:
         tiff_logger.setLevel(old_level)
     if not parts:
@@ -153,7 +138,7 @@ def _read_image(path: Path, what: str = "image") -> np.ndarray:
         palette = _read_png_mask(path) if what == "mask" else None
         a = np.asarray(iio.imread(path)) if palette is None else palette
     except Exception as exc:
-        raise data_error(path, f"cannot read PNG ({_one_line(exc) or type(exc).__name__})") from exc
+        raise data_error(path, f"cannot read PNG ({one_line(exc) or type(exc).__name__})") from exc
     if palette is not None:
         return _to_zyx(a, path, colour=False)
     return _to_zyx(a, path, colour=a.ndim == 3, what=what)  # a 2D PNG is never a stack: 3D means channels

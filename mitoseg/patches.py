@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data import data_error
+from .input_error import data_error
 
 
 def split_slices(n_slices, val_fraction=0.1, val_position="end"):

@@ -93,13 +93,15 @@ class ExperimentPaths:
     def results_json(self) -> Path:
         return self.exp_dir / f"{self.name}_results.json"
 
+    def results_files(self) -> list[Path]:
+        """Every *_results.json in the folder, sorted (a folder renamed by hand keeps its files' names)."""
+        return sorted(self.exp_dir.glob("*_results.json")) if self.exp_dir.is_dir() else []
+
     def find_results_json(self) -> Path:
-        """The results file: the one named after the folder, else any *_results.json in it (a folder
-        renamed by hand), else the expected name (which does not exist)."""
-        if not self.results_json.exists() and self.exp_dir.is_dir():
-            found = sorted(self.exp_dir.glob("*_results.json"))
-            if found:
-                return found[0]
+        """The results file: the one named after the folder, else any *_results.json in it, else the
+        expected name (which does not exist)."""
+        if not self.results_json.exists() and self.results_files():
+            return self.results_files()[0]
         return self.results_json
 
     @property

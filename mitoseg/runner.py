@@ -26,13 +26,12 @@ from .launcher import REPO_DIR, launcher, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
 from .scheduler import submit_analysis_from_element
-from .status import DONE_STATUSES, FAILED, MISSING
+from .status import DONE_STATUSES, EXIT_BUSY, FAILED, MISSING
 from .study_dir import base_grid, resolve_study_dir
 
 TRAIN_ONE = REPO_DIR / "train_one.py"
 ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
 BUSY_STATE = "running elsewhere"   # train_one.py exit 4: another process holds the cell's lock
-EXIT_BUSY = 4   # = mitoseg.training.EXIT_BUSY; not imported: training.py needs numpy, which the host Python may lack
 
 
 # --- cell state -----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Owns how a stack's values become model input (`image_scaling` decides, `apply_scaling` applies,
 `common_scaling` puts a second stack on the scale of a first, `describe_scaling`/`log_scaling` say what
-was chosen) and how a mask becomes {0, 1} (`scale_mask`). Plain numpy; problems are `data.DataError`.
+was chosen) and how a mask becomes {0, 1} (`scale_mask`). Plain numpy; problems are `input_error.DataError`.
 """
 from __future__ import annotations
 
@@ -10,12 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-
-def _data_error(where, problem):
-    """`data.data_error(where, problem)`. Imported when an error is raised: data.py imports this module
-    (its loaders scale what they read), so a module-level import here would be circular."""
-    from .data import data_error
-    return data_error(where, problem)
+from .input_error import data_error
 
 
 # How a stack's grey values become model input: ONE rule (`image_scaling`), decided by the values the
@@ -38,27 +33,27 @@ def image_scaling(array, path="<array>") -> dict:
     Returns {"rule", "bits" (or None), "divisor", "dtype", "min", "max"}: model input = value / divisor."""
     a = np.asarray(array)
     if a.size == 0:
-        raise _data_error(path, f"image is empty (shape {a.shape})")
+        raise data_error(path, f"image is empty (shape {a.shape})")
     if a.dtype == bool:
         return {"rule": "boolean 0/1", "bits": None, "divisor": 1.0, "dtype": "bool", "min": 0, "max": 1}
     is_float = np.issubdtype(a.dtype, np.floating)
     if not (is_float or np.issubdtype(a.dtype, np.integer)):
-        raise _data_error(path, f"unsupported image dtype {a.dtype}")
+        raise data_error(path, f"unsupported image dtype {a.dtype}")
     if is_float and not np.isfinite(a).all():
-        raise _data_error(path, "image contains NaN or infinite values")
+        raise data_error(path, "image contains NaN or infinite values")
     lo, hi = a.min().item(), a.max().item()
     found = {"dtype": str(a.dtype), "min": lo, "max": hi}
     if is_float and lo >= 0 and hi <= 1:
         return {"rule": "floats in [0, 1], kept as they are", "bits": None, "divisor": 1.0, **found}
     if lo < 0:
-        raise _data_error(path, f"negative grey values ({a.dtype}, {lo:g}..{hi:g}); save the stack as unsigned "
+        raise data_error(path, f"negative grey values ({a.dtype}, {lo:g}..{hi:g}); save the stack as unsigned "
                                 "8/16-bit integers or as floats in [0, 1]")
     if is_float and not np.array_equal(a, np.floor(a)):
-        raise _data_error(path, f"float grey values {lo:g}..{hi:g} are neither in [0, 1] nor whole grey levels; "
+        raise data_error(path, f"float grey values {lo:g}..{hi:g} are neither in [0, 1] nor whole grey levels; "
                                 "save the stack as 8/16-bit integers or as floats in [0, 1]")
     bits = next((b for b in GREY_DEPTHS if hi <= 2 ** b - 1), None)
     if bits is None:
-        raise _data_error(path, f"grey values up to {hi:g} need more than 16 bits; save the stack as 8/16-bit integers")
+        raise data_error(path, f"grey values up to {hi:g} need more than 16 bits; save the stack as 8/16-bit integers")
     return {"rule": f"{bits}-bit grey levels", "bits": bits, "divisor": float(2 ** bits - 1), **found}
 
 
@@ -86,7 +81,7 @@ def common_scaling(array, reference: dict, path="<array>", reference_name="the t
                 f"({reference['bits']}-bit) so both are on one scale")
         return {**own, "rule": reference["rule"], "bits": reference["bits"], "divisor": reference["divisor"],
                 "note": note}
-    raise _data_error(path, f"{describe_scaling(own)} cannot share one scale with {reference_name} "
+    raise data_error(path, f"{describe_scaling(own)} cannot share one scale with {reference_name} "
                             f"({describe_scaling(reference)}); save both with one bit depth")
 
 
@@ -113,11 +108,11 @@ def scale_mask(array, path="<array>") -> np.ndarray:
     """
     a = np.asarray(array)
     if a.size == 0:
-        raise _data_error(path, f"mask is empty (shape {a.shape})")
+        raise data_error(path, f"mask is empty (shape {a.shape})")
     if a.dtype == bool:
         return a.astype(np.uint8)
     if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
-        raise _data_error(path, f"unsupported mask dtype {a.dtype}")
+        raise data_error(path, f"unsupported mask dtype {a.dtype}")
     # bincount is much faster than np.unique on a 26M-voxel uint8 stack
     values = (np.flatnonzero(np.bincount(a.ravel(), minlength=256)) if a.dtype == np.uint8
               else np.unique(a))
@@ -126,7 +121,7 @@ def scale_mask(array, path="<array>") -> np.ndarray:
         return a.astype(np.uint8)
     if found <= {0, 255}:
         return (a == 255).astype(np.uint8)
-    raise _data_error(path, f"mask values {_format_values(values)} are not {{0, 255}} or {{0, 1}}")
+    raise data_error(path, f"mask values {_format_values(values)} are not {{0, 255}} or {{0, 1}}")
 
 
 def log_scaling(train_scaling: Optional[dict], test_scaling: Optional[dict], log) -> None:

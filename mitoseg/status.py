@@ -1,4 +1,5 @@
-"""The status vocabulary: what a cell's results JSON may say, and which statuses are finished.
+"""How a cell ends: the status words its results JSON may hold, which of them are finished, and
+the exit codes of its train_one.py process (read by the runners, which may lack numpy: stdlib only).
 
 A finished cell ("ok" or "diverged": a NaN loss is a result, not an accident) is never retrained
 unless asked; "failed" and "interrupted" cells are rerun by every runner. The summary adds two
@@ -14,6 +15,14 @@ LOST_STATUSES = (FAILED, INTERRUPTED)            # rerun by the next submission
 
 MISSING = "missing"         # summary rows: no results file (never ran, or still running)
 UNREADABLE = "unreadable"   # summary rows: a results file that could not be read
+
+
+# train_one.py's exit codes (predict.py uses the first and the third too)
+EXIT_OK = 0            # finished: ok, or diverged (a result, not an accident)
+EXIT_FAILED = 1        # an exception: the failure is recorded in the results JSON
+EXIT_BAD_INPUT = 2     # a flag, a grid or the data was refused before anything was trained
+EXIT_INTERRUPTED = 3   # SIGTERM (walltime, preemption): the resume backup is kept
+EXIT_BUSY = 4          # another process holds the cell's lock (mitoseg/celllock.py): nothing was done
 
 
 def is_done(status) -> bool:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import Volume, data_error
+from .data import Volume
+from .input_error import data_error
 from .io_utils import atomic_save
 from .scaling import apply_scaling, image_scaling, scale_mask
 

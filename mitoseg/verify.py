@@ -31,6 +31,7 @@ from typing import Optional
 from . import grid as G
 from . import launcher as L
 from .console import fmt_duration
+from .input_error import DataError
 from .study_dir import base_grid
 from .config import TrainConfig
 
@@ -163,7 +164,7 @@ def check_dataset(grid: G.GridConfig) -> list[Row]:
         return [Row("dataset", FAIL, f"cannot import mitoseg.data here ({err}); run with the project's Python")]
     try:
         train, test = data.load_dataset(cfg.data_dir)
-    except data.DataError as err:   # missing files, shape mismatch, non-binary masks, empty masks
+    except DataError as err:   # missing files, shape mismatch, non-binary masks, empty masks
         return [Row("dataset", FAIL, str(err))]
     except Exception as err:  # noqa: BLE001 - unreadable files and the like
         return [Row("dataset", FAIL, f"{cfg.data_dir}: {type(err).__name__}: {err}"[:300])]
@@ -184,7 +185,7 @@ def check_dataset(grid: G.GridConfig) -> list[Row]:
         return rows
     try:
         n_train, n_val = _patch_counts(train, p, cfg.val_fraction, cfg.val_position)
-    except data.DataError as err:
+    except DataError as err:
         rows.append(Row("patches", FAIL, str(err)))
         return rows
     max_bs = max(grid.batch_sizes)   # the study's own largest batch must fit in one epoch

@@ -12,7 +12,7 @@ from mitoseg import paths as P
 from mitoseg import cache
 from mitoseg.config import TrainConfig
 from mitoseg.cell_data import load_cell_data, prepare_arrays
-from mitoseg.data import DataError
+from mitoseg.input_error import DataError
 from mitoseg.synthetic import write_synthetic_dataset
 
 

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.ndimage import gaussian_filter
 
-from mitoseg.data import DataError, Volume, load_dataset, load_folder_pairs, load_stack_pair, read_tiff
+from mitoseg.input_error import DataError
+from mitoseg.data import Volume, load_dataset, load_folder_pairs, load_stack_pair, read_tiff
 from mitoseg.patches import split_slices, tile_patches
 from mitoseg.scaling import apply_scaling, image_scaling, scale_mask
 from mitoseg.synthetic import make_synthetic_em, write_synthetic_dataset

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from mitoseg.input_error import DataError
 from mitoseg import data as D
 from mitoseg.scaling import apply_scaling, image_scaling, scale_mask
 from mitoseg.results import FIELD_NAMES, SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
@@ -45,7 +46,7 @@ def one_line(err: Exception, *names) -> None:
 def test_image_scaling_any_array(a):
     try:
         out = apply_scaling(a, image_scaling(a, "img.tif"))
-    except D.DataError as err:
+    except DataError as err:
         one_line(err, "img.tif")
         return
     assert out.dtype == np.float32 and out.shape == a.shape
@@ -57,7 +58,7 @@ def test_image_scaling_any_array(a):
 def test_scale_mask_any_array(a):
     try:
         out = scale_mask(a, "mask.tif")
-    except D.DataError as err:
+    except DataError as err:
         one_line(err, "mask.tif")
         return
     assert out.dtype == np.uint8 and out.shape == a.shape and set(np.unique(out)) <= {0, 1}
@@ -71,7 +72,7 @@ def test_read_tiff_random_bytes(payload, header):
     path.write_bytes(header + payload)
     try:
         a = D.read_tiff(path)
-    except D.DataError as err:
+    except DataError as err:
         one_line(err, path)
         return
     assert a.ndim == 3
@@ -92,7 +93,7 @@ def test_read_tiff_valid_then_damaged(a, cut, flip):
         try:
             out = D.read_tiff(path)
             assert out.ndim == 3
-        except D.DataError as err:
+        except DataError as err:
             one_line(err, path)
         raw = bytearray(path.read_bytes())
         if attempt == 0:
@@ -113,7 +114,7 @@ def test_load_stack_pair_random_volumes(img, mask):
         assume(False)
     try:
         vol = D.load_stack_pair(ip, mp)
-    except D.DataError as err:
+    except DataError as err:
         one_line(err)
         assert "pair_img.tif" in str(err) or "pair_mask.tif" in str(err)
         return

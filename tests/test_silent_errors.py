@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from mitoseg.input_error import DataError
 from mitoseg import paths as P
 from mitoseg import data as D
 from mitoseg.synthetic import make_synthetic_em
@@ -127,7 +128,7 @@ def test_folder_slices_are_scaled_as_one_stack(tmp_path, em):
     assert train.scaling["bits"] == 12
     np.testing.assert_allclose(train.images[2], twelve[2] / 4095, rtol=1e-6)
     tifffile.imwrite(d / "images" / "s3.tif", images[3])    # one uint8 file among uint16 ones
-    with pytest.raises(D.DataError, match="dtype uint8 differs from s0.tif"):
+    with pytest.raises(DataError, match="dtype uint8 differs from s0.tif"):
         D.load_dataset(d)
 
 
@@ -137,7 +138,7 @@ def test_folder_slices_are_scaled_as_one_stack(tmp_path, em):
 ])
 def test_float_images_outside_the_stated_rule_are_refused(tmp_path, em, values, why):
     d = write_stack(tmp_path / "d", values, em[1])
-    with pytest.raises(D.DataError) as info:
+    with pytest.raises(DataError) as info:
         D.load_dataset(d)
     assert str(d / "training.tif") in str(info.value) and why in str(info.value)
 
@@ -168,7 +169,7 @@ def test_multi_series_tiff_of_other_shapes_is_refused(tmp_path, em):
     path = tmp_path / "mixed.tif"
     tifffile.imwrite(path, em[0])
     tifffile.imwrite(path, em[0][:, :32, :32], append=True)
-    with pytest.raises(D.DataError) as info:
+    with pytest.raises(DataError) as info:
         D.read_tiff(path)
     assert str(path) in str(info.value) and "2 series of different slice shapes" in str(info.value)
 
@@ -209,7 +210,7 @@ def test_colour_mask_is_refused_as_colour(tmp_path, em):
         rgb = np.zeros(masks[z].shape + (3,), np.uint8)
         rgb[..., 0] = masks[z]                                     # red on black
         iio.imwrite(d / "masks" / f"s{z}.png", rgb)
-    with pytest.raises(D.DataError) as info:
+    with pytest.raises(DataError) as info:
         D.load_dataset(d)
     assert "s0.png: mask is a colour image" in str(info.value) and "85" not in str(info.value)
 

@@ -1,0 +1,22 @@
+"""`DataError`, the one exception type of bad input, and the one-line form every input module gives it.
+
+Its message is one line naming the file (or folder) and the problem, because these messages end up
+in scheduler logs, where a traceback from deep inside tifffile tells a user nothing. Raised by
+mitoseg.data, scaling, patches, synthetic and cell_data.
+"""
+
+
+class DataError(ValueError):
+    """Bad input. str(err) is ONE line naming the file and the problem, e.g.
+    "training_groundtruth.tif: mask values {0, 3, 255} are not {0, 255} or {0, 1}"."""
+
+
+def one_line(text, limit=200) -> str:
+    """Collapse a (library) message to one short line, so DataError stays one line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def data_error(where, problem) -> DataError:
+    """The DataError "<where>: <problem>" (one line)."""
+    return DataError(one_line(f"{where}: {problem}", limit=400))

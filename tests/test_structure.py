@@ -1,0 +1,129 @@
+"""The shape of the product code (everything but tests/ and bench/): modules of at most 400 lines,
+functions of at most 80, no sys.path edits, no private attributes of other libraries, and the
+status words and study file names defined in one place each (mitoseg/status.py, mitoseg/paths.py)."""
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+STATUS_WORDS = ("ok", "diverged", "failed", "interrupted", "missing", "unreadable")
+OWNED_NAMES = re.compile(r"grid_config\.json|confirm_config\.json|hyperparameter_summary\.csv|"
+                         r"hyperparameter_report\.md|analysis_summary\.json|_results\.json|_history\.csv|"
+                         r"run_analysis\.sh|analysis_job|\.mitoseg_jobs|local_logs|training_log\.txt|exp_\*|\.cell\.lock|"
+                         r"overlay_|train_state\.json")
+
+
+def product_files() -> list[Path]:
+    skip = {"tests", "bench", ".git", "examples"}
+    return sorted(p for p in ROOT.rglob("*.py")
+                  if not any(part in skip or part.startswith(".venv") for part in p.relative_to(ROOT).parts))
+
+
+def rel(path: Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+@pytest.fixture(scope="module")
+def trees():
+    return {path: ast.parse(path.read_text()) for path in product_files()}
+
+
+def test_there_is_product_code_to_check(trees):
+    names = {rel(p) for p in trees}
+    assert {"train_one.py", "models.py", "mitoseg/paths.py", "mitoseg/status.py"} <= names
+
+
+def test_no_module_over_400_lines(trees):
+    long = {rel(p): n for p in trees if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
+    assert long == {}
+
+
+def test_no_function_over_80_lines(trees):
+    long = [f"{rel(p)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for p, tree in trees.items() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
+
+
+def test_no_sys_path_edits(trees):
+    edits = [f"{rel(p)}:{node.lineno}" for p, tree in trees.items() for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr == "path"
+             and isinstance(node.value, ast.Name) and node.value.id == "sys"]
+    assert edits == []
+
+
+def test_no_private_attributes_of_other_objects(trees):
+    """obj._name is allowed on self/cls only; a module's own private names are reached without a dot."""
+    found = [f"{rel(p)}:{node.lineno} .{node.attr}" for p, tree in trees.items() for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+             and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))]
+    assert found == []
+
+
+def _parents(tree) -> dict:
+    return {id(child): node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+
+
+def _is_key(node, parent) -> bool:
+    """A dict key or a subscript/.get() key: a field name, not a value of that field."""
+    return (isinstance(parent, ast.Dict) and any(k is node for k in parent.keys)
+            or isinstance(parent, ast.Subscript) and parent.slice is node
+            or isinstance(parent, ast.Call) and isinstance(parent.func, ast.Attribute)
+            and parent.func.attr == "get" and parent.args[:1] == [node])
+
+
+def _docstrings(tree) -> set:
+    return {id(n.body[0].value) for n in ast.walk(tree)
+            if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+            and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+
+
+def test_status_words_are_defined_only_in_mitoseg_status(trees):
+    """No other module spells a status value as a string literal: it asks mitoseg.status."""
+    found = []
+    for p, tree in trees.items():
+        if rel(p) == "mitoseg/status.py":
+            continue
+        parents, docs = _parents(tree), _docstrings(tree)
+        found += [f"{rel(p)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and node.value in STATUS_WORDS and id(node) not in docs
+                  and not _is_key(node, parents.get(id(node)))]
+    assert found == []
+
+
+PATH_CALLS = {"glob", "rglob", "with_name", "joinpath", "join", "Path"}
+
+
+def _builds_a_path(node, parent) -> bool:
+    """The literal is joined into a path: `folder / "name"`, Path("name"), .glob("*name"), os.path.join."""
+    if isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Div):
+        return True
+    if isinstance(parent, ast.Call):
+        func = parent.func
+        name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+        return name in PATH_CALLS and any(a is node for a in parent.args)
+    return False
+
+
+def test_study_file_names_are_spelled_only_in_mitoseg_paths(trees):
+    """Messages and help texts may name files; code that builds a path asks mitoseg.paths."""
+    found = []
+    for p, tree in trees.items():
+        if rel(p) == "mitoseg/paths.py":
+            continue
+        parents = _parents(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                text = node.value
+            elif isinstance(node, ast.JoinedStr):
+                text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+            else:
+                continue
+            if OWNED_NAMES.search(text) and _builds_a_path(node, parents.get(id(node))):
+                found.append(f"{rel(p)}:{node.lineno} {text[:60]!r}")
+    assert found == []

@@ -110,6 +110,7 @@ CELL_FLAGS = ("arch", "lr", "batch_size", "seed")
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from mitoseg import grid as G
+    from mitoseg import scheduler as S
     from mitoseg.config import ConfigError, TrainConfig
     from mitoseg.paths import StudyPaths, cell_name
     from mitoseg.cell import run_cell
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     overrides = {FLAG_TO_FIELD.get(k, k): v for k, v in vars(args).items()
                  if v is not None and k not in ("study_dir", "task_index", "grid_config", "out_dir", "force")}
     try:
-        index = args.task_index if args.task_index is not None else G.task_index_from_env()
+        index = args.task_index if args.task_index is not None else S.task_index_from_env()
         if index is not None or args.study_dir:
             if index is None or not args.study_dir:
                 raise ValueError("grid mode needs both --study-dir (or $STUDY_DIR) and --task-index "

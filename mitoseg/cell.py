@@ -2,7 +2,8 @@
 `train_one.py` calls `run_cell`.
 
 Order of work is chosen so bad input loses nothing: the config and the data are checked before the
-exp_ folder is touched; every file is written atomically; the results JSON comes last, so its
+exp_ folder is touched; every file is written atomically (except the appended training_log.txt and
+TensorBoard's event stream); the results JSON comes last, so its
 presence with status ok means the cell is finished. A cell stopped by SIGTERM (walltime) keeps a
 backup of its last finished epoch and records `interrupted`; the next run continues from there.
 The Keras side (input pipeline, model, callbacks) is mitoseg/training.py and mitoseg/callbacks.py;

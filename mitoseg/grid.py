@@ -276,23 +276,6 @@ def study_cell_at(study_dir, grid: GridConfig, index: int) -> Cell:
     raise ValueError(f"array index {index} is outside the grid (0..{grid.size - 1}, {grid.size} cells{span})")
 
 
-# --- array index from the scheduler ---------------------------------------------------------------
-SCHEDULER_INDEX_VARIABLES = ("PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID")
-
-
-def task_index_from_env(environ=None) -> Optional[int]:
-    """PBS Pro's PBS_ARRAY_INDEX, Torque's PBS_ARRAYID or Slurm's SLURM_ARRAY_TASK_ID, else None."""
-    environ = os.environ if environ is None else environ
-    for var in SCHEDULER_INDEX_VARIABLES:
-        value = environ.get(var)
-        if value not in (None, ""):
-            try:
-                return int(value)
-            except ValueError:
-                raise ValueError(f"${var}={value!r} is not an integer array index") from None
-    return None
-
-
 # --- the study folder's grid ------------------------------------------------------------------------
 def init_study(study_dir, grid: GridConfig) -> GridConfig:
     """Create the study folder with its grid config, or reuse it; an existing grid always wins,

@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a rerun after a kill) sees the old file or the new one, never half."""
+"""Atomic file writes (a reader, or a rerun after a kill, sees the old file or the new one, never half)
+and the same-file test that keeps an output from overwriting an input."""
 from __future__ import annotations
 
 import os

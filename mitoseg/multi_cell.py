@@ -5,7 +5,8 @@ The skip and resume rules stay where they are, in each train_one.py (a finished 
 an interrupted one resumes, a failed one reruns), so an element rerun after a partial failure
 trains only what is left. Failures are isolated: every cell is its own process with its own
 exp_ folder; the element waits for all of them. Its exit code is 0 when every cell's was 0, else
-the largest of them (1 failed, 2 bad input, 3 interrupted; killed by a signal counts as 1).
+the largest of them (mitoseg.status: EXIT_FAILED 1 ... EXIT_BUSY 4; killed by a signal counts as
+EXIT_FAILED).
 Standard library only: this runs with the host Python, before the container.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import threading
 from typing import Callable
 
 from .launcher import signals_forwarded
+from .status import EXIT_FAILED, EXIT_OK
 
 ENV = "CELLS_PER_GPU"
 
@@ -69,6 +71,6 @@ def run_cells(cmds: dict, env: dict, log: Callable[[str], None] = print, out=Non
         codes = {i: p.wait() for i, p in procs.items()}
     for t in pumps:
         t.join(timeout=10)
-    codes = {i: (1 if c < 0 else c) for i, c in codes.items()}
+    codes = {i: (EXIT_FAILED if c < 0 else c) for i, c in codes.items()}
     log("cells of this element: " + ", ".join(f"{i}: exit {c}" for i, c in sorted(codes.items())))
-    return max(codes.values()) if any(codes.values()) else 0
+    return max(codes.values()) if any(codes.values()) else EXIT_OK

@@ -98,8 +98,9 @@ class ExperimentPaths:
         return sorted(self.exp_dir.glob("*_results.json")) if self.exp_dir.is_dir() else []
 
     def find_results_json(self) -> Path:
-        """The results file: the one named after the folder, else any *_results.json in it, else the
-        expected name (which does not exist)."""
+        """The results file to REPORT on: the one named after the folder, else any *_results.json in it
+        (a folder renamed by hand), else the expected name (which does not exist). Whether a cell is
+        finished is decided by `results_json` alone (train_one.py, the runners, `status`)."""
         if not self.results_json.exists() and self.results_files():
             return self.results_files()[0]
         return self.results_json
@@ -167,8 +168,16 @@ class StudyPaths:
 
     @property
     def local_logs(self) -> Path:
-        """One <cell>.out per cell run by `run_study.py local`."""
+        """The output of the cells run by `run_study.py local` (`local_log`)."""
         return self.root / "local_logs"
+
+    def local_log(self, name: str) -> Path:
+        """What cell `name`'s train_one.py printed when `run_study.py local` ran it (appended)."""
+        return self.local_logs / f"{name}.out"
+
+    def analysis_claim(self, key: str) -> Path:
+        """Created once (O_EXCL) by the element that submits the analysis job of array job `key`."""
+        return self.root / f".analysis_claim_{key}"
 
     @property
     def overlays(self) -> Path:

@@ -20,6 +20,7 @@ from .io_utils import atomic_save  # noqa: E402
 from .paths import ExperimentPaths  # noqa: E402
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS  # noqa: E402
 from .report_format import f3  # noqa: E402
+from .stats import config_mask  # noqa: E402
 from .study_analysis import StudyAnalysis  # noqa: E402
 
 ARCH_COLORS = {"UNet": "#1f77b4", "Attention_UNet": "#ff7f0e", "Attention_ResUNet": "#2ca02c"}
@@ -320,8 +321,7 @@ def plot_architecture_comparison(res: StudyAnalysis, path: Path) -> Union[Path, 
     archs = [a["architecture"] for a in arms]
     fig, ax = plt.subplots(figsize=(max(6, 2.4 * len(arms)), 4.5))
     for i, a in enumerate(arms):
-        m = ((runs["architecture"] == a["architecture"]) & np.isclose(runs["learning_rate"], a["learning_rate"])
-             & (runs["batch_size"] == a["batch_size"]) & runs["success"] & runs["test_iou"].notna())
+        m = config_mask(runs, a) & runs["success"] & runs["test_iou"].notna()
         ys = runs.loc[m, "test_iou"].to_numpy(float)
         color = _color(a["architecture"], archs)
         ax.scatter(i + np.linspace(-0.12, 0.12, len(ys)) if len(ys) > 1 else [i] * len(ys), ys, color=color,

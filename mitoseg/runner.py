@@ -25,18 +25,18 @@ from .console import cell_row, progress_line
 from .launcher import REPO_DIR, launcher, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
-from .scheduler import submit_analysis_from_element
-from .status import DONE_STATUSES, EXIT_BUSY, FAILED, MISSING
+from .scheduler import SCHEDULER_INDEX_VARIABLES, submit_analysis_from_element, task_index_from_env
+from .status import DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING
 from .study_dir import base_grid, resolve_study_dir
 
 TRAIN_ONE = REPO_DIR / "train_one.py"
 ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
-BUSY_STATE = "running elsewhere"   # train_one.py exit 4: another process holds the cell's lock
+BUSY_STATE = "running elsewhere"   # train_one.py exit EXIT_BUSY: another process holds the cell's lock
 
 
 # --- cell state -----------------------------------------------------------------------------------
 def cell_record(study_dir, cell: G.Cell) -> Optional[dict]:
-    path = StudyPaths(study_dir).exp(cell.name).find_results_json()
+    path = StudyPaths(study_dir).exp(cell.name).results_json   # the cell's own file, as train_one.py reads it
     if not path.exists():
         return None
     try:
@@ -112,16 +112,16 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         k = multi_cell.cells_per_gpu(cells_per_gpu, env)
     except ValueError as err:
         log(f"error: {err}")
-        return 2
+        return EXIT_BAD_INPUT
     if index is None:
-        index = G.task_index_from_env(env)
+        index = task_index_from_env(env)
     if index is None:
         log("error: no array index: pass --task-index or run as an array job "
-            f"({', '.join('$' + v for v in G.SCHEDULER_INDEX_VARIABLES)})")
-        return 2
+            f"({', '.join('$' + v for v in SCHEDULER_INDEX_VARIABLES)})")
+        return EXIT_BAD_INPUT
     opened = _open_element_study(root, grid_config or env.get("GRID_CONFIG") or None, env, log)
     if opened is None:
-        return 2
+        return EXIT_BAD_INPUT
     study, grid, how = opened
     log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}"
         + (f", {k} cells per element" if k > 1 else ""))
@@ -133,7 +133,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     except ValueError as err:
         log(f"error: {err}" + ("" if k > 1 else f"; the array range must be 0-{grid.size - 1} (python run_study.py "
                                                  "list --size), or the range that run_study.py confirm printed"))
-        return 2
+        return EXIT_BAD_INPUT
     submit_analysis_from_element(study, env, log)
     prefix, warning = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study))
     if warning:
@@ -177,8 +177,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     subprocesses at once. A failed cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()
     G.init_study(study_dir, grid)
-    logs_dir = StudyPaths(study_dir).local_logs
-    logs_dir.mkdir(exist_ok=True)
+    StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     rows, queue = _skip_finished(study_dir, chosen, force)
     log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(chosen) - len(queue)} already finished, "
         f"{len(queue)} to run, {jobs} at a time")
@@ -189,7 +188,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
         while queue or running:
             while queue and len(running) < max(1, jobs):
                 cell = queue.pop(0)
-                out = open(logs_dir / f"{cell.name}.out", "ab")
+                out = open(StudyPaths(study_dir).local_log(cell.name), "ab")
                 proc = subprocess.Popen(train_command(study_dir, cell.index, [sys.executable], force), stdout=out,
                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                                         cwd=str(REPO_DIR))
@@ -202,7 +201,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
                     continue
                 out.close()
                 del running[idx]
-                rows[idx] = _ended_row(study_dir, cell, code, time.monotonic() - t0, logs_dir)
+                rows[idx] = _ended_row(study_dir, cell, code, time.monotonic() - t0)
                 progress.cell_ended(rows[idx])
     except KeyboardInterrupt:
         _stop(running.values())
@@ -233,9 +232,9 @@ def _pool_env(study_dir: Path, jobs: int) -> dict:
     return env
 
 
-def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float, logs_dir: Path) -> dict:
+def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float) -> dict:
     """The row of a cell whose train_one.py exited `code`: its results record, else why it has none."""
-    log_file = logs_dir / f"{cell.name}.out"
+    log_file = StudyPaths(study_dir).local_log(cell.name)
     if code == EXIT_BUSY:
         return cell_row(cell, BUSY_STATE, {}, "another process is training it; not started here", seconds, code)
     rec = cell_record(study_dir, cell) or {}

@@ -36,13 +36,28 @@ RUN_STUDY = REPO_DIR / "run_study.py"
 PBS_SCRIPT = REPO_DIR / "pbs_hyperparameter_optimization.sh"
 SLURM_SCRIPT = REPO_DIR / "slurm_hyperparameter_optimization.sh"
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
+# The array index of an element: PBS Pro, Torque, Slurm (first one set wins).
+SCHEDULER_INDEX_VARIABLES = ("PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID")
 # The element's own array variables must not leak into the (non-array) analysis job.
-_ARRAY_VARS = frozenset({"SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN",
-                         "SLURM_ARRAY_TASK_MAX", "SLURM_ARRAY_TASK_STEP", "PBS_ARRAY_INDEX", "PBS_ARRAY_ID",
-                         "PBS_ARRAYID"})
+_ARRAY_VARS = frozenset(SCHEDULER_INDEX_VARIABLES) | {"SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_COUNT",
+                                                      "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+                                                      "SLURM_ARRAY_TASK_STEP", "PBS_ARRAY_ID"}
 
 
 # --- inside a job: the scheduler and the array's ids ---------------------------------------------
+def task_index_from_env(environ=None) -> Optional[int]:
+    """PBS Pro's PBS_ARRAY_INDEX, Torque's PBS_ARRAYID or Slurm's SLURM_ARRAY_TASK_ID, else None."""
+    environ = os.environ if environ is None else environ
+    for var in SCHEDULER_INDEX_VARIABLES:
+        value = environ.get(var)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"${var}={value!r} is not an integer array index") from None
+    return None
+
+
 def scheduler_of(environ=None) -> Optional[str]:
     """'slurm' (also under slurm-wlm-torque's qsub wrapper), 'torque', 'pbspro' or None."""
     env = os.environ if environ is None else environ
@@ -197,7 +212,7 @@ def submit_analysis_job(study_dir, scheduler: str, dependency: str, environ=None
 
 def claim_analysis_submission(study_dir, key: str) -> bool:
     """True for exactly one caller per (study, array job): an O_EXCL claim file."""
-    path = Path(study_dir) / f".analysis_claim_{key}"
+    path = StudyPaths(study_dir).analysis_claim(key)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

@@ -156,9 +156,7 @@ def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.Da
     columns replaced by the selection's (non-degenerate runs), with the test scores beside them."""
     rows = []
     for _, sel in selection.iterrows():
-        m = ((configs["architecture"] == sel["architecture"]) & np.isclose(configs["learning_rate"], sel["learning_rate"])
-             & (configs["batch_size"] == sel["batch_size"]))
-        row = configs[m].iloc[0].to_dict()
+        row = configs[config_mask(configs, sel)].iloc[0].to_dict()
         row.update(score_mean=sel["val_iou_mean"], score_std=sel["val_iou_std"], score_sem=sel["val_iou_sem"],
                    n_ok=sel["n_runs"], degenerate=sel["degenerate"], best_run=sel["best_run"],
                    best_run_dir=sel["best_run_dir"], test_iou_mean=sel["test_iou_mean"],
@@ -242,8 +240,7 @@ def baseline_comparison(current: pd.DataFrame, cur_best: pd.DataFrame, baseline:
             continue
         b = b.iloc[0]
         cur_scores = run_scores(cu, cfg)
-        cur_stab = cu.loc[(cu["architecture"] == arch) & np.isclose(cu["learning_rate"], cfg["learning_rate"])
-                          & (cu["batch_size"] == cfg["batch_size"]) & cu["success"], "stability"]
+        cur_stab = cu.loc[config_mask(cu, cfg) & cu["success"], "stability"]
         c_score = float(np.nanmean(cur_scores)) if np.isfinite(cur_scores).any() else np.nan
         c_stab = float(cur_stab.mean()) if cur_stab.notna().any() else np.nan
         rows.append(dict(

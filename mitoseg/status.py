@@ -10,8 +10,7 @@ DIVERGED = "diverged"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 STATUSES = (OK, DIVERGED, FAILED, INTERRUPTED)   # every status a results JSON may hold
-DONE_STATUSES = (OK, DIVERGED)                   # finished: no runner trains the cell again
-LOST_STATUSES = (FAILED, INTERRUPTED)            # rerun by the next submission
+DONE_STATUSES = (OK, DIVERGED)                   # finished: no runner trains the cell again (the others: rerun)
 
 MISSING = "missing"         # summary rows: no results file (never ran, or still running)
 UNREADABLE = "unreadable"   # summary rows: a results file that could not be read

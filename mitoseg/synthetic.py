@@ -1,22 +1,17 @@
 """The built-in synthetic EM data: an EM-like stack with exact mitochondria masks, for demos and tests.
 
-Owns the generator (`make_synthetic_em`: one seed and size, one set of arrays), the
-built-in volumes a cell trains on without --data-dir (`synthetic_volumes`) and writing a synthetic
-dataset in either layout `data.load_dataset` reads (`write_synthetic_dataset`). The generator's code
+Owns the generator (`make_synthetic_em`: one seed and size, one set of arrays) and the
+built-in volumes a cell trains on without --data-dir (`synthetic_volumes`); the tests write such
+data to disk with tests/fixtures_data.py. The generator's code
 decides cached arrays: mitoseg/cache.py lists this module among the sources of the synthetic data.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from .data import Volume
-from .input_error import data_error
-from .io_utils import atomic_save
 from .scaling import apply_scaling, image_scaling, scale_mask
 
-_TEST_SEED_OFFSET = 10_000  # synthetic test stack must not share a seed with any small train seed
 
 
 def _smooth_field(rng, shape, cell, z_cell=4.0):
@@ -145,33 +140,3 @@ def synthetic_volumes(n_slices: int, size: int) -> tuple[Volume, Volume]:
 
     return (volume(n_slices, 1234, "synthetic", f"built-in synthetic EM ({n_slices} x {size}^2, seed 1234)"),
             volume(4, 4321, "synthetic_test", "built-in synthetic EM test (seed 4321)"))
-
-
-def _atomic_imwrite(path: Path, array: np.ndarray) -> None:
-    """Write a grey-level TIFF atomically (`io_utils.atomic_save`), so readers never see a half-written
-    file (several array jobs may create the same synthetic dataset at once)."""
-    import tifffile
-
-    atomic_save(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
-
-
-def write_synthetic_dataset(out_dir, n_slices=12, height=256, width=256, seed=0,
-                            with_test=True, layout="stack") -> Path:
-    """Write a synthetic dataset in either layout that `load_dataset` understands."""
-    if layout not in ("stack", "folders"):
-        raise data_error(out_dir, f"unknown layout {layout!r}; expected 'stack' or 'folders'")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = [("training", seed)] + ([("testing", seed + _TEST_SEED_OFFSET)] if with_test else [])
-    for name, part_seed in parts:
-        images, masks = make_synthetic_em(n_slices, height, width, seed=part_seed)
-        if layout == "stack":
-            _atomic_imwrite(out_dir / f"{name}.tif", images)
-            _atomic_imwrite(out_dir / f"{name}_groundtruth.tif", masks)
-            continue
-        prefix = "" if name == "training" else "test_"
-        for sub, stack in ((f"{prefix}images", images), (f"{prefix}masks", masks)):
-            (out_dir / sub).mkdir(exist_ok=True)
-            for z, slice_ in enumerate(stack):
-                _atomic_imwrite(out_dir / sub / f"slice_{z:03d}.tif", slice_)
-    return out_dir

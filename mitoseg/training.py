@@ -1,8 +1,8 @@
 """How a cell's model trains in Keras: the tf.data input pipeline, the compiled model, the training
-variables built before `fit` (one trace instead of two), the seed and numeric policy, and the
-callback list `fit` runs with. The cell's life cycle around it (data, resume, results) is
-mitoseg/cell.py. TensorFlow and Keras are imported inside the functions, so importing this module
-is cheap.
+variables built before `fit` (one trace instead of two), the seed and numeric policy, and the core
+callbacks `fit` runs with (mitoseg/cell.py adds the TensorBoard ones). The cell's life cycle around
+it (data, resume, results) is mitoseg/cell.py. TensorFlow and Keras are imported inside the
+functions, so importing this module is cheap.
 """
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ import pandas as pd
 import pytest
 import tifffile
 
+from tests.fixtures_data import write_synthetic_dataset
+from mitoseg import scheduler as S
 from mitoseg import paths as P
 from mitoseg import synthetic as SYN
 from mitoseg import grid as G
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",
         "--synthetic-slices", "10", "--synthetic-size", "64"]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-for _var in G.SCHEDULER_INDEX_VARIABLES:
+for _var in S.SCHEDULER_INDEX_VARIABLES:
     ENV.pop(_var, None)
 
 
@@ -48,7 +50,7 @@ def the_error_line(proc, stderr_only=False) -> str:
 def main_in_process(argv, capfd, monkeypatch, env=None):
     """train_one.main() in this process (no interpreter start-up): exit code, captured output."""
     import train_one
-    for var in G.SCHEDULER_INDEX_VARIABLES:
+    for var in S.SCHEDULER_INDEX_VARIABLES:
         monkeypatch.delenv(var, raising=False)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
@@ -132,7 +134,7 @@ def test_image_smaller_than_patch(tmp_path):
 
 def test_unpaired_file_names(tmp_path, good):
     d = tmp_path / "folders"
-    SYN.write_synthetic_dataset(d, n_slices=4, height=64, width=64, with_test=False, layout="folders")
+    write_synthetic_dataset(d, n_slices=4, height=64, width=64, with_test=False, layout="folders")
     (d / "masks" / "slice_002.tif").rename(d / "masks" / "slice_2b.tif")
     line = train_bad(tmp_path, d)
     assert "unpaired" in line and "slice_002" in line and "slice_2b" in line and str(d / "images") in line

@@ -13,7 +13,7 @@ from mitoseg import cache
 from mitoseg.config import TrainConfig
 from mitoseg.cell_data import load_cell_data, prepare_arrays
 from mitoseg.input_error import DataError
-from mitoseg.synthetic import write_synthetic_dataset
+from tests.fixtures_data import write_synthetic_dataset
 
 
 @pytest.fixture

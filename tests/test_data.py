@@ -18,7 +18,8 @@ from mitoseg.input_error import DataError
 from mitoseg.data import Volume, load_dataset, load_folder_pairs, load_stack_pair, read_tiff
 from mitoseg.patches import split_slices, tile_patches
 from mitoseg.scaling import apply_scaling, image_scaling, scale_mask
-from mitoseg.synthetic import make_synthetic_em, write_synthetic_dataset
+from mitoseg.synthetic import make_synthetic_em
+from tests.fixtures_data import write_synthetic_dataset
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/lucchi_pp_subset"
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from mitoseg import scheduler as S
 from mitoseg import paths as P
 from mitoseg import grid as G
 from mitoseg import resume
@@ -41,7 +42,7 @@ FIXED = dict(epochs=TOTAL_EPOCHS, patch_size=32, base_filters=4, depth=3, synthe
 # but flagged degenerate -- measured, and recorded in the README section.
 GRID = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 1e30], batch_sizes=[2], fixed=FIXED)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-for _var in G.SCHEDULER_INDEX_VARIABLES:
+for _var in S.SCHEDULER_INDEX_VARIABLES:
     ENV.pop(_var, None)
 
 

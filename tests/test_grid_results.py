@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from mitoseg import scheduler as S
 from mitoseg import grid as G
 from mitoseg import results as R
 
@@ -33,10 +34,10 @@ def test_cell_at_rejects_out_of_range():
 
 @pytest.mark.parametrize("var", ["PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID"])
 def test_index_from_each_scheduler(var):
-    assert G.task_index_from_env({var: "7"}) == 7
-    assert G.task_index_from_env({}) is None
+    assert S.task_index_from_env({var: "7"}) == 7
+    assert S.task_index_from_env({}) is None
     with pytest.raises(ValueError, match=var):
-        G.task_index_from_env({var: "x"})
+        S.task_index_from_env({var: "x"})
 
 
 def test_cell_config_carries_fixed_settings():

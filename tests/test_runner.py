@@ -42,7 +42,7 @@ def tiny_grid(batch_sizes=(8, 16), lrs=(1e-3,), archs=("UNet", "Attention_UNet")
     ({}, None),
 ])
 def test_task_index_from_each_scheduler_variable(env, index):
-    assert G.task_index_from_env(env) == index
+    assert Sched.task_index_from_env(env) == index
 
 
 @pytest.mark.parametrize("env, sched, key, dep", [

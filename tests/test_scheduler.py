@@ -151,7 +151,7 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
     python train_one.py ...`; the stand-in apptainer (tests/bin) checks the image and bind sources and
     runs the oldest-stack Python. The cell must end ok in that stack, with the study and data folders
     (both outside the home folder) bound; the dependent analysis goes the same way."""
-    from mitoseg.synthetic import write_synthetic_dataset
+    from tests.fixtures_data import write_synthetic_dataset
     data = write_synthetic_dataset(tmp_path / "data", n_slices=8, height=64, width=64)
     sub, extra_env = _submit_dir(tmp_path)
     grid = G.GridConfig(architectures=["Attention_UNet"], learning_rates=[1e-3], batch_sizes=[8],

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from mitoseg import scheduler as S
 from mitoseg.input_error import DataError
 from mitoseg import paths as P
 from mitoseg import data as D
@@ -28,7 +29,7 @@ from mitoseg import grid as G
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-for _var in G.SCHEDULER_INDEX_VARIABLES:
+for _var in S.SCHEDULER_INDEX_VARIABLES:
     ENV.pop(_var, None)
 TINY = ["--epochs", "1", "--patch-size", "32", "--base-filters", "4", "--depth", "3", "--batch-size", "4"]
 

@@ -13,7 +13,7 @@ import pytest
 
 from mitoseg import grid as G
 from mitoseg import verify as V
-from mitoseg.synthetic import write_synthetic_dataset
+from tests.fixtures_data import write_synthetic_dataset
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 

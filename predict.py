@@ -70,7 +70,7 @@ def check_model_file(path) -> None:
 def load_trained_model(path):
     path = Path(path)
     check_model_file(path)
-    from models import load_model
+    from mitoseg.models import load_model
     try:
         return load_model(path)
     except Exception as err:  # keras raises many types for bad files

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
 
     from mitoseg import data
     from mitoseg.inference import _starts, predict_slices
-    from models import build_model
+    from mitoseg.models import build_model
 
     volume, _ = data.load_dataset(args.data_dir)
     images = np.asarray(volume.images[: args.slices + 1])

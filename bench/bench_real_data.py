@@ -82,7 +82,7 @@ def train_one_arch(arch, args, train_imgs, train_masks, val_imgs, val_masks, tes
     from mitoseg import metrics
     from mitoseg.patches import tile_patches
     from mitoseg.inference import evaluate_volume
-    from models import build_model
+    from mitoseg.models import build_model
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -213,7 +213,7 @@ def conv_macs(model) -> int:
 
 def count_flops(args) -> int:
     """Print parameters and forward GMAC per patch (training step ~ 6 FLOP per MAC) and exit."""
-    from models import build_model
+    from mitoseg.models import build_model
     for arch in args.archs:
         m = build_model(arch, (args.patch_size, args.patch_size, 1), base_filters=args.base_filters, depth=args.depth)
         macs = conv_macs(m)

@@ -11,7 +11,7 @@ reading it (every later cell).
 
 Each measurement is a fresh `train_one.py` process (run one after the other, never two at once).
 The child runs train_one.main() unchanged except for timing wrappers around
-cell.load_cell_data / prepare_arrays (as mitoseg.cell uses them) / models.build_model and a probe on the first training
+cell.load_cell_data / prepare_arrays (as mitoseg.cell uses them) / mitoseg.models.build_model and a probe on the first training
 batch; with a cache it passes cache_dir to the two data functions, which is what run_cell does in
 grid mode once it forwards the study's cache folder.
 """
@@ -59,7 +59,7 @@ def child(args) -> int:
 
     import keras
     events["imported_keras"] = time.time()   # train_one imports it in the cell's set-up: counted as imports
-    import models
+    from mitoseg import models
     build = models.build_model
 
     def timed_build(*a, **kw):

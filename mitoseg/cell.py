@@ -270,7 +270,7 @@ def _judge(record: dict, state: dict, diverged_epoch: Optional[int]) -> None:
 
 def _evaluate_test(record: dict, config: TrainConfig, paths: ExperimentPaths, arrays: dict, test_volume) -> None:
     """Score the best model on the held-out test slices, tiled whole, at a threshold chosen on validation."""
-    from models import load_model
+    from .models import load_model
     from .inference import evaluate_volume
     best = load_model(paths.model(config.save_format))
     val_probs = np.asarray(best.predict(arrays["x_val"], batch_size=config.batch_size, verbose=0))

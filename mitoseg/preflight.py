@@ -94,7 +94,7 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
     """One architecture's trial (see the module docstring). Raises on any failure."""
     import keras
 
-    from models import load_model
+    from .models import load_model
     from .training import build_compiled_model, build_training_state
     if gpus:
         import tensorflow as tf

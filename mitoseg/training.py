@@ -72,7 +72,7 @@ def build_compiled_model(config: TrainConfig):
     import keras
     from focal_loss import BinaryFocalLoss
 
-    from models import build_model
+    from .models import build_model
     p = config.patch_size
     model = build_model(config.architecture, (p, p, config.input_channels), base_filters=config.base_filters,
                         depth=config.depth, dropout=config.dropout, batch_norm=config.batch_norm,

@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from mitoseg import quiet_tf  # standard library only
+from mitoseg.cli_args import OneLineParser  # standard library only
 from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
 from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK, UNREADABLE
 
@@ -314,15 +315,8 @@ def run_predict(args) -> int:
     return EXIT_OK
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad flags -> ONE line naming the flag (argparse's default prints the usage block first), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser():
-    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     one = p.add_argument_group("one model on one stack")
     one.add_argument("--model", help="trained model (.keras or .hdf5)")
     one.add_argument("--input", help="image stack (TIFF; a 2D TIFF is one slice)")

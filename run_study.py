@@ -30,20 +30,11 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
+from mitoseg.cli_args import OneLineParser, positive_int
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, submit_study
 from mitoseg.study_dir import base_grid, create_new_study_dir
 from mitoseg.status import DONE_STATUSES
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
 
 
 def _grid_args(p):
@@ -54,15 +45,8 @@ def _grid_args(p):
                    help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad flags -> ONE line naming the flag (argparse's default prints the usage block first), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser():
-    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="print the grid (index -> cell) and its size")
@@ -76,7 +60,7 @@ def build_parser():
     s.add_argument("--root", help="where a new study folder is created (default ., with --demo demo_study/)")
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
-    s.add_argument("--jobs", "-j", type=_positive_int, help="cells trained at the same time (default 1; --demo: 2)")
+    s.add_argument("--jobs", "-j", type=positive_int, help="cells trained at the same time (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
     s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "

@@ -17,40 +17,14 @@ import os
 import sys
 
 from mitoseg import quiet_tf  # standard library only
+from mitoseg.cli_args import OneLineParser, positive_float, positive_int  # standard library only
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
 
-def positive_float(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive number")
-    return value
-
-
-def positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
-    return value
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad flags -> ONE line (argparse's default is the whole 18-line usage block first), exit 2."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS
-    p = _OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cell = p.add_argument_group("the cell (ignored with --task-index: the grid decides)")
     cell.add_argument("--arch", choices=ARCHITECTURES, help="architecture (default UNet)")
     cell.add_argument("--lr", type=positive_float, help="initial Adam learning rate (default 1e-3)")

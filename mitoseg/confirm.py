@@ -29,20 +29,6 @@ PLAN_VERSION = 1
 DEMO_CONFIRM_SEEDS = 3     # the demo's confirmation: 3 fresh seeds of each architecture's winner (9 tiny cells)
 
 
-def load_plan(study_dir) -> Optional[dict]:
-    path = StudyPaths(study_dir).confirm_config
-    if not path.exists():
-        return None
-    try:
-        plan = json.loads(path.read_text())
-        missing = [k for k in ("top", "seeds_per_config", "seeds", "configs", "cells") if k not in plan]
-    except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
-    if missing:
-        raise ValueError(f"{path}: not a valid confirmation plan (missing {', '.join(missing)})")
-    return plan
-
-
 def used_seeds(study_dir, grid: G.GridConfig) -> set:
     """Every seed the study has used or planned: the grid's, the plan's and those recorded in the
     results of any exp_ folder (hand-run cells included)."""
@@ -100,7 +86,7 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, allow_incomplete: boo
         raise ValueError(f"--seeds and --top must be at least 1 (got {seeds} and {top})")
     study_dir = Path(study_dir)
     grid = G.load_study_grid(study_dir)
-    plan = load_plan(study_dir)
+    plan = G.load_confirm_plan(study_dir)
     now = _dt.datetime.now().isoformat(timespec="seconds")
     if plan is not None:
         if plan["top"] != top:

@@ -237,26 +237,37 @@ def cells(grid: GridConfig) -> list[Cell]:
     return [Cell(i, a, float(lr), int(bs), int(s), len(grid.seeds)) for i, (a, lr, bs, s) in enumerate(combos)]
 
 
-def cell_at(grid: GridConfig, index: int) -> Cell:
-    if not 0 <= index < grid.size:
-        raise ValueError(f"array index {index} is outside the grid (0..{grid.size - 1}, {grid.size} cells)")
-    return cells(grid)[index]
-
-
 # --- the confirmation stage's cells: indices after the grid's ---------------------------------------
+PLAN_KEYS = ("top", "seeds_per_config", "seeds", "configs", "cells")
+
+
+def load_confirm_plan(study_dir) -> Optional[dict]:
+    """STUDY/confirm_config.json (written by mitoseg/confirm.py), checked for its keys; None without it."""
+    path = StudyPaths(study_dir).confirm_config
+    if not path.exists():
+        return None
+    try:
+        plan = json.loads(path.read_text())
+        missing = [k for k in PLAN_KEYS if k not in plan]
+    except (OSError, ValueError, TypeError) as err:
+        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+    if missing:
+        raise ValueError(f"{path}: not a valid confirmation plan (missing {', '.join(missing)})")
+    return plan
+
+
 def confirm_cells(study_dir) -> list[Cell]:
     """The cells listed in STUDY/confirm_config.json (none without the file). Their indices follow
     the grid's, so one array index names one cell of the study whichever stage it belongs to."""
-    path = StudyPaths(study_dir).confirm_config
-    if not path.exists():
+    plan = load_confirm_plan(study_dir)
+    if plan is None:
         return []
     try:
-        rows = json.loads(path.read_text())["cells"]
-        out = [Cell(int(r["index"]), str(r["architecture"]), float(r["learning_rate"]), int(r["batch_size"]),
-                    int(r["seed"]), stage="confirm") for r in rows]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        return [Cell(int(r["index"]), str(r["architecture"]), float(r["learning_rate"]), int(r["batch_size"]),
+                     int(r["seed"]), stage="confirm") for r in plan["cells"]]
+    except (ValueError, KeyError, TypeError) as err:
+        path = StudyPaths(study_dir).confirm_config
         raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
-    return out
 
 
 def study_cells(study_dir, grid: GridConfig) -> list[Cell]:
@@ -265,13 +276,14 @@ def study_cells(study_dir, grid: GridConfig) -> list[Cell]:
 
 
 def study_cell_at(study_dir, grid: GridConfig, index: int) -> Cell:
-    """The cell of a study at an array index: a grid cell below grid.size, else a confirmation cell."""
+    """The cell of a study at an array index: a grid cell below grid.size, else a confirmation cell
+    (study_dir None: the grid's cells only)."""
     if 0 <= index < grid.size:
         return cells(grid)[index]
-    for cell in confirm_cells(study_dir):
+    extra = confirm_cells(study_dir) if study_dir is not None else []
+    for cell in extra:
         if cell.index == index:
             return cell
-    extra = confirm_cells(study_dir)
     span = f", confirmation cells {extra[0].index}..{extra[-1].index}" if extra else ""
     raise ValueError(f"array index {index} is outside the grid (0..{grid.size - 1}, {grid.size} cells{span})")
 

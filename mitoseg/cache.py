@@ -37,6 +37,9 @@ from typing import Callable
 
 import numpy as np
 
+from .data import Volume, dataset_files
+from .input_error import DataError
+
 
 FORMAT_VERSION = 2   # 2: images scaled by their values (scaling.image_scaling), scaling recorded
 META_NAME = "meta.json"
@@ -56,8 +59,6 @@ def source_files(data_dir) -> list[dict]:
     """Fingerprint of what `data.load_dataset(data_dir)` reads: each file (path as read, the file it
     resolves to through symlinked files or folders, size, mtime_ns), in reading order. A folder whose
     layout cannot be read gives [] (loading it then raises its DataError)."""
-    from .data import dataset_files
-    from .input_error import DataError
     try:
         files = dataset_files(data_dir)
     except DataError:
@@ -259,7 +260,6 @@ def load_or_build(cache_dir, kind: str, key: dict, sources: list[dict], build: C
 # --- the two entry kinds used by cell_data.py ---------------------------------------------------------
 def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[str], None] = _default_log):
     """Cached `load()` -> (train Volume, test Volume or None), volumes memory-mapped on a hit."""
-    from .data import Volume
 
     def build():
         train, test = load()

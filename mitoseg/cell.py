@@ -27,14 +27,16 @@ from .callbacks import new_training_state, validation_callback
 from .cell_data import check_patch_fits, load_cell_data, prepare_arrays
 from .cell_log import log, tee_output
 from .cell_record import finish_record, new_record, record_failure
+from .cell_lock import try_lock
 from .config import TrainConfig
-from .input_error import DataError
 from .environment import environment_info
+from .identity import data_fingerprint, finished_cell_differences
+from .input_error import DataError
 from .paths import ExperimentPaths
 from .results import ResultsError, load_results
+from .scaling import log_scaling
 from .status import (DIVERGED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, INTERRUPTED, OK,
                      is_done)
-
 
 
 def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) -> tuple[dict | None, int]:
@@ -52,7 +54,6 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
     if finished is not None:
         return finished
 
-    from .identity import data_fingerprint
     try:
         train_volume, test_volume = load_cell_data(config, cache_dir)
         for volume in (train_volume, test_volume):
@@ -62,7 +63,6 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
     except DataError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
-    from .celllock import try_lock
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
         with open(paths.log, "a"):
@@ -95,7 +95,6 @@ def existing_status(paths: ExperimentPaths) -> Optional[str]:
 def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool):
     """(record, exit code) when the cell is finished with the settings and data of `config` (skip it), or
     one refusal line when it finished with others (--force retrains it); None when it has to run."""
-    from .identity import data_fingerprint, finished_cell_differences
     status = existing_status(paths)
     if not is_done(status) or force:
         return None
@@ -177,7 +176,6 @@ def _log_start(config, paths, arrays, test_volume) -> dict:
     log(f"data: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
         f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
         f"val foreground {baselines['foreground_fraction']:.3f}, all-foreground IoU {baselines['all_foreground_jaccard']:.3f}")
-    from .scaling import log_scaling
     log_scaling(split.get("scaling"), test_volume.scaling if test_volume is not None else None, log)
     return baselines
 

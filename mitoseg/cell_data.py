@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import data
+from .cache import cached_arrays, cached_volumes
 from .cell_log import log
 from .config import TrainConfig
 from .input_error import DataError
@@ -30,7 +31,6 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
 
     if cache_dir is None:
         return load()
-    from .cache import cached_volumes
     return cached_volumes(cache_dir, config, load, log=log)
 
 
@@ -72,7 +72,6 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
 
     if cache_dir is None:
         return prepare()
-    from .cache import cached_arrays
     return cached_arrays(cache_dir, train_volume, config, prepare, log=log)
 
 

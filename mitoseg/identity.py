@@ -21,7 +21,10 @@ import json
 from pathlib import Path
 from typing import Iterable, Optional
 
+from . import grid as G
+from .config import TrainConfig
 from .paths import ExperimentPaths, StudyPaths
+from .results import ResultsError, load_results
 from .status import DONE_STATUSES
 
 _UNSET = "(unset)"
@@ -30,7 +33,6 @@ _UNSET = "(unset)"
 def config_differences(recorded: dict, current: dict, limit: int = 4) -> list[str]:
     """['epochs 1 -> 2', ...] for every setting that differs; fields the recorded config predates are
     compared with their default."""
-    from .config import TrainConfig
     try:
         old = TrainConfig.from_dict(dict(recorded)).to_dict()
     except (TypeError, ValueError):
@@ -74,8 +76,6 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
     """ValueError (one line) for a relative data_dir in the study's grid, or for the first finished cell of
     the study that the grid no longer describes: an exp_ folder that is no cell of the grid, or a cell
     trained with other settings (or, with `check_data`, other data). Cells in `retrain` (--force) are exempt."""
-    from . import grid as G
-    from .results import ResultsError, load_results
     study_dir = Path(study_dir)
     by_name = {cell.name: cell for cell in G.study_cells(study_dir, grid)}   # grid + confirmation cells
     retrain = set(retrain)

@@ -107,7 +107,7 @@ class ExperimentPaths:
 
     @property
     def lock(self) -> Path:
-        """Held (flock) while a process trains the cell (mitoseg/celllock.py)."""
+        """Held (flock) while a process trains the cell (mitoseg/cell_lock.py)."""
         return self.exp_dir / ".cell.lock"
 
     @property

@@ -21,7 +21,7 @@ EXIT_OK = 0            # finished: ok, or diverged (a result, not an accident)
 EXIT_FAILED = 1        # an exception: the failure is recorded in the results JSON
 EXIT_BAD_INPUT = 2     # a flag, a grid or the data was refused before anything was trained
 EXIT_INTERRUPTED = 3   # SIGTERM (walltime, preemption): the resume backup is kept
-EXIT_BUSY = 4          # another process holds the cell's lock (mitoseg/celllock.py): nothing was done
+EXIT_BUSY = 4          # another process holds the cell's lock (mitoseg/cell_lock.py): nothing was done
 
 
 def is_done(status) -> bool:

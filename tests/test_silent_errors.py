@@ -303,7 +303,7 @@ def test_cache_follows_symlinked_folders(tmp_path, em):
 
 
 # --- one runner per cell ----------------------------------------------------------------------------
-HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); from mitoseg.celllock import try_lock\n"
+HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); from mitoseg.cell_lock import try_lock\n"
         "lock, _ = try_lock(sys.argv[1]); print('HELD' if lock else 'BUSY', flush=True); time.sleep(600)\n")
 
 
@@ -315,7 +315,7 @@ def _holder(exp_dir: Path) -> subprocess.Popen:
 
 
 def test_cell_lock_is_exclusive_and_freed_by_a_kill(tmp_path):
-    from mitoseg.celllock import try_lock
+    from mitoseg.cell_lock import try_lock
     exp = tmp_path / "exp_x"
     holder = _holder(exp)
     lock, who = try_lock(exp)

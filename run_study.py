@@ -34,7 +34,7 @@ from mitoseg.cli_args import OneLineParser, positive_int
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, submit_study
 from mitoseg.study_dir import base_grid, create_new_study_dir
-from mitoseg.status import DONE_STATUSES
+from mitoseg.status import BUSY, DONE_STATUSES
 
 
 def _grid_args(p):
@@ -140,7 +140,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
     rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
     _print("")
     _print(results_table(rows))
-    failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, R.BUSY_STATE)]
+    failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, BUSY)]
     _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
            f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
            f"training wall time {fmt_duration(time.monotonic() - t0)}")

@@ -26,12 +26,11 @@ from .launcher import REPO_DIR, launcher, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
 from .scheduler import SCHEDULER_INDEX_VARIABLES, submit_analysis_from_element, task_index_from_env
-from .status import DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING
+from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING, STARTED
 from .study_dir import base_grid, resolve_study_dir
 
 TRAIN_ONE = REPO_DIR / "train_one.py"
 ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
-BUSY_STATE = "running elsewhere"   # train_one.py exit EXIT_BUSY: another process holds the cell's lock
 
 
 # --- cell state -----------------------------------------------------------------------------------
@@ -51,7 +50,7 @@ def cell_state(study_dir, cell: G.Cell) -> str:
     record = cell_record(study_dir, cell)
     if record is not None:
         return record["status"]
-    return "started" if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else MISSING
+    return STARTED if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else MISSING
 
 
 def parse_cells(spec: str, size: int) -> list[int]:
@@ -236,7 +235,7 @@ def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float) -> dict
     """The row of a cell whose train_one.py exited `code`: its results record, else why it has none."""
     log_file = StudyPaths(study_dir).local_log(cell.name)
     if code == EXIT_BUSY:
-        return cell_row(cell, BUSY_STATE, {}, "another process is training it; not started here", seconds, code)
+        return cell_row(cell, BUSY, {}, "another process is training it; not started here", seconds, code)
     rec = cell_record(study_dir, cell) or {}
     state = rec.get("status") or (FAILED if code else cell_state(study_dir, cell))
     note = rec.get("error") or ("" if code in (0, None) else f"exit {code}; see {log_file}")

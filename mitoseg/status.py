@@ -15,6 +15,13 @@ DONE_STATUSES = (OK, DIVERGED)                   # finished: no runner trains th
 MISSING = "missing"         # summary rows: no results file (never ran, or still running)
 UNREADABLE = "unreadable"   # summary rows: a results file that could not be read
 
+# A cell as the runners and `run_study.py status` see it from outside, besides the statuses above
+STARTED = "started"             # an exp_ folder without a results file: running, or killed hard
+RUNNING = "running"             # status: training, its history growing
+STALLED = "stalled"             # status: no write for longer than an epoch should take
+FINISHED = "finished"           # status: ok or diverged
+BUSY = "running elsewhere"      # train_one.py exited EXIT_BUSY: another process holds the cell's lock
+
 
 # train_one.py's exit codes (predict.py uses the first and the third too)
 EXIT_OK = 0            # finished: ok, or diverged (a result, not an accident)

@@ -27,7 +27,7 @@ from . import grid as G
 from .paths import StudyPaths
 from .results import ResultsError, load_results
 from .console import fmt_duration, fmt_score
-from .status import DONE_STATUSES, INTERRUPTED, MISSING
+from .status import DONE_STATUSES, FINISHED, INTERRUPTED, MISSING, RUNNING, STALLED
 
 RERUN_MARGIN_S = 30.0
 STALL_GRACE_S = 15 * 60.0
@@ -90,7 +90,7 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
         json_time = paths.results_json.stat().st_mtime
         rerun = record["status"] not in DONE_STATUSES and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
         if not rerun:
-            row["state"] = "finished" if record["status"] in DONE_STATUSES else record["status"]
+            row["state"] = FINISHED if record["status"] in DONE_STATUSES else record["status"]
             row["best_iou"] = record.get("best_val_iou")
             row["epoch"] = record.get("epochs_run") or row["epoch"]
             if record["status"] in DONE_STATUSES:
@@ -101,7 +101,7 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
                 row["note"] = record.get("error") or ""
             return row
         row["note"] = f"rerun of a {record['status']} cell"
-    row["state"] = "running"   # decided against the stall limit in `status_rows`
+    row["state"] = RUNNING   # decided against the stall limit in `status_rows`
     return row
 
 
@@ -123,10 +123,10 @@ def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None) -> l
     rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in G.study_cells(study_dir, grid)]
     for row in rows:
         row["epoch_s"] = expected_epoch_s(row, rows)
-        if row["state"] == "running":
+        if row["state"] == RUNNING:
             limit = NO_EPOCH_STALL_S if row["epoch_s"] is None else 3 * row["epoch_s"] + STALL_GRACE_S
             if row["last_write"] is None or now - row["last_write"] > limit:
-                row["state"] = "stalled"
+                row["state"] = STALLED
                 row["note"] = (row["note"] + "; " if row["note"] else "") + "no file written for " + \
                     fmt_duration(None if row["last_write"] is None else now - row["last_write"]) + ": killed? rerun it"
     return rows
@@ -136,15 +136,15 @@ def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
     """(seconds until every unfinished cell is done, or None when no epoch was measured yet; cells at a time)."""
     overheads = [r["overhead_s"] for r in rows if r["overhead_s"] is not None]
     overhead = statistics.fmean(overheads) if overheads else 0.0
-    todo = [r for r in rows if r["state"] != "finished"]
+    todo = [r for r in rows if r["state"] != FINISHED]
     if not todo:
         return 0.0, 0
-    parallel = max(1, sum(r["state"] == "running" for r in rows))
+    parallel = max(1, sum(r["state"] == RUNNING for r in rows))
     total = 0.0
     for r in todo:
         if r["epoch_s"] is None:
             return None, parallel
-        done = r["epoch"] if r["state"] in ("running", "stalled", INTERRUPTED) else 0
+        done = r["epoch"] if r["state"] in (RUNNING, STALLED, INTERRUPTED) else 0
         total += max(0, r["epochs_max"] - done) * r["epoch_s"] + overhead
     return total / parallel, parallel
 
@@ -156,7 +156,7 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     lines = [head, "-" * len(head)]
     for r in rows:
         epoch = f"{r['epoch']}/{r['epochs_max']}" if r["state"] != MISSING else "-"
-        latest = r["latest_iou"] if r["state"] in ("running", "stalled") else None
+        latest = r["latest_iou"] if r["state"] in (RUNNING, STALLED) else None
         ago = "-" if r["last_write"] is None else fmt_duration(now - r["last_write"]) + " ago"
         lines.append(f"{r['cell'].index:>3}  {r['cell'].name:<44} {r['state']:<11} {epoch:>7} {fmt_score(latest):>7} "
                      f"{fmt_score(r['best_iou']):>6} {fmt_duration(r['epoch_s']):>7} {ago:>10}  {r['note']}")

@@ -10,7 +10,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
-STATUS_WORDS = ("ok", "diverged", "failed", "interrupted", "missing", "unreadable")
+STATUS_WORDS = ("ok", "diverged", "failed", "interrupted", "missing", "unreadable", "started", "running",
+                "stalled", "finished", "running elsewhere")
 OWNED_NAMES = re.compile(r"grid_config\.json|confirm_config\.json|hyperparameter_summary\.csv|"
                          r"hyperparameter_report\.md|analysis_summary\.json|_results\.json|_history\.csv|"
                          r"run_analysis\.sh|analysis_job|\.mitoseg_jobs|local_logs|training_log\.txt|exp_\*|\.cell\.lock|"

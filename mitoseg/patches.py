@@ -31,6 +31,11 @@ def split_slices(n_slices, val_fraction=0.1, val_position="end"):
     return train.astype(np.int64), val.astype(np.int64)
 
 
+def tile_grid(height: int, width: int, patch_size: int) -> tuple[int, int]:
+    """(rows, columns) of the tiles `tile_patches` cuts from one slice."""
+    return height // patch_size, width // patch_size
+
+
 def tile_patches(volume_array, patch_size, source="tile_patches") -> np.ndarray:
     """(z, y, x) -> (n, p, p) non-overlapping tiles in z, row, column order; edges dropped.
 
@@ -45,6 +50,6 @@ def tile_patches(volume_array, patch_size, source="tile_patches") -> np.ndarray:
     z, h, w = a.shape
     if h < p or w < p:
         raise data_error(source, f"slice of {h}x{w} is smaller than the patch size {p}")
-    ny, nx = h // p, w // p
+    ny, nx = tile_grid(h, w, p)
     tiles = a[:, : ny * p, : nx * p].reshape(z, ny, p, nx, p).transpose(0, 1, 3, 2, 4)
     return np.ascontiguousarray(tiles.reshape(z * ny * nx, p, p))

@@ -144,12 +144,16 @@ def check_container(environ=None) -> list[Row]:
     return [Row("container image", PASS, f"{image} ({size:.1f} GiB), runtime {runtime}")]
 
 
-def _patch_counts(volume, patch_size: int, val_fraction: float, val_position: str) -> tuple[int, int]:
-    from .patches import split_slices
-    train_idx, val_idx = split_slices(len(volume.images), val_fraction, val_position)
-    _, h, w = volume.images.shape
-    per_slice = (h // patch_size) * (w // patch_size)
-    return len(train_idx) * per_slice, len(val_idx) * per_slice
+def _patch_counts(volume, cfg: TrainConfig, has_test_stack: bool) -> tuple[int, int, int]:
+    """(train, val, per-slice) patch counts of a cell, counted as `cell_data` cuts them: after the
+    test slices are held out (no test stack and test_fraction > 0), then the val split."""
+    from .cell_data import hold_out_test_slices
+    from .patches import split_slices, tile_grid
+    if not has_test_stack and cfg.test_fraction > 0:
+        volume, _ = hold_out_test_slices(volume, cfg.test_fraction)
+    train_idx, val_idx = split_slices(len(volume.images), cfg.val_fraction, cfg.val_position)
+    rows, cols = tile_grid(*volume.images.shape[1:], cfg.patch_size)
+    return len(train_idx) * rows * cols, len(val_idx) * rows * cols, rows * cols
 
 
 def check_dataset(grid: G.GridConfig) -> list[Row]:
@@ -184,14 +188,14 @@ def check_dataset(grid: G.GridConfig) -> list[Row]:
         rows.append(Row("patches", FAIL, f"slices of {h}x{w} are smaller than the patch size {p}"))
         return rows
     try:
-        n_train, n_val = _patch_counts(train, p, cfg.val_fraction, cfg.val_position)
+        n_train, n_val, per_slice = _patch_counts(train, cfg, has_test_stack=test is not None)
     except DataError as err:
         rows.append(Row("patches", FAIL, str(err)))
         return rows
     max_bs = max(grid.batch_sizes)   # the study's own largest batch must fit in one epoch
     status = PASS if n_train >= max_bs and n_val > 0 else FAIL if n_train == 0 or n_val == 0 else WARN
     rows.append(Row("patches", status, f"{n_train} train + {n_val} val patches of {p}x{p} "
-                                       f"({(h // p) * (w // p)} per slice, val fraction {cfg.val_fraction})"))
+                                       f"({per_slice} per slice, val fraction {cfg.val_fraction})"))
     return rows
 
 

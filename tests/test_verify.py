@@ -225,3 +225,17 @@ def test_pbs_setup_verification_script_runs_the_checks(tmp_path, good_data):
     r = subprocess.run(["bash", str(REPO / "pbs_setup_verification.sh"), "--skip-env-probe",
                         "--output-root", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "0 FAIL" in r.stdout, r.stdout + r.stderr
+
+
+def test_patch_counts_are_the_cells_own(tmp_path):
+    """The pre-flight counts the patches a cell will train on: with --test-fraction and no test stack the
+    held-out slices are not training patches (counted against cell_data.prepare_arrays itself)."""
+    from mitoseg.cell_data import load_cell_data, prepare_arrays
+    from mitoseg.config import TrainConfig
+    data = write_synthetic_dataset(tmp_path / "d", n_slices=8, height=96, width=64, with_test=False)
+    for test_fraction in (0.0, 0.25):
+        grid = grid_for(data, test_fraction=test_fraction)
+        row = by_check(V.check_dataset(grid))["patches"]
+        split = prepare_arrays(load_cell_data(TrainConfig.from_dict(grid.fixed))[0],
+                               TrainConfig.from_dict(grid.fixed))["split"]
+        assert row.detail.startswith(f"{split['n_train_patches']} train + {split['n_val_patches']} val patches"), row

@@ -128,3 +128,27 @@ def test_study_file_names_are_spelled_only_in_mitoseg_paths(trees):
             if OWNED_NAMES.search(text) and _builds_a_path(node, parents.get(id(node))):
                 found.append(f"{rel(p)}:{node.lineno} {text[:60]!r}")
     assert found == []
+
+
+STDLIB_ONLY = ["mitoseg.paths", "mitoseg.status", "mitoseg.config", "mitoseg.grid", "mitoseg.results",
+               "mitoseg.identity", "mitoseg.io_utils", "mitoseg.cli_args", "mitoseg.scheduler", "mitoseg.launcher",
+               "mitoseg.study_dir", "mitoseg.runner", "mitoseg.console", "mitoseg.verify", "mitoseg.multi_cell",
+               "mitoseg.study_status", "mitoseg.confirm", "run_study", "train_one"]
+BLOCK = '''
+import importlib, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"numpy", "pandas", "scipy", "tensorflow", "keras", "matplotlib", "statsmodels"}:
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+for module in sys.argv[1:]:
+    importlib.import_module(module)
+'''
+
+
+def test_the_login_node_side_imports_with_the_standard_library_alone():
+    """run_study.py, the job scripts' element and the pre-flight run with a host Python that may lack numpy."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-c", BLOCK, *STDLIB_ONLY], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]

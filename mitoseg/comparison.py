@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from .anova import ALPHA
+from .report_format import f3, fp
 from .stats import config_mask, select_configs
 
 POWER = 0.8
@@ -221,33 +222,29 @@ def _pair(a: dict, b: dict, alpha: float, power: float) -> dict:
                 bootstrap=boot, verdict=None, significant=None)
 
 
-def _num(x, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if x is not None and math.isfinite(x) else "n/a"
-
-
 def _verdict(p: dict, alpha: float, power: float) -> tuple[str, Optional[bool]]:
     a, b = p["a"], p["b"]
     if p["reason"] and p["pooled_sd"] == 0 and p["diff_mean"] == 0:
-        return (f"{a} vs {b}: no difference detected: every run of both scored test IoU {_num(p['mean_a'])}, so "
+        return (f"{a} vs {b}: no difference detected: every run of both scored test IoU {f3(p['mean_a'])}, so "
                 f"the seed noise is zero here and no detectable difference can be computed."), False
     if p["reason"]:
         return f"{a} vs {b}: cannot be judged: {p['reason']}.", None
-    ci = f"95 % CI {_num(p['ci_low'])} to {_num(p['ci_high'])}"
-    pa = "p < 0.001" if p["p_adjusted"] < 0.001 else f"p = {p['p_adjusted']:.3f}"
+    ci = f"95 % CI {f3(p['ci_low'])} to {f3(p['ci_high'])}"
+    pa = fp(p["p_adjusted"])
     if p["p_adjusted"] < alpha and p["ci_low"] > 0:
-        text = (f"{a} beats {b} by {_num(p['diff_mean'])} test IoU ({ci}; Holm-adjusted {pa}; "
+        text = (f"{a} beats {b} by {f3(p['diff_mean'])} test IoU ({ci}; Holm-adjusted {pa}; "
                 f"n = {p['n_a']} and {p['n_b']} seeds).")
         boot = p["bootstrap"]
         if boot and boot["ci_low"] <= 0:
             text += (f" Resampling the {boot['n_slices']} test slices as well, the interval "
-                     f"({_num(boot['ci_low'])} to {_num(boot['ci_high'])}) includes 0: the lead may not hold on "
+                     f"({f3(boot['ci_low'])} to {f3(boot['ci_high'])}) includes 0: the lead may not hold on "
                      f"other slices.")
         return text, True
     seeds = p["seeds_needed"]
-    need = (f"about {seeds} seeds per architecture would be needed for {_num(p['target_difference'])}"
-            if seeds else f"no number of seeds can be given for {_num(p['target_difference'])}")
+    need = (f"about {seeds} seeds per architecture would be needed for {f3(p['target_difference'])}"
+            if seeds else f"no number of seeds can be given for {f3(p['target_difference'])}")
     if p["ci_low"] > 0:   # the unadjusted interval excludes 0, the multiplicity-adjusted test does not
         pa += " - the unadjusted interval excludes 0, but not beyond the correction for the pairs compared"
-    return (f"{a} vs {b}: no difference detected (difference {_num(p['diff_mean'])}, {ci}, Holm-adjusted {pa}); "
+    return (f"{a} vs {b}: no difference detected (difference {f3(p['diff_mean'])}, {ci}, Holm-adjusted {pa}); "
             f"with these runs (n = {p['n_a']} and {p['n_b']} seeds) the smallest difference that could be detected "
-            f"(power {power:g}) is {_num(p['min_detectable_difference'])} - {need}."), False
+            f"(power {power:g}) is {f3(p['min_detectable_difference'])} - {need}."), False

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import checks
 from .anova import ALPHA
+from .comparison import POWER
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
 from .report_confirmation import confirmation_section, confirmation_summary
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean_sd_n, pct
@@ -281,7 +282,7 @@ def definitions(doc: Doc):
         "confirmation runs (stage `confirm`): the selected configurations retrained with seeds the study had not "
         "used; the architecture comparison uses only their test IoU (95 % t interval over seeds; differences with "
         "a Welch interval and Welch t-test, p-values Holm-adjusted over the pairs; detectable difference and seeds "
-        "needed from a two-sample t-test power analysis at power 0.8).",
+        f"needed from a two-sample t-test power analysis at power {POWER:g}).",
     ])
 
 

@@ -3,6 +3,7 @@ and the section with every confirmation run. Verdicts first, then the numbers be
 """
 from __future__ import annotations
 
+from .comparison import POWER
 from .report_format import NA, Doc, cfg_text, ci_text, clean_text, f3, fg, fint, fp
 from .stats import finite
 from .study_analysis import StudyAnalysis
@@ -60,7 +61,7 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
         doc.p(f"Pairwise comparison not computed: {conf['reason']}.")
     else:
         doc.table(["A", "B", "mean A - B", "95% CI (Welch)", "p (Welch)", "p Holm-adjusted",
-                   "bootstrap 95% CI (seeds x slices, paired on slices)", "detectable (power 0.8)", "verdict"],
+                   "bootstrap 95% CI (seeds x slices, paired on slices)", f"detectable (power {POWER:g})", "verdict"],
                   [pair_row(p) for p in conf["pairs"]])
     rows = []
     for _, r in res.confirm_df.sort_values(["architecture", "seed"], na_position="last").iterrows():

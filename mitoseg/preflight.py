@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import sys
 import tempfile
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import quiet_tf
 from .environment import PACKAGES, package_version
 
 
@@ -129,8 +131,7 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
 
 def trial(grid_dict: dict) -> dict:
     """Every architecture of the grid; never raises (errors are recorded)."""
-    import os
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.TRIAL_LOG_LEVEL)
     out: dict = {"python": sys.version.split()[0], "executable": sys.executable, "gpus": [],
                  "architectures": {}, "error": None}
     out["packages"] = package_versions()
@@ -163,6 +164,5 @@ def trial(grid_dict: dict) -> dict:
 
 
 if __name__ == "__main__":
-    from . import quiet_tf
     quiet_tf.install()   # TensorFlow's start-up lines stay out of the check's output; real warnings pass
     print(json.dumps(trial(json.loads(sys.argv[1]))), flush=True)

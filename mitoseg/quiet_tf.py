@@ -34,6 +34,11 @@ KNOWN_NOISE = [re.compile(p) for p in (
     r"^.*TF-TRT Warning: Could not find TensorRT$",
 )]
 ENV_OFF = "MITOSEG_TF_STARTUP_LOG"
+# TensorFlow's own C++ log level, for the lines that come after the start-up: a cell's processes drop
+# INFO and WARNING (errors stay in its log); the pre-flight trial, whose stdout is parsed, errors too.
+LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
+CELL_LOG_LEVEL = "2"
+TRIAL_LOG_LEVEL = "3"
 
 
 def is_noise(line: str) -> bool:
@@ -100,7 +105,7 @@ _FINDER = _QuietFinder()
 
 def install() -> None:
     """Quiet the first `import tensorflow` of this process (directly or through keras)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")   # later C++ INFO/WARNING lines too
+    os.environ.setdefault(LOG_LEVEL_VAR, CELL_LOG_LEVEL)   # later C++ INFO/WARNING lines too
     if "tensorflow" in sys.modules or os.environ.get(ENV_OFF) == "1" or _FINDER in sys.meta_path:
         return
     sys.meta_path.insert(0, _FINDER)

@@ -10,13 +10,13 @@ import os
 
 import numpy as np
 
-from . import metrics, resume
+from . import metrics, quiet_tf, resume
 from .config import TrainConfig
 
 
 def start_keras() -> None:
     """Import Keras, with TensorFlow's C++ start-up lines kept out of the cell's log."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.CELL_LOG_LEVEL)
     import keras  # noqa: F401 - imported here, before anything else of the cell touches TensorFlow
 
 

@@ -30,6 +30,7 @@ from typing import Optional
 
 from . import grid as G
 from . import launcher as L
+from . import quiet_tf
 from .console import fmt_duration
 from .input_error import DataError
 from .study_dir import base_grid
@@ -55,7 +56,7 @@ def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEO
     """Run the pre-flight trial through the launcher the cells use. (result or None, where / why)."""
     prefix, _ = L.launcher(environ, binds=L.study_binds(grid.fixed.get("data_dir")))
     cmd = [*prefix, "-m", "mitoseg.preflight", json.dumps(grid.to_dict())]
-    env = {**(os.environ if environ is None else environ), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {**(os.environ if environ is None else environ), quiet_tf.LOG_LEVEL_VAR: quiet_tf.TRIAL_LOG_LEVEL}
     try:   # stderr (progress, tracebacks) goes to the user's terminal / job log as it happens
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=str(L.REPO_DIR), env=env)
     except (OSError, subprocess.SubprocessError) as err:

@@ -71,11 +71,12 @@ def check_model_file(path) -> None:
 def load_trained_model(path):
     path = Path(path)
     check_model_file(path)
+    from mitoseg.input_error import first_line
     from mitoseg.models import load_model
     try:
         return load_model(path)
     except Exception as err:  # keras raises many types for bad files
-        text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        text = first_line(err) or type(err).__name__
         raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
 
 

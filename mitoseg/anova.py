@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
+from .input_error import first_line
 from .stats import FACTORS, finite
 
 ALPHA = 0.05
@@ -85,7 +86,7 @@ def factorial_anova(ok: pd.DataFrame, factors: list, value: str = "score") -> di
             model = ols("y ~ " + " * ".join(terms), data=data).fit()
             table = anova_lm(model, typ=2)
     except Exception as err:  # noqa: BLE001 - statsmodels raises many kinds; report in words
-        res["reason"] = f"statsmodels could not fit the model ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+        res["reason"] = f"statsmodels could not fit the model ({type(err).__name__}: {first_line(err)[:120]})"
         return res
     rename = {f"C(f{i})": FACTORS.get(f, f) for i, f in enumerate(factors)}
     rows = []

@@ -15,6 +15,7 @@ import numpy as np
 from .cell_log import log
 from .checks import degenerate_reason
 from .config import TrainConfig
+from .input_error import first_line
 from .paths import ExperimentPaths
 from .results import empty_record, save_results
 from .status import FAILED, INTERRUPTED, OK
@@ -46,7 +47,7 @@ def record_failure(record: dict, err: BaseException, paths: ExperimentPaths) -> 
         record.update(status=INTERRUPTED, error="KeyboardInterrupt")
         return
     kind = type(err).__name__
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = first_line(err)
     disk = isinstance(err, OSError) and err.errno in _DISK_ERRNOS
     if disk and not err.filename:   # Keras' save errors do not name the file: name the folder
         text += f" (writing into {paths.exp_dir})"

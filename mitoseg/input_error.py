@@ -1,4 +1,4 @@
-"""`DataError`, the one exception type of bad input, and the one-line form every input module gives it.
+"""`DataError`, the one exception type of bad input, and the one-line forms of error messages.
 
 Its message is one line naming the file (or folder) and the problem, because these messages end up
 in scheduler logs, where a traceback from deep inside tifffile tells a user nothing. Raised by
@@ -15,6 +15,12 @@ def one_line(text, limit=200) -> str:
     """Collapse a (library) message to one short line, so DataError stays one line."""
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message ("" for none): what one-line error reports quote."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def data_error(where, problem) -> DataError:

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import quiet_tf
 from .environment import PACKAGES, package_version
+from .input_error import first_line
 
 
 def package_versions() -> dict:
@@ -52,8 +53,7 @@ def _log(message: str) -> None:
 
 
 def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    return f"{type(err).__name__}: {text}"[:300]
+    return f"{type(err).__name__}: {first_line(err)}"[:300]
 
 
 def _peak_memory(gpus: list) -> dict:

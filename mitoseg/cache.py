@@ -37,8 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Volume, dataset_files
-from .input_error import DataError
+from .data import Volume, source_files
 
 
 FORMAT_VERSION = 2   # 2: images scaled by their values (scaling.image_scaling), scaling recorded
@@ -55,22 +54,6 @@ def _default_log(message: str) -> None:
 
 
 # --- keys and sources --------------------------------------------------------------------------------
-def source_files(data_dir) -> list[dict]:
-    """Fingerprint of what `data.load_dataset(data_dir)` reads: each file (path as read, the file it
-    resolves to through symlinked files or folders, size, mtime_ns), in reading order. A folder whose
-    layout cannot be read gives [] (loading it then raises its DataError)."""
-    try:
-        files = dataset_files(data_dir)
-    except DataError:
-        return []
-    found = []
-    for path in files:
-        st = path.stat()   # follows symlinks: the file that is read
-        found.append({"path": str(path), "real": os.path.realpath(path), "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns})
-    return found
-
-
 # The modules whose code decides the arrays prepared from the built-in synthetic data: the generator,
 # the scaling and the Volume it becomes, the split and tiling of the patch entries, and the cell-level
 # assembly of both (cell_data.py: test hold-out, patch arrays, channels). A module left

@@ -1,9 +1,9 @@
 """Input data for mitochondria segmentation: find, read and validate the training (and test) stacks.
 
-Owns the two on-disk layouts (see `load_dataset`, `dataset_files`), reading TIFF/PNG files as
-(z, y, x) stacks, pairing images with masks, and the `Volume` they become; bad input is a
-`DataError` (mitoseg.input_error).
-Grey values are scaled by `mitoseg.scaling`. Everything is plain numpy (no TensorFlow), so it can be
+Owns the two on-disk layouts (see `load_dataset`, `dataset_files`, and `source_files`, the
+fingerprint of the files a dataset is read from), reading TIFF/PNG files as (z, y, x) stacks,
+pairing images with masks, and the `Volume` they become; bad input is a `DataError`
+(mitoseg.input_error). Grey values are scaled by `mitoseg.scaling`. Everything is plain numpy (no TensorFlow), so it can be
 imported and tested cheaply on a login node. The layouts:
 
 * EPFL/Lucchi stacks: ``training.tif`` + ``training_groundtruth.tif`` (z, y, x), optionally
@@ -18,6 +18,7 @@ traceback from deep inside tifffile tells a user nothing.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -287,6 +288,22 @@ def dataset_files(data_dir) -> list[Path]:
             files += [part] if kind == "stack" else [part / name for name in
                                                      sorted(p.name for p in _list_images(part).values())]
     return files
+
+
+def source_files(data_dir) -> list[dict]:
+    """Fingerprint of what `load_dataset(data_dir)` reads: each file (path as read, the file it
+    resolves to through symlinked files or folders, size, mtime_ns), in reading order. A folder whose
+    layout cannot be read gives [] (loading it then raises its DataError)."""
+    try:
+        files = dataset_files(data_dir)
+    except DataError:
+        return []
+    found = []
+    for path in files:
+        st = path.stat()   # follows symlinks: the file that is read
+        found.append({"path": str(path), "real": os.path.realpath(path), "size": st.st_size,
+                      "mtime_ns": st.st_mtime_ns})
+    return found
 
 
 def load_dataset(data_dir):

@@ -49,7 +49,7 @@ def data_fingerprint(data_dir: Optional[str]) -> Optional[dict]:
     """{"files": n, "sha256": ...} over what the loader reads in data_dir; None for the synthetic data."""
     if data_dir is None:
         return None
-    from .cache import source_files
+    from .data import source_files   # numpy: imported only when a data folder is fingerprinted
     files = [{k: f[k] for k in ("real", "size", "mtime_ns")} for f in source_files(data_dir)]
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     return {"files": len(files), "sha256": digest}

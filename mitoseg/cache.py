@@ -37,7 +37,8 @@ from typing import Callable
 
 import numpy as np
 
-from .data import Volume, source_files
+from .data import Volume
+from .layout import source_files
 
 
 FORMAT_VERSION = 2   # 2: images scaled by their values (scaling.image_scaling), scaling recorded

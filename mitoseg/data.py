@@ -1,25 +1,17 @@
-"""Input data for mitochondria segmentation: find, read and validate the training (and test) stacks.
+"""Input data for mitochondria segmentation: read and validate the training (and test) data.
 
-Owns the two on-disk layouts (see `load_dataset`, `dataset_files`, and `source_files`, the
-fingerprint of the files a dataset is read from), reading TIFF/PNG files as (z, y, x) stacks,
-pairing images with masks, and the `Volume` they become; bad input is a `DataError`
-(mitoseg.input_error). Grey values are scaled by `mitoseg.scaling`. Everything is plain numpy (no TensorFlow), so it can be
-imported and tested cheaply on a login node. The layouts:
+Owns reading TIFF/PNG files as (z, y, x) stacks, pairing images with masks, the checks of what was
+read, and the `Volume` the data become (`load_dataset`). Which files a folder's data are (the two
+layouts, `dataset_files`, `source_files`) is mitoseg/layout.py; grey values are scaled by
+mitoseg/scaling.py. Plain numpy (no TensorFlow), so it can be imported and tested cheaply.
 
-* EPFL/Lucchi stacks: ``training.tif`` + ``training_groundtruth.tif`` (z, y, x), optionally
-  ``testing.tif`` + ``testing_groundtruth.tif``;
-* folders of 2D slices: ``images/`` + ``masks/`` paired by file stem, optionally
-  ``test_images/`` + ``test_masks/``.
-
-Every problem with the input is raised as `DataError` whose message is one line naming the
-file (or folder) and the problem, because these messages end up in scheduler logs where a
-traceback from deep inside tifffile tells a user nothing.
+Every problem with the input is raised as a `DataError` (mitoseg.input_error) whose message is one
+line naming the file (or folder) and the problem, because these messages end up in scheduler logs
+where a traceback from deep inside tifffile tells a user nothing.
 """
 from __future__ import annotations
 
 import logging
-import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,11 +19,9 @@ from typing import Optional
 import numpy as np
 
 from .input_error import DataError, data_error, one_line
+from .layout import detect_layout, list_images, natural_key
 from .scaling import apply_scaling, common_scaling, image_scaling, scale_mask
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
-_EXPECTED_LAYOUT = ("expected training.tif + training_groundtruth.tif (or .tiff), "
-                    "or images/ + masks/ folders")
 
 
 @dataclass
@@ -167,26 +157,6 @@ def load_stack_pair(image_path, mask_path, reference: Optional[dict] = None,
                   source=f"{image_path} + {mask_path}", scaling={**scaling, "file": str(image_path)})
 
 
-def _natural_key(stem: str):
-    # "slice_2" before "slice_10": slices are ordered by z, and split_slices relies on that order.
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", stem)]
-
-
-def _list_images(folder: Path) -> dict:
-    if not folder.is_dir():
-        raise data_error(folder, "folder not found")
-    by_stem = {}
-    for p in folder.iterdir():
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
-            if p.stem in by_stem:
-                raise data_error(folder, f"two files share the stem '{p.stem}' "
-                                         f"({by_stem[p.stem].name}, {p.name})")
-            by_stem[p.stem] = p
-    if not by_stem:
-        raise data_error(folder, f"no image files ({', '.join(IMAGE_SUFFIXES)}) found")
-    return by_stem
-
-
 def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
                       reference_name: str = "the training images") -> Volume:
     """Load 2D slices from two folders, pairing image and mask by file stem.
@@ -197,7 +167,7 @@ def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
     so every file must share one dtype.
     """
     images_dir, masks_dir = Path(images_dir), Path(masks_dir)
-    imgs, masks = _list_images(images_dir), _list_images(masks_dir)
+    imgs, masks = list_images(images_dir), list_images(masks_dir)
     no_mask, no_img = sorted(set(imgs) - set(masks)), sorted(set(masks) - set(imgs))
     if no_mask or no_img:
         def few(names):
@@ -206,7 +176,7 @@ def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
         raise data_error(images_dir, f"unpaired files vs {masks_dir}: {len(no_mask)} images without "
                                      f"mask ({few(no_mask)}); {len(no_img)} masks without image "
                                      f"({few(no_img)})")
-    stems = sorted(imgs, key=_natural_key)
+    stems = sorted(imgs, key=natural_key)
     image_slices, mask_slices, first = [], [], None
     for stem in stems:
         img, mask = _read_image(imgs[stem]), _read_image(masks[stem], what="mask")
@@ -235,15 +205,6 @@ def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
                   scaling={**scaling, "file": str(images_dir)})
 
 
-def _find_file(folder: Path, stem: str):
-    """Case-insensitive lookup of <stem>.tif / <stem>.tiff in folder (None if absent)."""
-    for suffix in (".tif", ".tiff"):
-        for p in folder.iterdir():
-            if p.is_file() and p.name.lower() == stem + suffix:
-                return p
-    return None
-
-
 def _load_optional_pair(data_dir: Path, image, mask, loader, what, reference=None):
     """Load a pair if both exist; None if neither; DataError if only one (likely a mistake)."""
     if image is None and mask is None:
@@ -262,54 +223,10 @@ def _check_slices(train: Volume, where) -> None:
                                 "(training and validation are separate slices)")
 
 
-def _layout(data_dir: Path):
-    """("stack" | "folders", (train image, train mask), (test image, test mask)) as `load_dataset` reads
-    them (entries None when absent): the one home of the layout rules (also used by `dataset_files`)."""
-    if data_dir.is_file():
-        raise data_error(data_dir, f"is a file, not a data folder; give the folder that holds it ({_EXPECTED_LAYOUT})")
-    if not data_dir.is_dir():
-        raise data_error(data_dir, f"data folder not found ({_EXPECTED_LAYOUT})")
-    sub = lambda name: data_dir / name if (data_dir / name).is_dir() else None
-    stack = (_find_file(data_dir, "training"), _find_file(data_dir, "training_groundtruth"))
-    if any(stack):  # stacks take precedence: they are the canonical EPFL/Lucchi format
-        return "stack", stack, (_find_file(data_dir, "testing"), _find_file(data_dir, "testing_groundtruth"))
-    folders = (sub("images"), sub("masks"))
-    if any(folders):
-        return "folders", folders, (sub("test_images"), sub("test_masks"))
-    raise data_error(data_dir, f"no recognised dataset layout; {_EXPECTED_LAYOUT}")
-
-
-def dataset_files(data_dir) -> list[Path]:
-    """Every file `load_dataset(data_dir)` reads (through symlinked files and folders alike)."""
-    kind, train, test = _layout(Path(data_dir))
-    files = []
-    for part in (*train, *test):
-        if part is not None:
-            files += [part] if kind == "stack" else [part / name for name in
-                                                     sorted(p.name for p in _list_images(part).values())]
-    return files
-
-
-def source_files(data_dir) -> list[dict]:
-    """Fingerprint of what `load_dataset(data_dir)` reads: each file (path as read, the file it
-    resolves to through symlinked files or folders, size, mtime_ns), in reading order. A folder whose
-    layout cannot be read gives [] (loading it then raises its DataError)."""
-    try:
-        files = dataset_files(data_dir)
-    except DataError:
-        return []
-    found = []
-    for path in files:
-        st = path.stat()   # follows symlinks: the file that is read
-        found.append({"path": str(path), "real": os.path.realpath(path), "size": st.st_size,
-                      "mtime_ns": st.st_mtime_ns})
-    return found
-
-
 def load_dataset(data_dir):
     """Auto-detect the layout of data_dir and return (train Volume, test Volume or None)."""
     data_dir = Path(data_dir)
-    kind, train_pair, test_pair = _layout(data_dir)
+    kind, train_pair, test_pair = detect_layout(data_dir)
     if kind == "stack":
         train = _load_optional_pair(data_dir, *train_pair, load_stack_pair,
                                     ("training.tif", "training_groundtruth.tif"))

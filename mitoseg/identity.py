@@ -10,8 +10,8 @@ for the settings and data it was trained with.
 * `check_study`: every finished exp_ folder of a study against its grid_config.json (run before a local
   run or a submission: a hand-edited grid cannot mix cells of different settings in one comparison).
 
-Standard library only at import time (array elements run `check_study` on the host Python); the
-fingerprint imports mitoseg.cache lazily. Results written before these fields existed still load: a
+Standard library only (array elements and `run_study.py submit` run `check_study` on the host
+Python; the fingerprint lists files with mitoseg.layout, which reads no pixel). Results written before these fields existed still load: a
 record without a fingerprint is compared on its config alone.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 
 from . import grid as G
 from .config import TrainConfig
+from .layout import source_files
 from .paths import ExperimentPaths, StudyPaths
 from .results import ResultsError, load_results
 from .status import DONE_STATUSES
@@ -49,7 +50,6 @@ def data_fingerprint(data_dir: Optional[str]) -> Optional[dict]:
     """{"files": n, "sha256": ...} over what the loader reads in data_dir; None for the synthetic data."""
     if data_dir is None:
         return None
-    from .data import source_files   # numpy: imported only when a data folder is fingerprinted
     files = [{k: f[k] for k in ("real", "size", "mtime_ns")} for f in source_files(data_dir)]
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     return {"files": len(files), "sha256": digest}

@@ -274,7 +274,7 @@ def test_bad_flag_values_name_the_flag(tmp_path, args, expected):
 
 # --- the cache fingerprints what is read ----------------------------------------------------------------
 def test_cache_follows_symlinked_folders(tmp_path, em):
-    from mitoseg.data import source_files
+    from mitoseg.layout import source_files
     from mitoseg.config import TrainConfig
     from mitoseg.cell_data import load_cell_data
     images, masks = em

@@ -2,6 +2,7 @@
 functions of at most 80, no sys.path edits, no private attributes of other libraries, and the
 status words and study file names defined in one place each (mitoseg/status.py, mitoseg/paths.py)."""
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -133,7 +134,7 @@ def test_study_file_names_are_spelled_only_in_mitoseg_paths(trees):
 STDLIB_ONLY = ["mitoseg.paths", "mitoseg.status", "mitoseg.config", "mitoseg.grid", "mitoseg.results",
                "mitoseg.identity", "mitoseg.io_utils", "mitoseg.cli_args", "mitoseg.scheduler", "mitoseg.launcher",
                "mitoseg.study_dir", "mitoseg.runner", "mitoseg.console", "mitoseg.verify", "mitoseg.multi_cell",
-               "mitoseg.study_status", "mitoseg.confirm", "run_study", "train_one"]
+               "mitoseg.study_status", "mitoseg.confirm", "mitoseg.layout", "run_study", "train_one"]
 BLOCK = '''
 import importlib, sys
 class Block:
@@ -152,3 +153,15 @@ def test_the_login_node_side_imports_with_the_standard_library_alone():
     import sys
     proc = subprocess.run([sys.executable, "-c", BLOCK, *STDLIB_ONLY], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_a_finished_cells_data_fingerprint_needs_no_numpy(tmp_path):
+    """`run_study.py submit` and every element fingerprint the data of finished cells on the host Python."""
+    import subprocess
+    import sys
+    (tmp_path / "training.tif").write_bytes(b"not read")
+    (tmp_path / "training_groundtruth.tif").write_bytes(b"not read either")
+    call = BLOCK + "import os; print(importlib.import_module('mitoseg.identity').data_fingerprint(os.environ['DATA']))\n"
+    proc = subprocess.run([sys.executable, "-c", call, "mitoseg.identity"], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "DATA": str(tmp_path)})
+    assert proc.returncode == 0 and "'files': 2" in proc.stdout, proc.stderr[-2000:]

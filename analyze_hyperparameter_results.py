@@ -27,14 +27,15 @@ def main(argv=None) -> int:
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
     from mitoseg.analysis import run_analysis
+    from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK
     from mitoseg.summary import SummaryError
     try:
         run_analysis(args.study_dir, args.summary_file, args.output_dir, args.baseline_summary,
                      figures=not args.no_figures)
     except SummaryError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ from mitoseg import grid as G
 from mitoseg import runner as R
 from mitoseg.cli_args import OneLineParser, positive_int
 from mitoseg.console import fmt_duration, results_table
-from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, submit_study
+from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
 from mitoseg.study_dir import base_grid, create_new_study_dir
-from mitoseg.status import BUSY, DONE_STATUSES
+from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 
 def _grid_args(p):
@@ -146,7 +146,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
            f"training wall time {fmt_duration(time.monotonic() - t0)}")
     code = 1 if failed else 0
     if analysis:
-        acode = R.run_analysis(study, log=_print)
+        acode = R.run_analysis_script(study, log=_print)
         if acode != 0:
             _print(f"warning: the analysis exited {acode}")
             code = code or acode
@@ -182,8 +182,8 @@ def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=F
     except ValueError as err:
         _print(f"error: {err}")
         if analysis:
-            R.run_analysis(study, log=_print)
-        return 2
+            R.run_analysis_script(study, log=_print)
+        return EXIT_BAD_INPUT
     _print("\n" + C.describe(plan))
     return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis)
 
@@ -202,10 +202,10 @@ def cmd_confirm(args) -> int:
     plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
-    ids = submit_study(study, grid, C.scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
+    ids = submit_study(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
                        dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index))
     _print(f"follow it with: python run_study.py status --study-dir {study}")
-    return 0 if ids["array"] or args.dry_run else 1
+    return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
 
 
 def cmd_status(args) -> int:
@@ -214,20 +214,20 @@ def cmd_status(args) -> int:
     report = R.report_path(args.study_dir)
     if report:
         _print(f"report: {report}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_submit(args) -> int:
     scheduler = args.scheduler or detect_scheduler()
     if scheduler is None:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
-        return 2
+        return EXIT_BAD_INPUT
     study, grid = _open_study(args, args.root)
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)
     ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
     _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
-    return 0 if ids["array"] or args.dry_run else 1
+    return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
 
 
 def main(argv=None) -> int:
@@ -243,7 +243,7 @@ def main(argv=None) -> int:
         if args.command == "status":
             return cmd_status(args)
         if args.command == "analyze":
-            return R.run_analysis(args.study_dir, log=_print)
+            return R.run_analysis_script(args.study_dir, log=_print)
         if args.command == "submit":
             return cmd_submit(args)
         if args.command == "confirm":
@@ -256,8 +256,8 @@ def main(argv=None) -> int:
             return verify.main(args)
     except (ValueError, RuntimeError, OSError) as err:
         _print(f"error: {err}")
-        return 2
-    return 2
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 from . import grid as G
 from .io_utils import atomic_write_text
@@ -132,12 +132,3 @@ def describe(plan: dict) -> str:
         lines.append(f"  {c['architecture']} lr {c['learning_rate']:g} batch {c['batch_size']} (rank {c['rank']}, "
                      f"validation IoU {c['val_iou_mean']:.3f} over {c['n_runs']} grid run(s))")
     return "\n".join(lines)
-
-
-def scheduler_name(choice: str) -> str:
-    """--scheduler pbs -> pbspro or torque as detected (pbspro when qsub is absent, e.g. --dry-run)."""
-    if choice != "pbs":
-        return choice
-    from .scheduler import detect_scheduler
-    found = detect_scheduler()
-    return found if found in ("pbspro", "torque") else "pbspro"

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from .config import ARCHITECTURES, TrainConfig
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, cell_name
+from .status import EXIT_BAD_INPUT, EXIT_OK
 
 COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not saved into the study
 STAGES = ("grid", "confirm")
@@ -325,10 +326,10 @@ def list_grid(study_dir=None, grid_config=None, demo: bool = False, size_only: b
             grid = demo_grid() if demo else default_grid()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if size_only:
         print(grid.size)
-        return 0
+        return EXIT_OK
     print(f"{grid.size} cells: {len(grid.architectures)} architectures x {len(grid.learning_rates)} "
           f"learning rates x {len(grid.batch_sizes)} batch sizes x {len(grid.seeds)} seeds")
     print("fixed: " + json.dumps(grid.fixed, sort_keys=True))
@@ -341,7 +342,7 @@ def list_grid(study_dir=None, grid_config=None, demo: bool = False, size_only: b
               f"indices {extra[0].index}-{extra[-1].index}")
         for cell in extra:
             print(_cell_line(cell))
-    return 0
+    return EXIT_OK
 
 
 def main(argv=None) -> int:

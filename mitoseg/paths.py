@@ -3,7 +3,10 @@
 A study is a folder `hyperparameter_optimization_YYYYMMDD_HHMMSS/` holding `grid_config.json`
 (the resolved grid, written once), one `exp_*` folder per cell and the analysis outputs.
 `StudyPaths(study_dir)` names the study's files, `ExperimentPaths(exp_dir)` a cell's; the names
-of the cells themselves (`exp_04_UNet_lr0.0001_bs8`) are made and parsed here too.
+of the cells themselves (`exp_04_UNet_lr0.0001_bs8`) are made and parsed here too. Inside the two
+folders named here that hold entries of their own, the entries are named by their owners: the resume
+backup's (`ExperimentPaths.backup_dir`) by mitoseg/resume.py, the data cache's
+(`StudyPaths.cache_dir`) by mitoseg/cache.py.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Keep TensorFlow's start-up chatter out of the logs, and nothing else.
+"""Keep TensorFlow's start-up chatter out of the logs, and nothing else; also the one place that
+sets TensorFlow's own C++ log level (`LOG_LEVEL_VAR`) for a cell and for the pre-flight trial.
 
 TensorFlow 2.21 logs through absl before `TF_CPP_MIN_LOG_LEVEL` takes effect, so every process
 that imports it prints, on the C-level stderr, even with TF_CPP_MIN_LOG_LEVEL=3:

@@ -35,7 +35,7 @@ ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
 
 
 # --- cell state -----------------------------------------------------------------------------------
-def cell_record(study_dir, cell: G.Cell) -> Optional[dict]:
+def read_cell_record(study_dir, cell: G.Cell) -> Optional[dict]:
     path = StudyPaths(study_dir).exp(cell.name).results_json   # the cell's own file, as train_one.py reads it
     if not path.exists():
         return None
@@ -48,7 +48,7 @@ def cell_record(study_dir, cell: G.Cell) -> Optional[dict]:
 def cell_state(study_dir, cell: G.Cell) -> str:
     """ok | diverged | failed | interrupted (from the results JSON), started (files but no
     results: running, or killed hard), missing (nothing yet)."""
-    record = cell_record(study_dir, cell)
+    record = read_cell_record(study_dir, cell)
     if record is not None:
         return record["status"]
     return STARTED if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else MISSING
@@ -216,7 +216,7 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[
     for cell in chosen:
         state = cell_state(study_dir, cell)
         if state in DONE_STATUSES and not force:
-            rows[cell.index] = cell_row(cell, state, cell_record(study_dir, cell) or {}, "finished earlier, skipped")
+            rows[cell.index] = cell_row(cell, state, read_cell_record(study_dir, cell) or {}, "finished earlier, skipped")
         else:
             todo.append(cell)
     return rows, todo
@@ -237,7 +237,7 @@ def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float) -> dict
     log_file = StudyPaths(study_dir).local_log(cell.name)
     if code == EXIT_BUSY:
         return cell_row(cell, BUSY, {}, "another process is training it; not started here", seconds, code)
-    rec = cell_record(study_dir, cell) or {}
+    rec = read_cell_record(study_dir, cell) or {}
     state = rec.get("status") or (FAILED if code else cell_state(study_dir, cell))
     note = rec.get("error") or ("" if code in (0, None) else f"exit {code}; see {log_file}")
     if code and not rec:
@@ -293,7 +293,7 @@ def analysis_command(study_dir, python: Optional[list] = None) -> list[str]:
     return [*python, str(ANALYZE_SCRIPT), "--study-dir", str(study_dir)]
 
 
-def run_analysis(study_dir, log: Callable[[str], None] = print) -> int:
+def run_analysis_script(study_dir, log: Callable[[str], None] = print) -> int:
     """Run the analysis of a study; returns its exit code."""
     cmd = analysis_command(Path(study_dir).resolve())
     log("analysis: " + " ".join(shlex.quote(c) for c in cmd))

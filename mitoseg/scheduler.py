@@ -140,6 +140,14 @@ def detect_scheduler() -> Optional[str]:
     return None
 
 
+def scheduler_name(choice: str) -> str:
+    """--scheduler pbs -> pbspro or torque as detected (pbspro when qsub is absent, e.g. --dry-run)."""
+    if choice != "pbs":
+        return choice
+    found = detect_scheduler()
+    return found if found in ("pbspro", "torque") else "pbspro"
+
+
 def array_submit_command(scheduler: str, first: int, last: int, env_vars: str, extra_args: list[str]) -> list[str]:
     """The array job `first`-`last` of the job script, with `env_vars` ('A=1,B=2') exported."""
     if scheduler == "slurm":

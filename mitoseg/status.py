@@ -23,7 +23,7 @@ FINISHED = "finished"           # status: ok or diverged
 BUSY = "running elsewhere"      # train_one.py exited EXIT_BUSY: another process holds the cell's lock
 
 
-# train_one.py's exit codes (predict.py uses the first and the third too)
+# Exit codes: train_one.py's; the other scripts use EXIT_OK, EXIT_FAILED and EXIT_BAD_INPUT too
 EXIT_OK = 0            # finished: ok, or diverged (a result, not an accident)
 EXIT_FAILED = 1        # an exception: the failure is recorded in the results JSON
 EXIT_BAD_INPUT = 2     # a flag, a grid or the data was refused before anything was trained

@@ -56,8 +56,6 @@ class SummaryError(ValueError):
 @dataclass
 class StudyInventory:
     """What the study folder holds compared with what its grid expects."""
-    study_dir: Path
-    has_grid: bool
     expected: int                      # cells the grid expects (or rows found without a grid)
     counts: dict = field(default_factory=dict)   # status -> number of rows
     extra: list = field(default_factory=list)    # exp_ folders with results that the grid does not list
@@ -152,7 +150,7 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
     if not rows:
         raise SummaryError(f"{study_dir}: no cells at all (no {StudyPaths(study_dir).grid_config.name} and no exp_* folders)")
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    inventory = StudyInventory(study_dir, has_grid, expected if has_grid else len(rows),
+    inventory = StudyInventory(expected if has_grid else len(rows),
                                df["status"].value_counts().to_dict(), extra if has_grid else [],
                                int((df["stage"] == "confirm").sum()))
     return df, inventory

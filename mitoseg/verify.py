@@ -35,6 +35,7 @@ from .console import fmt_duration
 from .input_error import DataError
 from .study_dir import base_grid
 from .config import TrainConfig
+from .status import EXIT_FAILED, EXIT_OK
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 FOREGROUND_RANGE = (0.005, 0.5)
@@ -358,7 +359,7 @@ def main(args) -> int:
     value_rows = check_grid_values(args.grid_config, args.data_dir, args.demo)
     if any(r.status == FAIL for r in value_rows):
         print(format_table(value_rows), flush=True)
-        return 1
+        return EXIT_FAILED
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     print(f"Verifying the setup for a study of {grid.size} cells (fixed settings: {json.dumps(grid.fixed, sort_keys=True)})",
           flush=True)
@@ -366,5 +367,5 @@ def main(args) -> int:
                       env_probe=not args.skip_env_probe)
     rows = value_rows + rows
     print(format_table(rows), flush=True)
-    return 1 if any(r.status == FAIL for r in rows) else 0
+    return EXIT_FAILED if any(r.status == FAIL for r in rows) else EXIT_OK
 

@@ -277,11 +277,10 @@ def study_cells(study_dir, grid: GridConfig) -> list[Cell]:
 
 
 def study_cell_at(study_dir, grid: GridConfig, index: int) -> Cell:
-    """The cell of a study at an array index: a grid cell below grid.size, else a confirmation cell
-    (study_dir None: the grid's cells only)."""
+    """The cell of a study at an array index: a grid cell below grid.size, else a confirmation cell."""
     if 0 <= index < grid.size:
         return cells(grid)[index]
-    extra = confirm_cells(study_dir) if study_dir is not None else []
+    extra = confirm_cells(study_dir)
     for cell in extra:
         if cell.index == index:
             return cell

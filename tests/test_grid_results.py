@@ -25,11 +25,11 @@ def test_seeds_multiply_the_grid_and_appear_in_names():
                                                "exp_02_UNet_lr0.001_bs8_seed3"]
 
 
-def test_cell_at_rejects_out_of_range():
+def test_cell_at_rejects_out_of_range(tmp_path):   # a study folder without a confirmation stage
     with pytest.raises(ValueError, match="outside the grid"):
-        G.study_cell_at(None, G.default_grid(), 36)
+        G.study_cell_at(tmp_path, G.default_grid(), 36)
     with pytest.raises(ValueError, match="outside the grid"):
-        G.study_cell_at(None, G.default_grid(), -1)
+        G.study_cell_at(tmp_path, G.default_grid(), -1)
 
 
 @pytest.mark.parametrize("var", ["PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID"])
@@ -42,7 +42,7 @@ def test_index_from_each_scheduler(var):
 
 def test_cell_config_carries_fixed_settings():
     grid = G.demo_grid()
-    config = G.study_cell_at(None, grid, 1).train_config(grid)
+    config = G.cells(grid)[1].train_config(grid)
     assert config.epochs == grid.fixed["epochs"] and config.task_index == 1
     config.validate()
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env python
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py local --demo               # CPU demo: 12 tiny cells, 9 confirmation runs, analysis
+    python run_study.py local --demo               # CPU demo: 12 tiny cells, 12 confirmation runs, analysis
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
-    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N [--confirm-folds K]]
     python run_study.py status --study-dir D
     python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
-    python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]
+    python run_study.py confirm --study-dir D --seeds N [--folds K] [--sesoi X] [--top T] [--scheduler local|pbs|slurm]
     python run_study.py analyze --study-dir D
     python run_study.py verify [--grid-config G.json] [--data-dir DATA]
     python run_study.py element [--task-index N]    # what the job scripts run (one array element)
@@ -65,12 +65,19 @@ def build_parser():
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
     s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
                    f"fresh seeds per architecture's winner (default 0; --demo: {C.DEMO_CONFIRM_SEEDS})")
+    s.add_argument("--confirm-folds", type=positive_int, help="folds of the data split the confirmation runs each "
+                   f"seed on (default 1; --demo: {C.DEMO_CONFIRM_FOLDS})")
 
     s = sub.add_parser("confirm", help="rerun each architecture's validation-selected configuration(s) with fresh "
                                        "seeds, then compare the architectures on the test set")
     s.add_argument("--study-dir", required=True, help="a study whose grid has finished")
     s.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
     s.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
+    s.add_argument("--folds", type=positive_int, default=1,
+                   help="folds of the data split per seed: each moves the validation block (and a held-out test "
+                        "block) to another part of the stack (default 1: the grid's split)")
+    s.add_argument("--sesoi", type=float, default=0.01, help="the smallest IoU difference that matters, recorded in the "
+                   "plan for the comparison (default 0.01)")
     s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
                    help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
     s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
@@ -159,26 +166,29 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
 
 def cmd_local(args) -> int:
     t0 = time.monotonic()
+    seeds = args.confirm_seeds if args.confirm_seeds is not None else (C.DEMO_CONFIRM_SEEDS if args.demo else 0)
+    folds = args.confirm_folds or (C.DEMO_CONFIRM_FOLDS if args.demo else 1)
+    if args.confirm_folds and not seeds:
+        raise ValueError("--confirm-folds needs --confirm-seeds N (the confirmation stage whose runs it splits)")
     study, grid = _open_study(args, args.root or ("demo_study" if args.demo else "."))
     chosen = R.select_cells(grid, args.cells, args.arch)
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     jobs = args.jobs or (2 if args.demo else 1)
-    seeds = args.confirm_seeds if args.confirm_seeds is not None else (C.DEMO_CONFIRM_SEEDS if args.demo else 0)
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)
     if seeds:
-        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis) or code
+        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds) or code
     if args.demo:
         _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
 
 
-def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False) -> int:
+def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False, folds=1, sesoi=0.01) -> int:
     """Plan (or reuse) the confirmation stage and train its cells here, then the analysis."""
     try:
-        plan = C.plan_confirmation(study, seeds, top, allow_incomplete, log=_print)
+        plan = C.plan_confirmation(study, seeds, top, folds, sesoi, allow_incomplete, log=_print)
     except ValueError as err:
         _print(f"error: {err}")
         if analysis:
@@ -198,8 +208,8 @@ def cmd_confirm(args) -> int:
     grid = G.load_study_grid(study)
     if args.scheduler == "local":
         return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
-                                args.allow_incomplete)
-    plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
+                                args.allow_incomplete, args.folds, args.sesoi)
+    plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
     ids = submit_study(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), log=_print,

@@ -32,16 +32,31 @@ def _fold0_blocks(n: int, val_fraction, val_position, test_fraction, source) -> 
     return blocks
 
 
-def _fold_shifts(n: int, blocks: dict, n_folds: int) -> "list[int] | None":
-    """Cyclic shifts of fold 0's blocks, one per fold: about k/K of the stack for fold k, the nearest
-    shift at which no block is cut by the stack's end. None when two folds' blocks of one kind overlap."""
+def _fold_shifts(n: int, blocks: dict, n_folds: int, budget: int = 20000) -> "list[int] | None":
+    """Cyclic shifts of fold 0's blocks, one per fold: for fold k the shift nearest to k/K of the stack at
+    which no block is cut by the stack's end and no block overlaps another fold's block of its kind
+    (a depth-first search in that order, given up after `budget` steps). None when none is found."""
     fits = [s for s in range(n) if all((a + s) % n + length <= n for a, length in blocks.values())]
-    shifts = [min(fits, key=lambda s: (abs(s * n_folds - k * n), s)) for k in range(n_folds)]
-    for a, length in blocks.values():
-        covered = [(a + s) % n + i for s in shifts for i in range(length)]
-        if len(set(covered)) < len(covered):
-            return None
-    return shifts
+
+    def apart(s, t):
+        return all(abs((a + s) % n - (a + t) % n) >= length for a, length in blocks.values())
+
+    steps = [budget]
+
+    def search(chosen):
+        k = len(chosen)
+        if k == n_folds:
+            return chosen
+        for s in sorted(fits, key=lambda s: (abs(s * n_folds - k * n), s)):
+            steps[0] -= 1
+            if steps[0] < 0:
+                return None
+            if all(apart(s, t) for t in chosen):
+                found = search(chosen + [s])
+                if found:
+                    return found
+        return None
+    return search([0])
 
 
 def fold_split(n_slices, val_fraction=0.1, val_position="end", test_fraction=0.0, fold=0, n_folds=1,
@@ -64,7 +79,9 @@ def fold_split(n_slices, val_fraction=0.1, val_position="end", test_fraction=0.0
     blocks = _fold0_blocks(n, val_fraction, val_position, test_fraction, source)
     shifts = _fold_shifts(n, blocks, n_folds)
     if shifts is None:
-        fit = max(k for k in range(1, n_folds) if _fold_shifts(n, blocks, k) is not None)
+        fit = 1
+        while fit + 1 < n_folds and _fold_shifts(n, blocks, fit + 1) is not None:
+            fit += 1
         sizes = " and ".join(f"{length} {kind}" for kind, (_, length) in sorted(blocks.items()))
         raise data_error(source, f"{n} slices cannot hold {n_folds} folds whose blocks ({sizes} slices) do "
                                          f"not overlap; at most {fit} fit (fewer folds, or a smaller fraction)")

@@ -95,11 +95,12 @@ def _check_request(seeds: int, top: int, folds: int, sesoi: float) -> None:
 
 def _check_same_plan(plan: dict, path, top: int, folds: int, sesoi: float) -> None:
     """A rerun must ask for what the plan fixed: a different --top, --folds or --sesoi is a new study."""
-    for flag, have, want in (("top", plan["top"], top), ("folds", plan["folds"], folds),
-                             ("sesoi", plan["sesoi"], sesoi)):
+    for flag, have, want in (("--top", plan["top"], top), ("--folds", plan["folds"], folds),
+                             ("--sesoi", plan["sesoi"], sesoi)):
         if have != want:
-            raise ValueError(f"{path} was planned with --{flag} {have:g}, not {want:g}; rerun with --{flag} {have:g} "
-                             f"(a different --{flag} is a new study)")
+            local = " (run_study.py local: --confirm-folds)" if flag == "--folds" else ""
+            raise ValueError(f"{path} was planned with {flag} {have:g}, not {want:g}; rerun with {flag} {have:g}{local}, "
+                             "or start a new study for another value")
 
 
 def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi: float = 0.01,

@@ -103,6 +103,26 @@ def _check_same_plan(plan: dict, path, top: int, folds: int, sesoi: float) -> No
                              "or start a new study for another value")
 
 
+def check_folds_fit(study_dir, grid: G.GridConfig, folds: int) -> None:
+    """ValueError (one line) when the study's data cannot hold `folds` non-overlapping folds, before any
+    cell is planned (each cell would fail alike). Reads the data through the study's cache."""
+    if folds == 1:
+        return
+    from .cell_data import load_cell_data
+    from .config import TrainConfig
+    from .input_error import DataError
+    from .patches import fold_split
+    config = TrainConfig.from_dict(dict(grid.fixed))
+    try:
+        train, test = load_cell_data(config, StudyPaths(study_dir).cache_dir)
+        held_out = train.val_slices is not None   # the test block is cut from the same stack and moves too
+        n = len(train.images) + (len(test.images) if held_out else 0)
+        fold_split(n, config.val_fraction, config.val_position, config.test_fraction if held_out else 0.0,
+                   0, folds, config.data_dir or "the built-in synthetic data")
+    except DataError as err:
+        raise ValueError(f"--folds {folds}: {err}") from None
+
+
 def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi: float = 0.01,
                       allow_incomplete: bool = False, log: Callable[[str], None] = print) -> dict:
     """Create (or reuse, or extend with more seeds) STUDY/confirm_config.json; returns the plan:
@@ -128,6 +148,7 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi
         log(f"confirmation plan extended by seeds {', '.join(map(str, new))}")
     else:
         selection, grid_rows = grid_selection(study_dir, top, allow_incomplete)
+        check_folds_fit(study_dir, grid, folds)
         for _, r in selection[selection["degenerate"]].iterrows():
             log(f"warning: {r['architecture']}: no grid run learned; confirming its best degenerate configuration")
         missing = sorted(set(grid.architectures) - set(selection["architecture"]))

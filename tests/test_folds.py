@@ -187,6 +187,29 @@ def test_plan_with_folds_and_sesoi(tmp_path):
             C.plan_confirmation(study, 3, log=quiet, **kw)
 
 
+def test_a_fold_count_the_data_cannot_hold_is_refused_before_planning(tmp_path):
+    study = make_study(tmp_path / "s", history=False, **GRID)
+    grid = G.load_study_grid(study)
+    grid.fixed.update(synthetic_slices=12, synthetic_size=64, val_fraction=0.25)
+    grid.save(StudyPaths(study).grid_config)
+    with pytest.raises(ValueError) as err:
+        C.plan_confirmation(study, 1, folds=5, log=quiet)
+    assert str(err.value) == ("--folds 5: the built-in synthetic data: 12 slices cannot hold 5 folds whose blocks "
+                              "(3 val slices) do not overlap; at most 4 fit (fewer folds, or a smaller fraction)")
+    assert not StudyPaths(study).confirm_config.exists()
+    assert len(C.plan_confirmation(study, 1, folds=4, log=quiet)["cells"]) == 8
+    # data without testing.tif: the whole stack (test block included) is what the folds share
+    from tests.fixtures_data import write_synthetic_dataset
+    data = write_synthetic_dataset(tmp_path / "data", n_slices=16, height=64, width=64, with_test=False)
+    study = make_study(tmp_path / "real", history=False, **GRID)
+    grid = G.load_study_grid(study)
+    grid.fixed.update(data_dir=str(data), test_fraction=0.25, val_fraction=0.2)
+    grid.save(StudyPaths(study).grid_config)
+    with pytest.raises(ValueError, match=f"--folds 5: {data}: 16 slices cannot hold 5 folds whose blocks \\(4 test "
+                                         "and 2 val slices\\) do not overlap; at most 4 fit"):
+        C.plan_confirmation(study, 1, folds=5, log=quiet)
+
+
 def test_a_version_1_plan_reads_as_one_fold_and_sesoi_0_01(tmp_path):
     study = _study(tmp_path)
     add_confirmation(study, 2, val_fn=lambda c: 0.8, test_fn=lambda c: 0.8)

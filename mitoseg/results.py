@@ -112,6 +112,8 @@ def validate_results(record: dict, source: str = "results") -> dict:
     if record["status"] not in STATUSES:
         raise ResultsError(f"{source}: status {record['status']!r} is not one of {', '.join(STATUSES)}")
     _validate_test_slices(record.get("test"), source, counts=version >= 3)
+    if not _is_count(record["config"].get("fold", 0)):   # the summary's fold column is read from here
+        raise ResultsError(f"{source}: config.fold must be an integer >= 0, got {record['config']['fold']!r}")
     return record
 
 

@@ -305,6 +305,8 @@ def test_results_schema_3_needs_the_counts_and_versions_1_and_2_still_load(tmp_p
                 {"tp": True, "fp": 3, "fn": 2}):
         with pytest.raises(ResultsError, match=r"test.slices\[0\] must have tp, fp and fn"):
             save_results(path, _record([{"name": "a", "iou": 0.5, "dice": 2 / 3, **bad}]))
+    with pytest.raises(ResultsError, match="config.fold must be an integer >= 0, got '1'"):
+        save_results(path, dict(_record(counted), config={"fold": "1"}))
     path.write_text(json.dumps(_record([{"name": "a", "iou": 0.5, "dice": 2 / 3}], version=2)))
     assert load_results(path)["schema_version"] == 2
     old = _record(None, version=1)

@@ -30,9 +30,10 @@ class ContainerError(RuntimeError):
     """A container was asked for and cannot be used: one line naming it. Never a fall-back to the host."""
 
 
-def container_runtime() -> Optional[str]:
+def container_runtime(environ=None) -> Optional[str]:
+    path = (os.environ if environ is None else environ).get("PATH")
     for name in ("apptainer", "singularity"):
-        exe = shutil.which(name)
+        exe = shutil.which(name, path=path)
         if exe:
             return exe
     return None
@@ -62,7 +63,7 @@ def container_choice(environ=None, site=None) -> tuple[Optional[str], str]:
     return None, f"no container set (${CONTAINER_ENV} empty, no site profile container)"
 
 
-def check_image(image: str, where: str, need_runtime: bool = True) -> str:
+def check_image(image: str, where: str, need_runtime: bool = True, environ=None) -> str:
     """The runtime that will run `image`; ContainerError when the image or a runtime is missing (no
     runtime and not `need_runtime`: the name `apptainer`, for a job whose module lines provide it)."""
     if not image.startswith(IMAGE_SCHEMES):
@@ -71,7 +72,7 @@ def check_image(image: str, where: str, need_runtime: bool = True) -> str:
             raise ContainerError(f"container {image} (from {where}) does not exist: not a .sif file, a sandbox "
                                  "folder or a docker:// / oras:// / library:// address; unset it to train with "
                                  "the host Python")
-    runtime = container_runtime()
+    runtime = container_runtime(environ)
     if not need_runtime:   # a job's module lines may put another one on PATH: looked up there, by name
         return os.path.basename(runtime) if runtime else "apptainer"
     if runtime is None:
@@ -91,7 +92,7 @@ def launcher(environ=None, binds: Iterable[str] = (), site=None, need_runtime: b
     image, where = container_choice(env, site)
     if not image:
         return [sys.executable], f"training with the host Python {sys.executable}: {where}"
-    runtime = check_image(image, where, need_runtime)
+    runtime = check_image(image, where, need_runtime, env)
     binds = list(binds) + [b for b in (site.binds if site is not None else []) if b not in binds]
     bind = ["--bind", ",".join(binds)] if binds else []
     prefix = [runtime, "exec", "--nv", *bind, image, env.get(CONTAINER_PYTHON_ENV, "python")]

@@ -173,7 +173,7 @@ def resource_options(site: SiteProfile, scheduler: str) -> list[str]:
     """CPUs, memory, GPUs and walltime of one array element (only what the profile sets)."""
     if scheduler == "slurm":
         out = [f"--cpus-per-task={site.cpus}"] * bool(site.cpus)
-        out += [f"--mem={memory_for('slurm', site.memory)}"] * bool(site.memory)
+        out += [f"--mem={memory_for('slurm', site.memory)}"] if site.memory else []
         if site.gpus is not None or site.gpu_type:
             n = SCRIPT_DEFAULTS["gpus"] if site.gpus is None else site.gpus
             out.append(f"--gres=gpu:{site.gpu_type + ':' if site.gpu_type else ''}{n}" if n else "--gres=none")

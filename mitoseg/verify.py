@@ -146,7 +146,7 @@ def check_container(environ=None, site: Optional[S.SiteProfile] = None) -> list[
         return [Row("container image", WARN, f"{where}: jobs train with the host Python "
                                              f"(e.g. export {L.CONTAINER_ENV}={L.EXAMPLE_CONTAINER})")]
     try:
-        runtime = L.check_image(image, where)
+        runtime = L.check_image(image, where, environ=environ)
     except L.ContainerError as err:
         return [Row("container image", FAIL, str(err))]
     path = Path(image).expanduser()
@@ -258,7 +258,7 @@ def check_array_ranges(grid: G.GridConfig, pbs_script=None, slurm_script=None) -
         else:
             has = f"{directive} {rng[0]}-{rng[1]}" if rng else f"no '{directive} 0-N' line"
             rows.append(Row(name, PASS, f"run_study.py submit sets the range 0-{grid.size - 1} itself; the script's "
-                                        f"{has} is used only by a plain qsub/sbatch of {Path(script).name}"))
+                                        f"{has} is used only by a plain {'qsub' if kind == 'pbs' else 'sbatch'} of it"))
     return rows
 
 

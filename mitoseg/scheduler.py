@@ -313,8 +313,10 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     study_dir = Path(study_dir).resolve()
     analysis_text = analysis_script_text(study_dir, grid, None, site)   # an unusable container: refused here
     first, last = indices or (0, array_size(grid.size, cells_per_gpu) - 1)
-    env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu}"
-    env_vars += f",{S.SITE_ENV}={site.path}" if site.path else ""
+    # The study fixes the grid and the data: a GRID_CONFIG/DATA_DIR of the login shell (exported with the
+    # rest of it) must neither replace nor contradict them in the elements.
+    env_vars = (f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu},GRID_CONFIG=,"
+                f"DATA_DIR={grid.fixed.get('data_dir') or ''}") + (f",{S.SITE_ENV}={site.path}" if site.path else "")
     script = array_job_script(scheduler, site, study_dir, write=False)
     cmd = array_submit_command(scheduler, first, last, env_vars, extra_args, site, study_dir, script)
     if dry_run:

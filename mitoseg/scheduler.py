@@ -180,7 +180,7 @@ def analysis_submit_command(scheduler: str, dependency: str, script: Path, study
     site = site or S.SiteProfile()
     log = StudyPaths.analysis_log(S.log_dir(site, StudyPaths(Path(study_dir).resolve()).logs), scheduler == "slurm")
     own = shlex.split(os.environ.get(ANALYSIS_ARGS_ENV[scheduler], _ANALYSIS_DEFAULTS[scheduler]))
-    opts = [*own, *S.common_options(site, scheduler), *(extra_args or [])]
+    opts = [*own, *S.common_options(site, scheduler), *S.without_array_options(extra_args or [], scheduler)]
     if scheduler == "slurm":
         return ["sbatch", "--parsable", f"--dependency={dependency}", "--kill-on-invalid-dep=yes",
                 "--job-name=mitoseg_analysis", f"--output={log}", f"--chdir={REPO_DIR}", *opts, str(script)]

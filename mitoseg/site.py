@@ -215,6 +215,29 @@ def parse_walltime(text: str) -> int:
     return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
 
 
+# Options of the array alone (its range, name and output files): never copied to the analysis job.
+_ARRAY_ONLY = {"slurm": ("--array", "-a", "--output", "-o", "--error", "-e", "--job-name", "-J"),
+               "pbspro": ("-J", "-o", "-e", "-N"), "torque": ("-t", "-o", "-e", "-N")}
+
+
+def without_array_options(args: list[str], scheduler: str) -> list[str]:
+    """The arguments given after `--` that also apply to the analysis job: all but the array's range,
+    job name and output files (`--output=X`, `-o X`, `-oX`, ...)."""
+    out, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in _ARRAY_ONLY[scheduler]:
+            skip = "=" not in arg     # the value is the next argument
+            continue
+        if any(arg.startswith(o) and not o.startswith("--") for o in _ARRAY_ONLY[scheduler]):
+            continue                  # -oFILE
+        out.append(arg)
+    return out
+
+
 def walltime_override(args: list[str], scheduler: str) -> Optional[str]:
     """The walltime among the arguments after `--` (Slurm `--time=X`/`--time X`/`-t X`, PBS
     `-l walltime=X` or inside another -l list), or None."""

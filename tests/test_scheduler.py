@@ -178,11 +178,14 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
                                        capture_output=True, text=True, check=True).stdout)
     assert [rec["environment"]["python"], rec["environment"]["packages"]["keras"],
             rec["environment"]["packages"]["tensorflow"]] == oldest
-    first = json.loads(calls.read_text().splitlines()[0])
+    runs = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert runs[0]["cmd"][1] == "-c" and runs[0]["image"] == str(image)   # the element's probe: python starts
+    assert "container python " in logs
+    first = runs[1]
     assert first["image"] == str(image) and first["nv"] and first["cmd"][1].endswith("train_one.py")
     assert str(study) in first["binds"] and str(data.resolve()) in first["binds"]
     _wait_for_analysis(slurm_cluster, study, array_id)
-    assert any("run_study.py" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[1:])
+    assert any("run_study.py" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[2:])
 def test_submit_with_a_site_profile_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     """A site profile for real: its resources, throttle (%1: one element at a time) and module line reach
     both jobs, the element logs land in STUDY/logs/, the arguments after `--` reach the analysis job too,

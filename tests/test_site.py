@@ -114,12 +114,15 @@ def test_options_per_scheduler():
 
 def test_the_analysis_job_gets_the_profile_its_env_args_and_the_dash_dash_args(tmp_path, monkeypatch):
     site = S.SiteProfile(queue="q", account="acc", cpus=16, walltime="09:00:00")
-    cmd = Sched.analysis_submit_command("slurm", "afterany:5", tmp_path / "run_analysis.sh", tmp_path, site, ["--qos=x"])
+    dash_dash = ["--output=/x/%A_%a.out", "--qos=x", "--array", "0-3", "-J", "name"]
+    cmd = Sched.analysis_submit_command("slurm", "afterany:5", tmp_path / "run_analysis.sh", tmp_path, site, dash_dash)
     assert "--partition=q" in cmd and "--account=acc" in cmd and cmd[-2] == "--qos=x"
+    assert not {"--output=/x/%A_%a.out", "--array", "0-3", "-J", "name"} & set(cmd)   # the array's own options
     assert "--cpus-per-task=1" in cmd and "--cpus-per-task=16" not in cmd   # the cells' resources are not the analysis'
     assert f"--output={tmp_path / 'logs' / 'analysis_job_%j.log'}" in cmd
     monkeypatch.setenv("MITOSEG_ANALYSIS_QSUB_ARGS", "-l select=1:ncpus=2:mem=2gb -l walltime=00:10:00")
-    cmd = Sched.analysis_submit_command("pbspro", "afterany:5[]", tmp_path / "r.sh", tmp_path, site, ["-l", "place=excl"])
+    cmd = Sched.analysis_submit_command("pbspro", "afterany:5[]", tmp_path / "r.sh", tmp_path, site,
+                                        ["-o", "/x/", "-l", "place=excl"])
     assert "select=1:ncpus=2:mem=2gb" in cmd and "walltime=00:10:00" in cmd and "walltime=02:00:00" not in cmd
     assert cmd[-3:-1] == ["-l", "place=excl"] and cmd[cmd.index("-o") + 1] == str(tmp_path / "logs" / "analysis_job.log")
 

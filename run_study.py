@@ -260,6 +260,9 @@ def cmd_submit(args) -> int:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
         return EXIT_BAD_INPUT
     study, grid = (_planned_study if args.dry_run else _open_study)(args, args.root)
+    data, env_data = grid.fixed.get("data_dir"), os.environ.get("DATA_DIR")
+    from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
+    _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)
     ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run,

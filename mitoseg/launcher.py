@@ -12,6 +12,7 @@ import contextlib
 import os
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -39,9 +40,8 @@ def container_runtime(environ=None) -> Optional[str]:
     return None
 
 
-def study_binds(data_dir=None, study_dir=None, extra: Iterable[str] = ()) -> list[str]:
-    """Host folders a cell reads or writes: the code, the study, the data (and the site profile's
-    binds). Apptainer mounts only the home and current folders by default, so anything else (a
+def study_binds(data_dir=None, study_dir=None) -> list[str]:
+    """Host folders a cell reads or writes: the code, the study, the data. Apptainer mounts only the home and current folders by default, so anything else (a
     /scratch study, a /data stack) is invisible inside the container unless bound."""
     wanted = [REPO_DIR, study_dir, data_dir]
     out: list[str] = []
@@ -50,7 +50,7 @@ def study_binds(data_dir=None, study_dir=None, extra: Iterable[str] = ()) -> lis
             text = str(Path(path).resolve())
             if text not in out:
                 out.append(text)
-    return out + [b for b in extra if b not in out]
+    return out
 
 
 def container_choice(environ=None, site=None) -> tuple[Optional[str], str]:
@@ -65,7 +65,7 @@ def container_choice(environ=None, site=None) -> tuple[Optional[str], str]:
 
 def check_image(image: str, where: str, need_runtime: bool = True, environ=None) -> str:
     """The runtime that will run `image`; ContainerError when the image or a runtime is missing (no
-    runtime and not `need_runtime`: the name `apptainer`, for a job whose module lines provide it)."""
+    runtime and not `need_runtime`: a runtime's name, for a job whose module lines put it on PATH)."""
     if not image.startswith(IMAGE_SCHEMES):
         path = Path(image).expanduser()
         if not (path.is_file() or path.is_dir()):
@@ -102,7 +102,6 @@ def launcher(environ=None, binds: Iterable[str] = (), site=None, need_runtime: b
 def probe_container(prefix: list[str], env=None) -> str:
     """'python X.Y.Z at PATH' of the container's Python; ContainerError when the runtime cannot start it
     (a broken image, a bind source missing, no `python` inside)."""
-    import subprocess
     code = "import sys; print('python', sys.version.split()[0], 'at', sys.executable)"
     try:
         proc = subprocess.run([*prefix, "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, env=env)

@@ -322,11 +322,12 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     if dry_run:
         acmd = analysis_submit_command(scheduler, _placeholder_dependency(scheduler),
                                        StudyPaths(study_dir).analysis_script, study_dir, site, extra_args)
-        log(f"dry run, nothing created or submitted. Array job ({last - first + 1} elements):\n  {_line(cmd)}")
+        log("dry run: nothing created or submitted")
+        log(f"array job ({last - first + 1} elements): {_line(cmd)}")
         if site.modules:
             log(f"  ({script} = {Path(array_job_script(scheduler, S.SiteProfile(), study_dir)).name} with the "
                 f"module lines {site.modules} before the Python call)")
-        log(f"analysis job (after the whole array):\n  {_line(acmd)}\n  running:\n" +
+        log(f"analysis job (after the whole array): {_line(acmd)}\n  running:\n" +
             "".join(f"    {ln}\n" for ln in analysis_text.splitlines()).rstrip())
         return {"array": None, "analysis": None, "command": cmd, "analysis_command": acmd}
     G.init_study(study_dir, grid)

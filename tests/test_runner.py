@@ -306,8 +306,7 @@ def test_submit_dry_run_sets_the_array_range_from_the_grid(tmp_path):
         r = _run_study("submit", "--scheduler", sched, "--grid-config", str(cfg), "--root", str(root),
                        "--dry-run", "--", "--qos=x", env={**os.environ, "HOME": str(tmp_path)})
         assert r.returncode == 0, r.stdout + r.stderr
-        lines = r.stdout.splitlines()
-        line = lines[lines.index(next(ln for ln in lines if ln.startswith("dry run"))) + 1]
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("array job ("))
         assert flag in line and script in line and "--qos=x" in line and "MITOSEG_NO_ANALYSIS_JOB=1" in line
         if sched != "slurm":
             assert " 0-3 " in line

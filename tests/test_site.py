@@ -145,8 +145,8 @@ def test_dry_run_prints_every_job_line_with_the_profile_and_creates_nothing(tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"site profile: {profile} (--site)"
-    array = lines[lines.index(next(ln for ln in lines if ln.startswith("dry run"))) + 1]
-    analysis = lines[lines.index("analysis job (after the whole array):") + 1]
+    array = next(ln for ln in lines if ln.startswith("array job (12 elements): "))
+    analysis = next(ln for ln in lines if ln.startswith("analysis job (after the whole array): "))
     for opt in expected:
         assert opt in array, (opt, array)
     assert f"MITOSEG_SITE={profile}" in array and str(P.StudyPaths(cwd).root) in array

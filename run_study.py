@@ -125,8 +125,11 @@ def build_parser():
     _site_arg(s)
     s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"),
                    help="whose walltime to check (default: the site profile's, else both job scripts')")
+    s.add_argument("--submit", action="store_true", help="run the check as a job (pbs_setup_verification.sh / "
+                   "slurm_setup_verification.sh with the site profile); its output goes to OUTPUT_ROOT/logs/")
+    s.add_argument("--dry-run", action="store_true", help="with --submit: print the job and submit nothing")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: the qsub/sbatch arguments you will give "
-                   "submit (a walltime among them is the one checked)")
+                   "submit (a walltime among them is the one checked; with --submit also the job's)")
     return p
 
 
@@ -272,6 +275,19 @@ def cmd_submit(args) -> int:
     return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
 
 
+def cmd_verify(args) -> int:
+    if not args.submit:
+        from mitoseg import verify
+        return verify.main(args)
+    from mitoseg import verify_job
+    profile = _load_site(args)
+    scheduler = args.scheduler or profile.scheduler or detect_scheduler()
+    if scheduler is None:
+        _print("error: neither sbatch nor qsub found; run the check here: python run_study.py verify")
+        return EXIT_BAD_INPUT
+    return verify_job.submit(args, profile, scheduler, log=_print)
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["--demo"]:   # `python run_study.py --demo` = `local --demo`
@@ -294,8 +310,7 @@ def main(argv=None) -> int:
             return R.run_element(args.task_index, args.root, args.grid_config, log=_print,
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
-            from mitoseg import verify
-            return verify.main(args)
+            return cmd_verify(args)
     except (ValueError, RuntimeError, OSError) as err:
         _print(f"error: {err}")
         return EXIT_BAD_INPUT

@@ -287,3 +287,40 @@ def test_no_container_is_the_host_python_said_aloud(tmp_path, monkeypatch):
     assert R.run_element(0, tmp_path / "root", environ=env, log=logs.append) == 0
     assert any(f"training with the host Python {sys.executable}: no container set" in ln for ln in logs)
     assert any("data: built-in synthetic data" in ln for ln in logs) and (tmp_path / "trained").exists()
+
+
+# --- the verification job -------------------------------------------------------------------------------
+FAKE_SUBMIT_STDIN = """#!/bin/sh
+echo "$@" >> {log}
+cat > {script}
+echo 77
+"""
+
+
+@pytest.mark.parametrize("scheduler, tool", [("slurm", "sbatch"), ("pbspro", "qsub")])
+def test_verify_submit_gives_the_profile_to_the_verification_job(tmp_path, scheduler, tool):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / tool).write_text(FAKE_SUBMIT_STDIN.format(log=tmp_path / "calls", script=tmp_path / "job.sh"))
+    (bindir / tool).chmod(0o755)
+    profile = write(tmp_path / "site.json", scheduler=scheduler, queue="gpuq", walltime="05:00:00",
+                    modules=["module load apptainer"])
+    env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path)}
+    args = ["verify", "--submit", "--site", str(profile), "--grid-config", str(REPO / "examples" / "gpu_full_study.json"),
+            "--output-root", "out"]
+    dry = run_study(*args, "--dry-run", cwd=tmp_path, env=env)
+    assert dry.returncode == 0 and "dry run: nothing submitted" in dry.stdout and not (tmp_path / "calls").exists()
+    assert not (tmp_path / "out").exists()
+    r = run_study(*args, cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "verification job 77 submitted" in r.stdout, r.stdout + r.stderr
+    call = (tmp_path / "calls").read_text()
+    assert ("--partition=gpuq" if scheduler == "slurm" else "-q gpuq") in call and "05:00:00" not in call
+    assert str(tmp_path / "out" / "logs") in call and (tmp_path / "out" / "logs").is_dir()
+    job = (tmp_path / "job.sh").read_text()
+    assert job.index("module load apptainer") < job.index("set -- --output-root") < job.index("exec ")
+    assert f"--site {profile}" in job and f"--grid-config {REPO / 'examples' / 'gpu_full_study.json'}" in job
+    # the job script as the scheduler gets it runs the check with these arguments (here: no TensorFlow trial)
+    local = subprocess.run(["bash", "-c", job.replace("set -- ", "set -- --skip-env-probe ").replace(
+        "module load apptainer", "true")], cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**env, "PYTHON": sys.executable})
+    assert local.returncode == 0 and "walltime" not in local.stdout and " 0 FAIL" in local.stdout, local.stdout

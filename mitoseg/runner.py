@@ -125,7 +125,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         return EXIT_BAD_INPUT
     study, grid, how = opened
     log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}"
-        + (f", {k} cells per element" if k > 1 else "") + f"; data: {_data_source(grid, env)}")
+        + (f", {k} cells per element" if k > 1 else "") + f"; data: {_data_source(grid, env, how.startswith('new'))}")
     try:
         if k > 1:
             indices = multi_cell.element_cells(index, k, grid.size)
@@ -169,13 +169,16 @@ def _element_launcher(study: Path, grid: G.GridConfig, env: dict, log: Callable[
     return prefix
 
 
-def _data_source(grid: G.GridConfig, env: dict) -> str:
-    """The study's data folder, and that $DATA_DIR (e.g. exported with `#PBS -V` from the login shell)
-    agrees with it: a contradicting one was refused before (check_flags_against_study)."""
+def _data_source(grid: G.GridConfig, env: dict, new_study: bool) -> str:
+    """The study's data folder and where it came from, said in every element's log: a $DATA_DIR of the
+    submitting shell (exported by `#PBS -V` / `--export=ALL`) makes a NEW study's data; for an existing
+    study a contradicting one was refused before (check_flags_against_study)."""
     data = grid.fixed.get("data_dir")
     if not data:
         return "built-in synthetic data (the study names no data folder)"
-    return f"{data} (the study's grid_config.json" + (", = $DATA_DIR)" if env.get("DATA_DIR") else ")")
+    if new_study and env.get("DATA_DIR"):
+        return f"{data} (from $DATA_DIR of the submitting shell)"
+    return f"{data} (the study's grid_config.json)"
 
 
 def _open_element_study(root, grid_config: Optional[str], env: dict,

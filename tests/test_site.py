@@ -324,3 +324,24 @@ def test_verify_submit_gives_the_profile_to_the_verification_job(tmp_path, sched
         "module load apptainer", "true")], cwd=REPO, capture_output=True, text=True, timeout=120,
         env={**env, "PYTHON": sys.executable})
     assert local.returncode == 0 and "walltime" not in local.stdout and " 0 FAIL" in local.stdout, local.stdout
+
+
+def test_an_element_names_where_its_data_came_from(tmp_path, monkeypatch):
+    """`#PBS -V` exports the login shell's DATA_DIR: it may make a new study's data, said in every
+    element's log; an existing study's data stays its own (a contradicting DATA_DIR is refused)."""
+    monkeypatch.setattr(R, "TRAIN_ONE", _trainer(tmp_path))
+    grid = tmp_path / "grid.json"
+    G.demo_grid().save(grid)
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"PATH": os.environ["PATH"], "GRID_CONFIG": str(grid), "HOME": str(tmp_path), "DATA_DIR": str(data)}
+    logs: list[str] = []
+    assert R.run_element(0, tmp_path / "root", environ=env, log=logs.append) == 0
+    assert any(f"data: {data} (from $DATA_DIR of the submitting shell)" in ln for ln in logs), logs
+    study = next((tmp_path / "root").glob(P.STUDY_PREFIX + "*"))
+    env.update(STUDY_DIR=str(study))
+    assert R.run_element(1, tmp_path / "root", environ=env, log=logs.append) == 0
+    assert f"data: {data} (the study's grid_config.json)" in "\n".join(logs[-6:])
+    env.update(DATA_DIR=str(tmp_path))
+    assert R.run_element(1, tmp_path / "root", environ=env, log=logs.append) == 2
+    assert logs[-1].startswith("error:") and "fixed.data_dir" in logs[-1] and str(tmp_path) in logs[-1]

@@ -340,8 +340,8 @@ def test_one_architecture_one_cell(tmp_path):
     out = run_analysis(study_dir=study, log=quiet)
     md = (study / REPORT_MD).read_text()
     assert "1 of 1 cells are in (1 ok)" in md
-    assert "only one learning rate" in md and "Not computed: only one architecture has successful runs." in md
-    assert "not computed: only one learning rate level has successful runs" in md
+    assert "only one learning rate" in md and "Not computed: only one architecture has runs that count." in md
+    assert "not computed: only one learning rate level has runs that count" in md
     assert_clean(md, (study / REPORT_TXT).read_text())
     assert all(isinstance(v, Path) for v in out["figures"].values())
 

@@ -92,12 +92,12 @@ def comparison_sentence(comp: dict, what: str) -> str:
     return f"{what}: {head}; this is within seed noise ({test}), so no winner can be called."
 
 
-def selection_words(res: StudyAnalysis) -> str:
-    """Which data the grid's selection used, in words; says so plainly when that is the test set."""
+def selection_caveat(res: StudyAnalysis) -> str:
+    """What follows "selected on <data>": said plainly when the data is the test set."""
     if res.metric.kind == "test":
-        return ("on test, the data it was selected on: the summary has no validation IoU, so selection and score "
-                "use the same test data and the score is optimistic")
-    return f"on {res.selected_on}, the data it was selected on"
+        return (": the summary has no validation IoU, so selection and score use the same test data and the score "
+                "is optimistic")
+    return ""
 
 
 def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
@@ -112,7 +112,8 @@ def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
     if res.n_ok and not res.soft_only:
         comp = res.comparisons.get("architectures")
         if comp:
-            summary.append(comparison_sentence(comp, f"Best architecture in the grid ({selection_words(res)})"))
+            summary.append(comparison_sentence(comp, f"Best architecture in the grid (on {res.selected_on}, the data it was "
+                                                     f"selected on{selection_caveat(res)})"))
             if conf is None:
                 summary.append("No confirmation runs yet, so the architectures are not compared on the test set: "
                                + CONFIRM_HINT)
@@ -170,12 +171,15 @@ def key_findings(doc: Doc, res: StudyAnalysis):
 
 
 def learned_text(r) -> str:
-    """Did a selected configuration learn (beat the all-foreground baseline clearly)?"""
+    """Did a selected configuration learn (its mean beats the all-foreground baseline clearly), and in
+    how many of its runs that count?"""
+    n, learned = int(r["n_scored"]), int(r["n_scored"] - r["n_degenerate"] - r["n_diverged"])
+    runs = f" ({learned} of {n} runs learned)" if learned < n else ""
     if r["degenerate"]:
-        return "no (degenerate)"
+        return "no (no run learned)"
     if not finite(r["baseline"]):
-        return "unclear"
-    return "yes" if r["score_mean"] >= checks.required_iou(r["baseline"]) else "no"
+        return "unclear" + runs
+    return ("yes" if r["score_mean"] >= checks.required_iou(r["baseline"]) else "no") + runs
 
 
 RULE_WORDS = ("every finished run counts: a degenerate run with its own score, a diverged run as not learned with "
@@ -200,7 +204,7 @@ def best_configurations(doc: Doc, res: StudyAnalysis):
             + [f3(r["baseline"]), learned_text(r), f3(r["stability_mean"], 4), str(r["best_run"])]
             for _, r in best.iterrows()]
     doc.p(f"Each architecture's configuration with the highest mean {m.label} over its grid runs ({RULE_WORDS}); "
-          f"selected {selection_words(res)}."
+          f"selected on {res.selected_on}{selection_caveat(res)}."
           + (" The test column is shown, not used for selection." if not on_test else ""))
     doc.table(["architecture", "learning rate", "batch size", f"{m.label} mean +- SD (n)"]
               + ([] if on_test else ["test IoU mean +- SD (n), not used for selection"])

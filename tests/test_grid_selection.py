@@ -190,3 +190,12 @@ def test_analysis_of_a_soft_summary_reports_the_figure_as_not_drawn(tmp_path):
     assert not isinstance(out["figures"][FIG_BEST], type(tmp_path))
     md = (tmp_path / "out" / REPORT_MD).read_text()
     assert f"`{FIG_BEST}` not produced: not drawn" in md
+
+
+def test_the_selected_configuration_says_in_how_many_runs_it_learned():
+    rows = [run("UNet", 1e-3, s, 0.90) for s in (1, 2)] + [run("UNet", 1e-3, 3, None, "diverged")]
+    rows += [run("UNet", 1e-2, s, 0.50) for s in (1, 2, 3)]
+    res = analyze(summary(rows))
+    md, _, _ = render(res, "x", res.n_rows, {})
+    row = [line for line in section(md, "Optimal configuration").splitlines() if line.startswith("| UNet")][0]
+    assert "| 0.600 +- 0.520 SD (n=3) |" in row and "| yes (2 of 3 runs learned) |" in row

@@ -152,9 +152,22 @@ def parse_known_args(self, args=None, namespace=None):
     finally:
         depth[0] -= 1
     if depth[0] == 0:
-        raise Parsed(extras)
+        raise Parsed(extras, swallowed(namespace))
     return namespace, extras
 argparse.ArgumentParser.parse_known_args = parse_known_args
+# A pass-through argument (nargs=REMAINDER, e.g. qsub/sbatch arguments after `--`) takes whatever
+# follows the first value it sees, flags included: such a value must start with `--` to be meant.
+remainders = set()
+original_add = argparse._ActionsContainer.add_argument
+def add_argument(self, *args, **kwargs):
+    action = original_add(self, *args, **kwargs)
+    if action.nargs == argparse.REMAINDER:
+        remainders.add(action.dest)
+    return action
+argparse._ActionsContainer.add_argument = add_argument
+def swallowed(namespace):
+    return [" ".join(value) for dest, value in vars(namespace).items()
+            if dest in remainders and value and value[0] != "--"]
 out = []
 for kind, target, args in json.load(sys.stdin):
     err = io.StringIO()
@@ -170,7 +183,9 @@ for kind, target, args in json.load(sys.stdin):
                 sys.argv = [module, *args]
                 getattr(importlib.import_module(module), function)()
     except Parsed as parsed:
-        result = "unrecognized arguments: " + " ".join(parsed.args[0]) if parsed.args[0] else ""
+        extras, taken = parsed.args
+        result = ("unrecognized arguments: " + " ".join(extras) if extras else
+                  "taken as pass-through arguments (not after --): " + "; ".join(taken) if taken else "")
     except SystemExit as exit:
         result = "" if exit.code in (0, None) else (err.getvalue().strip().splitlines() or [f"exit {exit.code}"])[-1]
     except Exception as exc:
@@ -226,11 +241,18 @@ def check_commands(commands: list) -> list:
     return failures
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(description="List the documented commands that fail their check.")
+    parser.add_argument("--all", action="store_true", help="also list the commands that pass")
+    args = parser.parse_args(argv)
     commands = doc_commands()
     failures = check_commands(commands)
     for cmd, why in failures:
         print(f"{cmd.source}: {cmd.text}\n    -> {why}")
+    if args.all:
+        failed = {id(cmd) for cmd, _ in failures}
+        print("\n".join(f"ok  {c.source}: {c.text}" for c in commands if id(c) not in failed))
     print(f"{len(commands)} documented commands, {len(failures)} failing")
     return 1 if failures else 0
 

@@ -117,7 +117,7 @@ def resolve_tiling(model, patch_size=None):
 
 def recorded_scaling(model_path):
     """(scaling, results JSON path) the model's cell recorded for its training images, or (None, reason):
-    the results JSON beside the model whose `files.model` names it (docs/outputs.md: Predictions)."""
+    the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
     from mitoseg.results import ResultsError, load_results
     model_path = Path(model_path)
     for path in ExperimentPaths(model_path.parent).results_files():

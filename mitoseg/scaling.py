@@ -125,7 +125,7 @@ def scale_mask(array, path="<array>") -> np.ndarray:
 
 
 def log_scaling(train_scaling: Optional[dict], test_scaling: Optional[dict], log) -> None:
-    """The chosen scaling of the training (and test) images, one line each (docs/data.md: Image scaling)."""
+    """The chosen scaling of the training (and test) images, one line each (README: Data layouts)."""
     for what, scaling in (("training", train_scaling), ("test", test_scaling)):
         if scaling is not None:
             log(f"image scaling ({what}): {scaling.get('file', '?')}: {describe_scaling(scaling)}")

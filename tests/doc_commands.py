@@ -1,7 +1,7 @@
 """The commands the documentation shows, and a cheap check of each (used by tests/test_docs.py).
 
 `doc_commands()` extracts every command line of a shell code block (```bash, ```sh, ```console or
-unlabelled) in README.md, docs/*.md and examples/README.md that invokes one of the project's
+unlabelled) in README.md, docs/*.md, examples/README.md and the strategy document that invokes one of the project's
 programs: `python SCRIPT.py ...` for a script in this repository, `python -m mitoseg...`, a console
 command declared in pyproject.toml (`mitoseg-...`), or `bash`/`qsub`/`sbatch` of one of the
 repository's shell scripts.
@@ -36,7 +36,8 @@ OPERATORS = {"&&", "||", ";", "|", "&"}
 
 
 def doc_files() -> list[Path]:
-    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "examples" / "README.md"]
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "examples" / "README.md",
+            REPO / "Hyperparameter_Optimization_Strategy.md"]
 
 
 @dataclass

@@ -15,7 +15,7 @@ from . import checks
 from .anova import ALPHA
 from .comparison import POWER
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
-from .report_confirmation import confirmation_section, confirmation_summary
+from .report_confirmation import CONFIRM_COMMAND, confirmation_section, confirmation_summary, headline
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean_sd_n, pct
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
@@ -24,8 +24,6 @@ from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, OK, STATUSES, UNREAD
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 
 LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a usable result, in report order
-CONFIRM_HINT = ("`python run_study.py confirm --study-dir STUDY --seeds 3` reruns each architecture's selected "
-                "configuration with fresh seeds.")
 
 
 # --- executive summary ---------------------------------------------------------------------------
@@ -44,12 +42,21 @@ def cells_sentence(res: StudyAnalysis, expected: int) -> str:
     return s + ("; " + ", ".join(extra) if extra else "") + "."
 
 
-def opening(res: StudyAnalysis) -> str:
-    """The report's first sentence: the best configuration, or why none can be named."""
+def sd_text(mean, sd, n) -> str:
+    """"0.822 (SD 0.017, n=2 runs)": a mean with its labelled standard deviation over runs."""
+    if not finite(mean):
+        return NA
+    return f"{f3(mean)} ({'SD ' + f3(sd) + ', ' if finite(sd) else ''}n={fint(n)} run{'s' if n != 1 else ''})"
+
+
+def grid_sentence(res: StudyAnalysis) -> str:
+    """What the grid selected, named as what it is (or why it selected nothing)."""
     m = res.metric
     best = res.overall_best
+    if res.n_rows == 0:
+        return "This summary holds confirmation runs only: there is no grid selection to report."
     if res.n_ok == 0:
-        return "**No cell finished successfully, so no configuration can be ranked.**"
+        return "**No grid cell finished successfully, so no configuration can be ranked.**"
     if res.soft_only:
         return ("**This summary holds only soft Jaccard scores, and the soft metric cannot separate learned from "
                 "constant models:** a model that predicts mitochondria everywhere, or one that outputs the same "
@@ -68,17 +75,35 @@ def opening(res: StudyAnalysis) -> str:
         return (f"**Warning: no model learned.** {detail[0].upper() + detail[1:]}; {res.n_degenerate} of "
                 f"{res.n_ok} successful cells are degenerate. Every ranking below compares models that did not "
                 f"learn to segment mitochondria.")
-    text = (f"The best configuration is {cfg_text(best)} with {m.label} "
-            f"{mean_sd_n(best['score_mean'], best['score_std'], best['n_ok'])}, against an all-foreground baseline of "
-            f"{f3(base)} (selected on {res.selected_on}).")
+    text = (f"The grid's selection, on {res.selected_on} (the data it was selected on, so the score is optimistic): "
+            f"{cfg_text(best)} with {m.label} {sd_text(best['score_mean'], best['score_std'], best['n_ok'])}, "
+            f"against an all-foreground baseline of {f3(base)}.")
     if m.kind == "val" and finite(best.get("test_iou_mean")):
-        text += (f" Its held-out test IoU, not used for selection, is "
-                 f"{mean_sd_n(best['test_iou_mean'], best['test_iou_std'], best['n_test'])}.")
+        text += (f" Its grid runs' test IoU (shown, not used for selection) is "
+                 f"{sd_text(best['test_iou_mean'], best['test_iou_std'], best['n_test'])}.")
     return text
 
 
+def grid_ranks(res: StudyAnalysis) -> bool:
+    """The grid has a selected configuration that learned (else grid_sentence says why not)."""
+    return bool(res.n_ok and not res.soft_only and res.overall_best is not None and not res.no_model_learned)
+
+
+def opening(res: StudyAnalysis) -> str:
+    """The report's first sentence: the comparison's result with confirmation runs; without them, that the
+    grid alone cannot rank the architectures (or why the grid ranks nothing at all)."""
+    if res.confirmation is not None:
+        return "**" + headline(res.confirmation) + "**"
+    if not grid_ranks(res):
+        return grid_sentence(res)
+    return ("**The grid alone cannot rank the architectures:** its scores are validation scores of the "
+            "configurations selected on them, from one data split, so the best one is optimistic and no difference "
+            f"between architectures is tested; compare them on fresh seeds and folds with `{CONFIRM_COMMAND}`.")
+
+
 def comparison_sentence(comp: dict, what: str) -> str:
-    """Winner vs runner-up (mitoseg.anova.compare_runs) in words."""
+    """Winner vs runner-up (mitoseg.anova.compare_runs) in words; exploratory (not adjusted for the other
+    comparisons the grid allows)."""
     a, b = comp["winner"], comp["runner_up"]
     diff = f3(comp["diff"])
     head = (f"{cfg_text(a)} ({f3(a['score_mean'])}, n={fint(a['n_ok'])}) vs the runner-up {cfg_text(b)} "
@@ -86,31 +111,30 @@ def comparison_sentence(comp: dict, what: str) -> str:
     if comp["reason"]:
         return f"{what}: {head}. Whether this is a real difference cannot be judged: {comp['reason']}."
     if comp["clear"]:
-        return f"{what}: {head}; the winner is ahead beyond seed noise (Welch t-test {fp(comp['p'])})."
-    return (f"{what}: {head}; this is within seed noise (Welch t-test {fp(comp['p'])}), so no winner can be "
-            f"called.")
+        return (f"{what}: {head}; exploratory: the winner is ahead beyond seed noise (Welch t-test {fp(comp['p'])}, "
+                f"not adjusted for multiple comparisons).")
+    return (f"{what}: {head}; exploratory: this is within seed noise (Welch t-test {fp(comp['p'])}, not adjusted for "
+            f"multiple comparisons), so no winner can be called.")
 
 
 def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
-    """The opening, the cell counts, the architecture comparisons, failures and degenerate cells."""
+    """The answer first (mitoseg.report_confirmation.headline), then the grid's selection, the cell counts,
+    the confirmation's detail, failures and degenerate cells."""
     doc.h(2, "Executive summary")
     doc.p(opening(res))
+    conf = res.confirmation
+    if conf is not None or grid_ranks(res):
+        doc.p(grid_sentence(res))
     doc.p(cells_sentence(res, expected))
-    summary = []
-    n, counts, conf = res.n_rows, res.counts, res.confirmation
-    if conf is not None:
-        summary += confirmation_summary(conf)
+    summary = confirmation_summary(conf) if conf is not None else []
+    n, counts = res.n_rows, res.counts
     if res.n_ok and not res.soft_only:
         comp = res.comparisons.get("architectures")
         if comp:
             summary.append(comparison_sentence(comp, "Best architecture in the grid (on validation, the data it was "
                                                      "selected on)"))
-            if conf is None:
-                summary.append("No confirmation runs yet, so the architectures are not compared on the test set: "
-                               + CONFIRM_HINT)
         elif len(res.best) == 1:
-            summary.append(f"Only one architecture ({res.best.iloc[0]['architecture']}) has successful runs, so "
-                           f"architectures cannot be compared.")
+            summary.append(f"Only one architecture ({res.best.iloc[0]['architecture']}) has successful grid runs.")
     fails = [f"{counts.get(s, 0)} of {n} cells {s} ({pct(counts.get(s, 0), n)})" for s in LOST if counts.get(s)]
     if fails:
         summary.append("Failures: " + "; ".join(fails) + ".")
@@ -280,9 +304,13 @@ def definitions(doc: Doc):
         "non-degenerate grid runs (`mitoseg.stats.select_configs`, the one rule the report, figures, confirmation "
         "stage and predict.py use); test scores never select.",
         "confirmation runs (stage `confirm`): the selected configurations retrained with seeds the study had not "
-        "used; the architecture comparison uses only their test IoU (95 % t interval over seeds; differences with "
-        "a Welch interval and Welch t-test, p-values Holm-adjusted over the pairs; detectable difference and seeds "
-        f"needed from a two-sample t-test power analysis at power {POWER:g}).",
+        "used, on one or more folds (data splits); the architecture comparison uses only their test IoU pooled over "
+        "each run's test pixels. Per fold, the difference of the architectures' mean; its variance from the seeds "
+        "and (with per-slice counts) a moving-block bootstrap of the test slices; folds combined by a random-effects "
+        "model with the Hartung-Knapp correction; each pair decided by its interval at 1 - 0.05/m (Bonferroni over "
+        "the m pairs): a_better / b_better when it excludes 0, equivalent when it lies within +-sesoi, else "
+        f"undecided; the detectable difference (power {POWER:g}) and runs needed by simulating the same rule "
+        "(mitoseg/decision.py; Hyperparameter_Optimization_Strategy.md).",
     ])
 
 

@@ -84,7 +84,7 @@ def _resample_means(values_counts, idx) -> np.ndarray:
 
 
 # --- one estimate (an architecture's mean, or a pair's difference) over folds ------------------------------
-def estimate(a: dict, b: Optional[dict] = None, seed: int = D.BOOT_SEED) -> dict:
+def estimate(a: dict, b: Optional[dict] = None, seed: int = D.BOOT_SEED, n_boot: int = D.N_BOOT) -> dict:
     """Combine per-fold estimates (mean of a, or mean of a minus mean of b within each fold shared)."""
     folds = sorted(set(a) & set(b)) if b is not None else sorted(a)
     arms = [a] if b is None else [a, b]
@@ -94,17 +94,18 @@ def estimate(a: dict, b: Optional[dict] = None, seed: int = D.BOOT_SEED) -> dict
     seed_df = sum(len(g) - 1 for g in groups)
     seed_var = sum(((g - g.mean()) ** 2).sum() for g in groups) / seed_df if seed_df else 0.0
     v_seed = np.array([seed_var * sum(1 / len(arm[k][0]) for arm in arms) for k in folds])
-    img_var, shared, n_slices = _image_variance(arms, sign, folds, seed)
+    img_var, shared, n_slices = _image_variance(arms, sign, folds, seed, n_boot)
     v_img = np.zeros(len(folds)) if img_var is None or shared else img_var
     v_shared = float(img_var) if shared else 0.0
-    c = D.combine(d, v_seed, v_img, v_shared, seed_df if seed_df else np.inf)
+    img_df = min(D.image_df(n) for n in n_slices) if n_slices else np.inf
+    c = D.combine(d, v_seed, v_img, v_shared, seed_df if seed_df else np.inf, img_df)
     return dict(estimate=float(c.estimate), var=float(c.var), df=float(c.df), tau2=float(c.tau2), folds=folds,
-                fold_estimates=[float(x) for x in d], seed_var=seed_var, seed_df=seed_df,
-                img_var=None if img_var is None else float(np.mean(img_var)), shared_images=shared,
+                fold_estimates=[float(x) for x in d], fold_vars=[float(x) for x in v_seed + v_img], seed_var=seed_var, seed_df=seed_df,
+                img_var=None if img_var is None else float(np.mean(img_var)), img_df=img_df, shared_images=shared,
                 n_slices=n_slices, runs_per_fold=min(len(arm[k][0]) for arm in arms for k in folds))
 
 
-def _image_variance(arms, sign, folds, seed):
+def _image_variance(arms, sign, folds, seed, n_boot):
     """(bootstrap variance of each fold's estimate from its test slices, or of their mean over folds when
     every fold has the same slices; shared?; slices per fold) - (None, False, None) without counts."""
     names = [arms[0][k][2] for k in folds]
@@ -112,10 +113,10 @@ def _image_variance(arms, sign, folds, seed):
         return None, False, None
     rng = np.random.default_rng(seed)
     shared = len(folds) > 1 and len(set(names)) == 1
-    common = D.block_indices(len(names[0]), D.N_BOOT, rng) if shared else None
+    common = D.block_indices(len(names[0]), n_boot, rng) if shared else None
     res = []
     for k, n in zip(folds, names):
-        idx = common if shared else D.block_indices(len(n), D.N_BOOT, rng)
+        idx = common if shared else D.block_indices(len(n), n_boot, rng)
         res.append(sum(s * _resample_means(arm[k], idx) for s, arm in zip(sign, arms)))
     res = np.array(res)
     if shared:
@@ -239,14 +240,16 @@ def _power(e: dict, m: int, sesoi: float, alpha: float, power: float) -> dict:
     for sesoi, by simulating the rule (mitoseg.decision.simulated_noise)."""
     from scipy import stats as sps
     k, s = len(e["folds"]), max(2, e["runs_per_fold"])
-    spread = D.Spread(e["seed_var"], e["seed_df"], e["img_var"] or 0.0, e["tau2"], e["shared_images"])
+    spread = D.Spread(e["seed_var"], e["seed_df"], e["img_var"] or 0.0, min(e["img_df"], 1e6), e["tau2"],
+                      e["shared_images"])
     mdd = D.min_detectable(D.simulated_noise(spread, k, s, m, alpha), power)
     limits = None
     if e["seed_df"] > 0:
         df = e["seed_df"]
         chi = [sps.chi2.ppf(q, df) for q in (1 - alpha / 2, alpha / 2)]
-        limits = [D.min_detectable(D.simulated_noise(D.Spread(e["seed_var"] * df / c, df, spread.img_var, spread.tau2,
-                                                              spread.shared_images), k, s, m, alpha), power)
+        limits = [D.min_detectable(D.simulated_noise(D.Spread(e["seed_var"] * df / c, df, spread.img_var,
+                                                              spread.img_df, spread.tau2, spread.shared_images),
+                                                     k, s, m, alpha), power)
                   for c in chi]
     return dict(min_detectable_difference=mdd, mdd_range=limits,
                 runs_needed=D.runs_needed(spread, sesoi, k, m, alpha, power))

@@ -69,25 +69,35 @@ class Combined:
     tau2: np.ndarray        # between-fold variance (DerSimonian-Laird; 0 with one fold)
 
 
-def _satterthwaite(total, part, part_df):
-    """Degrees of freedom of total = part (with part_df) + parts known exactly."""
+def _satterthwaite(total, parts, dfs):
+    """Welch-Satterthwaite degrees of freedom of total = sum of parts, each estimated on its dfs."""
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(part > 0, total ** 2 / (part ** 2 / part_df), np.inf)
+        denom = sum(np.where(p > 0, p ** 2 / df, 0.0) for p, df in zip(parts, dfs))
+        return np.where(denom > 0, total ** 2 / np.where(denom > 0, denom, 1.0), np.inf)
 
 
-def combine(d, v_seed, v_img, v_shared=0.0, df_seed=np.inf) -> Combined:
+def image_df(n_slices: int) -> float:
+    """Degrees of freedom of a block-bootstrap variance: the independent blocks in the slices, minus 1 (adjacent
+    slices are near-duplicates, so 5 slices hold about 2 independent pieces of evidence, not 5)."""
+    return max(1.0, n_slices // block_length(n_slices) - 1.0)
+
+
+def combine(d, v_seed, v_img, v_shared=0.0, df_seed=np.inf, df_img=np.inf) -> Combined:
     """d, v_seed, v_img: (..., K) per-fold estimates and their seed and image variances; v_shared: image
-    variance common to every fold (same test slices), added once; df_seed: degrees of freedom of the
-    seed variance. K = 1: t with Satterthwaite df. K >= 2: DerSimonian-Laird random effects, Hartung-
-    Knapp variance max(q, 1) / sum w (never narrower than the random-effects one), t on K - 1 df."""
+    variance common to every fold (same test slices), added once; df_seed, df_img: degrees of freedom of
+    the seed and image variances. K = 1: t with Satterthwaite df. K >= 2: DerSimonian-Laird random effects,
+    Hartung-Knapp variance max(q, 1) / sum w (never narrower than the random-effects one), t on K - 1 df
+    (Satterthwaite with the shared image variance)."""
     d = np.asarray(d, float)
     v_seed = np.broadcast_to(np.asarray(v_seed, float), d.shape)
     v_img = np.broadcast_to(np.asarray(v_img, float), d.shape)
     v_shared = np.asarray(v_shared, float)
     k = d.shape[-1]
     if k == 1:
-        var = v_seed[..., 0] + v_img[..., 0] + v_shared
-        return Combined(d[..., 0], var, _satterthwaite(var, v_seed[..., 0], df_seed), np.zeros_like(var))
+        img = v_img[..., 0] + v_shared
+        var = v_seed[..., 0] + img
+        return Combined(d[..., 0], var, _satterthwaite(var, (v_seed[..., 0], img), (df_seed, df_img)),
+                        np.zeros_like(var))
     v = np.maximum(v_seed + v_img, TINY)
     w = 1 / v
     sw = w.sum(-1)
@@ -100,8 +110,7 @@ def combine(d, v_seed, v_img, v_shared=0.0, df_seed=np.inf) -> Combined:
     q_hk = (w_re * (d - est[..., None]) ** 2).sum(-1) / (k - 1)
     var_hk = np.maximum(q_hk, 1.0) / sw_re
     var = var_hk + v_shared
-    df = np.where(v_shared > 0, _satterthwaite(var, var_hk, k - 1), k - 1.0)
-    return Combined(est, var, df, tau2)
+    return Combined(est, var, _satterthwaite(var, (var_hk, v_shared), (k - 1.0, df_img)), tau2)
 
 
 # --- the decision ------------------------------------------------------------------------------------
@@ -141,6 +150,7 @@ class Spread:
     seed_var: float         # variance of one run's pooled IoU around its fold's mean (pooled)
     seed_df: float          # its degrees of freedom
     img_var: float          # variance of a fold's difference from its test images (0 = not known)
+    img_df: float           # its degrees of freedom (image_df)
     tau2: float             # between-fold variance of the difference (0 with one fold)
     shared_images: bool     # every fold is scored on the same test slices
 
@@ -153,7 +163,7 @@ def simulated_noise(spread: Spread, folds: int, seeds: int, n_pairs: int, alpha:
                     n_sim: int = N_SIM, seed: int = SIM_SEED) -> tuple[np.ndarray, np.ndarray]:
     """(estimate - true difference, interval half-width) of the decision rule on n_sim simulated
     studies with `folds` folds and `seeds` runs per architecture and fold (normal approximation of the
-    same rule: the image variance is taken as known). The rule calls a true difference delta when
+    same rule: seed and image variances drawn as scaled chi-square on their degrees of freedom). The rule calls a true difference delta when
     |delta + noise| > half-width; both are shift-invariant, so one draw serves every delta."""
     from scipy import stats as sps
     rng = np.random.default_rng(seed)
@@ -164,8 +174,9 @@ def simulated_noise(spread: Spread, folds: int, seeds: int, n_pairs: int, alpha:
     df_seed = 2 * folds * (seeds - 1)
     s2_hat = s2 * rng.chisquare(df_seed, (n_sim, 1)) / df_seed
     shared = folds > 1 and spread.shared_images
-    c = combine(noise, 2 * s2_hat / seeds, 0.0 if shared else spread.img_var,
-                spread.img_var if shared else 0.0, df_seed)
+    img_hat = spread.img_var * rng.chisquare(spread.img_df, (n_sim, 1)) / spread.img_df
+    c = combine(noise, 2 * s2_hat / seeds, 0.0 if shared else img_hat, img_hat[:, 0] if shared else 0.0, df_seed,
+                spread.img_df)
     half = sps.t.ppf(1 - alpha / (2 * n_pairs), c.df) * np.sqrt(c.var)
     return c.estimate, half
 

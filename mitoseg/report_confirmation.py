@@ -115,8 +115,8 @@ def power_text(conf: dict) -> str:
         lo, hi = (f3(x) if x is not None else "more than 1" for x in rng)
         text += (f"; {lo} to {hi} at the 95 % confidence limits of the seed SD ({f3(worst['pooled_sd'])}, "
                  f"{worst['seed_df']} degrees of freedom)")
-    return (text + ". Computed by simulating the same rule (normal approximation, the image variance taken as "
-            "known). " + RETEST_WARNING)
+    return (text + ". Computed by simulating the same rule (normal approximation; seed and image variances drawn "
+                   "on their degrees of freedom). " + RETEST_WARNING)
 
 
 def confirmation_section(doc: Doc, res: StudyAnalysis):

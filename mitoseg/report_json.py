@@ -138,5 +138,5 @@ def confirmation_json(conf: Optional[dict]) -> Optional[dict]:
                 power=conf["power"], sesoi=conf["sesoi"], n_pairs=conf["n_pairs"], runs=conf["n_rows"],
                 by_status=conf["counts"], runs_needed=conf["runs_needed"],
                 min_detectable_difference_method="the decision rule simulated (mitoseg.decision.simulated_noise: "
-                                                 "normal approximation, image variance taken as known); the largest "
+                                                 "normal approximation, variances drawn on their degrees of freedom); the largest "
                                                  "over the pairs")

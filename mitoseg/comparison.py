@@ -205,8 +205,8 @@ def compare_architectures(confirm: pd.DataFrame, selection: Optional[pd.DataFram
     res["pairs"] = [_pair(a, b, m, sesoi, alpha, power) for a, b in itertools.combinations(scored, 2)]
     mdds = [p["min_detectable_difference"] for p in res["pairs"]]
     res["min_detectable_difference"] = max(mdds) if all(x is not None and math.isfinite(x) for x in mdds) else np.nan
-    needs = [p["runs_needed"] for p in res["pairs"]]
-    res["runs_needed"] = max(needs, key=lambda n: math.inf if n["runs"] is None else n["runs"])
+    needs = [p["runs_needed"] for p in res["pairs"] if p["runs_needed"]]
+    res["runs_needed"] = max(needs, key=lambda n: math.inf if n["runs"] is None else n["runs"]) if needs else None
     return res
 
 

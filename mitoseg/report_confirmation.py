@@ -101,7 +101,10 @@ def confirmation_summary(conf: dict) -> list:
 
 def power_text(conf: dict) -> str:
     """The detectable difference of the rule at these runs, with the uncertainty of the spread."""
-    worst = max(conf["pairs"], key=lambda p: p["min_detectable_difference"] or 2.0)
+    judged = [p for p in conf["pairs"] if not p["reason"]]
+    if not judged:
+        return "No detectable difference can be computed (see the pairs above). " + RETEST_WARNING
+    worst = max(judged, key=lambda p: p["min_detectable_difference"] or 2.0)
     mdd, rng = worst["min_detectable_difference"], worst["mdd_range"]
     if mdd is None:
         text = (f"With {_design(conf)}, no difference up to 1 IoU would be detected with power {POWER:g} "

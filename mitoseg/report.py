@@ -134,7 +134,8 @@ def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
             summary.append(comparison_sentence(comp, "Best architecture in the grid (on validation, the data it was "
                                                      "selected on)"))
         elif len(res.best) == 1:
-            summary.append(f"Only one architecture ({res.best.iloc[0]['architecture']}) has successful grid runs.")
+            summary.append(f"Only one architecture ({res.best.iloc[0]['architecture']}) has successful runs, so "
+                           f"architectures cannot be compared.")
     fails = [f"{counts.get(s, 0)} of {n} cells {s} ({pct(counts.get(s, 0), n)})" for s in LOST if counts.get(s)]
     if fails:
         summary.append("Failures: " + "; ".join(fails) + ".")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from .comparison import POWER
 from .decision import A_BETTER, B_BETTER, EQUIVALENT
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp
+from .status import DIVERGED
 from .study_analysis import StudyAnalysis
 
 CONFIRM_COMMAND = "python run_study.py confirm --study-dir STUDY --seeds 3 --folds 2"
@@ -134,7 +135,7 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
           "pixels. Degenerate runs count with their score, diverged runs as IoU 0; failed, interrupted or missing "
           f"runs are left out. Smallest difference that matters (sesoi): {conf['sesoi']:g}.")
     doc.table(["architecture", "learning rate", "batch size", "runs (counted)", "folds", "seeds", "mean test IoU",
-               "95% CI (clipped to [0, 1])", "SD over runs", "mean val IoU", "degenerate", "diverged"],
+               "95% CI (clipped to [0, 1])", "SD over runs", "mean val IoU", "degenerate", DIVERGED],
               [[a["architecture"], fg(a["learning_rate"]), fint(a["batch_size"]), f"{a['n_runs']} ({a['n_scored']})",
                 ", ".join(map(str, a["folds"])) or NA, ", ".join(str(x) for x in a["seeds"]) or NA,
                 f3(a["test_iou_mean"]), f"{f3(a['ci_low'])} to {f3(a['ci_high'])}", f3(a["test_iou_std"]),

@@ -198,7 +198,22 @@ def min_detectable(noise: tuple[np.ndarray, np.ndarray], target: float) -> Optio
 
 
 MAX_FOLDS = 10
-MAX_SEEDS = 30
+MAX_SEEDS = 200
+
+
+def _fewest_seeds(spread: Spread, sesoi: float, folds: int, n_pairs: int, alpha: float, target: float):
+    """The fewest seeds per fold (2..MAX_SEEDS) at which the rule detects sesoi with power `target`, or None
+    (bisection: power grows with the seeds)."""
+    def enough(s):
+        return power(sesoi, simulated_noise(spread, folds, s, n_pairs, alpha, n_sim=2000)) >= target
+
+    if not enough(MAX_SEEDS):
+        return None
+    lo, hi = 1, MAX_SEEDS
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid, hi)
+    return max(hi, 2)
 
 
 def runs_needed(spread: Spread, sesoi: float, folds: int, n_pairs: int, alpha: float, target: float) -> dict:
@@ -206,16 +221,10 @@ def runs_needed(spread: Spread, sesoi: float, folds: int, n_pairs: int, alpha: f
     power `target`, searched over folds >= the study's (only 1 when the study has one fold: the
     fold-to-fold spread is then unknown) and 2..MAX_SEEDS seeds; else why not."""
     fold_range = [1] if folds == 1 else range(folds, MAX_FOLDS + 1)
-    best = None
-    for k in fold_range:
-        for s in range(2, MAX_SEEDS + 1):
-            if best and k * s >= best[0] * best[1]:
-                break
-            if power(sesoi, simulated_noise(spread, k, s, n_pairs, alpha, n_sim=1000)) >= target:
-                best = (k, s)
-                break
-    if best:
-        return dict(runs=best[0] * best[1], folds=best[0], seeds=best[1], reason=None)
+    designs = [(k, s) for k in fold_range for s in [_fewest_seeds(spread, sesoi, k, n_pairs, alpha, target)] if s]
+    if designs:
+        k, s = min(designs, key=lambda ks: (ks[0] * ks[1], ks[0]))
+        return dict(runs=k * s, folds=k, seeds=s, reason=None)
     return dict(runs=None, folds=None, seeds=None, reason=_why_unreachable(spread, sesoi, folds))
 
 
@@ -227,4 +236,7 @@ def _why_unreachable(spread: Spread, sesoi: float, folds: int) -> str:
     if folds > 1 and spread.tau2 > 0:
         return (f"the architectures' difference varies between folds (SD {math.sqrt(spread.tau2):.3f}), so more seeds "
                 f"cannot help and even {MAX_FOLDS} folds would not suffice")
-    return f"not reachable within {MAX_FOLDS if folds > 1 else 1} fold(s) x {MAX_SEEDS} seeds per architecture"
+    if folds == 1:
+        return (f"more than {MAX_SEEDS} seeds on this one data split would be needed; several folds (--folds) also "
+                f"cover the data split")
+    return f"more than {MAX_FOLDS} folds x {MAX_SEEDS} seeds per architecture would be needed"

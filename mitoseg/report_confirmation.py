@@ -34,8 +34,10 @@ def runs_needed_text(need: dict, sesoi: float) -> str:
         return "the runs needed cannot be computed"
     if need["runs"] is None:
         return f"no number of runs can be given for a difference of {sesoi:g}: {need['reason']}"
-    return (f"about {need['runs']} runs per architecture ({need['folds']} fold{'s' if need['folds'] > 1 else ''} x "
-            f"{need['seeds']} seeds) would be needed to detect a difference of {sesoi:g} with power {POWER:g}")
+    design = (f"{need['folds']} folds x {need['seeds']} seeds" if need["folds"] > 1 else
+              f"{need['seeds']} seeds on this one data split")
+    return (f"about {need['runs']} runs per architecture ({design}) would be needed to detect a difference of "
+            f"{sesoi:g} with power {POWER:g}")
 
 
 def headline(conf: dict) -> str:
@@ -134,7 +136,7 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
           "did not use on each fold (data split), scored on the held-out test slices by IoU pooled over the test "
           "pixels. Degenerate runs count with their score, diverged runs as IoU 0; failed, interrupted or missing "
           f"runs are left out. Smallest difference that matters (sesoi): {conf['sesoi']:g}.")
-    doc.table(["architecture", "learning rate", "batch size", "runs (counted)", "folds", "seeds", "mean test IoU",
+    doc.table(["architecture", "learning rate", "batch size", "runs (counted)", "fold ids", "seeds", "mean test IoU",
                "95% CI (clipped to [0, 1])", "SD over runs", "mean val IoU", "degenerate", DIVERGED],
               [[a["architecture"], fg(a["learning_rate"]), fint(a["batch_size"]), f"{a['n_runs']} ({a['n_scored']})",
                 ", ".join(map(str, a["folds"])) or NA, ", ".join(str(x) for x in a["seeds"]) or NA,

@@ -125,7 +125,8 @@ def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
     conf = res.confirmation
     if conf is not None or grid_ranks(res):
         doc.p(grid_sentence(res))
-    doc.p(cells_sentence(res, expected))
+    if res.n_rows:
+        doc.p(cells_sentence(res, expected))
     summary = confirmation_summary(conf) if conf is not None else []
     n, counts = res.n_rows, res.counts
     if res.n_ok and not res.soft_only:

@@ -100,7 +100,8 @@ def estimate(a: dict, b: Optional[dict] = None, seed: int = D.BOOT_SEED, n_boot:
     img_df = min(D.image_df(n) for n in n_slices) if n_slices else np.inf
     c = D.combine(d, v_seed, v_img, v_shared, seed_df if seed_df else np.inf, img_df)
     return dict(estimate=float(c.estimate), var=float(c.var), df=float(c.df), tau2=float(c.tau2), folds=folds,
-                fold_estimates=[float(x) for x in d], fold_vars=[float(x) for x in v_seed + v_img], seed_var=seed_var, seed_df=seed_df,
+                fold_estimates=[float(x) for x in d], fold_vars=[float(x) for x in v_seed + v_img],
+                seed_var=seed_var, seed_df=seed_df,
                 img_var=None if img_var is None else float(np.mean(img_var)), img_df=img_df, shared_images=shared,
                 n_slices=n_slices, runs_per_fold=min(len(arm[k][0]) for arm in arms for k in folds))
 
@@ -240,16 +241,15 @@ def _power(e: dict, m: int, sesoi: float, alpha: float, power: float) -> dict:
     for sesoi, by simulating the rule (mitoseg.decision.simulated_noise)."""
     from scipy import stats as sps
     k, s = len(e["folds"]), max(2, e["runs_per_fold"])
-    spread = D.Spread(e["seed_var"], e["seed_df"], e["img_var"] or 0.0, min(e["img_df"], 1e6), e["tau2"],
-                      e["shared_images"])
+    spread = D.Spread(e["seed_var"], e["img_var"] or 0.0, min(e["img_df"], 1e6), e["tau2"], e["shared_images"])
     mdd = D.min_detectable(D.simulated_noise(spread, k, s, m, alpha), power)
     limits = None
     if e["seed_df"] > 0:
         df = e["seed_df"]
         chi = [sps.chi2.ppf(q, df) for q in (1 - alpha / 2, alpha / 2)]
-        limits = [D.min_detectable(D.simulated_noise(D.Spread(e["seed_var"] * df / c, df, spread.img_var,
-                                                              spread.img_df, spread.tau2, spread.shared_images),
-                                                     k, s, m, alpha), power)
+        limits = [D.min_detectable(D.simulated_noise(D.Spread(e["seed_var"] * df / c, spread.img_var, spread.img_df,
+                                                              spread.tau2, spread.shared_images), k, s, m, alpha),
+                                   power)
                   for c in chi]
     return dict(min_detectable_difference=mdd, mdd_range=limits,
                 runs_needed=D.runs_needed(spread, sesoi, k, m, alpha, power))

@@ -148,7 +148,6 @@ def decide(est: float, var: float, df: float, n_pairs: int, sesoi: float, alpha:
 class Spread:
     """The observed noise of a pair's difference, per fold: what a simulated study is drawn from."""
     seed_var: float         # variance of one run's pooled IoU around its fold's mean (pooled)
-    seed_df: float          # its degrees of freedom
     img_var: float          # variance of a fold's difference from its test images (0 = not known)
     img_df: float           # its degrees of freedom (image_df)
     tau2: float             # between-fold variance of the difference (0 with one fold)
@@ -162,9 +161,10 @@ SIM_SEED = 1
 def simulated_noise(spread: Spread, folds: int, seeds: int, n_pairs: int, alpha: float,
                     n_sim: int = N_SIM, seed: int = SIM_SEED) -> tuple[np.ndarray, np.ndarray]:
     """(estimate - true difference, interval half-width) of the decision rule on n_sim simulated
-    studies with `folds` folds and `seeds` runs per architecture and fold (normal approximation of the
-    same rule: seed and image variances drawn as scaled chi-square on their degrees of freedom). The rule calls a true difference delta when
-    |delta + noise| > half-width; both are shift-invariant, so one draw serves every delta."""
+    studies with `folds` folds and `seeds` runs per architecture and fold: a normal approximation of
+    the same rule, the seed and image variances drawn as scaled chi-square on their degrees of
+    freedom. The rule calls a true difference delta when |delta + noise| > half-width; both are
+    shift-invariant, so one draw serves every delta."""
     from scipy import stats as sps
     rng = np.random.default_rng(seed)
     shape = (n_sim, folds)

@@ -114,7 +114,8 @@ def power_text(conf: dict) -> str:
                 f"for {worst['a']} vs {worst['b']}")
     else:
         text = (f"With {_design(conf)}, the decision rule detects a difference of {f3(mdd)} test IoU with power "
-                f"{POWER:g} (alpha {conf['alpha']:g}, Bonferroni over {conf['n_pairs']} pair{'s' if conf['n_pairs'] > 1 else ''}; "
+                f"{POWER:g} (alpha {conf['alpha']:g}, Bonferroni over {conf['n_pairs']} "
+                f"pair{'s' if conf['n_pairs'] > 1 else ''}; "
                 f"the least sensitive "
                 f"pair, {worst['a']} vs {worst['b']})")
     if rng:

@@ -26,6 +26,10 @@ PAIR_FIELDS = ("a", "b", "decision", "diff_mean", "ci_low", "ci_high", "ci_level
                "runs_needed", "reason")
 
 
+MDD_METHOD = ("the decision rule simulated (mitoseg.decision.simulated_noise: normal approximation, variances drawn "
+              "on their degrees of freedom); the largest over the pairs")
+
+
 def jsonable(x):
     """x with every container, table and number turned into plain JSON values."""
     if isinstance(x, dict):
@@ -137,6 +141,4 @@ def confirmation_json(conf: Optional[dict]) -> Optional[dict]:
     return dict(architectures=conf["arms"], reason=conf["reason"], notes=conf["notes"], alpha=conf["alpha"],
                 power=conf["power"], sesoi=conf["sesoi"], n_pairs=conf["n_pairs"], runs=conf["n_rows"],
                 by_status=conf["counts"], runs_needed=conf["runs_needed"],
-                min_detectable_difference_method="the decision rule simulated (mitoseg.decision.simulated_noise: "
-                                                 "normal approximation, variances drawn on their degrees of freedom); the largest "
-                                                 "over the pairs")
+                min_detectable_difference_method=MDD_METHOD)

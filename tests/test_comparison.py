@@ -117,7 +117,7 @@ def test_shared_slice_difficulty_cancels_in_the_paired_bootstrap():
 def test_power_of_the_rule_matches_the_t_test_closed_form_on_one_fold():
     from statsmodels.stats.power import TTestIndPower
     sd = 0.01
-    spread = D.Spread(sd ** 2, 6, 0.0, 1e6, 0.0, False)
+    spread = D.Spread(seed_var=sd ** 2, img_var=0.0, img_df=1e6, tau2=0.0, shared_images=False)
     mdd = D.min_detectable(D.simulated_noise(spread, 1, 4, 1, 0.05, n_sim=20000), 0.8)
     exact = TTestIndPower().solve_power(nobs1=4, alpha=0.05, power=0.8, ratio=1.0) * sd
     assert mdd == pytest.approx(exact, rel=0.04)
@@ -130,11 +130,14 @@ def test_power_of_the_rule_matches_the_t_test_closed_form_on_one_fold():
 
 
 def test_runs_needed_says_why_not():
-    images = D.runs_needed(D.Spread(1e-4, 4, 0.02 ** 2, 3, 0.0, False), 0.01, 1, 3, 0.05, 0.8)
+    def spread(img_var=0.0, img_df=1e6, tau2=0.0):
+        return D.Spread(seed_var=1e-4, img_var=img_var, img_df=img_df, tau2=tau2, shared_images=False)
+
+    images = D.runs_needed(spread(img_var=0.02 ** 2, img_df=3), 0.01, 1, 3, 0.05, 0.8)
     assert images["runs"] is None and "test images" in images["reason"] and "not more seeds" in images["reason"]
-    folds = D.runs_needed(D.Spread(1e-4, 8, 0.0, 1e6, 0.05 ** 2, False), 0.01, 2, 3, 0.05, 0.8)
+    folds = D.runs_needed(spread(tau2=0.05 ** 2), 0.01, 2, 3, 0.05, 0.8)
     assert folds["runs"] is None and "varies between folds" in folds["reason"]
-    ok = D.runs_needed(D.Spread(1e-4, 8, 0.0, 1e6, 0.002 ** 2, False), 0.01, 3, 1, 0.05, 0.8)
+    ok = D.runs_needed(spread(tau2=0.002 ** 2), 0.01, 3, 1, 0.05, 0.8)
     assert ok["runs"] == ok["folds"] * ok["seeds"] and ok["folds"] >= 3
 
 

@@ -50,8 +50,7 @@ def headline(conf: dict) -> str:
     basis = (f"test IoU of the confirmation runs, {_design(conf)}, {conf['n_pairs']} pair"
              f"{'s' if conf['n_pairs'] > 1 else ''} with Bonferroni-adjusted intervals")
     if wins:
-        said = "; ".join(_win_text(p) for p in wins)
-        text = f"{said} ({basis})"
+        text = f"On the {basis}: " + "; ".join(_win_text(p) for p in wins)
     else:
         text = f"No architecture is detectably better ({basis})"
     if len(equal) == len(pairs):
@@ -122,6 +121,9 @@ def power_text(conf: dict) -> str:
         lo, hi = (f3(x) if x is not None else "more than 1" for x in rng)
         text += (f"; {lo} to {hi} at the 95 % confidence limits of the seed SD ({f3(worst['pooled_sd'])}, "
                  f"{worst['seed_df']} degrees of freedom)")
+    if len(worst["folds"]) > 1:
+        text += (f"; the fold-to-fold SD of the difference ({f3(worst['fold_sd'])}) rests on {len(worst['folds'])} "
+                 f"folds, {len(worst['folds']) - 1} degree{'s' if len(worst['folds']) > 2 else ''} of freedom")
     return (text + ". Computed by simulating the same rule (normal approximation; seed and image variances drawn "
                    "on their degrees of freedom). " + RETEST_WARNING)
 

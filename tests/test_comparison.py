@@ -192,6 +192,16 @@ def test_simulated_no_difference_keeps_the_false_positive_rate():
         assert rates[D.A_BETTER] + rates[D.B_BETTER] <= 0.10
 
 
+def test_simulated_shared_test_slices_count_their_variance_once():
+    """Every fold scored on the same test slices (a shared testing.tif): the architecture x slice
+    interaction is common to all folds, so it must not average out over folds."""
+    rates, old, _ = _rates(seed=7, delta=0.0, folds=3, seeds=3, shared=True, inter_sd=0.03)
+    assert rates[D.A_BETTER] + rates[D.B_BETTER] <= 0.10 and old >= 0.3
+    a, b = _study(np.random.default_rng(0), folds=2, shared=True)
+    e = K.estimate(a, b, n_boot=300)
+    assert e["shared_images"] and "the same 8 test slices in every fold" in K.covers(e)
+
+
 def test_simulated_equivalent_pair_is_called_equivalent():
     rates, _, _ = _rates(delta=0.0, folds=5, seeds=4, seed_sd=0.003, slice_sd=0.01, inter_sd=0.002)
     assert rates[D.EQUIVALENT] >= 0.9

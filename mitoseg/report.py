@@ -234,8 +234,10 @@ def figure_captions(label: str) -> dict:
         FIG_CURVES: "Loss and scores per epoch of the best run of each architecture.",
         FIG_BASELINE: "This study's best configurations against the baseline study's: score and stability side by "
                       "side, with the improvement factors.",
-        FIG_CONFIRMATION: "Confirmation runs (fresh seeds): the test IoU of every run (dots) and each "
-                          "architecture's mean with its 95 % t interval over seeds.",
+        FIG_CONFIRMATION: "Confirmation runs (fresh seeds, each fold): the test IoU of every run (dots) and each "
+                          "architecture's mean with its 95 % interval (seeds, folds and, with per-slice counts, test "
+                          "images; clipped to [0, 1]). The decisions compare architectures within folds, so "
+                          "overlapping intervals here do not by themselves mean undecided.",
     }
 
 

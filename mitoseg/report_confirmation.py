@@ -20,7 +20,7 @@ RETEST_WARNING = ("Adding runs after seeing this result and testing again raises
 
 
 def _design(conf: dict) -> str:
-    """"3 runs per architecture (2 folds x 2 seeds)" in words, from the compared architectures."""
+    """The design in words, e.g. "4 runs per architecture on 2 folds" (from the compared architectures)."""
     arms = [a for a in conf["arms"] if a["n_scored"]]
     runs = sorted({a["n_scored"] for a in arms})
     folds = sorted({len(a["folds"]) for a in arms})
@@ -81,10 +81,11 @@ def arm_text(a: dict) -> str:
 def confirmation_summary(conf: dict) -> list:
     """The executive summary's lines on the confirmation runs after the headline: each pair's decision,
     the architectures' means, the runs that count, the power and the warning on adding runs."""
+    scored = [arm_text(a) for a in conf["arms"] if a["n_scored"]]
+    arms = ["Per architecture: " + "; ".join(scored) + "."] if scored else []
     if conf["reason"]:
-        return conf["notes"]
-    lines = [f"`{p['decision']}`: {p['verdict']}" for p in conf["pairs"]]
-    lines.append("Per architecture: " + "; ".join(arm_text(a) for a in conf["arms"] if a["n_scored"]) + ".")
+        return arms + conf["notes"]
+    lines = [f"`{p['decision']}`: {p['verdict']}" for p in conf["pairs"]] + arms
     lines += conf["notes"]
     flawed = [f"{a['n_degenerate']} of {a['n_scored']} {a['architecture']}" for a in conf["arms"] if a["n_degenerate"]]
     diverged = [f"{a['n_diverged']} {a['architecture']}" for a in conf["arms"] if a["n_diverged"]]
@@ -114,9 +115,7 @@ def power_text(conf: dict) -> str:
     else:
         text = (f"With {_design(conf)}, the decision rule detects a difference of {f3(mdd)} test IoU with power "
                 f"{POWER:g} (alpha {conf['alpha']:g}, Bonferroni over {conf['n_pairs']} "
-                f"pair{'s' if conf['n_pairs'] > 1 else ''}; "
-                f"the least sensitive "
-                f"pair, {worst['a']} vs {worst['b']})")
+                f"pair{'s' if conf['n_pairs'] > 1 else ''}; the least sensitive pair, {worst['a']} vs {worst['b']})")
     if rng:
         lo, hi = (f3(x) if x is not None else "more than 1" for x in rng)
         text += (f"; {lo} to {hi} at the 95 % confidence limits of the seed SD ({f3(worst['pooled_sd'])}, "

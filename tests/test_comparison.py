@@ -327,7 +327,9 @@ def test_built_in_difference_is_called(tmp_path):
     null = [p for p in js["architecture_comparison"] if "Attention_UNet" not in (p["a"], p["b"])][0]
     assert null["decision"] == "undecided" and "power 0.8" in null["verdict"]
     assert js["min_detectable_difference"] > 0
-    assert _first_paragraph(md).startswith("**Attention_UNet is detectably better than")
+    first = _first_paragraph(md)
+    assert first.startswith("**On the test IoU of the confirmation runs, 4 runs per architecture on 1 fold, 3 pairs")
+    assert "Attention_UNet is detectably better than UNet" in first
     # on one fold without per-slice counts the rule is the pooled two-sample t-test, Bonferroni x 3
     csv = pd.read_csv(study / "hyperparameter_summary.csv")
     conf = csv[csv["stage"] == "confirm"]

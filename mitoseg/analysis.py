@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from .comparison import DEFAULT_SESOI
 from .io_utils import atomic_write_text, same_file
@@ -27,16 +27,22 @@ def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) ->
                                "choose another --output_dir")
 
 
-def study_sesoi(study_dir, sesoi) -> float:
+def confirm_plan(study_dir) -> Optional[dict]:
+    """The study's confirmation plan (None without a study folder or a plan); SummaryError if unreadable."""
+    if study_dir is None:
+        return None
+    from .grid import load_confirm_plan
+    try:
+        return load_confirm_plan(study_dir)
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+
+
+def study_sesoi(plan: Optional[dict], sesoi) -> float:
     """The smallest IoU difference that matters: --sesoi, else the confirmation plan's, else the default;
     SummaryError unless 0 < sesoi < 1."""
-    if sesoi is None and study_dir is not None:
-        from .grid import load_confirm_plan
-        try:
-            plan = load_confirm_plan(study_dir)
-        except ValueError as err:
-            raise SummaryError(str(err)) from None
-        sesoi = plan.get("sesoi") if plan else None
+    if sesoi is None and plan:
+        sesoi = plan.get("sesoi")
     sesoi = DEFAULT_SESOI if sesoi is None else sesoi
     if not 0 < float(sesoi) < 1:
         raise SummaryError(f"--sesoi {sesoi}: the smallest IoU difference that matters must lie between 0 and 1")
@@ -50,7 +56,8 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     plan's, else DEFAULT_SESOI). Raises SummaryError (one line) for bad input."""
     if (study_dir is None) == (summary_file is None):
         raise SummaryError("give either a study folder (--study-dir) or a summary CSV (--summary_file)")
-    sesoi = study_sesoi(study_dir, sesoi)
+    plan = confirm_plan(study_dir)
+    sesoi = study_sesoi(plan, sesoi)
     outputs = {}
     out_dir = Path(output_dir) if output_dir else Path(study_dir) if study_dir is not None else Path(summary_file).parent
     _refuse_overwriting_inputs(out_dir, summary_file, baseline_summary)
@@ -87,7 +94,8 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         log(f"Reading baseline summary {baseline_summary} ...")
         baseline = load_summary(baseline_summary)
     log("Computing statistics ...")
-    res = analyze(df, baseline, sesoi)
+    # the plan's ranks (fixed when it was made) choose each architecture's representative under --top K
+    res = analyze(df, baseline, sesoi, plan["configs"] if plan else None)
     log(f"  headline metric: {res.metric.label}")
     if figures:
         log(f"Drawing figures into {out_dir} ...")

@@ -142,15 +142,16 @@ def covers(e: dict) -> str:
 # --- the comparison ----------------------------------------------------------------------------------
 def representatives(confirm: pd.DataFrame, selection: Optional[pd.DataFrame]) -> tuple[pd.DataFrame, list]:
     """Per architecture, the confirmed configuration that stands for it, and notes on those left out.
-    With one confirmed configuration: that one. With several (--top K): the grid's rank-1 configuration
-    (`selection`: mitoseg.stats.select_configs on the grid), chosen before the confirmation runs were
-    made, so their test scores stay unbiased; never a choice on the confirmation runs' own scores."""
+    With one confirmed configuration: that one. With several (--top K): the rank-1 configuration of
+    `selection` (the confirmation plan's ranked configurations, or mitoseg.stats.select_configs on the
+    grid rows), fixed before the confirmation runs were made, so their test scores stay unbiased; never
+    a choice on the confirmation runs' own scores."""
     rows, notes = [], []
     for arch, grp in confirm.dropna(subset=["learning_rate", "batch_size"]).groupby("architecture", sort=True):
         configs = grp[["learning_rate", "batch_size"]].drop_duplicates()
         if len(configs) > 1:
-            sel = selection[selection["architecture"] == arch] if selection is not None else selection
-            sel = sel[sel["rank"] == 1] if sel is not None else sel
+            sel = selection[(selection["architecture"] == arch) & (selection["rank"] == 1)] \
+                if selection is not None and len(selection) else None
             if sel is None or sel.empty or not config_mask(grp, sel.iloc[0]).any():
                 notes.append(f"{arch} has {len(configs)} confirmed configurations and no grid ranking among them "
                              f"to pick one without using the confirmation runs' own scores: not compared")

@@ -105,9 +105,11 @@ def no_model_learned(overall: Optional[pd.Series], soft: bool, n_ok: int, n_deg:
     return bool(n_ok and (n_deg == n_ok or not beats))
 
 
-def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None, sesoi: float = DEFAULT_SESOI) -> StudyAnalysis:
+def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None, sesoi: float = DEFAULT_SESOI,
+            plan_configs: Optional[list] = None) -> StudyAnalysis:
     """All numbers the figures and reports use, from a normalized summary DataFrame (and an optional
-    baseline study's summary; sesoi: the smallest test IoU difference between architectures that matters)."""
+    baseline study's summary; sesoi: the smallest test IoU difference between architectures that matters;
+    plan_configs: the confirmation plan's ranked configurations, else the grid's selection ranks them)."""
     df, confirm = split_stages(df)
     metric = choose_metric(df if len(df) else confirm)   # a confirmation-only summary: the metric its runs have
     df = add_score(df, metric)
@@ -140,4 +142,5 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None, sesoi: fl
         baseline=baseline_comparison(df, best, baseline) if baseline is not None else None,
         selected_on=SELECTED_ON[metric.kind],
         confirm_df=confirm,
-        confirmation=compare_architectures(confirm, selection, sesoi) if len(confirm) else None)
+        confirmation=compare_architectures(confirm, pd.DataFrame(plan_configs) if plan_configs else selection, sesoi)
+        if len(confirm) else None)

@@ -443,6 +443,18 @@ def test_top_k_representative_is_the_grid_rank_1_not_the_confirmation_runs_choic
     assert "UNet has 2 confirmed configurations" in alone.confirmation["notes"][0]
 
 
+def test_top_2_study_is_represented_by_the_plans_rank_1(tmp_path):
+    study = make_study(tmp_path / "top2", history=False, test=True,
+                       iou_fn=lambda c: 0.85 - 0.05 * (c.learning_rate > 1e-3), **GRID3)
+    # the rank-2 configuration's confirmation runs score higher on validation and test: not a reason to pick it
+    plan = add_confirmation(study, 2, top=2, val_fn=lambda c: 0.95 if c.learning_rate > 1e-3 else 0.70,
+                            test_fn=lambda c: (0.90 if c.learning_rate > 1e-3 else 0.75) + 0.001 * c.seed)
+    assert {(c["learning_rate"], c["rank"]) for c in plan["configs"]} == {(1e-3, 1), (5e-3, 2)}
+    run_analysis(study_dir=study, log=quiet, figures=False)
+    arms = json.loads((study / SUMMARY_JSON).read_text())["confirmation"]["architectures"]
+    assert len(arms) == 3 and all(a["learning_rate"] == 1e-3 and a["test_iou_mean"] < 0.8 for a in arms)
+
+
 def test_diverged_runs_count_as_zero_and_failed_runs_are_left_out():
     rows = [dict(architecture=a, learning_rate=1e-3, batch_size=8, seed=s, test_iou=0.8 + 0.01 * s, stage="confirm",
                  status="ok") for a in ("UNet", "Attention_UNet") for s in (1, 2, 3)]

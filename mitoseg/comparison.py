@@ -48,16 +48,26 @@ def parse_counts(text) -> Optional[tuple[tuple, np.ndarray]]:
     return (names, counts) if len(rows) and np.isfinite(counts).all() and (counts >= 0).all() else None
 
 
+def pooled_from_counts(runs: pd.DataFrame) -> pd.Series:
+    """Each run's test IoU pooled over its test pixels from test_slice_counts (NaN without counts)."""
+    if "test_slice_counts" not in runs:
+        return pd.Series(np.nan, index=runs.index)
+    parsed = runs["test_slice_counts"].map(parse_counts)
+    return parsed.map(lambda p: np.nan if p is None else D.pooled_iou_resamples(
+        p[1][None], np.arange(len(p[0]))[None])[0, 0]).astype(float)
+
+
 def counted_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that count (see the module docstring), with columns fold, value (pooled test IoU; 0 for
-    a diverged run) and diverged."""
+    """The runs that count (see the module docstring), with columns fold, value (pooled test IoU: from the
+    per-slice counts when the run has them, else its test_iou; 0 for a diverged run) and diverged."""
     fold = pd.to_numeric(runs["fold"], errors="coerce") if "fold" in runs else pd.Series(0.0, index=runs.index)
     diverged = runs["status"] == DIVERGED
-    keep = (runs["success"] & runs["test_iou"].notna()) | diverged
+    score = pooled_from_counts(runs).fillna(runs["test_iou"].astype(float))
+    keep = (runs["success"] & score.notna()) | diverged
     out = runs[keep].copy()
     out["fold"] = fold[keep].fillna(0).astype(int)
     out["diverged"] = diverged[keep]
-    out["value"] = np.where(out["diverged"], 0.0, out["test_iou"].astype(float))
+    out["value"] = np.where(out["diverged"], 0.0, score[keep])
     return out
 
 
@@ -194,7 +204,7 @@ def compare_architectures(confirm: pd.DataFrame, selection: Optional[pd.DataFram
     arms.sort(key=lambda a: -a["test_iou_mean"] if a["n_scored"] else math.inf)
     res["arms"] = [{k: v for k, v in a.items() if k != "table"} for a in arms]
     scored = [a for a in arms if a["n_scored"]]
-    if len(confirm) and not confirm["test_iou"].notna().any():
+    if len(confirm) and not (confirm["test_iou"].notna() | pooled_from_counts(confirm).notna()).any():
         res["reason"] = ("the confirmation runs have no held-out test scores (give the data a testing.tif, or "
                          "--test-fraction)")
         return res

@@ -424,6 +424,10 @@ def test_confirmation_only_csv_with_folds_and_slice_counts(tmp_path):
     assert "confirmation runs only" in md
     for arm in js["confirmation"]["architectures"]:
         assert 0 <= arm["ci_low"] <= arm["test_iou_mean"] <= arm["ci_high"] <= 1
+    # the counts alone define the pooled IoU: a CSV without test_iou gives the same comparison
+    pd.DataFrame(rows).drop(columns="test_iou").assign(best_val_iou=0.8).to_csv(path, index=False)
+    again = analyze(load_summary(path)).confirmation["pairs"][0]
+    assert again["diff_mean"] == pytest.approx(pair["diff_mean"]) and again["decision"] == pair["decision"]
 
 
 def test_top_k_representative_is_the_grid_rank_1_not_the_confirmation_runs_choice():

@@ -234,8 +234,9 @@ def _why_unreachable(spread: Spread, sesoi: float, folds: int) -> str:
                 f"large for a difference of {sesoi:g}: more test images are needed (more folds with their own test "
                 f"blocks, or a larger testing.tif), not more seeds")
     if folds > 1 and spread.tau2 > 0:
-        return (f"the architectures' difference varies between folds (SD {math.sqrt(spread.tau2):.3f}), so more seeds "
-                f"cannot help and even {MAX_FOLDS} folds would not suffice")
+        return (f"the architectures' difference varies between folds (SD {math.sqrt(spread.tau2):.3f}, estimated from "
+                f"{folds} folds), so more seeds cannot help and at that spread even {MAX_FOLDS} folds would not "
+                f"suffice")
     if folds == 1:
         return (f"more than {MAX_SEEDS} seeds on this one data split would be needed; several folds (--folds) also "
                 f"cover the data split")

@@ -24,6 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="where to write (default: the study folder / the CSV's folder)")
     parser.add_argument("--baseline_summary", "--baseline-summary", dest="baseline_summary",
                         help="summary CSV of a baseline study (e.g. the original lr 1e-2, batch 8 runs)")
+    parser.add_argument("--sesoi", type=float, default=None,
+                        help="smallest test IoU difference between architectures that matters (equivalence margin; "
+                             "default: the confirmation plan's, else 0.01)")
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
     from mitoseg.analysis import run_analysis
@@ -31,7 +34,7 @@ def main(argv=None) -> int:
     from mitoseg.summary import SummaryError
     try:
         run_analysis(args.study_dir, args.summary_file, args.output_dir, args.baseline_summary,
-                     figures=not args.no_figures)
+                     figures=not args.no_figures, sesoi=args.sesoi)
     except SummaryError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
+from .comparison import DEFAULT_SESOI
 from .io_utils import atomic_write_text, same_file
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from .plots import make_figures
@@ -26,12 +27,37 @@ def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) ->
                                "choose another --output_dir")
 
 
+def confirm_plan(study_dir) -> Optional[dict]:
+    """The study's confirmation plan (None without a study folder or a plan); SummaryError if unreadable."""
+    if study_dir is None:
+        return None
+    from .grid import load_confirm_plan
+    try:
+        return load_confirm_plan(study_dir)
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+
+
+def study_sesoi(plan: Optional[dict], sesoi) -> float:
+    """The smallest IoU difference that matters: --sesoi, else the confirmation plan's, else the default;
+    SummaryError unless 0 < sesoi < 1."""
+    if sesoi is None and plan:
+        sesoi = plan.get("sesoi")
+    sesoi = DEFAULT_SESOI if sesoi is None else sesoi
+    if not 0 < float(sesoi) < 1:
+        raise SummaryError(f"--sesoi {sesoi}: the smallest IoU difference that matters must lie between 0 and 1")
+    return float(sesoi)
+
+
 def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_summary=None,
-                 log: Callable[[str], None] = print, figures: bool = True) -> dict:
+                 log: Callable[[str], None] = print, figures: bool = True, sesoi=None) -> dict:
     """Run everything; returns {"outputs": {name: path}, "figures": {...}, "result": StudyAnalysis}.
-    Raises SummaryError (one line) for bad input."""
+    sesoi: the smallest IoU difference between architectures that matters (None: the confirmation
+    plan's, else DEFAULT_SESOI). Raises SummaryError (one line) for bad input."""
     if (study_dir is None) == (summary_file is None):
         raise SummaryError("give either a study folder (--study-dir) or a summary CSV (--summary_file)")
+    plan = confirm_plan(study_dir)
+    sesoi = study_sesoi(plan, sesoi)
     outputs = {}
     out_dir = Path(output_dir) if output_dir else Path(study_dir) if study_dir is not None else Path(summary_file).parent
     _refuse_overwriting_inputs(out_dir, summary_file, baseline_summary)
@@ -68,7 +94,8 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         log(f"Reading baseline summary {baseline_summary} ...")
         baseline = load_summary(baseline_summary)
     log("Computing statistics ...")
-    res = analyze(df, baseline)
+    # the plan's ranks (fixed when it was made) choose each architecture's representative under --top K
+    res = analyze(df, baseline, sesoi, plan["configs"] if plan else None)
     log(f"  headline metric: {res.metric.label}")
     if figures:
         log(f"Drawing figures into {out_dir} ...")

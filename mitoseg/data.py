@@ -24,6 +24,8 @@ from .layout import detect_layout, list_images, natural_key
 from .scaling import apply_scaling, common_scaling, image_scaling, scale_mask
 
 
+INVERTED_MASK_FRACTION = 0.5   # more foreground than this: the mask is named as probably inverted
+
 
 @dataclass
 class Volume:
@@ -134,6 +136,23 @@ def _check_slices(train: Volume, where) -> None:
     if len(train.images) < 2:
         raise data_error(where, f"{len(train.images)} slice; training needs at least 2 whole slices "
                                 "(training and validation are separate slices)")
+
+
+def inverted_mask_warning(masks, where) -> Optional[str]:
+    """One line when more than half of the mask pixels are foreground: mitochondria are a minority of an
+    EM slice, so such a mask is probably saved inverted (255 = background). A warning, not a refusal:
+    the data may really be mostly foreground (checks.required_iou stays reachable there)."""
+    fraction = float(np.mean(masks)) if np.size(masks) else 0.0
+    if fraction <= INVERTED_MASK_FRACTION:
+        return None
+    return (f"{where}: {fraction:.0%} of the mask pixels are foreground (more than half): the mask is probably "
+            "inverted (mitochondria must be 255 or 1, background 0)")
+
+
+def mask_warnings(train: Volume, test: Optional[Volume]) -> list[str]:
+    """The inverted-mask warnings of a cell's volumes (logged by the cell, kept as data.warnings)."""
+    found = (inverted_mask_warning(v.masks, v.source) for v in (train, test) if v is not None)
+    return [w for w in found if w]
 
 
 def load_dataset(data_dir):

@@ -21,7 +21,7 @@ import math
 from typing import Optional
 
 MIN_MARGIN = 0.05            # absolute IoU margin over the all-foreground baseline
-RELATIVE_MARGIN = 0.5        # ... or this fraction of the baseline, whichever is larger (capped at half of 1 - baseline)
+RELATIVE_MARGIN = 0.5        # ... or this fraction of the baseline, whichever is larger (at most (1 - baseline) / 2)
 MIN_FOREGROUND_FRACTION = 0.001
 MAX_FOREGROUND_FRACTION = 0.95
 

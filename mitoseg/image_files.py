@@ -122,8 +122,8 @@ def _invert(grey: np.ndarray, largest: float, path) -> np.ndarray:
         return (grey.dtype.type(largest) - grey).astype(grey.dtype)
     if np.issubdtype(grey.dtype, np.floating) and grey.size and grey.min() >= 0 and grey.max() <= 1:
         return (1 - grey).astype(grey.dtype)
-    raise data_error(path, f"MINISWHITE image of {grey.dtype} values above its declared maximum ({largest:g}; 1 for floats): "
-                           "cannot invert them to grey values; save it as MINISBLACK (0 = black)")
+    raise data_error(path, f"MINISWHITE image of {grey.dtype} values above its declared maximum ({largest:g}; "
+                           "1 for floats): cannot invert them to grey values; save it as MINISBLACK (0 = black)")
 
 
 def _palette_image(p: Planes, path, notes) -> np.ndarray:
@@ -158,7 +158,8 @@ def _image_plane(p: Planes, path, notes) -> np.ndarray:
         notes.append((path, "alpha (opacity) channel ignored: it is not intensity"))
     if p.miniswhite_max is not None:
         grey = _invert(grey, p.miniswhite_max, path)
-        notes.append((path, f"MINISWHITE (0 = white): inverted, value -> {p.miniswhite_max:g} - value, to the grey a viewer shows"))
+        notes.append((path, f"MINISWHITE (0 = white): inverted, value -> {p.miniswhite_max:g} - value, "
+                            "to the grey a viewer shows"))
     return grey
 
 
@@ -178,8 +179,7 @@ def _zyxk(a: np.ndarray, axes: str, path) -> tuple[np.ndarray, str]:
         raise data_error(path, f"unsupported image shape {a.shape} (axes {axes}: no Y and X)")
     stack = [i for i, ax in enumerate(axes) if ax not in "YX" + CHANNEL_AXES]
     chan = [i for i, ax in enumerate(axes) if ax in CHANNEL_AXES]
-    longer = [f"{axes[i]}={a.shape[i]}" for i in stack if a.shape[i] > 1]
-    if len(longer) > 1 or sum(a.shape[i] > 1 for i in chan) > 1:
+    if sum(a.shape[i] > 1 for i in stack) > 1 or sum(a.shape[i] > 1 for i in chan) > 1:
         raise data_error(path, f"unsupported image shape {a.shape} (axes {axes}; expected 2D image or 3D z-stack "
                                "of one channel)")
     b = a.transpose(stack + [axes.index("Y"), axes.index("X")] + chan)
@@ -189,8 +189,8 @@ def _zyxk(a: np.ndarray, axes: str, path) -> tuple[np.ndarray, str]:
 
 
 def _declared_axes(series, a: np.ndarray) -> str:
-    """The series' axes as in its array; an undeclared (tifffile 'Q'/'I') stack whose slices are 3 or 4 pixels wide while
-    image-sized otherwise is an RGB(A) export without its samples tag: no real z-stack is 3 pixels wide."""
+    """The series' axes as in its array; an undeclared (tifffile 'Q'/'I') stack whose slices are 3 or 4 pixels
+    wide while image-sized otherwise is an RGB(A) export without its samples tag: no real z-stack is 3 pixels wide."""
     axes = series.axes
     if set(axes) <= set("QIYX"):   # no axis declared (tifffile may put Q between Y and X of tiny shapes)
         axes = "Q" * (a.ndim - 2) + "YX"
@@ -229,7 +229,8 @@ def _series_planes(series, path, notes) -> Planes:
         palette = np.asarray(page.colormap).T
         palette_max = 65535.0 if palette.max() > 255 else 255.0   # some writers store 8-bit colour maps
     miniswhite_max = float(2 ** int(page.bitspersample) - 1) if photometric == MINISWHITE else None
-    return Planes(arr, colour=colour, alpha=alpha, palette=palette, palette_max=palette_max, miniswhite_max=miniswhite_max,
+    return Planes(arr, colour=colour, alpha=alpha, palette=palette, palette_max=palette_max,
+                  miniswhite_max=miniswhite_max,
                   channels=f"channels (axes {series.axes})" if chan == "C" else "samples")
 
 

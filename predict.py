@@ -134,11 +134,11 @@ def recorded_scaling(model_path):
 
 
 def _read(path, what):
-    """(z, y, x) of a TIFF read as training reads its files (mitoseg.image_files: by what the file declares),
+    """(z, y, x) of a file read as training reads its files (mitoseg.image_files: by what the file declares),
     with one line per conversion it needed."""
-    from mitoseg.image_files import read_tiff, summarise_notes
+    from mitoseg.image_files import read_image, summarise_notes
     notes: list = []
-    raw = read_tiff(path, what, notes)
+    raw = read_image(path, what, notes)
     for line in summarise_notes(notes):
         print(f"reading: {line}")
     return raw

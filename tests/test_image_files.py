@@ -325,3 +325,13 @@ def test_a_cell_logs_and_records_what_it_converted_and_warned(tmp_path):
     log = next(out.rglob("training_log.txt")).read_text()
     assert f"warning: {warnings[0]}" in log and "reading (test): " in log
     print("\n".join(line for line in log.splitlines() if line.startswith(("warning", "reading", "exp_"))))
+
+
+def test_verify_fails_a_grid_whose_batch_exceeds_the_training_patches(tmp_path, em):
+    from mitoseg import grid as G
+    from mitoseg import verify as V
+    d = stack_folder(tmp_path / "d", em[0], em[1])      # 6 slices of 64x64: 5 train slices x 4 patches of 32
+    grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[8, 64],
+                        fixed={"data_dir": str(d), "patch_size": 32, "depth": 3})
+    row = next(r for r in V.check_dataset(grid) if r.check == "patches")
+    assert row.status == V.FAIL and row.detail.endswith("; batch size 64 is larger: those cells are refused"), row

@@ -179,7 +179,8 @@ def write_tiff(path, array):
     from mitoseg.io_utils import atomic_save
     path = Path(path)
     try:
-        atomic_save(path, lambda tmp: tifffile.imwrite(tmp, array))
+        # minisblack: tifffile would declare a 3- or 4-slice stack RGB(A) planes (read back as refused)
+        atomic_save(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
     except OSError as err:
         raise PredictError(f"{path}: cannot write ({err.strerror or err})") from None
 

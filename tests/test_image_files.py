@@ -335,3 +335,10 @@ def test_verify_fails_a_grid_whose_batch_exceeds_the_training_patches(tmp_path, 
                         fixed={"data_dir": str(d), "patch_size": 32, "depth": 3})
     row = next(r for r in V.check_dataset(grid) if r.check == "patches")
     assert row.status == V.FAIL and row.detail.endswith("; batch size 64 is larger: those cells are refused"), row
+
+
+def test_predict_output_of_three_slices_reads_back_as_three_slices(tmp_path):
+    import predict
+    probs = np.random.default_rng(0).random((3, 16, 20)).astype(np.float32)
+    predict.write_tiff(tmp_path / "p.tif", probs)
+    np.testing.assert_array_equal(read_tiff(tmp_path / "p.tif"), probs)

@@ -305,12 +305,11 @@ def read_png(path, what: str = "image", notes: Optional[list] = None) -> np.ndar
     path = Path(path)
     notes = [] if notes is None else notes
     try:
-        planes = _png_planes(path)
+        return planes_to_zyx(_png_planes(path), path, what, notes)
     except DataError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # Pillow raises many types on corrupt input; all mean "bad file"
         raise data_error(path, f"cannot read PNG ({one_line(exc) or type(exc).__name__})") from exc
-    return planes_to_zyx(planes, path, what, notes)
 
 
 def read_image(path, what: str = "image", notes: Optional[list] = None) -> np.ndarray:

@@ -70,19 +70,18 @@ def _extra_values(p: Planes, path, what, notes) -> None:
 
 
 def _palette_mask(p: Planes, path, notes) -> np.ndarray:
-    """A palette mask by its indices (what label tools write) when they are 0/1 or 0/255 and the colours
-    agree (the foreground index not darker than the background one); by its colours when only those
-    are black/white; otherwise refused (indices and colours disagree) or left to `scale_mask`."""
+    """A palette mask by its indices (what label tools write) when they are 0/1 or 0/255, unless they are
+    drawn in grey with the foreground darker (black on white: indices and colours disagree, refused); by
+    its colours when only those are black/white; otherwise left to `scale_mask` (refused with its values)."""
     idx = p.array[..., 0]
     used = np.unique(idx)
     grey = p.palette.astype(np.float64).mean(axis=1) / p.palette_max * 255
+    is_grey = bool((p.palette[used] == p.palette[used][:, :1]).all())
     if set(used.tolist()) <= {0, 1} or set(used.tolist()) <= {0, 255}:
-        if len(used) == 2 and grey[used[1]] < grey[used[0]]:
+        if len(used) == 2 and is_grey and grey[used[1]] < grey[used[0]]:   # black label on white: which is it?
             raise data_error(path, f"palette mask: index {used[1]} (foreground) is drawn darker than index {used[0]} "
                                    "(background): indices and colours disagree; save the mask as greyscale 0/255")
         return idx
-    colours = p.palette[used]
-    is_grey = (colours == colours[:, :1]).all()
     if is_grey and set(np.round(grey[used]).tolist()) <= {0.0, 255.0}:
         notes.append((path, f"palette mask read by its colours (black/white), not its indices {used[:4].tolist()}"))
         return (np.round(grey[idx]) == 255).astype(np.uint8)

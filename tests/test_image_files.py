@@ -24,6 +24,7 @@ from mitoseg.synthetic import make_synthetic_em
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+pytestmark = pytest.mark.oldest   # tifffile/Pillow decode these files: also run in the oldest stack (run_tests.sh)
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,8 @@ def test_test_stack_stored_miniswhite_reads_as_the_same_grey_values(tmp_path, em
 
 def test_other_bit_depth_of_the_same_pixels_is_the_same_input_or_refused(tmp_path, em):
     images, masks = em
-    same = {"float32 in [0, 1]": images[4:].astype(np.float32) / 255, "uint16 8-bit": images[4:].astype(np.uint16)}
+    same = {"float32 in [0, 1]": images[4:].astype(np.float32) / 255, "uint16 8-bit": images[4:].astype(np.uint16),
+            "int16": images[4:].astype(np.int16)}
     for name, test in same.items():
         _, vol = D.load_dataset(stack_folder(tmp_path / name.replace(" ", "_"), images[:4], masks[:4], (test, masks[4:])))
         np.testing.assert_allclose(vol.images, images[4:] / 255, atol=1e-6, err_msg=name)
@@ -227,6 +229,8 @@ def test_palette_mask_by_indices_colours_or_refused(tmp_path, em):
     label = (em[1][0] > 0).astype(np.uint8)
     _palette_tif(tmp_path / "ok.tif", label, [(0, 0, 0), (255, 0, 0)])            # index 1 drawn red
     np.testing.assert_array_equal(read(tmp_path / "ok.tif", "mask")[0][0], label)
+    _palette_tif(tmp_path / "red.tif", label, [(255, 255, 255), (255, 0, 0)])     # red labels on white: by index
+    np.testing.assert_array_equal(read(tmp_path / "red.tif", "mask")[0][0], label)
     _palette_tif(tmp_path / "rev.tif", label, [(255, 255, 255), (0, 0, 0)])       # index 1 drawn black on white
     assert "indices and colours disagree" in refused(tmp_path / "rev.tif", "mask")
     colours = [(0, 0, 0)] * 8

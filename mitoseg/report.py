@@ -184,9 +184,10 @@ def definitions(doc: Doc, res: StudyAnalysis):
         "soft Jaccard (`best_val_jaccard`): Jaccard on probabilities with +1 smoothing, as in the original study; "
         "it is not a segmentation score and cannot separate learned from constant models.",
         "all-foreground baseline (`all_foreground_jaccard`): the IoU of predicting mitochondria at every pixel.",
-        f"degenerate: IoU below baseline + max({checks.MIN_MARGIN}, {checks.RELATIVE_MARGIN} x baseline), or "
-        f"predicted foreground fraction below {checks.MIN_FOREGROUND_FRACTION} or above "
-        f"{checks.MAX_FOREGROUND_FRACTION} (rule in `mitoseg/checks.py`, recomputed from the summary columns).",
+        f"degenerate: IoU below baseline + max({checks.MIN_MARGIN}, {checks.RELATIVE_MARGIN} x baseline) (at most half "
+        f"the way from the baseline to 1), or predicted foreground fraction below {checks.MIN_FOREGROUND_FRACTION} or "
+        f"above {checks.MAX_FOREGROUND_FRACTION} where less is foreground (rule in `mitoseg/checks.py`, recomputed "
+        "from the summary columns).",
         "val-loss stability (`val_loss_stability`): sample standard deviation of the validation loss over the last "
         "10 epochs; lower is steadier.",
         "overfitting gap (`overfitting_gap`): final validation loss minus final training loss; flagged as signs of "

@@ -45,8 +45,8 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         log(f"  {len(df_raw)} rows ({', '.join(f'{v} {k}' for k, v in inv.counts.items())}) -> {csv_path}")
         if inv.confirm_expected:
             log(f"  {inv.confirm_expected} of them are confirmation runs (stage confirm)")
-        if inv.extra:
-            log(f"  note: {len(inv.extra)} exp_ folder(s) not in the grid were included: {', '.join(inv.extra[:5])}")
+        if inv.foreign_note:
+            log(f"  note: {inv.foreign_note}")
         # the statistics run on the CSV just written, as with --summary_file; only the training-curves
         # figure reads more of the study (the best runs' history files, under history_root)
         df = load_summary(csv_path)
@@ -82,7 +82,10 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     for key, name, text in (("report_md", REPORT_MD, md), ("report_txt", REPORT_TXT, txt), ("summary_json", SUMMARY_JSON, js)):
         atomic_write_text(out_dir / name, text)
         outputs[key] = out_dir / name
-    if res.no_model_learned:
+    if res.n_ok == 0:
+        log("WARNING: no grid cell finished successfully ("
+            + ", ".join(f"{v} {k}" for k, v in sorted(res.counts.items())) + "); configurations are not ranked")
+    elif res.no_model_learned:
         log("WARNING: no model learned (best score does not clearly beat the all-foreground baseline)")
     elif res.soft_only:
         log("WARNING: only soft Jaccard scores; configurations are not ranked")

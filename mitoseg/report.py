@@ -30,10 +30,20 @@ CONFIRM_HINT = ("`python run_study.py confirm --study-dir STUDY --seeds 3` rerun
 
 # --- executive summary ---------------------------------------------------------------------------
 def cells_sentence(res: StudyAnalysis, expected: int) -> str:
-    """How many of the expected cells are in, by status."""
-    c = res.counts
+    """How many of the expected cells are in, by status (the confirmation stage's apart)."""
+    confirm = res.confirm_df
+    what = "grid cells" if len(confirm) else "cells"
+    s = _counts_sentence(res.counts, res.n_finished, expected, what)
+    if len(confirm):
+        counts = confirm["status"].value_counts().to_dict()
+        s += "; confirmation stage: " + _counts_sentence(counts, int(confirm["status"].isin(STATUSES).sum()),
+                                                          len(confirm), "cells")
+    return s + "."
+
+
+def _counts_sentence(c: dict, n_finished: int, expected: int, what: str) -> str:
     parts = [f"{c[s]} {s}" for s in (OK, FAILED, DIVERGED, INTERRUPTED) if c.get(s)]
-    s = f"{res.n_finished} of {expected} cells are in ({', '.join(parts) if parts else 'none finished'})"
+    s = f"{n_finished} of {expected} {what} are in ({', '.join(parts) if parts else 'none finished'})"
     extra = []
     if c.get(UNREADABLE):
         extra.append(f"{c[UNREADABLE]} with an unreadable results file")
@@ -41,7 +51,15 @@ def cells_sentence(res: StudyAnalysis, expected: int) -> str:
         extra.append(f"{c[MISSING]} missing (not started, still running, or killed)")
     others = {k: v for k, v in c.items() if k not in (*STATUSES, UNREADABLE, MISSING)}
     extra += [f"{v} with status '{k}'" for k, v in others.items()]
-    return s + ("; " + ", ".join(extra) if extra else "") + "."
+    return s + ("; " + ", ".join(extra) if extra else "")
+
+
+def _why_none(res: StudyAnalysis) -> str:
+    """Why no row succeeded, in words: the statuses of the rows (", all 3 failed")."""
+    counts = {k: v for k, v in res.counts.items() if v}
+    if not counts:
+        return ""
+    return ": " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def opening(res: StudyAnalysis) -> str:
@@ -49,7 +67,11 @@ def opening(res: StudyAnalysis) -> str:
     m = res.metric
     best = res.overall_best
     if res.n_ok == 0:
-        return "**No cell finished successfully, so no configuration can be ranked.**"
+        n_confirm = int(res.confirm_df["success"].sum()) if len(res.confirm_df) else 0
+        if n_confirm:
+            return (f"**No grid cell finished successfully, so no configuration can be ranked; the confirmation "
+                    f"stage's {n_confirm} successful run(s) are compared below.**")
+        return f"**No cell finished successfully, so no configuration can be ranked{_why_none(res)}.**"
     if res.soft_only:
         return ("**This summary holds only soft Jaccard scores, and the soft metric cannot separate learned from "
                 "constant models:** a model that predicts mitochondria everywhere, or one that outputs the same "

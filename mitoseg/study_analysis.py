@@ -112,7 +112,9 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> StudyA
     """All numbers the figures and reports use, from a normalized summary DataFrame (and an optional
     baseline study's summary)."""
     df, confirm = split_stages(df)
-    metric = choose_metric(df)
+    # a grid without a single success (its cells removed, or all failed) still has a headline metric when
+    # the confirmation stage has runs: theirs, not the "soft" fallback of an empty table
+    metric = choose_metric(df if df["success"].any() or confirm.empty else pd.concat([df, confirm]))
     df = add_score(df, metric)
     ok = df[df["success"] & df["score"].notna()].copy()
     configs = aggregate_configs(df)

@@ -15,12 +15,14 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pandas as pd
 
 from .checks import degenerate_reason
-from .grid import STAGES, load_study_grid, study_cells
+from .grid import STAGES, load_study_grid
+from .membership import study_membership
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, parse_cell_name
 from .results import ResultsError, load_results
@@ -58,8 +60,9 @@ class StudyInventory:
     """What the study folder holds compared with what its grid expects."""
     expected: int                      # cells the grid expects (or rows found without a grid)
     counts: dict = field(default_factory=dict)   # status -> number of rows
-    extra: list = field(default_factory=list)    # exp_ folders with results that the grid does not list
+    foreign: dict = field(default_factory=dict)  # exp_ folder -> why it is not one of the study's cells
     confirm_expected: int = 0                    # cells of the confirmation stage (confirm_config.json)
+    foreign_note: Optional[str] = None           # the one line listing the foreign folders
 
 
 def _num(value):
@@ -120,39 +123,33 @@ def _read_cell(study_dir: Path, name: str, cell=None) -> dict:
 
 
 def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
-    """Read every cell of a study folder into a summary DataFrame (columns SUMMARY_COLUMNS)."""
+    """Read every cell of a study folder into a summary DataFrame (columns SUMMARY_COLUMNS). With a
+    grid, only the study's own cells are read (mitoseg.membership); a foreign folder is listed in the
+    inventory, and a study cell whose folder is foreign is a missing row."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise SummaryError(f"study folder {study_dir} does not exist")
-    has_grid = StudyPaths(study_dir).grid_config.exists()
-    rows, seen = [], set()
-    expected = 0
-    if has_grid:
-        try:
-            study = study_cells(study_dir, load_study_grid(study_dir))
-        except ValueError as err:
-            raise SummaryError(str(err)) from None
-        for cell in study:
-            row = _read_cell(study_dir, cell.name, cell)
-            row["stage"] = cell.stage
-            rows.append(row)
-            seen.add(cell.name)
-        expected = sum(r["stage"] == "grid" for r in rows)
-    extra = []
-    for exp_dir in StudyPaths(study_dir).exp_dirs():
-        if exp_dir.name in seen:
-            continue
-        row = _read_cell(study_dir, exp_dir.name)
-        if has_grid and row["status"] == MISSING:
-            continue  # a stray folder that the grid does not list and that holds no results
+    if not StudyPaths(study_dir).grid_config.exists():
+        rows = [_read_cell(study_dir, exp_dir.name) for exp_dir in StudyPaths(study_dir).exp_dirs()]
+        if not rows:
+            raise SummaryError(f"{study_dir}: no cells at all (no {StudyPaths(study_dir).grid_config.name} "
+                               "and no exp_* folders)")
+        df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        return df, StudyInventory(len(rows), df["status"].value_counts().to_dict())
+    try:
+        members = study_membership(study_dir, load_study_grid(study_dir))
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+    rows = []
+    for cell in members.cells.values():
+        why = members.foreign.get(cell.name)
+        row = _placeholder_row(cell.name, MISSING, f"its folder is not this cell's ({why})", cell) if why \
+            else _read_cell(study_dir, cell.name, cell)
+        row["stage"] = cell.stage
         rows.append(row)
-        extra.append(exp_dir.name)
-    if not rows:
-        raise SummaryError(f"{study_dir}: no cells at all (no {StudyPaths(study_dir).grid_config.name} and no exp_* folders)")
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    inventory = StudyInventory(expected if has_grid else len(rows),
-                               df["status"].value_counts().to_dict(), extra if has_grid else [],
-                               int((df["stage"] == "confirm").sum()))
+    inventory = StudyInventory(int((df["stage"] == "grid").sum()), df["status"].value_counts().to_dict(),
+                               dict(members.foreign), int((df["stage"] == "confirm").sum()), members.note())
     return df, inventory
 
 

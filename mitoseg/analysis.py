@@ -40,7 +40,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
         log(f"Reading results of {study_dir} ...")
         df_raw, inv = build_summary(study_dir)
         expected = inv.expected
-        csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME)
+        csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME, log)
         outputs["summary_csv"] = csv_path
         log(f"  {len(df_raw)} rows ({', '.join(f'{v} {k}' for k, v in inv.counts.items())}) -> {csv_path}")
         if inv.confirm_expected:
@@ -55,18 +55,18 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     else:
         summary_file = Path(summary_file)
         log(f"Reading summary {summary_file} ...")
-        df = load_summary(summary_file)
+        df = load_summary(summary_file, log)
         expected = int((df["stage"] == "grid").sum())
         target = out_dir / SUMMARY_CSV_NAME
         if not same_file(target, summary_file):
-            outputs["summary_csv"] = write_summary_csv(df, target)
+            outputs["summary_csv"] = write_summary_csv(df, target, log)
         history_root = summary_file.parent
         source = str(summary_file)
         log(f"  {len(df)} rows")
     baseline = None
     if baseline_summary is not None:
         log(f"Reading baseline summary {baseline_summary} ...")
-        baseline = load_summary(baseline_summary)
+        baseline = load_summary(baseline_summary, log)
     log("Computing statistics ...")
     res = analyze(df, baseline)
     log(f"  headline metric: {res.metric.label}")

@@ -15,7 +15,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ from .io_utils import atomic_write_text
 from .paths import StudyPaths, parse_cell_name
 from .results import ResultsError, load_results
 from .status import FAILED, MISSING, OK, UNREADABLE
+from .summary_checks import CsvProblem, keep_hand_edits, read_checked, record_written
 
 # Columns of hyperparameter_summary.csv, in order. Field names as in mitoseg.results.RESULT_FIELDS
 # where one exists; test_* come from the results' `test` dict.
@@ -153,7 +154,8 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
     return df, inventory
 
 
-def write_summary_csv(df: pd.DataFrame, path) -> Path:
+def write_summary_csv(df: pd.DataFrame, path, say: Optional[Callable[[str], None]] = None) -> Path:
+    """Write the summary CSV; a file there that the analysis did not write is kept first (summary_checks)."""
     path = Path(path)
     cols = [c for c in SUMMARY_COLUMNS if c in df.columns] + [c for c in df.columns if c not in SUMMARY_COLUMNS]
     out = df[cols].copy()
@@ -162,7 +164,10 @@ def write_summary_csv(df: pd.DataFrame, path) -> Path:
             values = pd.to_numeric(out[col], errors="coerce")
             if (values.dropna() == values.dropna().round()).all():
                 out[col] = values.round().astype("Int64")
-    atomic_write_text(path, out.to_csv(index=False))
+    text = out.to_csv(index=False)
+    keep_hand_edits(path, text, say or print)
+    atomic_write_text(path, text)
+    record_written(path, text)
     return path
 
 
@@ -242,12 +247,18 @@ def _stages(column: pd.Series, source: str) -> pd.Series:
     return stage
 
 
-def load_summary(path) -> pd.DataFrame:
+def load_summary(path, say: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
+    """A summary CSV, checked as hand-edited input (mitoseg/summary_checks.py; `say` gets its notes)."""
     path = Path(path)
     if not path.is_file():
         raise SummaryError(f"summary file {path} does not exist")
+    notes = []
     try:
-        df = pd.read_csv(path)
+        df = read_checked(path, REQUIRED_COLUMNS, NUMERIC_COLUMNS, notes.append)
+    except CsvProblem as err:
+        raise SummaryError(f"{path}: {err}") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    if notes and say is not None:
+        say(f"  note: {path.name}: " + "; ".join(notes))
     return normalize_summary(df, str(path))

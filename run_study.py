@@ -290,8 +290,8 @@ def main(argv=None) -> int:
             return verify.main(args)
     except KeyboardInterrupt:
         _quiet_stdout()
-        print("interrupted: the running cells were stopped and recorded as interrupted; the same command resumes "
-              "them", file=sys.stderr)
+        print("interrupted (Ctrl-C): cells that were training are recorded as interrupted; the same command "
+              "resumes them", file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:   # `status | head`: the reader has gone, nothing is left to say
         _quiet_stdout()

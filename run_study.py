@@ -148,6 +148,7 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
     study, --cells/--arch, the confirmation flags) before anything is written; then finished cells its
     grid no longer describes are one-line errors before anything runs (mitoseg/identity.py)."""
     from mitoseg.identity import check_study
+    from mitoseg.membership import study_membership
     from mitoseg.paths import StudyPaths
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if args.study_dir:
@@ -165,6 +166,9 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
     grid = G.init_study(study, grid)
     retrain = [c.index for c in chosen] if getattr(args, "force", False) else []
     check_study(study, grid, retrain=retrain, check_data=True)
+    note = study_membership(study, grid).note()
+    if note:
+        _print(f"note: {note}")
     return study.resolve(), grid, chosen
 
 

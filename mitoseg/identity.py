@@ -93,6 +93,8 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
         if record["status"] not in DONE_STATUSES:
             continue
         cell = by_name.get(path.parent.name)
+        if cell is None and any(path.parent.name.startswith(name) for name in by_name):
+            continue   # a copy of a cell ("exp_01_... (copy)"): listed as a duplicate, never run or counted
         if cell is None:
             raise ValueError(f"{where}: the finished cell {path.parent.name} is no cell of this grid (was the grid "
                              "edited?); restore the grid, or start a new study")

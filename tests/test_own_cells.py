@@ -111,3 +111,12 @@ def test_a_study_left_with_its_confirmation_cells_is_analysed_from_them(tmp_path
     assert "0 of 2 grid cells are in" in md and "confirmation stage: 2 of 2 cells are in (2 ok)" in md
     summary = json.loads((study / "analysis_summary.json").read_text())
     assert summary["metric"]["column"] != "best_val_jaccard"
+
+
+def test_local_lists_a_copy_once_and_trains_nothing_for_it(study):
+    first = cell_names(study)[0]
+    shutil.copytree(study / first, study / f"{first} (copy)")
+    proc = run(REPO / "run_study.py", "local", "--study-dir", study, "--no-analysis")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(f"{first} (copy) (a duplicate of {first})") == 1
+    assert "2 cell(s) selected, 2 already finished, 0 to run" in proc.stdout

@@ -162,6 +162,8 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
         if value is not None and value < (0 if flag == "confirm_seeds" else 1):
             raise ValueError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'confirm_seeds' else 1}, "
                              f"got {value}")
+    if getattr(args, "confirm_seeds", None) and args.study_dir and Path(args.study_dir).is_dir():
+        C.check_against_plan(args.study_dir, args.confirm_seeds)   # not only after the grid has trained
     study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
     grid = G.init_study(study, grid)
     retrain = [c.index for c in chosen] if getattr(args, "force", False) else []

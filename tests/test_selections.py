@@ -104,3 +104,13 @@ def test_an_environment_variable_that_is_used_is_named(tmp_path, grid_file):
     proc = run_study("list", "--size", env={"GRID_CONFIG": str(grid_file)})
     assert proc.returncode == 0 and proc.stdout.strip() == "4"
     assert f"--grid-config from $GRID_CONFIG: {grid_file}" in proc.stderr
+
+
+def test_confirm_seeds_contradicting_the_studys_plan_are_refused_before_the_grid_trains(tmp_path):
+    study = make_study(tmp_path / "study", architectures=["UNet", "Attention_UNet"], learning_rates=[1e-3],
+                       batch_sizes=[8], seeds=[1])
+    add_confirmation(study, 2, val_fn=lambda c: 0.72, test_fn=lambda c: 0.70)
+    (study / "exp_00_UNet_lr0.001_bs8").rename(study / "gone")   # a grid cell that would train first
+    proc = run_study("local", "--study-dir", study, "--confirm-seeds", "1", "--no-analysis")
+    assert "already plans 2 seeds" in error_line(proc)
+    assert "to run" not in proc.stdout and not (study / "exp_00_UNet_lr0.001_bs8").exists()

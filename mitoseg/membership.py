@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import grid as G
-from .identity import config_differences, data_fingerprint
+from .identity import config_differences, copy_of, data_fingerprint
 from .paths import ExperimentPaths, StudyPaths
 from .results import ResultsError, load_results
 
@@ -60,15 +60,6 @@ def _settings_differences(record: dict, cell: G.Cell, grid: G.GridConfig) -> lis
             if record.get(k) is not None and record.get(k) != wanted[k]]
 
 
-def _copy_of(name: str, record: Optional[dict], cells: dict) -> Optional[str]:
-    """The study cell a foreign folder duplicates (by its name or its record's experiment id), if any."""
-    recorded = (record or {}).get("experiment_id")
-    for cell_name in sorted(cells, key=len, reverse=True):
-        if name.startswith(cell_name) or recorded == cell_name:
-            return cell_name
-    return None
-
-
 def _fingerprint(record: dict) -> Optional[str]:
     fp = (record.get("data") or {}).get("data_fingerprint")
     return fp.get("sha256") if isinstance(fp, dict) else None
@@ -95,7 +86,7 @@ def study_membership(study_dir, grid: G.GridConfig) -> Membership:
         name = exp_dir.name
         record = _record(exp_dir)
         if name not in cells:
-            copy = _copy_of(name, record, cells)
+            copy = copy_of(name, record, cells)
             out.foreign[name] = f"a duplicate of {copy}" if copy else "no cell of this study"
             continue
         if record is None:

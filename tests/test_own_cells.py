@@ -120,3 +120,11 @@ def test_local_lists_a_copy_once_and_trains_nothing_for_it(study):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count(f"{first} (copy) (a duplicate of {first})") == 1
     assert "2 cell(s) selected, 2 already finished, 0 to run" in proc.stdout
+
+
+def test_a_cell_of_an_edited_grid_is_no_copy():
+    from mitoseg.identity import copy_of
+    cells = ["exp_00_UNet_lr0.001_bs8"]
+    assert copy_of("exp_00_UNet_lr0.001_bs8 (copy)", None, cells) == cells[0]
+    assert copy_of("exp_00_UNet_lr0.001_bs8_seed5", None, cells) is None
+    assert copy_of("exp_07_other", {"experiment_id": cells[0]}, cells) == cells[0]

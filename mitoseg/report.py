@@ -17,10 +17,11 @@ from .comparison import POWER
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
 from .report_confirmation import confirmation_section, confirmation_summary
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean_sd_n, pct
+from .report_cells import cells_sentence, why_none
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
 from .stats import finite
-from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, OK, STATUSES, UNREADABLE
+from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 
 LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a model that learned, in report order
@@ -29,39 +30,6 @@ CONFIRM_HINT = ("`python run_study.py confirm --study-dir STUDY --seeds 3` rerun
 
 
 # --- executive summary ---------------------------------------------------------------------------
-def cells_sentence(res: StudyAnalysis, expected: int) -> str:
-    """How many of the expected cells are in, by status (the confirmation stage's apart)."""
-    confirm = res.confirm_df
-    what = "grid cells" if len(confirm) else "cells"
-    s = _counts_sentence(res.counts, res.n_finished, expected, what)
-    if len(confirm):
-        counts = confirm["status"].value_counts().to_dict()
-        s += "; confirmation stage: " + _counts_sentence(counts, int(confirm["status"].isin(STATUSES).sum()),
-                                                          len(confirm), "cells")
-    return s + "."
-
-
-def _counts_sentence(c: dict, n_finished: int, expected: int, what: str) -> str:
-    parts = [f"{c[s]} {s}" for s in (OK, FAILED, DIVERGED, INTERRUPTED) if c.get(s)]
-    s = f"{n_finished} of {expected} {what} are in ({', '.join(parts) if parts else 'none finished'})"
-    extra = []
-    if c.get(UNREADABLE):
-        extra.append(f"{c[UNREADABLE]} with an unreadable results file")
-    if c.get(MISSING):
-        extra.append(f"{c[MISSING]} missing (not started, still running, or killed)")
-    others = {k: v for k, v in c.items() if k not in (*STATUSES, UNREADABLE, MISSING)}
-    extra += [f"{v} with status '{k}'" for k, v in others.items()]
-    return s + ("; " + ", ".join(extra) if extra else "")
-
-
-def _why_none(res: StudyAnalysis) -> str:
-    """Why no row succeeded, in words: the statuses of the rows (", all 3 failed")."""
-    counts = {k: v for k, v in res.counts.items() if v}
-    if not counts:
-        return ""
-    return ": " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
 def opening(res: StudyAnalysis) -> str:
     """The report's first sentence: the best configuration, or why none can be named."""
     m = res.metric
@@ -71,7 +39,7 @@ def opening(res: StudyAnalysis) -> str:
         if n_confirm:
             return (f"**No grid cell finished successfully, so no configuration can be ranked; the confirmation "
                     f"stage's {n_confirm} successful run(s) are compared below.**")
-        return f"**No cell finished successfully, so no configuration can be ranked{_why_none(res)}.**"
+        return f"**No cell finished successfully, so no configuration can be ranked{why_none(res)}.**"
     if res.soft_only:
         return ("**This summary holds only soft Jaccard scores, and the soft metric cannot separate learned from "
                 "constant models:** a model that predicts mitochondria everywhere, or one that outputs the same "

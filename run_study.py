@@ -63,6 +63,9 @@ def _env_defaults(args, environ=os.environ) -> list[str]:
             used.append(f"{flag} from ${var}: {value}")
         elif G.absolute_path(given) != G.absolute_path(value):
             raise ValueError(f"{flag} {given} contradicts ${var}={value}; give one of them (or unset {var})")
+    if environ.get("STUDY_DIR") and args.command in ("local", "submit") and not args.study_dir:
+        used.append(f"note: $STUDY_DIR={environ['STUDY_DIR']} is not read by `{args.command}`: a new study folder is "
+                    f"created (give --study-dir {environ['STUDY_DIR']} to continue that study)")
     if getattr(args, "demo", False) and getattr(args, "grid_config", None):
         raise ValueError("--demo and --grid-config contradict each other (the demo has its own grid); give one")
     return used

@@ -114,3 +114,10 @@ def test_confirm_seeds_contradicting_the_studys_plan_are_refused_before_the_grid
     proc = run_study("local", "--study-dir", study, "--confirm-seeds", "1", "--no-analysis")
     assert "already plans 2 seeds" in error_line(proc)
     assert "to run" not in proc.stdout and not (study / "exp_00_UNet_lr0.001_bs8").exists()
+
+
+def test_a_study_dir_variable_that_local_does_not_read_is_named(tmp_path, grid_file):
+    proc = run_study("local", "--grid-config", grid_file, "--root", tmp_path, "--cells", "9",
+                     env={"STUDY_DIR": str(tmp_path / "old")})
+    assert f"$STUDY_DIR={tmp_path / 'old'} is not read by `local`" in proc.stdout
+    assert "'9' is outside" in error_line(proc)

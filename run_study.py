@@ -263,9 +263,9 @@ def cmd_submit(args) -> int:
     if scheduler is None:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
         return EXIT_BAD_INPUT
-    study, grid, _ = _open_study(args, args.root)
     from mitoseg.multi_cell import cells_per_gpu
-    k = cells_per_gpu(args.cells_per_gpu)
+    k = cells_per_gpu(args.cells_per_gpu)   # checked before the study folder is written
+    study, grid, _ = _open_study(args, args.root)
     ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
     _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
     return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED

@@ -121,3 +121,10 @@ def test_a_study_dir_variable_that_local_does_not_read_is_named(tmp_path, grid_f
                      env={"STUDY_DIR": str(tmp_path / "old")})
     assert f"$STUDY_DIR={tmp_path / 'old'} is not read by `local`" in proc.stdout
     assert "'9' is outside" in error_line(proc)
+
+
+def test_a_refused_submission_writes_no_study(tmp_path, grid_file):
+    proc = run_study("submit", "--scheduler", "slurm", "--root", tmp_path / "root", "--grid-config", grid_file,
+                     "--cells-per-gpu", "0", "--dry-run")
+    assert "cells-per-gpu" in error_line(proc).replace("CELLS_PER_GPU", "cells-per-gpu").lower()
+    assert not (tmp_path / "root").exists()

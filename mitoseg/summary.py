@@ -3,11 +3,13 @@
 `build_summary(study_dir)` turns a study's results files into the rows the analysis reads. Every
 expected cell of the study's grid gets a row: finished cells with their status (ok / diverged / failed /
 interrupted), a results file that `load_results` refuses as "unreadable" (with the error), and a
-cell without a results file as "missing" (not started, still running, or killed).
+cell without a results file as "missing" (not started, still running, or killed). Only the study's own
+cells are read (mitoseg.membership): a foreign folder is listed, never a row.
 
 `load_summary(csv)` is how the analysis reads a summary -- its own or a user-edited one, or the
-original study's CSV with only soft scores. It checks the required columns, coerces types and
-recomputes `success` and `degenerate` from the numbers (rule in `mitoseg.checks`).
+original study's CSV with only soft scores. It reads it as hand-edited input (mitoseg.summary_checks),
+checks the required columns, coerces types and recomputes `success` and `degenerate` from the numbers
+(rule in `mitoseg.checks`).
 """
 from __future__ import annotations
 

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
     from mitoseg.analysis import run_analysis
-    from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK
+    from mitoseg.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
     from mitoseg.summary import SummaryError
     try:
         run_analysis(args.study_dir, args.summary_file, args.output_dir, args.baseline_summary,
@@ -38,6 +38,10 @@ def main(argv=None) -> int:
     except SummaryError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:   # a full disk, a read-only folder: what could not be written, in one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: the analysis could not write its outputs ({where}{err.strerror or err})", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -39,15 +39,41 @@ from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
 from mitoseg.paths import StudyPaths, new_study_dir
 from mitoseg.study_dir import base_grid, create_new_study_dir
-from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 
 def _grid_args(p):
-    p.add_argument("--grid-config", default=os.environ.get("GRID_CONFIG"),
-                   help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
+    p.add_argument("--grid-config", help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
     p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
-                   help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+    p.add_argument("--data-dir", help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+
+
+ENV_DEFAULTS = (("grid_config", "GRID_CONFIG", "--grid-config"), ("data_dir", "DATA_DIR", "--data-dir"))
+
+
+def _env_defaults(args, environ=os.environ) -> list[str]:
+    """Fill --grid-config/--data-dir from $GRID_CONFIG/$DATA_DIR; ValueError when such a variable contradicts
+    --demo (the demo's grid and data are built in) or the flag given. Returns the lines naming what was used."""
+    used = []
+    for attr, var, flag in ENV_DEFAULTS:
+        value = environ.get(var)
+        if not value or not hasattr(args, attr):
+            continue
+        if getattr(args, "demo", False):
+            raise ValueError(f"${var} is set ({value}) but --demo uses its own grid and the built-in data; "
+                             f"unset {var} (or drop --demo)")
+        given = getattr(args, attr)
+        if given is None:
+            setattr(args, attr, value)
+            used.append(f"{flag} from ${var}: {value}")
+        elif G.absolute_path(given) != G.absolute_path(value):
+            raise ValueError(f"{flag} {given} contradicts ${var}={value}; give one of them (or unset {var})")
+    if environ.get("STUDY_DIR") and args.command in ("local", "submit") and not args.study_dir:
+        used.append(f"note: $STUDY_DIR={environ['STUDY_DIR']} is not read by `{args.command}`: a new study folder is "
+                    f"created (give --study-dir {environ['STUDY_DIR']} to continue that study)")
+    if getattr(args, "demo", False) and getattr(args, "grid_config", None):
+        raise ValueError("--demo and --grid-config contradict each other (the demo has its own grid); give one")
+    return used
 
 
 def _site_arg(p):
@@ -141,19 +167,35 @@ def cmd_list(args) -> int:
     return G.list_grid(args.study_dir, args.grid_config, args.demo, args.size)
 
 
-def _open_study(args, root) -> tuple[Path, G.GridConfig]:
-    """The study to run: flags that contradict an existing study, or finished cells its grid no longer
-    describes, are one-line errors before anything runs (mitoseg/identity.py)."""
+def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
+    """The study to run and the cells chosen: the whole command is checked (flags against an existing
+    study, --cells/--arch, the confirmation flags) before anything is written; then finished cells its
+    grid no longer describes are one-line errors before anything runs (mitoseg/identity.py)."""
     from mitoseg.identity import check_study
+    from mitoseg.membership import study_membership
+    from mitoseg.paths import StudyPaths
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if args.study_dir:
         given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
         G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
+        if StudyPaths(args.study_dir).grid_config.exists():
+            grid = G.load_study_grid(args.study_dir)   # an existing study's grid wins (mitoseg.grid.init_study)
+    chosen = R.select_cells(grid, getattr(args, "cells", None), getattr(args, "arch", None), args.study_dir)
+    for flag in ("confirm_seeds", "confirm_folds"):
+        value = getattr(args, flag, None)
+        if value is not None and value < (0 if flag == "confirm_seeds" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'confirm_seeds' else 1}, "
+                             f"got {value}")
+    if getattr(args, "confirm_seeds", None) and args.study_dir and Path(args.study_dir).is_dir():
+        C.check_against_plan(args.study_dir, args.confirm_seeds)   # not only after the grid has trained
     study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
     grid = G.init_study(study, grid)
-    retrain = [c.index for c in R.select_cells(grid, args.cells, args.arch)] if getattr(args, "force", False) else []
+    retrain = [c.index for c in chosen] if getattr(args, "force", False) else []
     check_study(study, grid, retrain=retrain, check_data=True)
-    return study.resolve(), grid
+    note = study_membership(study, grid).note()
+    if note:
+        _print(f"note: {note}")
+    return study.resolve(), grid, chosen
 
 
 def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
@@ -180,8 +222,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
 
 def cmd_local(args) -> int:
     t0 = time.monotonic()
-    study, grid = _open_study(args, args.root or ("demo_study" if args.demo else "."))
-    chosen = R.select_cells(grid, args.cells, args.arch)
+    study, grid, chosen = _open_study(args, args.root or ("demo_study" if args.demo else "."))
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
@@ -262,12 +303,12 @@ def cmd_submit(args) -> int:
     if scheduler is None:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
         return EXIT_BAD_INPUT
-    study, grid = (_planned_study if args.dry_run else _open_study)(args, args.root)
+    from mitoseg.multi_cell import cells_per_gpu
+    k = cells_per_gpu(args.cells_per_gpu)   # checked before the study folder is written
+    study, grid = _planned_study(args, args.root) if args.dry_run else _open_study(args, args.root)[:2]
     data, env_data = grid.fixed.get("data_dir"), os.environ.get("DATA_DIR")
     from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
     _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
-    from mitoseg.multi_cell import cells_per_gpu
-    k = cells_per_gpu(args.cells_per_gpu)
     ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run,
                        cells_per_gpu=k, site=profile)
     _print(f"study folder{' (not created: dry run)' if args.dry_run else ''}: {study}\n"
@@ -294,6 +335,8 @@ def main(argv=None) -> int:
         argv = ["local", *argv]
     args = build_parser().parse_args(argv)
     try:
+        for line in _env_defaults(args):   # `list --size` feeds scripts: its note goes to stderr
+            print(line, file=sys.stderr if args.command == "list" else sys.stdout, flush=True)
         if args.command == "list":
             return cmd_list(args)
         if args.command == "local":
@@ -311,10 +354,27 @@ def main(argv=None) -> int:
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
             return cmd_verify(args)
+    except KeyboardInterrupt:
+        _quiet_stdout()
+        print("interrupted (Ctrl-C): cells that were training are recorded as interrupted; the same command "
+              "resumes them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:   # `status | head`: the reader has gone, nothing is left to say
+        _quiet_stdout()
+        return EXIT_OK
     except (ValueError, RuntimeError, OSError) as err:
         _print(f"error: {err}")
         return EXIT_BAD_INPUT
     return EXIT_BAD_INPUT
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: a closed pipe must not fail once more when Python flushes it at exit."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ from .comparison import POWER
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
 from .report_confirmation import confirmation_section
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean_sd_n, pct
+from .report_cells import cells_sentence
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
 from .stats import finite
 from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 
-from .report_summary import cells_sentence, comparison_sentence, executive_summary, selection_caveat
+from .report_summary import comparison_sentence, executive_summary, selection_caveat
 
 
 # --- findings and the selected configurations ----------------------------------------------------

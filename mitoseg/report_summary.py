@@ -4,28 +4,14 @@ degenerate cells. Words only; the numbers come from mitoseg.study_analysis.Study
 from __future__ import annotations
 
 from . import checks
+from .report_cells import cells_sentence, why_none
 from .report_confirmation import CONFIRM_COMMAND, confirmation_summary, headline
 from .report_format import NA, Doc, cfg_text, f3, fint, fp, pct
 from .stats import finite
-from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, OK, STATUSES, UNREADABLE
+from .status import DIVERGED, FAILED, INTERRUPTED
 from .study_analysis import StudyAnalysis
 
 LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a model that learned, in report order
-
-def cells_sentence(res: StudyAnalysis, expected: int) -> str:
-    """How many of the expected cells are in, by status."""
-    c = res.counts
-    parts = [f"{c[s]} {s}" for s in (OK, FAILED, DIVERGED, INTERRUPTED) if c.get(s)]
-    s = f"{res.n_finished} of {expected} cells are in ({', '.join(parts) if parts else 'none finished'})"
-    extra = []
-    if c.get(UNREADABLE):
-        extra.append(f"{c[UNREADABLE]} with an unreadable results file")
-    if c.get(MISSING):
-        extra.append(f"{c[MISSING]} missing (not started, still running, or killed)")
-    others = {k: v for k, v in c.items() if k not in (*STATUSES, UNREADABLE, MISSING)}
-    extra += [f"{v} with status '{k}'" for k, v in others.items()]
-    return s + ("; " + ", ".join(extra) if extra else "") + "."
-
 
 def sd_text(mean, sd, n) -> str:
     """"0.822 (SD 0.017, n=2 runs)": a mean with its labelled standard deviation over runs."""
@@ -41,7 +27,7 @@ def grid_sentence(res: StudyAnalysis) -> str:
     if res.n_rows == 0:
         return "This summary holds confirmation runs only: there is no grid selection to report."
     if res.n_ok == 0:
-        return "**No grid cell finished successfully, so no configuration can be ranked.**"
+        return f"**No grid cell finished successfully, so no configuration can be ranked{why_none(res)}.**"
     if res.soft_only:
         return ("**This summary holds only soft Jaccard scores, and the soft metric cannot separate learned from "
                 "constant models:** a model that predicts mitochondria everywhere, or one that outputs the same "

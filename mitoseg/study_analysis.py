@@ -114,7 +114,9 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None, sesoi: fl
     baseline study's summary; sesoi: the smallest test IoU difference between architectures that matters;
     plan_configs: the confirmation plan's ranked configurations, else the grid's selection ranks them)."""
     df, confirm = split_stages(df)
-    metric = choose_metric(df if len(df) else confirm)   # a confirmation-only summary: the metric its runs have
+    # a grid without a single success (its cells removed, or all failed) still has a headline metric when
+    # the confirmation stage has runs: theirs, not the "soft" fallback of an empty table
+    metric = choose_metric(df if df["success"].any() or confirm.empty else pd.concat([df, confirm]))
     df = add_score(df, metric)
     ok = df[df["success"] & df["score"].notna()].copy()
     counted = counted_runs(df).assign(score=lambda d: d["outcome"])

@@ -5,10 +5,10 @@
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
     python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N [--confirm-folds K]]
     python run_study.py status --study-dir D
-    python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
+    python run_study.py submit [--site SITE.json] [--scheduler slurm|pbspro|torque] [--grid-config G.json] [--dry-run] [-- QSUB/SBATCH ARGS]
     python run_study.py confirm --study-dir D --seeds N [--folds K] [--sesoi X] [--top T] [--scheduler local|pbs|slurm]
     python run_study.py analyze --study-dir D
-    python run_study.py verify [--grid-config G.json] [--data-dir DATA]
+    python run_study.py verify [--site SITE.json] [--grid-config G.json] [--data-dir DATA] [-- QSUB/SBATCH ARGS]
     python run_study.py element [--task-index N]    # what the job scripts run (one array element)
 
 The plain way on PBS is `qsub pbs_hyperparameter_optimization.sh` (Slurm: `sbatch
@@ -16,8 +16,11 @@ slurm_hyperparameter_optimization.sh`); `submit` does the same for any grid size
 array range from the grid. Finished cells (status ok/diverged) are always skipped, failed and
 interrupted ones rerun (interrupted ones resume from their last epoch).
 Environment: STUDY_DIR (study folder), GRID_CONFIG (grid JSON for a new study), DATA_DIR (data
-folder for a new study), TF_CONTAINER (Apptainer/Singularity image), PYTHON (host Python of the
-job scripts).
+folder for a new study), MITOSEG_SITE (site profile, when no --site), TF_CONTAINER (Apptainer image:
+.sif, sandbox folder or docker:// address; wins over the profile's; unusable = error, never the
+host), CONTAINER_PYTHON (the Python inside it, default python), PYTHON (host Python of the job
+scripts), MITOSEG_ANALYSIS_SBATCH_ARGS / MITOSEG_ANALYSIS_QSUB_ARGS (replace the analysis job's own
+resource request).
 """
 from __future__ import annotations
 
@@ -30,19 +33,63 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
+from mitoseg import site as S
 from mitoseg.cli_args import OneLineParser, positive_int
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
+from mitoseg.paths import StudyPaths, new_study_dir
 from mitoseg.study_dir import base_grid, create_new_study_dir
-from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
 
 def _grid_args(p):
-    p.add_argument("--grid-config", default=os.environ.get("GRID_CONFIG"),
-                   help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
+    p.add_argument("--grid-config", help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
     p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
-                   help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+    p.add_argument("--data-dir", help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+
+
+ENV_DEFAULTS = (("grid_config", "GRID_CONFIG", "--grid-config"), ("data_dir", "DATA_DIR", "--data-dir"))
+
+
+def _env_defaults(args, environ=os.environ) -> list[str]:
+    """Fill --grid-config/--data-dir from $GRID_CONFIG/$DATA_DIR; ValueError when such a variable contradicts
+    --demo (the demo's grid and data are built in) or the flag given. Returns the lines naming what was used."""
+    used = []
+    for attr, var, flag in ENV_DEFAULTS:
+        value = environ.get(var)
+        if not value or not hasattr(args, attr):
+            continue
+        if getattr(args, "demo", False):
+            raise ValueError(f"${var} is set ({value}) but --demo uses its own grid and the built-in data; "
+                             f"unset {var} (or drop --demo)")
+        given = getattr(args, attr)
+        if given is None:
+            setattr(args, attr, value)
+            used.append(f"{flag} from ${var}: {value}")
+        elif G.absolute_path(given) != G.absolute_path(value):
+            raise ValueError(f"{flag} {given} contradicts ${var}={value}; give one of them (or unset {var})")
+    if environ.get("STUDY_DIR") and args.command in ("local", "submit") and not args.study_dir:
+        used.append(f"note: $STUDY_DIR={environ['STUDY_DIR']} is not read by `{args.command}`: a new study folder is "
+                    f"created (give --study-dir {environ['STUDY_DIR']} to continue that study)")
+    if getattr(args, "demo", False) and getattr(args, "grid_config", None):
+        raise ValueError("--demo and --grid-config contradict each other (the demo has its own grid); give one")
+    return used
+
+
+def _site_arg(p):
+    p.add_argument("--site", help=f"site profile JSON (default ${S.SITE_ENV}, else ./{S.LOCAL_NAME}, else "
+                   "~/.config/mitoseg/site.json; the first found is used and printed)")
+
+
+def _plan_args(p):
+    """What `confirm` plans: seeds x folds of the top configurations, and the smallest difference that matters."""
+    p.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
+    p.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
+    p.add_argument("--folds", type=positive_int, default=1,
+                   help="folds of the data split per seed: each moves the validation block (and a held-out test "
+                        "block) to another part of the stack (default 1: the grid's split)")
+    p.add_argument("--sesoi", type=float, default=0.01, help="the smallest IoU difference that matters, recorded in the "
+                   "plan for the comparison (default 0.01)")
 
 
 def build_parser():
@@ -71,20 +118,15 @@ def build_parser():
     s = sub.add_parser("confirm", help="rerun each architecture's validation-selected configuration(s) with fresh "
                                        "seeds, then compare the architectures on the test set")
     s.add_argument("--study-dir", required=True, help="a study whose grid has finished")
-    s.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
-    s.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
-    s.add_argument("--folds", type=positive_int, default=1,
-                   help="folds of the data split per seed: each moves the validation block (and a held-out test "
-                        "block) to another part of the stack (default 1: the grid's split)")
-    s.add_argument("--sesoi", type=float, default=0.01, help="the smallest IoU difference that matters, recorded in the "
-                   "plan for the comparison (default 0.01)")
+    _plan_args(s)
     s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
                    help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
     s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
     s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
     s.add_argument("--no-analysis", action="store_true", help="local: do not run the analysis at the end")
     s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+    _site_arg(s)
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments (array and analysis job)")
 
     s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA")
     s.add_argument("--study-dir", required=True)
@@ -97,11 +139,13 @@ def build_parser():
     s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"), help="default: detected")
     s.add_argument("--study-dir", help="existing study to continue (default: a new one in --root)")
     s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
-    s.add_argument("--dry-run", action="store_true", help="print the command only")
+    s.add_argument("--dry-run", action="store_true", help="print every job line (array, analysis); create nothing")
+    _site_arg(s)
     s.add_argument("--cells-per-gpu", type=int,
                    help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
                    "the array gets ceil(cells / K) elements")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments; they win over "
+                   "the site profile and reach the array and the analysis job")
 
     s = sub.add_parser("element", help="one array element (what the job scripts run)")
     s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
@@ -116,6 +160,14 @@ def build_parser():
     s.add_argument("--slurm-script", default=str(SLURM_SCRIPT))
     s.add_argument("--skip-env-probe", action="store_true",
                    help="skip importing TensorFlow in the training environment (faster)")
+    _site_arg(s)
+    s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"),
+                   help="whose walltime to check (default: the site profile's, else both job scripts')")
+    s.add_argument("--submit", action="store_true", help="run the check as a job (pbs_setup_verification.sh / "
+                   "slurm_setup_verification.sh with the site profile); its output goes to OUTPUT_ROOT/logs/")
+    s.add_argument("--dry-run", action="store_true", help="with --submit: print the job and submit nothing")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: the qsub/sbatch arguments you will give "
+                   "submit (a walltime among them is the one checked; with --submit also the job's)")
     return p
 
 
@@ -127,19 +179,36 @@ def cmd_list(args) -> int:
     return G.list_grid(args.study_dir, args.grid_config, args.demo, args.size)
 
 
-def _open_study(args, root) -> tuple[Path, G.GridConfig]:
-    """The study to run: flags that contradict an existing study, or finished cells its grid no longer
-    describes, are one-line errors before anything runs (mitoseg/identity.py)."""
+def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
+    """The study to run and the cells chosen: the whole command is checked (flags against an existing
+    study, --cells/--arch, the confirmation flags) before anything is written; then finished cells its
+    grid no longer describes are one-line errors before anything runs (mitoseg/identity.py)."""
     from mitoseg.identity import check_study
+    from mitoseg.membership import study_membership
+    from mitoseg.paths import StudyPaths
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if args.study_dir:
         given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
         G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
+        if StudyPaths(args.study_dir).grid_config.exists():
+            grid = G.load_study_grid(args.study_dir)   # an existing study's grid wins (mitoseg.grid.init_study)
+    chosen = R.select_cells(grid, getattr(args, "cells", None), getattr(args, "arch", None), args.study_dir)
+    for flag in ("confirm_seeds", "confirm_folds"):
+        value = getattr(args, flag, None)
+        if value is not None and value < (0 if flag == "confirm_seeds" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'confirm_seeds' else 1}, "
+                             f"got {value}")
+    if getattr(args, "confirm_seeds", None) and args.study_dir and Path(args.study_dir).is_dir():
+        folds = args.confirm_folds or (C.DEMO_CONFIRM_FOLDS if args.demo else 1)
+        C.check_against_plan(args.study_dir, args.confirm_seeds, folds=folds)   # not only after the grid has trained
     study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
     grid = G.init_study(study, grid)
-    retrain = [c.index for c in R.select_cells(grid, args.cells, args.arch)] if getattr(args, "force", False) else []
+    retrain = [c.index for c in chosen] if getattr(args, "force", False) else []
     check_study(study, grid, retrain=retrain, check_data=True)
-    return study.resolve(), grid
+    note = study_membership(study, grid).note()
+    if note:
+        _print(f"note: {note}")
+    return study.resolve(), grid, chosen
 
 
 def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
@@ -170,8 +239,7 @@ def cmd_local(args) -> int:
     folds = args.confirm_folds or (C.DEMO_CONFIRM_FOLDS if args.demo else 1)
     if args.confirm_folds and not seeds:
         raise ValueError("--confirm-folds needs --confirm-seeds N (the confirmation stage whose runs it splits)")
-    study, grid = _open_study(args, args.root or ("demo_study" if args.demo else "."))
-    chosen = R.select_cells(grid, args.cells, args.arch)
+    study, grid, chosen = _open_study(args, args.root or ("demo_study" if args.demo else "."))
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
@@ -213,7 +281,7 @@ def cmd_confirm(args) -> int:
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
     ids = submit_study(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
-                       dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index))
+                       dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index), site=_load_site(args))
     _print(f"follow it with: python run_study.py status --study-dir {study}")
     return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
 
@@ -227,17 +295,54 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def _load_site(args) -> S.SiteProfile:
+    """The site profile (--site, $MITOSEG_SITE, ./mitoseg_site.json, ~/.config/mitoseg/site.json), said aloud."""
+    profile = S.load_site(args.site)
+    _print(profile.describe())
+    return profile
+
+
+def _planned_study(args, root) -> tuple[Path, G.GridConfig]:
+    """A dry run's study: the existing one (read, never written) or the path a new one would get."""
+    grid = base_grid(args.grid_config, args.data_dir, args.demo)
+    if not args.study_dir:
+        return new_study_dir(root).resolve(), grid
+    given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
+    G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
+    existing = StudyPaths(args.study_dir).grid_config.exists()
+    return Path(args.study_dir).resolve(), G.load_study_grid(args.study_dir) if existing else grid
+
+
 def cmd_submit(args) -> int:
-    scheduler = args.scheduler or detect_scheduler()
+    profile = _load_site(args)
+    scheduler = args.scheduler or profile.scheduler or detect_scheduler()
     if scheduler is None:
         _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
         return EXIT_BAD_INPUT
-    study, grid = _open_study(args, args.root)
     from mitoseg.multi_cell import cells_per_gpu
-    k = cells_per_gpu(args.cells_per_gpu)
-    ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
-    _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
+    k = cells_per_gpu(args.cells_per_gpu)   # checked before the study folder is written
+    study, grid = _planned_study(args, args.root) if args.dry_run else _open_study(args, args.root)[:2]
+    data, env_data = grid.fixed.get("data_dir"), os.environ.get("DATA_DIR")
+    from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
+    _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
+    ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run,
+                       cells_per_gpu=k, site=profile)
+    _print(f"study folder{' (not created: dry run)' if args.dry_run else ''}: {study}\n"
+           f"follow it with: python run_study.py status --study-dir {study}")
     return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
+
+
+def cmd_verify(args) -> int:
+    if not args.submit:
+        from mitoseg import verify
+        return verify.main(args)
+    from mitoseg import verify_job
+    profile = _load_site(args)
+    scheduler = args.scheduler or profile.scheduler or detect_scheduler()
+    if scheduler is None:
+        _print("error: neither sbatch nor qsub found; run the check here: python run_study.py verify")
+        return EXIT_BAD_INPUT
+    return verify_job.submit(args, profile, scheduler, log=_print)
 
 
 def main(argv=None) -> int:
@@ -246,6 +351,8 @@ def main(argv=None) -> int:
         argv = ["local", *argv]
     args = build_parser().parse_args(argv)
     try:
+        for line in _env_defaults(args):   # `list --size` feeds scripts: its note goes to stderr
+            print(line, file=sys.stderr if args.command == "list" else sys.stdout, flush=True)
         if args.command == "list":
             return cmd_list(args)
         if args.command == "local":
@@ -262,12 +369,28 @@ def main(argv=None) -> int:
             return R.run_element(args.task_index, args.root, args.grid_config, log=_print,
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
-            from mitoseg import verify
-            return verify.main(args)
+            return cmd_verify(args)
+    except KeyboardInterrupt:
+        _quiet_stdout()
+        print("interrupted (Ctrl-C): cells that were training are recorded as interrupted; the same command "
+              "resumes them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:   # `status | head`: the reader has gone, nothing is left to say
+        _quiet_stdout()
+        return EXIT_OK
     except (ValueError, RuntimeError, OSError) as err:
         _print(f"error: {err}")
         return EXIT_BAD_INPUT
     return EXIT_BAD_INPUT
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: a closed pipe must not fail once more when Python flushes it at exit."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

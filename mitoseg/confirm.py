@@ -93,14 +93,24 @@ def _check_request(seeds: int, top: int, folds: int, sesoi: float) -> None:
         raise ValueError(f"--sesoi must be an IoU difference in (0, 1), got {sesoi}")
 
 
-def _check_same_plan(plan: dict, path, top: int, folds: int, sesoi: float) -> None:
-    """A rerun must ask for what the plan fixed: a different --top, --folds or --sesoi is a new study."""
+def check_against_plan(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi: float = 0.01) -> None:
+    """ValueError (one line) when a request contradicts the study's existing confirmation plan: checked by
+    `run_study.py local --confirm-seeds` before the grid trains, and by plan_confirmation. A rerun must ask
+    for what the plan fixed: a different --top, --folds or --sesoi is a new study; fewer seeds are refused."""
+    _check_request(seeds, top, folds, sesoi)
+    plan = G.load_confirm_plan(study_dir)
+    if plan is None:
+        return
+    path = StudyPaths(study_dir).confirm_config
     for flag, have, want in (("--top", plan["top"], top), ("--folds", plan["folds"], folds),
                              ("--sesoi", plan["sesoi"], sesoi)):
         if have != want:
             local = " (run_study.py local: --confirm-folds)" if flag == "--folds" else ""
             raise ValueError(f"{path} was planned with {flag} {have:g}, not {want:g}; rerun with {flag} {have:g}{local}, "
                              "or start a new study for another value")
+    if seeds < plan["seeds_per_config"]:
+        raise ValueError(f"{path} already plans {plan['seeds_per_config']} seeds per configuration; use "
+                         f"--seeds {plan['seeds_per_config']} to continue it, or more to add seeds")
 
 
 def check_folds_fit(study_dir, grid: G.GridConfig, folds: int) -> None:
@@ -128,17 +138,14 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi
     """Create (or reuse, or extend with more seeds) STUDY/confirm_config.json; returns the plan:
     `seeds` fresh seeds x `folds` data-split folds per selected configuration, and the smallest IoU
     difference that matters (`sesoi`) that the comparison decides with."""
-    _check_request(seeds, top, folds, sesoi)
+    check_against_plan(study_dir, seeds, top, folds, sesoi)
+    study_dir = Path(study_dir)
     study_dir = Path(study_dir)
     grid = G.load_study_grid(study_dir)
     plan = G.load_confirm_plan(study_dir)
     now = _dt.datetime.now().isoformat(timespec="seconds")
     if plan is not None:
-        _check_same_plan(plan, StudyPaths(study_dir).confirm_config, top, folds, sesoi)
         have = plan["seeds_per_config"]
-        if seeds < have:
-            raise ValueError(f"{StudyPaths(study_dir).confirm_config} already plans {have} seeds per configuration; use "
-                             f"--seeds {have} to continue it, or more to add seeds")
         if seeds == have:
             log(f"confirmation plan {StudyPaths(study_dir).confirm_config} exists: reusing it")
             return plan
@@ -150,7 +157,8 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi
         selection, grid_rows = grid_selection(study_dir, top, allow_incomplete)
         check_folds_fit(study_dir, grid, folds)
         for _, r in selection[selection["degenerate"]].iterrows():
-            log(f"warning: {r['architecture']}: no grid run learned; confirming its best degenerate configuration")
+            log(f"warning: {r['architecture']}: its selected configuration learned in none of its grid runs; "
+                f"confirming it anyway")
         missing = sorted(set(grid.architectures) - set(selection["architecture"]))
         if missing:
             log(f"warning: no finished grid run with a score for {', '.join(missing)}: not confirmed")

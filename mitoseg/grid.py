@@ -26,6 +26,16 @@ COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not
 STAGES = ("grid", "confirm")
 
 
+class GridError(ValueError):
+    """An invalid grid: the first problem as the message (one line), every problem in `problems`
+    (the pre-flight check lists them all as FAIL rows)."""
+
+    def __init__(self, problems: list[str], where: Optional[str] = None):
+        self.problems = [f"{where}: {p}" for p in problems] if where else list(problems)
+        more = (f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else "")
+        super().__init__(self.problems[0] + more)
+
+
 _DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3],
                  "batch_sizes": [8, 16, 32], "seeds": [42]}
 
@@ -44,8 +54,7 @@ class GridConfig:
     def __post_init__(self):
         problems = grid_problems(dataclasses.asdict(self))
         if problems:
-            more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
-            raise ValueError(problems[0] + more)
+            raise GridError(problems)
 
     @property
     def size(self) -> int:
@@ -60,11 +69,10 @@ class GridConfig:
         comment = values.pop(COMMENT_KEY, None)   # JSON has no comments: a grid file may carry this key
         if comment is not None and not (isinstance(comment, str) or
                                         (isinstance(comment, list) and all(isinstance(c, str) for c in comment))):
-            raise ValueError(f"{COMMENT_KEY} must be a string or a list of strings")
+            raise GridError([f"{COMMENT_KEY} must be a string or a list of strings"])
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown grid keys: {', '.join(unknown)}")
+        if set(values) - known:
+            raise GridError(grid_problems(values))
         return cls(**values)
 
     @classmethod
@@ -72,6 +80,8 @@ class GridConfig:
         path = Path(path)
         try:
             return cls.from_dict(read_grid_json(path))
+        except GridError as err:
+            raise GridError(err.problems, f"{path}: not a valid grid config") from None
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a valid grid config ({err})") from None
 
@@ -87,16 +97,19 @@ def absolute_path(path) -> str:
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
-def with_absolute_paths(grid: GridConfig) -> GridConfig:
+def with_absolute_paths(grid: GridConfig, base) -> GridConfig:
+    """The grid with its data_dir absolute: a relative one is read against the folder `base`."""
     data_dir = grid.fixed.get("data_dir")
     if not data_dir:
         return grid
-    return GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": absolute_path(data_dir)}})
+    resolved = absolute_path(os.path.join(base, os.path.expanduser(str(data_dir))))
+    return GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": resolved}})
 
 
 def load_user_grid(path) -> GridConfig:
-    """A grid file given by the user: validated, its paths made absolute against the current folder."""
-    return with_absolute_paths(GridConfig.load(path))
+    """A grid file given by the user: validated, a relative data_dir in it read against the file's own
+    folder (where its author wrote it from; as a path inside a file, not one typed on a command line)."""
+    return with_absolute_paths(GridConfig.load(path), base=os.path.dirname(absolute_path(path)))
 
 
 def grid_differences(old: GridConfig, new: GridConfig, limit: int = 3) -> list[str]:
@@ -159,9 +172,6 @@ _AXES = {  # axis -> (the cell field it sets, what each value must be, is_ok(val
               lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 32),
 }
 
-CELL_FOLD_FIELDS = ("fold", "n_folds")   # TrainConfig fields a cell sets, never the grid's fixed settings
-
-
 def grid_problems(values: dict) -> list[str]:
     """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never
     coerced: "false" is not false, 4.9 is not a batch size, and a repeated value would make two
@@ -181,21 +191,33 @@ def grid_problems(values: dict) -> list[str]:
         repeated = sorted({repr(v) for i, v in enumerate(items) if v in items[:i] and ok(v)})
         if repeated:
             problems.append(f"{axis} repeats {', '.join(repeated)} (two identical cells)")
+        elif axis == "learning_rates":
+            problems += _same_folder_names(items)
     fixed = values.get("fixed", {})
     if not isinstance(fixed, dict):
         return problems + [f"fixed must be a JSON object, got {fixed!r}"]
     clash = sorted({field for field, _, _ in _AXES.values()} & set(fixed))
     if clash:
         problems.append(f"fixed settings may not set grid axes: {clash}")
-    fold_keys = sorted(set(CELL_FOLD_FIELDS) & set(fixed))
-    if fold_keys:   # the cell sets them: grid cells are fold 0 of 1, confirmation cells the plan's folds
-        problems.append(f"fixed settings may not set {', '.join(fold_keys)} (run_study.py confirm --folds sets the folds)")
-        clash += fold_keys
+    fold_keys = sorted({"fold", "n_folds"} & set(fixed))   # the cell sets them: grid cells fold 0 of 1, confirm the plan's
+    if fold_keys:
+        problems.append(f"fixed settings may not set {', '.join(fold_keys)} (run_study.py confirm --folds sets them)")
+    clash += fold_keys
     try:
         config = TrainConfig.from_dict({k: v for k, v in fixed.items() if k not in clash})
     except (TypeError, ValueError) as err:
         return problems + [f"fixed: {err}"]
     return problems + [f"fixed.{text}" for _, text in config.problems()]
+
+
+def _same_folder_names(rates: list) -> list[str]:
+    """Two learning rates that print alike (1e-3 and 0.0010000001 are both lr0.001) would share a cell folder."""
+    shown = {}
+    for v in rates:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            shown.setdefault(f"{v:g}", []).append(v)
+    return [f"learning_rates {' and '.join(map(repr, vs))} give the same folder name (lr{k}); write values that "
+            "differ in their first 6 significant digits" for k, vs in shown.items() if len(vs) > 1]
 
 
 def default_grid() -> GridConfig:
@@ -255,8 +277,7 @@ PLAN_DEFAULTS = {"folds": 1, "sesoi": 0.01}   # what a version-1 plan (before fo
 
 
 def load_confirm_plan(study_dir) -> Optional[dict]:
-    """STUDY/confirm_config.json (written by mitoseg/confirm.py), checked for its keys, with `folds` and
-    `sesoi` (a version-1 plan: 1 and 0.01); None without it."""
+    """STUDY/confirm_config.json (mitoseg/confirm.py), checked, a version-1 plan as PLAN_DEFAULTS; None without it."""
     path = StudyPaths(study_dir).confirm_config
     if not path.exists():
         return None
@@ -266,13 +287,13 @@ def load_confirm_plan(study_dir) -> Optional[dict]:
         plan = {**PLAN_DEFAULTS, **plan}
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
-    if missing:
-        raise ValueError(f"{path}: not a valid confirmation plan (missing {', '.join(missing)})")
     folds, sesoi = plan["folds"], plan["sesoi"]
-    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 1:
-        raise ValueError(f"{path}: not a valid confirmation plan (folds must be an integer >= 1, got {folds!r})")
-    if isinstance(sesoi, bool) or not isinstance(sesoi, (int, float)) or not 0 < sesoi < 1:
-        raise ValueError(f"{path}: not a valid confirmation plan (sesoi must be a number in (0, 1), got {sesoi!r})")
+    problem = (f"missing {', '.join(missing)}" if missing else
+               f"folds must be an integer >= 1, got {folds!r}" if type(folds) is not int or folds < 1 else
+               f"sesoi must be a number in (0, 1), got {sesoi!r}" if type(sesoi) not in (int, float) or not 0 < sesoi < 1
+               else None)
+    if problem:
+        raise ValueError(f"{path}: not a valid confirmation plan ({problem})")
     return plan
 
 

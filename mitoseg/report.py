@@ -15,109 +15,16 @@ from . import checks
 from .anova import ALPHA
 from .comparison import POWER
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
-from .report_confirmation import confirmation_section, confirmation_summary
+from .report_confirmation import confirmation_section
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean_sd_n, pct
+from .report_cells import cells_sentence
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
 from .stats import finite
-from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, OK, STATUSES, UNREADABLE
+from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 
-LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a usable result, in report order
-CONFIRM_HINT = ("`python run_study.py confirm --study-dir STUDY --seeds 3` reruns each architecture's selected "
-                "configuration with fresh seeds.")
-
-
-# --- executive summary ---------------------------------------------------------------------------
-def cells_sentence(res: StudyAnalysis, expected: int) -> str:
-    """How many of the expected cells are in, by status."""
-    c = res.counts
-    parts = [f"{c[s]} {s}" for s in (OK, FAILED, DIVERGED, INTERRUPTED) if c.get(s)]
-    s = f"{res.n_finished} of {expected} cells are in ({', '.join(parts) if parts else 'none finished'})"
-    extra = []
-    if c.get(UNREADABLE):
-        extra.append(f"{c[UNREADABLE]} with an unreadable results file")
-    if c.get(MISSING):
-        extra.append(f"{c[MISSING]} missing (not started, still running, or killed)")
-    others = {k: v for k, v in c.items() if k not in (*STATUSES, UNREADABLE, MISSING)}
-    extra += [f"{v} with status '{k}'" for k, v in others.items()]
-    return s + ("; " + ", ".join(extra) if extra else "") + "."
-
-
-def opening(res: StudyAnalysis) -> str:
-    """The report's first sentence: the best configuration, or why none can be named."""
-    m = res.metric
-    best = res.overall_best
-    if res.n_ok == 0:
-        return "**No cell finished successfully, so no configuration can be ranked.**"
-    if res.soft_only:
-        return ("**This summary holds only soft Jaccard scores, and the soft metric cannot separate learned from "
-                "constant models:** a model that predicts mitochondria everywhere, or one that outputs the same "
-                "probability for every pixel, gets a soft Jaccard close to that of a model that segments, so the "
-                "configurations are not ranked here. Rerun the cells (or add the thresholded `best_val_iou` and "
-                "`all_foreground_jaccard` columns) to compare them.")
-    if best is None:
-        return "**No configuration has a score, so none can be ranked.**"
-    base = best["baseline"]
-    if res.no_model_learned:
-        if finite(base):
-            detail = (f"the best {m.label}, {f3(best['score_mean'])} ({cfg_text(best)}), does not clearly beat the "
-                      f"all-foreground baseline {f3(base)} (a model must reach {f3(checks.required_iou(base))})")
-        else:
-            detail = "the all-foreground baseline is unknown, so no score can be shown to beat it"
-        return (f"**Warning: no model learned.** {detail[0].upper() + detail[1:]}; {res.n_degenerate} of "
-                f"{res.n_ok} successful cells are degenerate. Every ranking below compares models that did not "
-                f"learn to segment mitochondria.")
-    text = (f"The best configuration is {cfg_text(best)} with {m.label} "
-            f"{mean_sd_n(best['score_mean'], best['score_std'], best['n_ok'])}, against an all-foreground baseline of "
-            f"{f3(base)} (selected on {res.selected_on}).")
-    if m.kind == "val" and finite(best.get("test_iou_mean")):
-        text += (f" Its held-out test IoU, not used for selection, is "
-                 f"{mean_sd_n(best['test_iou_mean'], best['test_iou_std'], best['n_test'])}.")
-    return text
-
-
-def comparison_sentence(comp: dict, what: str) -> str:
-    """Winner vs runner-up (mitoseg.anova.compare_runs) in words."""
-    a, b = comp["winner"], comp["runner_up"]
-    diff = f3(comp["diff"])
-    head = (f"{cfg_text(a)} ({f3(a['score_mean'])}, n={fint(a['n_ok'])}) vs the runner-up {cfg_text(b)} "
-            f"({f3(b['score_mean'])}, n={fint(b['n_ok'])}), difference {diff}")
-    if comp["reason"]:
-        return f"{what}: {head}. Whether this is a real difference cannot be judged: {comp['reason']}."
-    if comp["clear"]:
-        return f"{what}: {head}; the winner is ahead beyond seed noise (Welch t-test {fp(comp['p'])})."
-    return (f"{what}: {head}; this is within seed noise (Welch t-test {fp(comp['p'])}), so no winner can be "
-            f"called.")
-
-
-def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
-    """The opening, the cell counts, the architecture comparisons, failures and degenerate cells."""
-    doc.h(2, "Executive summary")
-    doc.p(opening(res))
-    doc.p(cells_sentence(res, expected))
-    summary = []
-    n, counts, conf = res.n_rows, res.counts, res.confirmation
-    if conf is not None:
-        summary += confirmation_summary(conf)
-    if res.n_ok and not res.soft_only:
-        comp = res.comparisons.get("architectures")
-        if comp:
-            summary.append(comparison_sentence(comp, "Best architecture in the grid (on validation, the data it was "
-                                                     "selected on)"))
-            if conf is None:
-                summary.append("No confirmation runs yet, so the architectures are not compared on the test set: "
-                               + CONFIRM_HINT)
-        elif len(res.best) == 1:
-            summary.append(f"Only one architecture ({res.best.iloc[0]['architecture']}) has successful runs, so "
-                           f"architectures cannot be compared.")
-    fails = [f"{counts.get(s, 0)} of {n} cells {s} ({pct(counts.get(s, 0), n)})" for s in LOST if counts.get(s)]
-    if fails:
-        summary.append("Failures: " + "; ".join(fails) + ".")
-    if res.n_ok and not res.soft_only:
-        summary.append(f"Degenerate (did not learn): {res.n_degenerate} of {res.n_ok} successful cells "
-                       f"({pct(res.n_degenerate, res.n_ok)}).")
-    doc.ul(summary)
+from .report_summary import comparison_sentence, executive_summary, selection_caveat
 
 
 # --- findings and the selected configurations ----------------------------------------------------
@@ -146,28 +53,35 @@ def key_findings(doc: Doc, res: StudyAnalysis):
         findings += overfitting_findings(res)
     for r in res.anova.values():
         if r["reason"] is None and r["p"] < ALPHA:
-            findings.append(f"The {r['name']} has a significant effect on the score (one-way ANOVA {fp(r['p'])}, "
-                            f"eta squared {f3(r['eta_sq'])}).")
+            findings.append(f"The {r['name']} has a significant effect on the score (exploratory one-way ANOVA "
+                            f"{fp(r['p'])}, eta squared {f3(r['eta_sq'])}).")
     computed = [r for r in res.anova.values() if r["reason"] is None]
     if computed and all(r["p"] >= ALPHA for r in computed):
-        findings.append("No factor has a significant effect on the score in one-way ANOVA at alpha "
+        findings.append("No factor has a significant effect on the score in exploratory one-way ANOVA at alpha "
                         f"{ALPHA} ({', '.join(r['name'] + ' ' + fp(r['p']) for r in computed)}).")
     if len(res.stable):
         s0 = res.stable.iloc[0]
         findings.append(f"Steadiest validation loss: {cfg_text(s0)}, stability {f3(s0['stability_mean'], 4)}.")
     if not res.has_seeds and res.n_ok:
-        findings.append("Every configuration has at most one successful run, so run-to-run noise is unknown and "
+        findings.append("Every configuration has at most one run that counts, so run-to-run noise is unknown and "
                         "differences between configurations cannot be tested against it.")
     doc.ul(findings or ["No finding can be stated from the data in."])
 
 
 def learned_text(r) -> str:
-    """Did a selected configuration learn (beat the all-foreground baseline clearly)?"""
+    """Did a selected configuration learn (its mean beats the all-foreground baseline clearly), and in
+    how many of its runs that count?"""
+    n, learned = int(r["n_scored"]), int(r["n_scored"] - r["n_degenerate"] - r["n_diverged"])
+    runs = f" ({learned} of {n} runs learned)" if learned < n else ""
     if r["degenerate"]:
-        return "no (degenerate)"
+        return "no (no run learned)"
     if not finite(r["baseline"]):
-        return "unclear"
-    return "yes" if r["score_mean"] >= checks.required_iou(r["baseline"]) else "no"
+        return "unclear" + runs
+    return ("yes" if r["score_mean"] >= checks.required_iou(r["baseline"]) else "no") + runs
+
+
+RULE_WORDS = ("every finished run counts: a degenerate run with its own score, a diverged run as not learned with "
+              "IoU 0; failed, interrupted and missing cells do not count")
 
 
 def best_configurations(doc: Doc, res: StudyAnalysis):
@@ -181,35 +95,39 @@ def best_configurations(doc: Doc, res: StudyAnalysis):
     if best.empty:
         doc.p("Not determined: no configuration has a successful run.")
         return
+    on_test = m.kind == "test"
     rows = [[r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
-             mean_sd_n(r["score_mean"], r["score_std"], r["n_ok"]),
-             mean_sd_n(r["test_iou_mean"], r["test_iou_std"], r["n_test"]), f3(r["baseline"]), learned_text(r),
-             f3(r["stability_mean"], 4), str(r["best_run"])] for _, r in best.iterrows()]
-    doc.p(f"Each architecture's configuration with the highest mean {m.label} over its successful, "
-          f"non-degenerate runs (selected on {res.selected_on}). The test column is shown, not used for "
-          f"selection.")
-    doc.table(["architecture", "learning rate", "batch size", f"{m.label} mean +- std (n)",
-               "test IoU mean +- std (n), not used for selection", "all-foreground baseline", "learned",
-               "val-loss stability", "best run"], rows)
+             mean_sd_n(r["score_mean"], r["score_std"], r["n_ok"])]
+            + ([] if on_test else [mean_sd_n(r["test_iou_mean"], r["test_iou_std"], r["n_test"])])
+            + [f3(r["baseline"]), learned_text(r), f3(r["stability_mean"], 4), str(r["best_run"])]
+            for _, r in best.iterrows()]
+    doc.p(f"Each architecture's configuration with the highest mean {m.label} over its grid runs ({RULE_WORDS}); "
+          f"selected on {res.selected_on}{selection_caveat(res)}."
+          + (" The test column is shown, not used for selection." if not on_test else ""))
+    doc.table(["architecture", "learning rate", "batch size", f"{m.label} mean +- SD (n)"]
+              + ([] if on_test else ["test IoU mean +- SD (n), not used for selection"])
+              + ["all-foreground baseline", "learned", "val-loss stability", "best run"], rows)
 
 
 # --- figures and per-architecture details ---------------------------------------------------------
 def figure_captions(label: str) -> dict:
     """Figure file name -> caption (label: the headline metric's words)."""
     return {
-        FIG_HEATMAPS: f"Mean {label} and val-loss stability per learning rate x batch size for each architecture; "
-                      "hatched cells have no successful run (status shown), red frames mark degenerate "
-                      "configurations.",
-        FIG_COMPREHENSIVE: f"{label} and stability vs learning rate and batch size (mean +- standard error over "
-                           "runs), score vs stability of every run, and score per architecture; the red dashed line "
-                           "is the all-foreground baseline.",
-        FIG_BEST: "Best configuration of each architecture: score (error bar = standard error over seeds) and "
-                  "stability.",
+        FIG_HEATMAPS: f"Mean {label} (over the runs that count; one colour scale for every architecture) and "
+                      "val-loss stability (one scale too) per learning rate x batch size; hatched cells have no "
+                      "successful run (status shown), red frames mark configurations none of whose runs learned.",
+        FIG_COMPREHENSIVE: f"{label} and stability vs learning rate and batch size (mean +- SE, the standard error "
+                           "over runs), score vs stability of every successful run, and score per architecture; the "
+                           "red dashed line is the all-foreground baseline.",
+        FIG_BEST: "Selected configuration of each architecture: score (error bar = SE, the standard error over "
+                  "runs; none where n=1) and stability.",
         FIG_CURVES: "Loss and scores per epoch of the best run of each architecture.",
         FIG_BASELINE: "This study's best configurations against the baseline study's: score and stability side by "
                       "side, with the improvement factors.",
-        FIG_CONFIRMATION: "Confirmation runs (fresh seeds): the test IoU of every run (dots) and each "
-                          "architecture's mean with its 95 % t interval over seeds.",
+        FIG_CONFIRMATION: "Confirmation runs (fresh seeds, each fold): the test IoU of every run (dots) and each "
+                          "architecture's mean with its 95 % interval (seeds, folds and, with per-slice counts, test "
+                          "images; clipped to [0, 1]). The decisions compare architectures within folds, so "
+                          "overlapping intervals here do not by themselves mean undecided.",
     }
 
 
@@ -239,7 +157,7 @@ def per_architecture(doc: Doc, res: StudyAnalysis):
         st = stable[stable["architecture"] == arch]
         if len(b) and not res.soft_only:
             r = b.iloc[0]
-            items.append(f"best performance: lr {fg(r['learning_rate'])}, batch {fint(r['batch_size'])}: "
+            items.append(f"selected: lr {fg(r['learning_rate'])}, batch {fint(r['batch_size'])}: "
                          f"{m.label} {mean_sd_n(r['score_mean'], r['score_std'], r['n_ok'])}, stability "
                          f"{f3(r['stability_mean'], 4)}")
         if len(st):
@@ -257,7 +175,7 @@ def per_architecture(doc: Doc, res: StudyAnalysis):
 
 
 # --- definitions, limitations, every cell ----------------------------------------------------------
-def definitions(doc: Doc):
+def definitions(doc: Doc, res: StudyAnalysis):
     """What each metric and rule of the report means."""
     doc.h(2, "Metric definitions")
     doc.ul([
@@ -267,22 +185,30 @@ def definitions(doc: Doc):
         "soft Jaccard (`best_val_jaccard`): Jaccard on probabilities with +1 smoothing, as in the original study; "
         "it is not a segmentation score and cannot separate learned from constant models.",
         "all-foreground baseline (`all_foreground_jaccard`): the IoU of predicting mitochondria at every pixel.",
-        f"degenerate: IoU below baseline + max({checks.MIN_MARGIN}, {checks.RELATIVE_MARGIN} x baseline), or "
-        f"predicted foreground fraction below {checks.MIN_FOREGROUND_FRACTION} or above "
-        f"{checks.MAX_FOREGROUND_FRACTION} (rule in `mitoseg/checks.py`, recomputed from the summary columns).",
+        f"degenerate: IoU below baseline + max({checks.MIN_MARGIN}, {checks.RELATIVE_MARGIN} x baseline) (at most half "
+        f"the way from the baseline to 1), or predicted foreground fraction below {checks.MIN_FOREGROUND_FRACTION} or "
+        f"above {checks.MAX_FOREGROUND_FRACTION} where less is foreground (rule in `mitoseg/checks.py`, recomputed "
+        "from the summary columns).",
         "val-loss stability (`val_loss_stability`): sample standard deviation of the validation loss over the last "
         "10 epochs; lower is steadier.",
         "overfitting gap (`overfitting_gap`): final validation loss minus final training loss; flagged as signs of "
         f"overfitting when above {OVERFIT_RELATIVE_GAP:.0%} of the training loss.",
-        f"winner within noise: the best configuration's successful seeds against the runner-up's, Welch t-test at "
-        f"alpha {ALPHA}; with one run per configuration the noise is unknown and no winner is called on it.",
-        "selection: each architecture's configuration with the highest mean validation IoU over its successful, "
-        "non-degenerate grid runs (`mitoseg.stats.select_configs`, the one rule the report, figures, confirmation "
-        "stage and predict.py use); test scores never select.",
+        f"winner within noise (exploratory): the selected configuration's runs that count against the "
+        f"runner-up's, Welch t-test at alpha {ALPHA}, not adjusted for the grid's other comparisons; with one run "
+        f"per configuration the noise is unknown and no winner is called on it.",
+        f"runs that count (both stages, `mitoseg.stats.counted_runs`): {RULE_WORDS}.",
+        f"selection: each architecture's configuration with the highest mean {res.metric.label} over its grid runs "
+        "that count (`mitoseg.stats.select_configs`, the one rule the report, figures, confirmation stage and "
+        "predict.py use)" + ("; test scores never select." if res.metric.kind != "test" else
+                             "; this summary has no validation IoU, so it selects on test (optimistic)."),
         "confirmation runs (stage `confirm`): the selected configurations retrained with seeds the study had not "
-        "used; the architecture comparison uses only their test IoU (95 % t interval over seeds; differences with "
-        "a Welch interval and Welch t-test, p-values Holm-adjusted over the pairs; detectable difference and seeds "
-        f"needed from a two-sample t-test power analysis at power {POWER:g}).",
+        "used, on one or more folds (data splits); the architecture comparison uses only their test IoU pooled over "
+        "each run's test pixels. Per fold, the difference of the architectures' mean; its variance from the seeds "
+        "and (with per-slice counts) a moving-block bootstrap of the test slices; folds combined by a random-effects "
+        "model with the Hartung-Knapp correction; each pair decided by its interval at 1 - 0.05/m (Bonferroni over "
+        "the m pairs): a_better / b_better when it excludes 0, equivalent when it lies within +-sesoi, else "
+        f"undecided; the detectable difference (power {POWER:g}) and runs needed by simulating the same rule "
+        "(mitoseg/decision.py; Hyperparameter_Optimization_Strategy.md).",
     ])
 
 
@@ -297,9 +223,9 @@ def limitations(doc: Doc, res: StudyAnalysis, expected: int):
             lim.append(f"Successful runs trained for {fint(er.min())} to {fint(er.max())} epochs (early stopping "
                        f"or the epoch budget)." if er.min() != er.max() else
                        f"Every successful run trained for {fint(er.min())} epochs.")
-        runs = res.configs.loc[res.configs["n_ok"] > 0, "n_ok"]
+        runs = res.configs.loc[res.configs["n_scored"] > 0, "n_scored"]
         if len(runs):
-            lim.append(f"Successful runs per configuration: {fint(runs.min())} to {fint(runs.max())}."
+            lim.append(f"Runs that count per configuration: {fint(runs.min())} to {fint(runs.max())}."
                        + ("" if res.has_seeds else " With one run per configuration, run-to-run noise is unknown."))
     if m.kind == "test":
         lim.append("The summary has no validation IoU, so configurations are selected on the test score itself and "
@@ -310,11 +236,25 @@ def limitations(doc: Doc, res: StudyAnalysis, expected: int):
                    "validation means); the confirmation runs on fresh seeds are the unbiased estimate.")
     if res.soft_only:
         lim.append("Only soft scores are available; no statement about segmentation quality can be made.")
-    lost = sum(res.counts.get(s, 0) for s in (*LOST, UNREADABLE, MISSING))
+    if res.counts.get(DIVERGED) and not res.soft_only:
+        lim.append(f"{res.counts[DIVERGED]} diverged cell(s) count in the means above as runs that did not learn "
+                   f"(IoU 0).")
+    lost = sum(res.counts.get(s, 0) for s in (FAILED, INTERRUPTED, UNREADABLE, MISSING))
     if lost:
-        lim.append(f"{lost} of {res.n_rows} cells have no usable result, so the means above exclude them; "
-                   f"configurations with fewer successful runs weigh less reliably.")
+        lim.append(f"{lost} of {res.n_rows} cells have no result (failed, interrupted, unreadable or missing), so "
+                   f"the means above exclude them; configurations with fewer runs weigh less reliably.")
     doc.ul(lim)
+
+
+def degenerate_cell(res: StudyAnalysis, r) -> str:
+    """The degenerate column of one cell: unknown without a thresholded IoU, a diverged cell as counted."""
+    if r["status"] == DIVERGED:
+        return "diverged: counts as 0"
+    if not r["success"]:
+        return ""
+    if res.soft_only:
+        return "unknown (no thresholded IoU)"
+    return "yes" if r["degenerate"] else "no"
 
 
 def complete_results(doc: Doc, res: StudyAnalysis):
@@ -326,7 +266,7 @@ def complete_results(doc: Doc, res: StudyAnalysis):
         rows.append([str(r["experiment_id"]), r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
                      fint(r["seed"]), r["status"], f3(r["score"]),
                      f3(r["test_iou"]) if m.column != "test_iou" else "(headline)", f3(r["best_val_jaccard"]),
-                     f3(r["baseline"]), ("yes" if r["degenerate"] else "no") if r["success"] else "",
+                     f3(r["baseline"]), degenerate_cell(res, r),
                      f3(r["stability"], 4), fint(r["epochs_run"]), clean_text(r["error"])[:120]])
     doc.p("The grid's cells (the confirmation runs are listed in their own section).")
     doc.table(["experiment", "architecture", "lr", "batch", "seed", "status", m.label,
@@ -350,7 +290,7 @@ def build_document(res: StudyAnalysis, source: str, expected: int, figures: dict
     per_architecture(doc, res)
     statistics_section(doc, res)
     baseline_section(doc, res)
-    definitions(doc)
+    definitions(doc, res)
     limitations(doc, res, expected)
     complete_results(doc, res)
     return doc

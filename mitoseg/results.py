@@ -2,8 +2,8 @@
 
 Each cell writes `<exp>_results.json` last, atomically. `load_results` refuses anything that is
 not a complete file of this schema version, so a half-written, hand-mangled or foreign file can
-never read as a finished cell. `RESULT_FIELDS` documents every field (the README table is
-generated from it: `python -m mitoseg.results`).
+never read as a finished cell. `RESULT_FIELDS` documents every field (the table in docs/outputs.md
+is generated from it: `python -m mitoseg.results`).
 """
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("seed", (int,), "seed of Python, numpy, TensorFlow and the data shuffle"),
     ("task_index", (int, type(None)), "grid index of the cell, null for a hand-run cell"),
     ("config", (dict,), "the resolved TrainConfig (every setting, defaults included)"),
-    ("data", (dict,), "data source, slice split (train/val/test slice indices), patch counts; image scaling (scaling, test_scaling) and data_fingerprint (older files may lack these); fold and n_folds of the split (files before schema 3: fold 0 of 1)"),
+    ("data", (dict,), "data source, slice split (train/val/test slice indices), patch counts; image scaling (scaling, test_scaling; "
+                      "their `reading` lists what reading the files converted, e.g. MINISWHITE inverted), data_fingerprint, and "
+                      "`warnings`: one line per data warning, e.g. a mask more than half foreground, probably inverted "
+                      "(older files may lack these); fold and n_folds of the split (files before schema 3: fold 0 of 1)"),
     ("epochs_run", (int,), "epochs completed (less than config.epochs after early stopping)"),
     ("best_epoch", (int, type(None)), "1-based epoch with the best val thresholded IoU (the saved model)"),
     ("epochs_to_best", (int, type(None)), "same as best_epoch; kept under the original study's name"),

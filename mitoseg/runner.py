@@ -23,7 +23,8 @@ from . import grid as G
 from . import multi_cell
 from . import quiet_tf
 from .console import cell_row, progress_line
-from .launcher import REPO_DIR, launcher, signals_forwarded, study_binds
+from . import site
+from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
 from .scheduler import SCHEDULER_INDEX_VARIABLES, submit_analysis_from_element, task_index_from_env
@@ -54,36 +55,51 @@ def cell_state(study_dir, cell: G.Cell) -> str:
     return STARTED if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else MISSING
 
 
-def parse_cells(spec: str, size: int) -> list[int]:
-    """'0,3-5' -> [0, 3, 4, 5]; every index must be inside the grid."""
+def parse_cells(spec: str, size: int, extra: Iterable[int] = ()) -> list[int]:
+    """'0,3-5' -> [0, 3, 4, 5]; every index must be a grid cell (0..size-1) or one of `extra` (the study's
+    confirmation cells). An empty selection is an error, never "every cell"."""
+    valid = set(range(size)) | set(extra)
+    span = f"0..{size - 1}" + (f", confirmation cells {min(extra)}..{max(extra)}" if extra else "")
     out: list[int] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise ValueError(f"bad cell range {part!r}; use e.g. 0,3-5")
+            raise ValueError(f"--cells: bad cell range {part!r}; use e.g. 0,3-5")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if lo > hi or hi >= size:
-            raise ValueError(f"cell range {part!r} is outside the grid (0..{size - 1})")
+        if lo > hi:
+            raise ValueError(f"--cells: range {part!r} is reversed; write {hi}-{lo}")
+        outside = [i for i in range(lo, hi + 1) if i not in valid]
+        if outside:
+            raise ValueError(f"--cells: {part!r} is outside the study's cells ({span})")
         out.extend(i for i in range(lo, hi + 1) if i not in out)
     if not out:
-        raise ValueError("no cells selected")
+        raise ValueError(f"--cells {spec!r} selects no cell (an empty --cells is not 'every cell'; omit the flag "
+                         "for every cell)")
     return out
 
 
-def select_cells(grid: G.GridConfig, spec: Optional[str] = None,
-                 architectures: Optional[Iterable[str]] = None) -> list[G.Cell]:
+def select_cells(grid: G.GridConfig, spec: Optional[str] = None, architectures: Optional[Iterable[str]] = None,
+                 study_dir=None) -> list[G.Cell]:
+    """The cells chosen by --cells and --arch: the grid's, or (named by --cells) the study's confirmation cells.
+    None means "not given"; an empty value is an error."""
     chosen = G.cells(grid)
-    if spec:
-        wanted = set(parse_cells(spec, grid.size))
-        chosen = [c for c in chosen if c.index in wanted]
-    if architectures:
-        archs = set(architectures)
+    if spec is not None:
+        extra = G.confirm_cells(study_dir) if study_dir is not None and Path(study_dir).is_dir() else []
+        wanted = set(parse_cells(spec, grid.size, [c.index for c in extra]))
+        chosen = [c for c in chosen + extra if c.index in wanted]
+    if architectures is not None:
+        archs = {a.strip() for a in architectures}
+        if "" in archs:
+            raise ValueError("--arch '' names no architecture; omit the flag for every architecture")
         unknown = archs - set(grid.architectures)
         if unknown:
-            raise ValueError(f"architecture(s) not in the grid: {', '.join(sorted(unknown))}")
+            raise ValueError(f"--arch: architecture(s) not in the grid: {', '.join(sorted(unknown))} "
+                             f"(the grid has {', '.join(grid.architectures)})")
         chosen = [c for c in chosen if c.architecture in archs]
+        if not chosen:
+            raise ValueError("--cells and --arch together select no cell")
     return chosen
 
 
@@ -124,7 +140,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         return EXIT_BAD_INPUT
     study, grid, how = opened
     log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}"
-        + (f", {k} cells per element" if k > 1 else ""))
+        + (f", {k} cells per element" if k > 1 else "") + f"; data: {_data_source(grid, env, how.startswith('new'))}")
     try:
         if k > 1:
             indices = multi_cell.element_cells(index, k, grid.size)
@@ -134,10 +150,9 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         log(f"error: {err}" + ("" if k > 1 else f"; the array range must be 0-{grid.size - 1} (python run_study.py "
                                                  "list --size), or the range that run_study.py confirm printed"))
         return EXIT_BAD_INPUT
-    submit_analysis_from_element(study, env, log)
-    prefix, warning = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study))
-    if warning:
-        log(warning)
+    prefix = _element_launcher(study, grid, env, log)
+    if prefix is None:
+        return EXIT_BAD_INPUT
     child_env = {**env, "STUDY_DIR": str(study)}
     if k > 1:
         cmds = {i: train_command(study, i, prefix) for i in indices}
@@ -149,6 +164,36 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     log("running: " + " ".join(shlex.quote(c) for c in cmd))
     sys.stdout.flush()
     return _run_forwarding_signals(cmd, env=child_env)
+
+
+def _element_launcher(study: Path, grid: G.GridConfig, env: dict, log: Callable[[str], None]) -> Optional[list]:
+    """The site profile, the analysis job (first element only), and the training environment's command
+    prefix: a container that is set must start its Python here, else one error line and None (nothing
+    trains; never a fall-back to the host Python)."""
+    try:
+        profile = site.load_site(None, env)
+        log(profile.describe())
+        submit_analysis_from_element(study, env, log, profile)
+        prefix, how = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study), site=profile)
+        log(how)
+        if len(prefix) > 1:
+            log("container " + probe_container(prefix, env))
+    except (ContainerError, site.SiteError) as err:
+        log(f"error: {err}")
+        return None
+    return prefix
+
+
+def _data_source(grid: G.GridConfig, env: dict, new_study: bool) -> str:
+    """The study's data folder and where it came from, said in every element's log: a $DATA_DIR of the
+    submitting shell (exported by `#PBS -V` / `--export=ALL`) makes a NEW study's data; for an existing
+    study a contradicting one was refused before (check_flags_against_study)."""
+    data = grid.fixed.get("data_dir")
+    if not data:
+        return "built-in synthetic data (the study names no data folder)"
+    if new_study and env.get("DATA_DIR"):
+        return f"{data} (from $DATA_DIR of the submitting shell)"
+    return f"{data} (the study's grid_config.json)"
 
 
 def _open_element_study(root, grid_config: Optional[str], env: dict,

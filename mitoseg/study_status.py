@@ -27,7 +27,8 @@ from . import grid as G
 from .paths import StudyPaths
 from .results import ResultsError, load_results
 from .console import fmt_duration, fmt_score
-from .status import DONE_STATUSES, FINISHED, INTERRUPTED, MISSING, RUNNING, STALLED
+from .membership import study_membership
+from .status import DONE_STATUSES, FINISHED, FOREIGN, INTERRUPTED, MISSING, RUNNING, STALLED
 
 RERUN_MARGIN_S = 30.0
 STALL_GRACE_S = 15 * 60.0
@@ -117,10 +118,15 @@ def expected_epoch_s(row: dict, rows: list[dict]) -> Optional[float]:
     return None
 
 
-def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None) -> list[dict]:
+def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None, members=None) -> list[dict]:
     study_dir = Path(study_dir)
     now = time.time() if now is None else now
-    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in G.study_cells(study_dir, grid)]
+    members = members or study_membership(study_dir, grid)
+    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in members.cells.values()]
+    for row in rows:
+        why = members.foreign.get(row["cell"].name)
+        if why:   # another cell's results in this cell's folder: not run, as far as this study is concerned
+            row.update(state=FOREIGN, epoch=0, best_iou=None, overhead_s=None, epoch_times=[], note=why)
     for row in rows:
         row["epoch_s"] = expected_epoch_s(row, rows)
         if row["state"] == RUNNING:
@@ -144,7 +150,7 @@ def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
     for r in todo:
         if r["epoch_s"] is None:
             return None, parallel
-        done = r["epoch"] if r["state"] in (RUNNING, STALLED, INTERRUPTED) else 0
+        done = r["epoch"] if r["state"] in (RUNNING, STALLED, INTERRUPTED) else 0   # foreign: from scratch
         total += max(0, r["epochs_max"] - done) * r["epoch_s"] + overhead
     return total / parallel, parallel
 
@@ -179,5 +185,8 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
 
 def show(study_dir, log=print) -> int:
     grid = G.load_study_grid(study_dir)
-    log(render(status_rows(study_dir, grid)))
+    members = study_membership(study_dir, grid)
+    log(render(status_rows(study_dir, grid, members=members)))
+    if members.note():
+        log("note: " + members.note())
     return 0

@@ -260,7 +260,7 @@ def test_confirm_cli_submits_every_fold_cell(tmp_path):
     r = run("confirm", "--study-dir", str(study), "--seeds", "2", "--folds", "3", "--sesoi", "0.02",
             "--scheduler", "slurm", "--dry-run")
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "--array=4-15" in next(ln for ln in r.stdout.splitlines() if ln.startswith("submitting:"))
+    assert "--array=4-15" in next(ln for ln in r.stdout.splitlines() if ln.startswith("array job ("))
     assert "x 3 folds of the data split = 12 cells" in r.stdout
     r = run("local", "--study-dir", str(study), "--confirm-folds", "2")
     assert r.returncode == 2 and "--confirm-folds needs --confirm-seeds" in r.stdout

@@ -262,7 +262,7 @@ def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[
 
     arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), config_sources(config), build, log)
     train = Volume(arrays["train_images"], arrays["train_masks"], info["train"]["slice_names"],
-                   info["train"]["source"], info["train"].get("scaling"), info["train"].get("val_slices"))
+                   info["train"]["source"], info["train"].get("scaling"), val_slices=info["train"].get("val_slices"))
     test = None
     if info.get("test") is not None:
         test = Volume(arrays["test_images"], arrays["test_masks"], info["test"]["slice_names"],

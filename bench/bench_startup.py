@@ -38,7 +38,7 @@ def child(args) -> int:
     """Run train_one.main(argv) with timing probes; print one JSON line of event times."""
     events = {"python_start": float(os.environ.get("BENCH_SPAWN_TIME", T0)), "script_start": T0}
     sys.path.insert(0, str(REPO))
-    import train_one
+    from mitoseg.cli import train as train_one
     from mitoseg import cell
     events["imported_train_one"] = time.time()
     load_cell_data, prepare_arrays = cell.load_cell_data, cell.prepare_arrays

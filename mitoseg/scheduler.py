@@ -28,13 +28,13 @@ from typing import Callable, Optional
 
 from . import grid as G
 from .io_utils import atomic_write_text
+from .commands import PBS_JOB, SLURM_JOB, STUDY, job_script, module_command
 from .launcher import REPO_DIR, launcher, study_binds
 from .multi_cell import ENV as K_ENV, array_size
 from .paths import StudyPaths
 
-RUN_STUDY = REPO_DIR / "run_study.py"
-PBS_SCRIPT = REPO_DIR / "pbs_hyperparameter_optimization.sh"
-SLURM_SCRIPT = REPO_DIR / "slurm_hyperparameter_optimization.sh"
+PBS_SCRIPT = job_script(PBS_JOB)
+SLURM_SCRIPT = job_script(SLURM_JOB)
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
 # The array index of an element: PBS Pro, Torque, Slurm (first one set wins).
 SCHEDULER_INDEX_VARIABLES = ("PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID")
@@ -182,7 +182,7 @@ def write_analysis_script(study_dir, environ=None) -> Path:
     """STUDY/run_analysis.sh: what the dependent job runs; also for rerunning by hand."""
     study_dir = Path(study_dir).resolve()
     prefix, _ = launcher(environ, binds=study_binds(G.load_study_grid(study_dir).fixed.get("data_dir"), study_dir))
-    cmd = " ".join(shlex.quote(a) for a in [*prefix, str(RUN_STUDY), "analyze", "--study-dir", str(study_dir)])
+    cmd = " ".join(shlex.quote(a) for a in module_command(prefix, STUDY, "analyze", "--study-dir", study_dir))
     text = ("#!/bin/bash\n"
             "# Analysis of this study, run by the scheduler after the whole array (afterany).\n"
             f"# Rerun by hand: bash {shlex.quote(str(StudyPaths(study_dir).analysis_script))}\n"

@@ -1,0 +1,263 @@
+"""Run a hyperparameter study on a scheduler or on this machine.
+
+    python run_study.py local --demo               # CPU demo: 12 tiny cells, 9 confirmation runs, analysis
+    python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
+    python run_study.py status --study-dir D
+    python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
+    python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]
+    python run_study.py analyze --study-dir D
+    python run_study.py verify [--grid-config G.json] [--data-dir DATA]
+    python run_study.py element [--task-index N]    # what the job scripts run (one array element)
+
+The plain way on PBS is `qsub pbs_hyperparameter_optimization.sh` (Slurm: `sbatch
+slurm_hyperparameter_optimization.sh`); `submit` does the same for any grid size and sets the
+array range from the grid. Finished cells (status ok/diverged) are always skipped, failed and
+interrupted ones rerun (interrupted ones resume from their last epoch).
+Environment: STUDY_DIR (study folder), GRID_CONFIG (grid JSON for a new study), DATA_DIR (data
+folder for a new study), TF_CONTAINER (Apptainer/Singularity image), PYTHON (host Python of the
+job scripts).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from mitoseg import confirm as C
+from mitoseg import grid as G
+from mitoseg import runner as R
+from mitoseg.cli_args import OneLineParser, positive_int
+from mitoseg.console import fmt_duration, results_table
+from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
+from mitoseg.study_dir import base_grid, create_new_study_dir
+from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+
+
+def _grid_args(p):
+    p.add_argument("--grid-config", default=os.environ.get("GRID_CONFIG"),
+                   help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
+    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
+    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
+                   help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+
+
+def build_parser():
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("list", help="print the grid (index -> cell) and its size")
+    _grid_args(s)
+    s.add_argument("--study-dir", help="list the grid saved in this study")
+    s.add_argument("--size", action="store_true", help="print only the number of cells")
+
+    s = sub.add_parser("local", help="run cells on this machine")
+    _grid_args(s)
+    s.add_argument("--study-dir", help="study folder to create or continue (default: a new one in --root)")
+    s.add_argument("--root", help="where a new study folder is created (default ., with --demo demo_study/)")
+    s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
+    s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
+    s.add_argument("--jobs", "-j", type=positive_int, help="cells trained at the same time (default 1; --demo: 2)")
+    s.add_argument("--force", action="store_true", help="retrain finished cells too")
+    s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
+    s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
+                   f"fresh seeds per architecture's winner (default 0; --demo: {C.DEMO_CONFIRM_SEEDS})")
+
+    s = sub.add_parser("confirm", help="rerun each architecture's validation-selected configuration(s) with fresh "
+                                       "seeds, then compare the architectures on the test set")
+    s.add_argument("--study-dir", required=True, help="a study whose grid has finished")
+    s.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
+    s.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
+    s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
+                   help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
+    s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
+    s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
+    s.add_argument("--no-analysis", action="store_true", help="local: do not run the analysis at the end")
+    s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+
+    s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA")
+    s.add_argument("--study-dir", required=True)
+
+    s = sub.add_parser("analyze", help="run the analysis of a study")
+    s.add_argument("--study-dir", required=True)
+
+    s = sub.add_parser("submit", help="submit the array job and its dependent analysis job")
+    _grid_args(s)
+    s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"), help="default: detected")
+    s.add_argument("--study-dir", help="existing study to continue (default: a new one in --root)")
+    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--dry-run", action="store_true", help="print the command only")
+    s.add_argument("--cells-per-gpu", type=int,
+                   help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
+                   "the array gets ceil(cells / K) elements")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+
+    s = sub.add_parser("element", help="one array element (what the job scripts run)")
+    s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
+    s.add_argument("--grid-config", default=None, help="grid JSON for a new study (default $GRID_CONFIG)")
+    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
+
+    s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
+    _grid_args(s)
+    s.add_argument("--output-root", default=".", help="where study folders will be written (default .)")
+    s.add_argument("--pbs-script", default=str(PBS_SCRIPT))
+    s.add_argument("--slurm-script", default=str(SLURM_SCRIPT))
+    s.add_argument("--skip-env-probe", action="store_true",
+                   help="skip importing TensorFlow in the training environment (faster)")
+    return p
+
+
+def _print(msg=""):
+    print(msg, flush=True)
+
+
+def cmd_list(args) -> int:
+    return G.list_grid(args.study_dir, args.grid_config, args.demo, args.size)
+
+
+def _open_study(args, root) -> tuple[Path, G.GridConfig]:
+    """The study to run: flags that contradict an existing study, or finished cells its grid no longer
+    describes, are one-line errors before anything runs (mitoseg/identity.py)."""
+    from mitoseg.identity import check_study
+    grid = base_grid(args.grid_config, args.data_dir, args.demo)
+    if args.study_dir:
+        given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
+        G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
+    study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
+    grid = G.init_study(study, grid)
+    retrain = [c.index for c in R.select_cells(grid, args.cells, args.arch)] if getattr(args, "force", False) else []
+    check_study(study, grid, retrain=retrain, check_data=True)
+    return study.resolve(), grid
+
+
+def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
+    t0 = time.monotonic()
+    rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
+    _print("")
+    _print(results_table(rows))
+    failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, BUSY)]
+    _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
+           f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
+           f"training wall time {fmt_duration(time.monotonic() - t0)}")
+    code = 1 if failed else 0
+    if analysis:
+        acode = R.run_analysis_script(study, log=_print)
+        if acode != 0:
+            _print(f"warning: the analysis exited {acode}")
+            code = code or acode
+        report = R.report_path(study)
+        _print(f"\nStudy folder: {study}")
+        if report:
+            _print(f"Report: {report}")
+    return code
+
+
+def cmd_local(args) -> int:
+    t0 = time.monotonic()
+    study, grid = _open_study(args, args.root or ("demo_study" if args.demo else "."))
+    chosen = R.select_cells(grid, args.cells, args.arch)
+    if args.demo:
+        _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
+               f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
+    jobs = args.jobs or (2 if args.demo else 1)
+    seeds = args.confirm_seeds if args.confirm_seeds is not None else (C.DEMO_CONFIRM_SEEDS if args.demo else 0)
+    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)
+    if seeds:
+        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis) or code
+    if args.demo:
+        _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
+               f"Open the report: {R.report_path(study) or study}")
+    return code
+
+
+def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False) -> int:
+    """Plan (or reuse) the confirmation stage and train its cells here, then the analysis."""
+    try:
+        plan = C.plan_confirmation(study, seeds, top, allow_incomplete, log=_print)
+    except ValueError as err:
+        _print(f"error: {err}")
+        if analysis:
+            R.run_analysis_script(study, log=_print)
+        return EXIT_BAD_INPUT
+    _print("\n" + C.describe(plan))
+    return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis)
+
+
+def _scheduler_args(args) -> list[str]:
+    """The qsub/sbatch arguments given after `--`."""
+    return [a for a in (args.extra or []) if a != "--"]
+
+
+def cmd_confirm(args) -> int:
+    study = Path(args.study_dir).resolve()
+    grid = G.load_study_grid(study)
+    if args.scheduler == "local":
+        return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
+                                args.allow_incomplete)
+    plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
+    _print(C.describe(plan))
+    cells = G.confirm_cells(study)
+    ids = submit_study(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
+                       dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index))
+    _print(f"follow it with: python run_study.py status --study-dir {study}")
+    return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
+
+
+def cmd_status(args) -> int:
+    from mitoseg import study_status
+    study_status.show(args.study_dir, log=_print)
+    report = R.report_path(args.study_dir)
+    if report:
+        _print(f"report: {report}")
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    scheduler = args.scheduler or detect_scheduler()
+    if scheduler is None:
+        _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
+        return EXIT_BAD_INPUT
+    study, grid = _open_study(args, args.root)
+    from mitoseg.multi_cell import cells_per_gpu
+    k = cells_per_gpu(args.cells_per_gpu)
+    ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
+    _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
+    return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--demo"]:   # `python run_study.py --demo` = `local --demo`
+        argv = ["local", *argv]
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "list":
+            return cmd_list(args)
+        if args.command == "local":
+            return cmd_local(args)
+        if args.command == "status":
+            return cmd_status(args)
+        if args.command == "analyze":
+            return R.run_analysis_script(args.study_dir, log=_print)
+        if args.command == "submit":
+            return cmd_submit(args)
+        if args.command == "confirm":
+            return cmd_confirm(args)
+        if args.command == "element":
+            return R.run_element(args.task_index, args.root, args.grid_config, log=_print,
+                                 cells_per_gpu=args.cells_per_gpu)
+        if args.command == "verify":
+            from mitoseg import verify
+            return verify.main(args)
+    except (ValueError, RuntimeError, OSError) as err:
+        _print(f"error: {err}")
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

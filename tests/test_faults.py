@@ -170,7 +170,8 @@ def test_resume_restores_epoch_counter_and_history_is_continuous(study):
     assert "resuming from the backup" in study["run2_log"]
     # fit(initial_epoch=...) from the backup: the first epoch the resumed process trains is the
     # one after the last completed epoch (not epoch 1 again).
-    first = next(line for line in study["run2_log"].splitlines() if line.startswith("epoch "))
+    unstamped = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", ln) for ln in study["run2_log"].splitlines()]
+    first = next(line for line in unstamped if line.startswith("epoch "))
     assert first.startswith(f"epoch {interrupted_at + 1:>3}/{TOTAL_EPOCHS}"), first
     assert study["final_history"] == list(range(1, TOTAL_EPOCHS + 1))   # nothing repeated or lost
 

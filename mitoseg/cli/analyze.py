@@ -1,8 +1,9 @@
 """Analyse a hyperparameter study: summary CSV, figures, statistics and reports.
 
     python analyze_hyperparameter_results.py --study-dir hyperparameter_optimization_YYYYMMDD_HHMMSS
-    python analyze_hyperparameter_results.py --summary_file hyperparameter_summary.csv --output_dir out
-    ... --baseline_summary original_study/hyperparameter_summary.csv
+    python analyze_hyperparameter_results.py --summary-file hyperparameter_summary.csv --output-dir out
+    ... --baseline-summary original_study/hyperparameter_summary.csv
+(the original script's --summary_file, --output_dir, --baseline_summary are accepted too)
 
 Outputs (default: the study folder, or the CSV's folder): hyperparameter_summary.csv,
 detailed_heatmaps.png, comprehensive_analysis.png, best_configurations_comparison.png,
@@ -11,18 +12,20 @@ comprehensive_analysis_report.txt, analysis_summary.json.
 """
 from __future__ import annotations
 
-import argparse
 import sys
+
+from mitoseg.cli_args import OneLineParser, add_flag, add_version
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--study-dir", "--study_dir", dest="study_dir", help="study folder with grid_config.json and exp_* folders")
-    src.add_argument("--summary_file", "--summary-file", dest="summary_file", help="a hyperparameter_summary.csv (analysis from the CSV alone)")
-    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="where to write (default: the study folder / the CSV's folder)")
-    parser.add_argument("--baseline_summary", "--baseline-summary", dest="baseline_summary",
-                        help="summary CSV of a baseline study (e.g. the original lr 1e-2, batch 8 runs)")
+    parser = OneLineParser(description=__doc__.split("\n\n")[0])
+    add_version(parser)
+    src = parser.add_mutually_exclusive_group(required=True)   # the seeds' underscore spellings: hidden aliases
+    add_flag(src, "--study-dir", "--study_dir", help="study folder with grid_config.json and exp_* folders")
+    add_flag(src, "--summary-file", "--summary_file", help="a hyperparameter_summary.csv (analysis from the CSV alone)")
+    add_flag(parser, "--output-dir", "--output_dir", help="where to write (default: the study folder / the CSV's folder)")
+    add_flag(parser, "--baseline-summary", "--baseline_summary",
+             help="summary CSV of a baseline study (e.g. the original lr 1e-2, batch 8 runs)")
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
     from mitoseg.analysis import run_analysis

@@ -4,10 +4,10 @@ TensorFlow). The builders, the registry and model loading are mitoseg/models.py 
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from mitoseg import quiet_tf  # standard library only
+from mitoseg.cli_args import OneLineParser, add_flag, add_version
 from mitoseg.config import ATTENTION_GATES
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the output; real warnings pass
@@ -37,12 +37,14 @@ def _count_rows(setting: dict, attention_gate: str) -> list[tuple]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description="Print parameter counts of each architecture, beside the "
+    parser = OneLineParser(description="Print parameter counts of each architecture, beside the "
                                      "original study's at its setting (the defaults).")
     parser.add_argument("--base-filters", type=int, default=64)
     parser.add_argument("--depth", type=int, default=5)
     parser.add_argument("--patch-size", type=int, default=256)
-    parser.add_argument("--channels", type=int, default=1)
+    add_version(parser)
+    add_flag(parser, "--input-channels", "--channels", dest="channels", type=int, default=1,
+             help="input channels (default 1)")
     parser.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
     parser.add_argument("--head", choices=("plain", "bn_sigmoid"), default="bn_sigmoid",
                         help="default bn_sigmoid, the original's, so the counts compare (training defaults to plain)")

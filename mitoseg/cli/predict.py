@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser  # standard library only
+from mitoseg.cli_args import OneLineParser, add_flag, add_version  # standard library only
 from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
 from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK, UNREADABLE
 
@@ -317,6 +317,7 @@ def run_predict(args) -> int:
 
 def build_parser():
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
     one = p.add_argument_group("one model on one stack")
     one.add_argument("--model", help="trained model (.keras or .hdf5)")
     one.add_argument("--input", help="image stack (TIFF; a 2D TIFF is one slice)")
@@ -328,7 +329,7 @@ def build_parser():
     st.add_argument("--study-dir", help="study folder with exp_*/ cells")
     st.add_argument("--overlays", action="store_true", help="write overlay_<arch>.png per architecture")
     st.add_argument("--data-dir", help="data folder (default: the one recorded in the cell's config)")
-    st.add_argument("--out-dir", help="overlay folder (default STUDY_DIR/overlays)")
+    add_flag(st, "--output-dir", "--out-dir", dest="out_dir", help="overlay folder (default STUDY_DIR/overlays)")
     c = p.add_argument_group("common")
     c.add_argument("--threshold", type=float, default=0.5, help="probability -> mask threshold (default 0.5)")
     c.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation (8x slower)")

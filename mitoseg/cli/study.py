@@ -4,7 +4,7 @@
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
     python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
     python run_study.py status --study-dir D
-    python run_study.py submit [--scheduler slurm|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
+    python run_study.py submit [--scheduler slurm|pbs|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
     python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]
     python run_study.py analyze --study-dir D
     python run_study.py verify [--grid-config G.json] [--data-dir DATA]
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,11 +30,11 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
-from mitoseg.cli_args import OneLineParser, positive_int
+from mitoseg.cli_args import OneLineParser, add_flag, add_version, invoked_as, positive_int, say
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
 from mitoseg.study_dir import base_grid, create_new_study_dir
-from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SCHEDULER
 
 
 def _grid_args(p):
@@ -46,6 +47,7 @@ def _grid_args(p):
 
 def build_parser():
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("list", help="print the grid (index -> cell) and its size")
@@ -55,8 +57,9 @@ def build_parser():
 
     s = sub.add_parser("local", help="run cells on this machine")
     _grid_args(s)
-    s.add_argument("--study-dir", help="study folder to create or continue (default: a new one in --root)")
-    s.add_argument("--root", help="where a new study folder is created (default ., with --demo demo_study/)")
+    s.add_argument("--study-dir", help="study folder to create or continue (default: a new one in --output-dir)")
+    add_flag(s, "--output-dir", "--root", dest="root",
+             help="where a new study folder is created (default ., with --demo demo_study/)")
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     s.add_argument("--jobs", "-j", type=positive_int, help="cells trained at the same time (default 1; --demo: 2)")
@@ -78,17 +81,20 @@ def build_parser():
     s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
     s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
 
-    s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA")
+    s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA; "
+                                      "exit 1 when a cell failed")
     s.add_argument("--study-dir", required=True)
+    s.add_argument("--json", action="store_true", help="print the cell states as one JSON document")
 
     s = sub.add_parser("analyze", help="run the analysis of a study")
     s.add_argument("--study-dir", required=True)
 
     s = sub.add_parser("submit", help="submit the array job and its dependent analysis job")
     _grid_args(s)
-    s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"), help="default: detected")
-    s.add_argument("--study-dir", help="existing study to continue (default: a new one in --root)")
-    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    s.add_argument("--scheduler", choices=("pbs", "pbspro", "torque", "slurm"),
+                   help="default: detected (pbs: PBS Pro or Torque, as detected)")
+    s.add_argument("--study-dir", help="existing study to continue (default: a new one in --output-dir)")
+    add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--dry-run", action="store_true", help="print the command only")
     s.add_argument("--cells-per-gpu", type=int,
                    help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
@@ -98,12 +104,13 @@ def build_parser():
     s = sub.add_parser("element", help="one array element (what the job scripts run)")
     s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
     s.add_argument("--grid-config", default=None, help="grid JSON for a new study (default $GRID_CONFIG)")
-    s.add_argument("--root", default=".", help="where a new study folder is created (default .)")
+    add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
 
     s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
     _grid_args(s)
-    s.add_argument("--output-root", default=".", help="where study folders will be written (default .)")
+    add_flag(s, "--output-dir", "--output-root", dest="output_root", default=".",
+             help="where study folders will be written (default .)")
     s.add_argument("--pbs-script", default=str(PBS_SCRIPT))
     s.add_argument("--slurm-script", default=str(SLURM_SCRIPT))
     s.add_argument("--skip-env-probe", action="store_true",
@@ -112,7 +119,7 @@ def build_parser():
 
 
 def _print(msg=""):
-    print(msg, flush=True)
+    say(msg)
 
 
 def cmd_list(args) -> int:
@@ -143,7 +150,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
     _print(f"\n{len(rows) - len(failed)}/{len(rows)} cells finished, {len(failed)} not "
            f"({', '.join(r['cell'].name + ': ' + r['state'] for r in failed) or 'none'}); "
            f"training wall time {fmt_duration(time.monotonic() - t0)}")
-    code = 1 if failed else 0
+    code = EXIT_FAILED if failed else EXIT_OK
     if analysis:
         acode = R.run_analysis_script(study, log=_print)
         if acode != 0:
@@ -201,32 +208,44 @@ def cmd_confirm(args) -> int:
     plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
-    ids = submit_study(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), log=_print,
-                       dry_run=args.dry_run, indices=(cells[0].index, cells[-1].index))
-    _print(f"follow it with: python run_study.py status --study-dir {study}")
-    return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
+    code = _submit(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), dry_run=args.dry_run,
+                   indices=(cells[0].index, cells[-1].index))
+    if code == EXIT_OK:
+        _print(f"follow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
+    return code
+
+
+def _submit(study, grid, scheduler, extra, **kw) -> int:
+    """submit_study; a scheduler that refuses or cannot be run is EXIT_SCHEDULER (not bad input)."""
+    try:
+        submit_study(study, grid, scheduler, extra, log=_print, **kw)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
+        _print(f"error: {scheduler}: " + "; ".join(ln.strip() for ln in str(err).splitlines() if ln.strip()))
+        return EXIT_SCHEDULER
+    return EXIT_OK
 
 
 def cmd_status(args) -> int:
     from mitoseg import study_status
-    study_status.show(args.study_dir, log=_print)
+    code = study_status.show(args.study_dir, log=_print, as_json_text=args.json)
     report = R.report_path(args.study_dir)
-    if report:
+    if report and not args.json:
         _print(f"report: {report}")
-    return EXIT_OK
+    return code
 
 
 def cmd_submit(args) -> int:
-    scheduler = args.scheduler or detect_scheduler()
+    scheduler = scheduler_name(args.scheduler) if args.scheduler else detect_scheduler()
     if scheduler is None:
-        _print("error: neither sbatch nor qsub found; use `python run_study.py local` on one machine")
-        return EXIT_BAD_INPUT
+        _print(f"error: neither sbatch nor qsub found; use `{invoked_as('mitoseg-study')} local` on one machine")
+        return EXIT_SCHEDULER
     study, grid = _open_study(args, args.root)
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)
-    ids = submit_study(study, grid, scheduler, _scheduler_args(args), log=_print, dry_run=args.dry_run, cells_per_gpu=k)
-    _print(f"study folder: {study}\nfollow it with: python run_study.py status --study-dir {study}")
-    return EXIT_OK if ids["array"] or args.dry_run else EXIT_FAILED
+    code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run, cells_per_gpu=k)
+    if code == EXIT_OK:
+        _print(f"study folder: {study}\nfollow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
+    return code
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 """Train one grid cell (architecture, learning rate, batch size, seed) and write its exp_ folder.
 
-By hand:          python train_one.py --arch UNet --lr 1e-3 --batch-size 16 --data-dir DATA --out-dir runs
+By hand:          python train_one.py --arch UNet --lr 1e-3 --batch-size 16 --data-dir DATA --output-dir runs
 Grid element:     python train_one.py --study-dir STUDY --task-index 4
                   (index from the flag, else $PBS_ARRAY_INDEX, $PBS_ARRAYID or $SLURM_ARRAY_TASK_ID)
 Demo-sized:       python train_one.py --arch UNet --epochs 2 --patch-size 64 --base-filters 8 --depth 4
@@ -16,7 +16,7 @@ import os
 import sys
 
 from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser, positive_float, positive_int  # standard library only
+from mitoseg.cli_args import OneLineParser, add_flag, add_version, positive_float, positive_int  # standard library only
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
@@ -24,6 +24,7 @@ quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real war
 def build_parser() -> argparse.ArgumentParser:
     from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
     cell = p.add_argument_group("the cell (ignored with --task-index: the grid decides)")
     cell.add_argument("--arch", choices=ARCHITECTURES, help="architecture (default UNet)")
     cell.add_argument("--lr", type=positive_float, help="initial Adam learning rate (default 1e-3)")
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "folders; default: built-in synthetic EM data")
     d.add_argument("--synthetic-slices", type=positive_int, help="slices of the built-in synthetic volume (default 24)")
     d.add_argument("--synthetic-size", type=positive_int, help="side of the synthetic slices (default 256)")
-    d.add_argument("--out-dir", default="runs", help="parent folder of the exp_ folder in hand mode (default runs/)")
+    add_flag(d, "--output-dir", "--out-dir", dest="out_dir", default="runs", help="parent folder of the exp_ folder in hand mode (default runs/)")
     d.add_argument("--force", action="store_true", help="retrain even if the cell already finished")
     return p
 

@@ -135,7 +135,7 @@ def test_confirm_submission_sets_the_confirmation_range(tmp_path):
         assert "confirmation stage: 2 configuration(s) x 3 fresh seeds (3, 4, 5) = 6 cells" in r.stdout
     r = _run_study("confirm", "--study-dir", str(study), "--seeds", "3", "--top", "2", "--dry-run",
                    "--scheduler", "slurm")
-    assert r.returncode == 2 and r.stdout.strip().startswith("error:") and "--top 1" in r.stdout
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "--top 1" in r.stderr
     r = _run_study("status", "--study-dir", str(study))
     assert "22 cells" in r.stdout and "6 missing" in r.stdout
 

@@ -45,7 +45,8 @@ class _VersionAction(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         from .version import version_line
-        parser.exit(0, version_line() + "\n")
+        print(version_line())
+        parser.exit(0)
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
@@ -59,6 +60,13 @@ def add_flag(parser, flag: str, *old: str, **kwargs) -> None:
     for alias in old:
         parser.add_argument(alias, dest=dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS,
                             **{k: v for k, v in kwargs.items() if k in ("type", "action", "choices")})
+
+
+def missing_extra(err: ImportError, extra: str) -> str:
+    """The one line for a package this command needs and this Python lacks (a login node's base
+    install has the standard library alone)."""
+    return (f"error: {err.name or err} is not installed here ({sys.executable}); this command needs the "
+            f"[{extra}] extra: pip install 'mitoseg-hpo[{extra}]' (or run it in the training environment)")
 
 
 def say(message: str = "") -> None:

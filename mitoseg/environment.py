@@ -15,9 +15,8 @@ from .version import version_info
 
 # import name -> distribution name (for the version): what a cell and the analysis import
 PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "focal_loss": "focal-loss",
-            "tifffile": "tifffile", "skimage": "scikit-image", "scipy": "scipy", "pandas": "pandas",
-            "matplotlib": "matplotlib", "seaborn": "seaborn", "statsmodels": "statsmodels", "h5py": "h5py",
-            "tensorboard": "tensorboard"}
+            "tifffile": "tifffile", "imageio": "imageio", "PIL": "pillow", "scipy": "scipy", "pandas": "pandas",
+            "matplotlib": "matplotlib", "statsmodels": "statsmodels", "h5py": "h5py", "tensorboard": "tensorboard"}
 
 
 def package_version(distribution: str) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from mitoseg.cli_args import OneLineParser, add_flag, add_version
+from mitoseg.cli_args import OneLineParser, add_flag, add_version, missing_extra
 
 
 def main(argv=None) -> int:
@@ -28,9 +28,13 @@ def main(argv=None) -> int:
              help="summary CSV of a baseline study (e.g. the original lr 1e-2, batch 8 runs)")
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
-    from mitoseg.analysis import run_analysis
     from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK
-    from mitoseg.summary import SummaryError
+    try:
+        from mitoseg.analysis import run_analysis
+        from mitoseg.summary import SummaryError
+    except ImportError as err:
+        print(missing_extra(err, "analysis"), file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         run_analysis(args.study_dir, args.summary_file, args.output_dir, args.baseline_summary,
                      figures=not args.no_figures)

@@ -30,7 +30,7 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, invoked_as, positive_int, say
+from mitoseg.cli_args import OneLineParser, add_flag, add_version, invoked_as, missing_extra, positive_int, say
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
 from mitoseg.study_dir import base_grid, create_new_study_dir
@@ -272,6 +272,9 @@ def main(argv=None) -> int:
         if args.command == "verify":
             from mitoseg import verify
             return verify.main(args)
+    except ImportError as err:   # confirm selects with pandas: the [analysis] extra
+        _print(missing_extra(err, "analysis"))
+        return EXIT_BAD_INPUT
     except (ValueError, RuntimeError, OSError) as err:
         _print(f"error: {err}")
         return EXIT_BAD_INPUT

@@ -31,6 +31,7 @@ BUSY = "running elsewhere"      # train_one.py exited EXIT_BUSY: another process
 #   1  something ran and failed: a cell's exception (recorded in its results JSON), cells of a local
 #      run that did not finish, a FAIL row of verify, `status` with at least one failed cell
 #   2  bad input, refused before anything ran: a flag, a grid value, the data, a Python older than 3.8
+#      or a package this command needs (one line names the pip extra)
 #   3  interrupted by SIGTERM (walltime, preemption): the resume backup is kept, a rerun continues
 #   4  busy: another process holds the cell's lock (mitoseg/cell_lock.py); nothing was done
 #   5  the scheduler: no sbatch/qsub found, or it refused the submission; nothing was queued

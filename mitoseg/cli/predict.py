@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser, add_flag, add_version  # standard library only
+from mitoseg.cli_args import OneLineParser, add_flag, add_version, missing_extra  # standard library only
 from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
 from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK, UNREADABLE
 
@@ -367,6 +367,9 @@ def main(argv=None) -> int:
         return run_predict(args)
     except PredictError as err:
         print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except ImportError as err:   # --overlays also needs the [analysis] packages
+        print(missing_extra(err, "all" if args.overlays else "train"), file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

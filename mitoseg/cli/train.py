@@ -16,7 +16,8 @@ import os
 import sys
 
 from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, positive_float, positive_int  # standard library only
+from mitoseg.cli_args import (OneLineParser, add_flag, add_version, missing_extra, positive_float,  # standard library only
+                              positive_int)
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
@@ -87,8 +88,12 @@ def main(argv=None) -> int:
     from mitoseg import scheduler as S
     from mitoseg.config import ConfigError, TrainConfig
     from mitoseg.paths import StudyPaths, cell_name
-    from mitoseg.cell import run_cell
     from mitoseg.status import EXIT_BAD_INPUT
+    try:
+        from mitoseg.cell import run_cell
+    except ImportError as err:   # e.g. the host Python of a login node: no numpy / TensorFlow
+        print(missing_extra(err, "train"), file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
         args.data_dir = G.absolute_path(args.data_dir)

@@ -180,7 +180,7 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     return "\n".join(lines)
 
 
-def as_json(study_dir, rows: list[dict]) -> str:
+def status_json(study_dir, rows: list[dict]) -> str:
     """`status --json`: the study, one object per cell (its state as in the table) and the ETA."""
     eta, parallel = eta_seconds(rows)
     cells = [dict(index=r["cell"].index, name=r["cell"].name, stage=r["cell"].stage, state=r["state"],
@@ -194,11 +194,11 @@ def as_json(study_dir, rows: list[dict]) -> str:
                            counts=counts, eta_s=eta, cells_at_a_time=parallel), indent=2)
 
 
-def show(study_dir, log=print, as_json_text: bool = False) -> int:
+def show(study_dir, log=print, as_json: bool = False) -> int:
     """Print the table (or the JSON). EXIT_FAILED when at least one cell failed (its results JSON
     records an error to look at), else EXIT_OK, also while cells are running, stalled, interrupted
     or missing: those are states of progress, which a resubmission resumes or reruns."""
     grid = G.load_study_grid(study_dir)
     rows = status_rows(study_dir, grid)
-    log(as_json(study_dir, rows) if as_json_text else render(rows))
+    log(status_json(study_dir, rows) if as_json else render(rows))
     return EXIT_FAILED if any(r["state"] == FAILED for r in rows) else EXIT_OK

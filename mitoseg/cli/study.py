@@ -227,7 +227,7 @@ def _submit(study, grid, scheduler, extra, **kw) -> int:
 
 def cmd_status(args) -> int:
     from mitoseg import study_status
-    code = study_status.show(args.study_dir, log=_print, as_json_text=args.json)
+    code = study_status.show(args.study_dir, log=_print, as_json=args.json)
     report = R.report_path(args.study_dir)
     if report and not args.json:
         _print(f"report: {report}")

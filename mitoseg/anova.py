@@ -1,4 +1,5 @@
-"""The significance tests of the analysis on the successful runs' scores (no file I/O here).
+"""The significance tests of the analysis on the scores of the runs that count (mitoseg.stats.counted_runs;
+the correlations: the successful runs). Exploratory: the grid selects on the same scores. No file I/O here.
 
 One-way ANOVA per factor (scipy), factorial ANOVA with interactions and Tukey HSD between the
 architectures (statsmodels), the Pearson correlation of the metrics, and the Welch t-test of a
@@ -40,7 +41,7 @@ def one_way_anova(ok: pd.DataFrame, factor: str, value: str = "score") -> dict:
     res = dict(factor=factor, name=name, k=len(groups), n=len(sub), F=np.nan, p=np.nan, eta_sq=np.nan,
                df_between=len(groups) - 1, df_within=len(sub) - len(groups), reason=None)
     if len(groups) < 2:
-        res["reason"] = f"only one {name} level has successful runs" if groups else f"no successful runs"
+        res["reason"] = f"only one {name} level has runs that count" if groups else "no runs that count"
     elif len(sub) - len(groups) < 1:
         res["reason"] = (f"too few observations ({len(sub)} runs in {len(groups)} {name} levels: "
                          f"no within-group variation to test against)")
@@ -58,19 +59,19 @@ def one_way_anova(ok: pd.DataFrame, factor: str, value: str = "score") -> dict:
 
 def factorial_anova(ok: pd.DataFrame, factors: list, value: str = "score") -> dict:
     """ANOVA with all interactions (statsmodels ols + anova_lm, type II) when every combination of the
-    factors' levels has at least 2 successful runs; else a reason in words."""
+    factors' levels has at least 2 runs; else a reason in words."""
     names = " x ".join(FACTORS.get(f, f) for f in factors)
     res = dict(factors=factors, name=names, table=None, reason=None)
     sub = ok[ok[value].notna()].dropna(subset=factors)
     single = [FACTORS.get(f, f) for f in factors if sub[f].nunique() < 2]
     if single:
-        res["reason"] = f"only one level of {', '.join(single)} among successful runs"
+        res["reason"] = f"only one level of {', '.join(single)} among the runs that count"
         return res
     counts = sub.groupby(factors).size()
     n_combos = int(np.prod([sub[f].nunique() for f in factors]))
     if len(counts) < n_combos or counts.min() < 2:
         have = int((counts >= 2).sum())
-        res["reason"] = (f"needs at least 2 successful runs in each of the {n_combos} combinations; "
+        res["reason"] = (f"needs at least 2 runs that count in each of the {n_combos} combinations; "
                          f"{have} have that (repeat cells with more seeds to test interactions)")
         return res
     try:
@@ -107,10 +108,10 @@ def tukey_architectures(ok: pd.DataFrame, value: str = "score") -> dict:
     res = dict(table=None, reason=None)
     counts = sub.groupby("architecture").size()
     if len(counts) < 2:
-        res["reason"] = "only one architecture has successful runs"
+        res["reason"] = "only one architecture has runs that count"
         return res
     if counts.min() < 2:
-        res["reason"] = "needs at least 2 successful runs per architecture"
+        res["reason"] = "needs at least 2 runs that count per architecture"
         return res
     if float(sub[value].var(ddof=1)) == 0 or (sub.groupby("architecture")[value].var(ddof=1).fillna(0) == 0).all():
         res["reason"] = "no variation within architectures, so the test is undefined"

@@ -55,6 +55,8 @@ def add_version(parser: argparse.ArgumentParser) -> None:
 
 def add_flag(parser, flag: str, *old: str, **kwargs) -> None:
     """`flag` as documented (hyphenated); the `old` spellings still accepted but not shown in --help."""
+    if "action" not in kwargs:   # the documented name in --help, whatever the dest the code reads
+        kwargs.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
     parser.add_argument(flag, **kwargs)
     dest = kwargs.get("dest") or flag.lstrip("-").replace("-", "_")
     for alias in old:

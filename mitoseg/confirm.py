@@ -106,7 +106,8 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, allow_incomplete: boo
     else:
         selection, grid_rows = grid_selection(study_dir, top, allow_incomplete)
         for _, r in selection[selection["degenerate"]].iterrows():
-            log(f"warning: {r['architecture']}: no grid run learned; confirming its best degenerate configuration")
+            log(f"warning: {r['architecture']}: its selected configuration learned in none of its grid runs; "
+                f"confirming it anyway")
         missing = sorted(set(grid.architectures) - set(selection["architecture"]))
         if missing:
             log(f"warning: no finished grid run with a score for {', '.join(missing)}: not confirmed")

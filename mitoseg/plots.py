@@ -53,6 +53,37 @@ def _short_status(text: str) -> str:
     return "\n".join(dict.fromkeys(parts)) or "no run"
 
 
+def _shared_limits(values) -> tuple[float, float]:
+    """One colour scale for every panel of one metric: the same colour is the same value."""
+    vals = np.asarray(values, float)
+    vals = vals[np.isfinite(vals)]
+    return (float(vals.min()), float(vals.max())) if vals.size else (0.0, 1.0)
+
+
+def _annotate_cell(ax, im, i: int, j: int, value: float, row, score: bool) -> None:
+    """One heatmap cell's label: the value with its run counts, or the status of a cell without one."""
+    if not math.isfinite(value):
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", ec="#999999", lw=0))
+        ax.text(j, i, _short_status(row["status_text"]).upper(), ha="center", va="center",
+                fontsize=8, color="#b00000", fontweight="bold")
+        return
+    label = f"{value:.3f}"
+    if row["n_ok"] < row["n_runs"]:
+        label += f"\n({int(row['n_ok'])}/{int(row['n_runs'])} ok)"
+    if score and row["n_diverged"]:
+        label += f"\n({int(row['n_diverged'])} diverged = 0)"
+    if row["degenerate"]:
+        label += "\nNOT LEARNED"
+    elif row["n_degenerate"]:
+        label += f"\n({int(row['n_degenerate'])} degenerate)"
+    rgba = im.cmap(im.norm(value))
+    color = "white" if (0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]) < 0.5 else "black"
+    ax.text(j, i, label, ha="center", va="center", fontsize=9, color=color,
+            fontweight="bold" if row["degenerate"] else "normal")
+    if row["degenerate"]:
+        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
+
+
 def plot_heatmaps(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     df, configs, metric = res.df, res.configs, res.metric
     archs = sorted(configs["architecture"].unique()) if len(configs) else []
@@ -63,6 +94,7 @@ def plot_heatmaps(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     base = _baseline_value(res)
     fig, axes = plt.subplots(len(archs), 2, figsize=(2.2 * len(bss) + 7, 1.0 * len(lrs) * len(archs) + 1.6 * len(archs)),
                              squeeze=False)
+    limits = {col: _shared_limits(configs[col]) for col in ("score_mean", "stability_mean")}
     for r, arch in enumerate(archs):
         sub = configs[configs["architecture"] == arch].set_index(["learning_rate", "batch_size"])
         for c, (col, title, cmap) in enumerate((("score_mean", metric.label, "viridis"),
@@ -74,33 +106,13 @@ def plot_heatmaps(res: StudyAnalysis, path: Path) -> Union[Path, str]:
                     if (lr, bs) in sub.index:
                         mat[i, j] = sub.loc[(lr, bs), col]
             cm = plt.get_cmap(cmap).with_extremes(bad="#dddddd")
-            finite = mat[np.isfinite(mat)]
-            im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, aspect="auto",
-                           vmin=finite.min() if finite.size else 0, vmax=finite.max() if finite.size else 1)
+            im = ax.imshow(np.ma.masked_invalid(mat), cmap=cm, aspect="auto", vmin=limits[col][0], vmax=limits[col][1])
             for i, lr in enumerate(lrs):
                 for j, bs in enumerate(bss):
                     if (lr, bs) not in sub.index:
                         ax.text(j, i, "not in grid", ha="center", va="center", fontsize=8, color="#555555")
                         continue
-                    row = sub.loc[(lr, bs)]
-                    if math.isfinite(mat[i, j]):
-                        label = f"{mat[i, j]:.3f}"
-                        if row["n_ok"] < row["n_runs"]:
-                            label += f"\n({int(row['n_ok'])}/{int(row['n_runs'])} ok)"
-                        if row["degenerate"]:
-                            label += "\nDEGENERATE"
-                        elif row["n_degenerate"]:
-                            label += f"\n({int(row['n_degenerate'])} degenerate)"
-                        rgba = im.cmap(im.norm(mat[i, j]))
-                        color = "white" if (0.299 * rgba[0] + 0.587 * rgba[1] + 0.114 * rgba[2]) < 0.5 else "black"
-                        ax.text(j, i, label, ha="center", va="center", fontsize=9, color=color,
-                                fontweight="bold" if row["degenerate"] else "normal")
-                        if row["degenerate"]:
-                            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=2.5))
-                    else:
-                        ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", ec="#999999", lw=0))
-                        ax.text(j, i, _short_status(row["status_text"]).upper(), ha="center", va="center",
-                                fontsize=8, color="#b00000", fontweight="bold")
+                    _annotate_cell(ax, im, i, j, mat[i, j], sub.loc[(lr, bs)], score=c == 0)
             ax.set_xticks(range(len(bss)), [f"{int(b)}" for b in bss])
             ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
             ax.set_xlabel("batch size")
@@ -108,8 +120,9 @@ def plot_heatmaps(res: StudyAnalysis, path: Path) -> Union[Path, str]:
             extra = f"\nall-foreground baseline {base:.3f}" if (c == 0 and base is not None) else ""
             ax.set_title(f"{arch}: {title}{extra}")
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.suptitle("Best score and stability per learning rate x batch size (mean over successful seeds; "
-                 "grey hatched = no successful run)", fontsize=12)
+    fig.suptitle("Score (mean over the runs that count, diverged = 0) and stability (mean over successful runs) per "
+                 "learning rate x batch size;\none colour scale per metric across architectures; grey hatched = no "
+                 "successful run", fontsize=12)
     fig.tight_layout()
     return _save(fig, path)
 
@@ -123,7 +136,7 @@ def _level_stats(ok: pd.DataFrame, factor: str, value: str) -> pd.DataFrame:
 
 
 def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
-    ok, metric = res.ok, res.metric
+    ok, counted, metric = res.ok, res.counted, res.metric
     if ok.empty:
         return "no successful run"
     archs = sorted(ok["architecture"].unique())
@@ -133,7 +146,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
               (axes[0, 2], "learning_rate", "stability", "val-loss stability (lower = steadier)"),
               (axes[1, 0], "batch_size", "stability", "val-loss stability (lower = steadier)")]
     for ax, factor, value, ylabel in panels:
-        stats = _level_stats(ok, factor, value)
+        stats = _level_stats(counted if value == "score" else ok, factor, value)
         for arch in archs:
             s = stats[stats["architecture"] == arch].sort_values(factor)
             if s.empty:
@@ -150,7 +163,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
             ax.axhline(base, color="red", ls="--", lw=1, label=f"all-foreground baseline {base:.3f}")
         ax.set_xlabel(factor.replace("_", " "))
         ax.set_ylabel(ylabel)
-        ax.set_title(f"{'Score' if value == 'score' else 'Stability'} vs {factor.replace('_', ' ')} (mean +- s.e.)")
+        ax.set_title(f"{'Score' if value == 'score' else 'Stability'} vs {factor.replace('_', ' ')} (mean +- SE)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     ax = axes[1, 1]
@@ -169,7 +182,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax = axes[1, 2]
-    data = [ok.loc[ok["architecture"] == a, "score"].dropna().to_numpy() for a in archs]
+    data = [counted.loc[counted["architecture"] == a, "score"].dropna().to_numpy() for a in archs]
     bp = ax.boxplot(data, patch_artist=True)
     ax.set_xticks(range(1, len(archs) + 1), archs, rotation=15)
     for patch, arch in zip(bp["boxes"], archs):
@@ -181,7 +194,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
         ax.axhline(base, color="red", ls="--", lw=1, label="all-foreground baseline")
         ax.legend(fontsize=8)
     ax.set_ylabel(metric.label)
-    ax.set_title("Score per architecture (all successful runs)")
+    ax.set_title("Score per architecture (every run that counts, diverged = 0)")
     ax.grid(alpha=0.3, axis="y")
     fig.suptitle(f"Hyperparameter effects on {metric.label} and stability", fontsize=13)
     fig.tight_layout()
@@ -190,6 +203,9 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
 
 def plot_best_configs(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     best, metric = res.best, res.metric
+    if res.soft_only:   # the text does not rank a soft-only summary; neither may the figure
+        return ("not drawn: the summary holds only soft Jaccard scores, which cannot separate learned from constant "
+                "models, so the configurations are not ranked")
     if best.empty:
         return "no configuration has a successful run"
     archs = list(best["architecture"])
@@ -202,17 +218,20 @@ def plot_best_configs(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     for ax, col, err, title in ((axes[0], "score_mean", "score_sem", metric.label),
                                 (axes[1], "stability_mean", None, "val-loss stability (lower = steadier)")):
         vals = best[col].to_numpy(float)
-        yerr = best[err].fillna(0).to_numpy(float) if err else None
-        bars = ax.bar(x, np.nan_to_num(vals), yerr=yerr, capsize=5, color=colors, alpha=0.85)
-        for b, v, n in zip(bars, vals, best["n_ok"]):
-            ax.text(b.get_x() + b.get_width() / 2, b.get_height(), f"{f3(v, 3)}\n(n={int(n)})", ha="center",
-                    va="bottom", fontsize=9)
+        bars = ax.bar(x, np.nan_to_num(vals), color=colors, alpha=0.85)
+        for k, (b, v, n) in enumerate(zip(bars, vals, best["n_ok"])):
+            sem = best[err].iloc[k] if err else np.nan
+            if np.isfinite(sem):   # a standard error needs 2 runs: none is drawn for n=1, and the label says so
+                ax.errorbar([k], [v], yerr=[sem], color="black", capsize=5)
+            note = ", no error bar" if err and int(n) < 2 else ""
+            ax.text(b.get_x() + b.get_width() / 2, b.get_height() + (sem if np.isfinite(sem) else 0),
+                    f"{f3(v, 3)}\n(n={int(n)}{note})", ha="center", va="bottom", fontsize=9)
         if col == "score_mean" and base is not None:
             ax.axhline(base, color="red", ls="--", lw=1, label=f"all-foreground baseline {base:.3f}")
             ax.legend(fontsize=8, loc="lower right")
         ax.set_xticks(x, labels)
         ax.set_ylabel(title)
-        ax.set_title(f"Best configuration per architecture: {title}")
+        ax.set_title(f"Selected configuration per architecture: {title}" + ("\n(error bar = SE over runs)" if err else ""))
         ax.margins(y=0.2)
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()

@@ -24,7 +24,7 @@ from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, OK, STATUSES, UNREAD
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 from .version import version_line
 
-LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a usable result, in report order
+LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a model that learned, in report order
 CONFIRM_HINT = ("`python run_study.py confirm --study-dir STUDY --seeds 3` reruns each architecture's selected "
                 "configuration with fresh seeds.")
 
@@ -79,17 +79,26 @@ def opening(res: StudyAnalysis) -> str:
 
 
 def comparison_sentence(comp: dict, what: str) -> str:
-    """Winner vs runner-up (mitoseg.anova.compare_runs) in words."""
+    """Winner vs runner-up (mitoseg.anova.compare_runs) in words: the two means and their difference
+    come from the same runs (mitoseg.stats.run_scores); the Welch test is exploratory."""
     a, b = comp["winner"], comp["runner_up"]
     diff = f3(comp["diff"])
-    head = (f"{cfg_text(a)} ({f3(a['score_mean'])}, n={fint(a['n_ok'])}) vs the runner-up {cfg_text(b)} "
-            f"({f3(b['score_mean'])}, n={fint(b['n_ok'])}), difference {diff}")
+    head = (f"{cfg_text(a)} ({f3(a['score_mean'])}, n={fint(comp['n_a'])}) vs the runner-up {cfg_text(b)} "
+            f"({f3(b['score_mean'])}, n={fint(comp['n_b'])}), difference {diff}")
     if comp["reason"]:
         return f"{what}: {head}. Whether this is a real difference cannot be judged: {comp['reason']}."
+    test = f"exploratory Welch t-test {fp(comp['p'])}, not adjusted for the grid's other comparisons"
     if comp["clear"]:
-        return f"{what}: {head}; the winner is ahead beyond seed noise (Welch t-test {fp(comp['p'])})."
-    return (f"{what}: {head}; this is within seed noise (Welch t-test {fp(comp['p'])}), so no winner can be "
-            f"called.")
+        return f"{what}: {head}; the winner is ahead beyond seed noise ({test})."
+    return f"{what}: {head}; this is within seed noise ({test}), so no winner can be called."
+
+
+def selection_caveat(res: StudyAnalysis) -> str:
+    """What follows "selected on <data>": said plainly when the data is the test set."""
+    if res.metric.kind == "test":
+        return (": the summary has no validation IoU, so selection and score use the same test data and the score "
+                "is optimistic")
+    return ""
 
 
 def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
@@ -104,8 +113,8 @@ def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
     if res.n_ok and not res.soft_only:
         comp = res.comparisons.get("architectures")
         if comp:
-            summary.append(comparison_sentence(comp, "Best architecture in the grid (on validation, the data it was "
-                                                     "selected on)"))
+            summary.append(comparison_sentence(comp, f"Best architecture in the grid (on {res.selected_on}, the data it was "
+                                                     f"selected on{selection_caveat(res)})"))
             if conf is None:
                 summary.append("No confirmation runs yet, so the architectures are not compared on the test set: "
                                + CONFIRM_HINT)
@@ -147,28 +156,35 @@ def key_findings(doc: Doc, res: StudyAnalysis):
         findings += overfitting_findings(res)
     for r in res.anova.values():
         if r["reason"] is None and r["p"] < ALPHA:
-            findings.append(f"The {r['name']} has a significant effect on the score (one-way ANOVA {fp(r['p'])}, "
-                            f"eta squared {f3(r['eta_sq'])}).")
+            findings.append(f"The {r['name']} has a significant effect on the score (exploratory one-way ANOVA "
+                            f"{fp(r['p'])}, eta squared {f3(r['eta_sq'])}).")
     computed = [r for r in res.anova.values() if r["reason"] is None]
     if computed and all(r["p"] >= ALPHA for r in computed):
-        findings.append("No factor has a significant effect on the score in one-way ANOVA at alpha "
+        findings.append("No factor has a significant effect on the score in exploratory one-way ANOVA at alpha "
                         f"{ALPHA} ({', '.join(r['name'] + ' ' + fp(r['p']) for r in computed)}).")
     if len(res.stable):
         s0 = res.stable.iloc[0]
         findings.append(f"Steadiest validation loss: {cfg_text(s0)}, stability {f3(s0['stability_mean'], 4)}.")
     if not res.has_seeds and res.n_ok:
-        findings.append("Every configuration has at most one successful run, so run-to-run noise is unknown and "
+        findings.append("Every configuration has at most one run that counts, so run-to-run noise is unknown and "
                         "differences between configurations cannot be tested against it.")
     doc.ul(findings or ["No finding can be stated from the data in."])
 
 
 def learned_text(r) -> str:
-    """Did a selected configuration learn (beat the all-foreground baseline clearly)?"""
+    """Did a selected configuration learn (its mean beats the all-foreground baseline clearly), and in
+    how many of its runs that count?"""
+    n, learned = int(r["n_scored"]), int(r["n_scored"] - r["n_degenerate"] - r["n_diverged"])
+    runs = f" ({learned} of {n} runs learned)" if learned < n else ""
     if r["degenerate"]:
-        return "no (degenerate)"
+        return "no (no run learned)"
     if not finite(r["baseline"]):
-        return "unclear"
-    return "yes" if r["score_mean"] >= checks.required_iou(r["baseline"]) else "no"
+        return "unclear" + runs
+    return ("yes" if r["score_mean"] >= checks.required_iou(r["baseline"]) else "no") + runs
+
+
+RULE_WORDS = ("every finished run counts: a degenerate run with its own score, a diverged run as not learned with "
+              "IoU 0; failed, interrupted and missing cells do not count")
 
 
 def best_configurations(doc: Doc, res: StudyAnalysis):
@@ -182,30 +198,32 @@ def best_configurations(doc: Doc, res: StudyAnalysis):
     if best.empty:
         doc.p("Not determined: no configuration has a successful run.")
         return
+    on_test = m.kind == "test"
     rows = [[r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
-             mean_sd_n(r["score_mean"], r["score_std"], r["n_ok"]),
-             mean_sd_n(r["test_iou_mean"], r["test_iou_std"], r["n_test"]), f3(r["baseline"]), learned_text(r),
-             f3(r["stability_mean"], 4), str(r["best_run"])] for _, r in best.iterrows()]
-    doc.p(f"Each architecture's configuration with the highest mean {m.label} over its successful, "
-          f"non-degenerate runs (selected on {res.selected_on}). The test column is shown, not used for "
-          f"selection.")
-    doc.table(["architecture", "learning rate", "batch size", f"{m.label} mean +- std (n)",
-               "test IoU mean +- std (n), not used for selection", "all-foreground baseline", "learned",
-               "val-loss stability", "best run"], rows)
+             mean_sd_n(r["score_mean"], r["score_std"], r["n_ok"])]
+            + ([] if on_test else [mean_sd_n(r["test_iou_mean"], r["test_iou_std"], r["n_test"])])
+            + [f3(r["baseline"]), learned_text(r), f3(r["stability_mean"], 4), str(r["best_run"])]
+            for _, r in best.iterrows()]
+    doc.p(f"Each architecture's configuration with the highest mean {m.label} over its grid runs ({RULE_WORDS}); "
+          f"selected on {res.selected_on}{selection_caveat(res)}."
+          + (" The test column is shown, not used for selection." if not on_test else ""))
+    doc.table(["architecture", "learning rate", "batch size", f"{m.label} mean +- SD (n)"]
+              + ([] if on_test else ["test IoU mean +- SD (n), not used for selection"])
+              + ["all-foreground baseline", "learned", "val-loss stability", "best run"], rows)
 
 
 # --- figures and per-architecture details ---------------------------------------------------------
 def figure_captions(label: str) -> dict:
     """Figure file name -> caption (label: the headline metric's words)."""
     return {
-        FIG_HEATMAPS: f"Mean {label} and val-loss stability per learning rate x batch size for each architecture; "
-                      "hatched cells have no successful run (status shown), red frames mark degenerate "
-                      "configurations.",
-        FIG_COMPREHENSIVE: f"{label} and stability vs learning rate and batch size (mean +- standard error over "
-                           "runs), score vs stability of every run, and score per architecture; the red dashed line "
-                           "is the all-foreground baseline.",
-        FIG_BEST: "Best configuration of each architecture: score (error bar = standard error over seeds) and "
-                  "stability.",
+        FIG_HEATMAPS: f"Mean {label} (over the runs that count; one colour scale for every architecture) and "
+                      "val-loss stability (one scale too) per learning rate x batch size; hatched cells have no "
+                      "successful run (status shown), red frames mark configurations none of whose runs learned.",
+        FIG_COMPREHENSIVE: f"{label} and stability vs learning rate and batch size (mean +- SE, the standard error "
+                           "over runs), score vs stability of every successful run, and score per architecture; the "
+                           "red dashed line is the all-foreground baseline.",
+        FIG_BEST: "Selected configuration of each architecture: score (error bar = SE, the standard error over "
+                  "runs; none where n=1) and stability.",
         FIG_CURVES: "Loss and scores per epoch of the best run of each architecture.",
         FIG_BASELINE: "This study's best configurations against the baseline study's: score and stability side by "
                       "side, with the improvement factors.",
@@ -240,7 +258,7 @@ def per_architecture(doc: Doc, res: StudyAnalysis):
         st = stable[stable["architecture"] == arch]
         if len(b) and not res.soft_only:
             r = b.iloc[0]
-            items.append(f"best performance: lr {fg(r['learning_rate'])}, batch {fint(r['batch_size'])}: "
+            items.append(f"selected: lr {fg(r['learning_rate'])}, batch {fint(r['batch_size'])}: "
                          f"{m.label} {mean_sd_n(r['score_mean'], r['score_std'], r['n_ok'])}, stability "
                          f"{f3(r['stability_mean'], 4)}")
         if len(st):
@@ -258,7 +276,7 @@ def per_architecture(doc: Doc, res: StudyAnalysis):
 
 
 # --- definitions, limitations, every cell ----------------------------------------------------------
-def definitions(doc: Doc):
+def definitions(doc: Doc, res: StudyAnalysis):
     """What each metric and rule of the report means."""
     doc.h(2, "Metric definitions")
     doc.ul([
@@ -275,11 +293,14 @@ def definitions(doc: Doc):
         "10 epochs; lower is steadier.",
         "overfitting gap (`overfitting_gap`): final validation loss minus final training loss; flagged as signs of "
         f"overfitting when above {OVERFIT_RELATIVE_GAP:.0%} of the training loss.",
-        f"winner within noise: the best configuration's successful seeds against the runner-up's, Welch t-test at "
-        f"alpha {ALPHA}; with one run per configuration the noise is unknown and no winner is called on it.",
-        "selection: each architecture's configuration with the highest mean validation IoU over its successful, "
-        "non-degenerate grid runs (`mitoseg.stats.select_configs`, the one rule the report, figures, confirmation "
-        "stage and predict.py use); test scores never select.",
+        f"winner within noise (exploratory): the selected configuration's runs that count against the "
+        f"runner-up's, Welch t-test at alpha {ALPHA}, not adjusted for the grid's other comparisons; with one run "
+        f"per configuration the noise is unknown and no winner is called on it.",
+        f"runs that count (both stages, `mitoseg.stats.counted_runs`): {RULE_WORDS}.",
+        f"selection: each architecture's configuration with the highest mean {res.metric.label} over its grid runs "
+        "that count (`mitoseg.stats.select_configs`, the one rule the report, figures, confirmation stage and "
+        "predict.py use)" + ("; test scores never select." if res.metric.kind != "test" else
+                             "; this summary has no validation IoU, so it selects on test (optimistic)."),
         "confirmation runs (stage `confirm`): the selected configurations retrained with seeds the study had not "
         "used; the architecture comparison uses only their test IoU (95 % t interval over seeds; differences with "
         "a Welch interval and Welch t-test, p-values Holm-adjusted over the pairs; detectable difference and seeds "
@@ -298,9 +319,9 @@ def limitations(doc: Doc, res: StudyAnalysis, expected: int):
             lim.append(f"Successful runs trained for {fint(er.min())} to {fint(er.max())} epochs (early stopping "
                        f"or the epoch budget)." if er.min() != er.max() else
                        f"Every successful run trained for {fint(er.min())} epochs.")
-        runs = res.configs.loc[res.configs["n_ok"] > 0, "n_ok"]
+        runs = res.configs.loc[res.configs["n_scored"] > 0, "n_scored"]
         if len(runs):
-            lim.append(f"Successful runs per configuration: {fint(runs.min())} to {fint(runs.max())}."
+            lim.append(f"Runs that count per configuration: {fint(runs.min())} to {fint(runs.max())}."
                        + ("" if res.has_seeds else " With one run per configuration, run-to-run noise is unknown."))
     if m.kind == "test":
         lim.append("The summary has no validation IoU, so configurations are selected on the test score itself and "
@@ -311,11 +332,25 @@ def limitations(doc: Doc, res: StudyAnalysis, expected: int):
                    "validation means); the confirmation runs on fresh seeds are the unbiased estimate.")
     if res.soft_only:
         lim.append("Only soft scores are available; no statement about segmentation quality can be made.")
-    lost = sum(res.counts.get(s, 0) for s in (*LOST, UNREADABLE, MISSING))
+    if res.counts.get(DIVERGED) and not res.soft_only:
+        lim.append(f"{res.counts[DIVERGED]} diverged cell(s) count in the means above as runs that did not learn "
+                   f"(IoU 0).")
+    lost = sum(res.counts.get(s, 0) for s in (FAILED, INTERRUPTED, UNREADABLE, MISSING))
     if lost:
-        lim.append(f"{lost} of {res.n_rows} cells have no usable result, so the means above exclude them; "
-                   f"configurations with fewer successful runs weigh less reliably.")
+        lim.append(f"{lost} of {res.n_rows} cells have no result (failed, interrupted, unreadable or missing), so "
+                   f"the means above exclude them; configurations with fewer runs weigh less reliably.")
     doc.ul(lim)
+
+
+def degenerate_cell(res: StudyAnalysis, r) -> str:
+    """The degenerate column of one cell: unknown without a thresholded IoU, a diverged cell as counted."""
+    if r["status"] == DIVERGED:
+        return "diverged: counts as 0"
+    if not r["success"]:
+        return ""
+    if res.soft_only:
+        return "unknown (no thresholded IoU)"
+    return "yes" if r["degenerate"] else "no"
 
 
 def complete_results(doc: Doc, res: StudyAnalysis):
@@ -327,7 +362,7 @@ def complete_results(doc: Doc, res: StudyAnalysis):
         rows.append([str(r["experiment_id"]), r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
                      fint(r["seed"]), r["status"], f3(r["score"]),
                      f3(r["test_iou"]) if m.column != "test_iou" else "(headline)", f3(r["best_val_jaccard"]),
-                     f3(r["baseline"]), ("yes" if r["degenerate"] else "no") if r["success"] else "",
+                     f3(r["baseline"]), degenerate_cell(res, r),
                      f3(r["stability"], 4), fint(r["epochs_run"]), clean_text(r["error"])[:120]])
     doc.p("The grid's cells (the confirmation runs are listed in their own section).")
     doc.table(["experiment", "architecture", "lr", "batch", "seed", "status", m.label,
@@ -352,7 +387,7 @@ def build_document(res: StudyAnalysis, source: str, expected: int, figures: dict
     per_architecture(doc, res)
     statistics_section(doc, res)
     baseline_section(doc, res)
-    definitions(doc)
+    definitions(doc, res)
     limitations(doc, res, expected)
     complete_results(doc, res)
     return doc

@@ -48,8 +48,8 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
     if conf is None:
         doc.p(NO_CONFIRMATION)
         return
-    doc.p("Each architecture's validation-selected configuration, retrained with seeds the grid did not use, scored "
-          "on the held-out test slices. Failed runs have no score and are not in the means; degenerate runs are "
+    doc.p(f"Each architecture's configuration selected on {res.selected_on}, retrained with seeds the grid did not "
+          "use, scored on the held-out test slices. Failed runs have no score and are not in the means; degenerate runs are "
           "(they are outcomes of the configuration).")
     doc.table(["architecture", "learning rate", "batch size", "runs (scored)", "seeds", "mean test IoU",
                "95% CI over seeds", "std", "mean val IoU", "degenerate"],

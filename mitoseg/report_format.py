@@ -43,12 +43,12 @@ def pct(a, b) -> str:
 
 
 def mean_sd_n(mean, sd, n, digits=3) -> str:
-    """Mean, "+- sd" when the sd is known, and "(n=N)"."""
+    """Mean, "+- sd SD" when the sd is known (a "+-" always says what it is), and "(n=N)"."""
     if not finite(mean):
         return NA
     s = f3(mean, digits)
     if finite(sd):
-        s += f" +- {f3(sd, digits)}"
+        s += f" +- {f3(sd, digits)} SD"
     return s + f" (n={fint(n)})"
 
 

@@ -19,8 +19,10 @@ from .status import DIVERGED, FAILED
 from .study_analysis import StudyAnalysis
 from .version import version_info
 
-CONFIG_COLUMNS = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok", "score_mean", "score_std",
-                  "score_sem", "stability_mean", "baseline", "degenerate", "best_run"]
+CONFIG_COLUMNS = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok", "n_scored", "n_diverged",
+                  "score_mean", "score_std", "score_sem", "stability_mean", "baseline", "degenerate", "best_run"]
+EXPLORATORY = ("exploratory: the grid's configurations are selected on the same scores and these p-values are not "
+               "adjusted across tests; the confirmation runs compare the architectures")
 PAIR_FIELDS = ("a", "b", "diff_mean", "ci_low", "ci_high", "p_adjusted", "verdict", "p", "n_a", "n_b", "mean_a",
                "mean_b", "significant", "min_detectable_difference", "seeds_needed", "target_difference",
                "pooled_sd", "bootstrap", "reason")
@@ -58,7 +60,8 @@ def summary_json(res: StudyAnalysis, source: str, expected: int, figures: dict) 
                    by_status=res.counts),
         flags=flags_json(res),
         best_configurations=None if res.soft_only else res.best[CONFIG_COLUMNS],
-        most_stable_configurations=res.stable[CONFIG_COLUMNS],
+        most_stable_configurations=res.stable[CONFIG_COLUMNS].assign(   # unknown without a thresholded IoU
+            degenerate=lambda t: None if res.soft_only else t["degenerate"]),
         winner_vs_runner_up=comparisons_json(res.comparisons),
         effects={f: res.effects[f] for f in FACTORS},
         stability_effects={f: res.stability_effects[f] for f in FACTORS},
@@ -85,10 +88,11 @@ def flags_json(res: StudyAnalysis) -> dict:
 
 
 def comparisons_json(comparisons: dict) -> dict:
-    """Winner vs runner-up, across architectures and per architecture, with the configurations in words."""
+    """Winner vs runner-up, across architectures and per architecture, with the configurations in words
+    (exploratory, like every test of the grid)."""
     return {key: dict(winner=cfg_text(c["winner"]), runner_up=cfg_text(c["runner_up"]), difference=c["diff"],
                       n_winner=c["n_a"], n_runner_up=c["n_b"], p_welch=c["p"], beyond_noise=c["clear"],
-                      reason=c["reason"])
+                      reason=c["reason"], exploratory=True)
             for key, c in comparisons.items()}
 
 
@@ -99,6 +103,7 @@ def tests_json(res: StudyAnalysis) -> dict:
 
     correlation = res.correlation
     return dict(
+        note=EXPLORATORY,
         one_way_anova={f: test_entry(r) for f, r in res.anova.items()},
         two_way_anova={a: dict(table=r["table"], reason=r["reason"]) for a, r in res.two_way.items()},
         three_way_anova=dict(table=res.three_way["table"], reason=res.three_way["reason"]),
@@ -108,7 +113,7 @@ def tests_json(res: StudyAnalysis) -> dict:
 
 
 def best_per_architecture_json(res: StudyAnalysis) -> list:
-    """The validation-selected configuration of each architecture ([] for a soft-only summary)."""
+    """The selected configuration of each architecture, on `selected_on` ([] for a soft-only summary)."""
     if res.soft_only:
         return []
     kind = res.metric.kind
@@ -119,7 +124,8 @@ def best_per_architecture_json(res: StudyAnalysis) -> list:
         out.append(dict(architecture=r["architecture"], learning_rate=r["learning_rate"],
                         batch_size=r["batch_size"], selected_on=res.selected_on, n_runs=r["n_runs"],
                         val_iou_mean=val[0], val_iou_std=val[1], test_iou_mean=test[0], test_iou_std=test[1],
-                        n_test=r["n_test"], degenerate=r["degenerate"], best_run=r["best_run"]))
+                        n_test=r["n_test"], degenerate=r["degenerate"], n_degenerate=r["n_degenerate"],
+                        n_diverged=r["n_diverged"], best_run=r["best_run"]))
     return out
 
 

@@ -1,7 +1,8 @@
 """The report's statistics sections: hyperparameter effects per factor level, the tests of
 mitoseg.anova (ANOVAs, Tukey HSD, correlations) and the comparison with a baseline study.
 
-A test that could not run prints its reason instead of numbers.
+The grid's tests are exploratory (the grid selects on the same scores, nothing adjusts across
+them); a test that could not run prints its reason instead of numbers.
 """
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ def effects_section(doc: Doc, res: StudyAnalysis):
     """Score and stability per level of each factor, pooled over the other factors."""
     m = res.metric
     doc.h(2, "Hyperparameter effects")
-    doc.p(f"Mean +- standard deviation (number of successful runs) of the {m.label} and of the val-loss stability "
-          f"per level, pooled over the other factors.")
+    doc.p(f"Mean +- SD (standard deviation; n = number of runs) per level, pooled over the other factors: the "
+          f"{m.label} over the runs that count (diverged runs as 0) and the val-loss stability over successful "
+          f"runs.")
     for factor, name in FACTORS.items():
         e, s = res.effects[factor], res.stability_effects[factor]
         if e.empty:
@@ -59,11 +61,16 @@ def factorial_block(doc: Doc, res: dict, title: str):
 
 
 def statistics_section(doc: Doc, res: StudyAnalysis):
-    """The one-way, two- and three-way ANOVAs, Tukey HSD between architectures and the correlations."""
+    """The one-way, two- and three-way ANOVAs, Tukey HSD between architectures and the correlations:
+    exploratory, and the report says so."""
     m = res.metric
-    doc.h(2, "Statistics")
-    doc.p(f"All tests use the {m.label} of successful runs. Eta squared = between-level sum of squares / total sum "
-          f"of squares.")
+    doc.h(2, "Statistics of the grid (exploratory)")
+    doc.p(f"These tests describe the grid and are exploratory, not a confirmatory comparison: the grid's "
+          f"configurations are selected on the same {res.selected_on} scores, and the p-values below are not "
+          f"adjusted for the number of tests in this section (Tukey HSD adjusts only over its own pairs of "
+          f"architectures). Which architecture is better is answered by the confirmation runs on fresh seeds. "
+          f"The tests use the {m.label} of the runs that count (every finished run; diverged runs as 0). Eta "
+          f"squared = between-level sum of squares / total sum of squares.")
     doc.h(3, "One-way ANOVA per factor")
     doc.table(["factor", "F", "p", "eta squared", "note"], anova_rows(res.anova.values()))
     doc.h(3, "Two- and three-way ANOVA with interactions")
@@ -75,7 +82,7 @@ def statistics_section(doc: Doc, res: StudyAnalysis):
     if t["table"] is None:
         doc.p(f"Not computed: {t['reason']}.")
     else:
-        doc.table(["architecture A", "architecture B", "mean B - A", "adjusted p", "95% interval", "different"],
+        doc.table(["architecture A", "architecture B", "mean B - A", "adjusted p", "95% CI (Tukey)", "different"],
                   [[r["group1"], r["group2"], f3(r["meandiff"], 4), fp(r["p_adj"]),
                     f"{f3(r['lower'], 4)} to {f3(r['upper'], 4)}", "yes" if r["reject"] else "no"]
                    for _, r in t["table"].iterrows()])

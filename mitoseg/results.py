@@ -2,8 +2,8 @@
 
 Each cell writes `<exp>_results.json` last, atomically. `load_results` refuses anything that is
 not a complete file of this schema version, so a half-written, hand-mangled or foreign file can
-never read as a finished cell. `RESULT_FIELDS` documents every field (the README table is
-generated from it: `python -m mitoseg.results`).
+never read as a finished cell. `RESULT_FIELDS` documents every field (the table in docs/outputs.md
+is generated from it: `python -m mitoseg.results`).
 """
 from __future__ import annotations
 

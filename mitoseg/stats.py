@@ -1,8 +1,10 @@
 """The headline metric, the per-configuration aggregates and THE selection rule, on a summary
 DataFrame (see mitoseg.summary.load_summary): no file I/O here.
 
-`select_configs` is where "best" is decided (the report, the figures, the confirmation stage and
-predict.py all ask it); the other functions describe the grid (means per configuration, the
+`counted_runs` is the one rule for which runs make a configuration's outcome, in both stages (every
+finished run: a degenerate run with its own low score, a diverged run as not learned with
+DIVERGED_SCORE). `select_configs` is where "best" is decided on those runs (the report, the
+figures, the confirmation stage and predict.py all ask it); the other functions describe the grid (means per configuration, the
 steadiest configuration, effects per factor level, edges of the grid, a baseline study). Missing
 values are NaN or None, and a `reason` string says in words why something cannot be computed.
 The significance tests are in mitoseg.anova; mitoseg.study_analysis.analyze runs everything.
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from .checks import degenerate_reason
+from .status import DIVERGED
 
 FACTORS = {"learning_rate": "learning rate", "batch_size": "batch size", "architecture": "architecture"}
 CONFIG_KEYS = ["architecture", "learning_rate", "batch_size"]
@@ -72,6 +75,28 @@ def add_score(df: pd.DataFrame, metric: Metric) -> pd.DataFrame:
     return df
 
 
+# --- the runs that count --------------------------------------------------------------------------
+# A diverged run (NaN loss) finished without a model the pipeline evaluates: it counts as a run that
+# did not learn, with IoU 0 (a NaN output thresholded at 0.5 marks no pixel as foreground).
+DIVERGED_SCORE = 0.0
+
+
+def counted_runs(df: pd.DataFrame, column: str = "score") -> pd.DataFrame:
+    """THE rule for which runs make a configuration's outcome, in both stages: every finished run.
+
+    An ok run counts with its own `column` score, a degenerate one too (failing to learn is an
+    outcome of the configuration); a diverged run counts as not learned, scored DIVERGED_SCORE.
+    Failed, interrupted, missing or unreadable cells have no outcome yet (they are rerun), and an ok
+    run without a `column` score measured nothing. Returns those rows with `outcome` (the score that
+    counts) and `learned` (False for a degenerate or diverged run)."""
+    diverged = df["status"] == DIVERGED
+    rows = df[(df["success"] & df[column].notna()) | diverged].copy()
+    is_div = rows["status"] == DIVERGED
+    rows["outcome"] = np.where(is_div, DIVERGED_SCORE, rows[column].astype(float))
+    rows["learned"] = ~is_div & ~rows["degenerate"].astype(bool)
+    return rows
+
+
 # --- aggregation ---------------------------------------------------------------------------------
 def _sem(values) -> float:
     values = np.asarray([v for v in values if finite(v)], dtype=float)
@@ -79,23 +104,27 @@ def _sem(values) -> float:
 
 
 def aggregate_configs(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (architecture, learning rate, batch size): runs, successes, score mean/std/sem over
-    successful seeds, mean stability, the all-foreground baseline, statuses and the best run."""
+    """One row per (architecture, learning rate, batch size): runs, successes, the score's mean/std/sem
+    over the runs that count (counted_runs: n_scored of them, diverged ones as DIVERGED_SCORE), mean
+    stability and the other means over successful runs, the all-foreground baseline, statuses and the
+    best run."""
     rows = []
     placed = df.dropna(subset=["learning_rate", "batch_size"])
     for (arch, lr, bs), grp in placed.groupby(CONFIG_KEYS, sort=True):
         ok = grp[grp["success"] & grp["score"].notna()]
-        scores = ok["score"].to_numpy(float)
+        counted = counted_runs(grp)
+        scores = counted["outcome"].to_numpy(float)
         best_run = ok.loc[ok["score"].idxmax()] if len(ok) else None
         statuses = grp["status"].value_counts()
         rows.append(dict(
             architecture=arch, learning_rate=float(lr), batch_size=int(bs), n_runs=len(grp), n_ok=len(ok),
+            n_scored=len(counted), n_diverged=int((counted["status"] == DIVERGED).sum()),
             score_mean=float(scores.mean()) if len(scores) else np.nan,
             score_std=float(scores.std(ddof=1)) if len(scores) >= 2 else np.nan,
             score_sem=_sem(scores),
             stability_mean=float(ok["stability"].mean()) if ok["stability"].notna().any() else np.nan,
             baseline=float(grp["baseline"].mean()) if grp["baseline"].notna().any() else np.nan,
-            degenerate=bool(len(ok)) and bool(ok["degenerate"].all()),
+            degenerate=bool(len(counted)) and not counted["learned"].any(),
             n_degenerate=int(ok["degenerate"].sum()),
             status_text=", ".join(f"{n} {s}" for s, n in statuses.items()),
             overfitting_gap=float(ok["overfitting_gap"].mean()) if ok["overfitting_gap"].notna().any() else np.nan,
@@ -105,16 +134,32 @@ def aggregate_configs(df: pd.DataFrame) -> pd.DataFrame:
             best_run=None if best_run is None else best_run["experiment_id"],
             best_run_dir=None if best_run is None else best_run["exp_dir"],
         ))
-    cols = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok", "score_mean", "score_std", "score_sem",
-            "stability_mean", "baseline", "degenerate", "n_degenerate", "status_text", "overfitting_gap",
-            "final_train_loss", "epochs_to_best", "epochs_run", "best_run", "best_run_dir"]
+    cols = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok", "n_scored", "n_diverged", "score_mean",
+            "score_std", "score_sem", "stability_mean", "baseline", "degenerate", "n_degenerate", "status_text",
+            "overfitting_gap", "final_train_loss", "epochs_to_best", "epochs_run", "best_run", "best_run_dir"]
     return pd.DataFrame(rows, columns=cols)
 
 
 SELECTION_COLUMN = "best_val_iou"
 SELECTION_COLUMNS = ["architecture", "learning_rate", "batch_size", "rank", "n_runs", "val_iou_mean", "val_iou_std",
-                     "val_iou_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "best_run", "best_run_dir",
-                     "seeds"]
+                     "val_iou_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "n_degenerate",
+                     "n_diverged", "best_run", "best_run_dir", "seeds"]
+
+
+def _selection_row(arch, lr, bs, grp: pd.DataFrame, column: str) -> dict:
+    """One configuration's counted runs (counted_runs of `column`) summarised for select_configs."""
+    val = grp["outcome"].to_numpy(float)
+    test = counted_runs(grp, "test_iou")["outcome"].to_numpy(float) if "test_iou" in grp else np.array([])
+    scored = grp[grp[column].notna() & grp["success"]]
+    best_run = scored.loc[scored[column].idxmax()] if len(scored) else grp.iloc[0]
+    return dict(
+        architecture=arch, learning_rate=float(lr), batch_size=int(bs), n_runs=len(grp),
+        val_iou_mean=float(val.mean()), val_iou_std=float(val.std(ddof=1)) if len(val) >= 2 else np.nan,
+        val_iou_sem=_sem(val), test_iou_mean=float(test.mean()) if len(test) else np.nan,
+        test_iou_std=float(test.std(ddof=1)) if len(test) >= 2 else np.nan, n_test=len(test),
+        degenerate=not grp["learned"].any(), n_degenerate=int((grp["success"] & grp["degenerate"]).sum()),
+        n_diverged=int((grp["status"] == DIVERGED).sum()), best_run=best_run["experiment_id"],
+        best_run_dir=best_run["exp_dir"], seeds=sorted(int(x) for x in grp["seed"].dropna()) if "seed" in grp else [])
 
 
 def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUMN,
@@ -122,28 +167,17 @@ def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUM
     """THE rule for "best" (the report, the figures, the confirmation stage and predict.py call it).
 
     Per architecture, the `top` configurations (learning rate, batch size) with the highest mean
-    `column` (validation IoU) over their successful, non-degenerate runs of `stage` ("grid" by default;
-    None = every row). An architecture none of whose runs learned is ranked on its degenerate runs and
-    flagged `degenerate`. Test scores of the same runs are carried along for display, never used.
+    `column` (validation IoU) over the runs that count (counted_runs: every finished run of `stage`,
+    "grid" by default, None = every row; a degenerate run with its own score, a diverged one as
+    DIVERGED_SCORE). `degenerate`: no counted run of the configuration learned. Test scores of the
+    same runs (counted by the same rule) are carried along for display, never used.
     Ties: more runs first, then the smaller learning rate and batch size."""
     rows = df if stage is None or "stage" not in df.columns else df[df["stage"] == stage]
-    rows = rows[rows["success"] & rows[column].notna()].dropna(subset=["learning_rate", "batch_size"])
+    rows = counted_runs(rows.dropna(subset=["learning_rate", "batch_size"]), column)
     out = []
     for arch, runs in rows.groupby("architecture", sort=True):
-        learned = runs[~runs["degenerate"].astype(bool)]
-        use = learned if len(learned) else runs
-        ranked = []
-        for (lr, bs), grp in use.groupby(["learning_rate", "batch_size"], sort=True):
-            val = grp[column].to_numpy(float)
-            test = grp["test_iou"].dropna().to_numpy(float) if "test_iou" in grp else np.array([])
-            best_run = grp.loc[grp[column].idxmax()]
-            ranked.append(dict(
-                architecture=arch, learning_rate=float(lr), batch_size=int(bs), n_runs=len(grp),
-                val_iou_mean=float(val.mean()), val_iou_std=float(val.std(ddof=1)) if len(val) >= 2 else np.nan,
-                val_iou_sem=_sem(val), test_iou_mean=float(test.mean()) if len(test) else np.nan,
-                test_iou_std=float(test.std(ddof=1)) if len(test) >= 2 else np.nan, n_test=len(test),
-                degenerate=not len(learned), best_run=best_run["experiment_id"], best_run_dir=best_run["exp_dir"],
-                seeds=sorted(int(x) for x in grp["seed"].dropna()) if "seed" in grp else []))
+        ranked = [_selection_row(arch, lr, bs, grp, column)
+                  for (lr, bs), grp in runs.groupby(["learning_rate", "batch_size"], sort=True)]
         ranked.sort(key=lambda r: (-r["val_iou_mean"], -r["n_runs"], r["learning_rate"], r["batch_size"]))
         for rank, r in enumerate(ranked[:max(1, int(top))], start=1):
             out.append(dict(r, rank=rank))
@@ -152,14 +186,15 @@ def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUM
 
 
 def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
-    """The aggregate_configs rows of the selected configurations (in selection order), their score
-    columns replaced by the selection's (non-degenerate runs), with the test scores beside them."""
+    """The aggregate_configs rows of the selected configurations (in selection order) with the
+    selection's numbers (the same counted runs) and the test scores beside them; here `n_ok` is the
+    number of runs behind score_mean (n_scored)."""
     rows = []
     for _, sel in selection.iterrows():
         row = configs[config_mask(configs, sel)].iloc[0].to_dict()
         row.update(score_mean=sel["val_iou_mean"], score_std=sel["val_iou_std"], score_sem=sel["val_iou_sem"],
-                   n_ok=sel["n_runs"], degenerate=sel["degenerate"], best_run=sel["best_run"],
-                   best_run_dir=sel["best_run_dir"], test_iou_mean=sel["test_iou_mean"],
+                   n_ok=sel["n_runs"], n_scored=sel["n_runs"], degenerate=sel["degenerate"],
+                   best_run=sel["best_run"], best_run_dir=sel["best_run_dir"], test_iou_mean=sel["test_iou_mean"],
                    test_iou_std=sel["test_iou_std"], n_test=sel["n_test"], rank=sel["rank"])
         rows.append(row)
     cols = list(configs.columns) + ["test_iou_mean", "test_iou_std", "n_test", "rank"]
@@ -197,8 +232,8 @@ def config_mask(df: pd.DataFrame, cfg) -> pd.Series:
 
 
 def run_scores(df: pd.DataFrame, cfg) -> np.ndarray:
-    """The scores of the successful runs (degenerate ones included) of configuration cfg."""
-    return df.loc[config_mask(df, cfg) & df["success"], "score"].to_numpy(float)
+    """The scores of configuration cfg's runs that count (counted_runs: the runs behind its mean)."""
+    return counted_runs(df[config_mask(df, cfg)])["outcome"].to_numpy(float)
 
 
 def edge_notes(df: pd.DataFrame, cfg) -> list:

@@ -1,8 +1,9 @@
 """Everything the figures and reports say about a study, computed once: `analyze` -> StudyAnalysis.
 
-The grid's rows (stage "grid") are scored on the headline metric, aggregated, selected on
-(mitoseg.stats.select_configs, the one "best" rule) and tested (mitoseg.anova); the confirmation
-rows (stage "confirm") go to mitoseg.comparison. No file I/O here.
+The grid's rows (stage "grid") are scored on the headline metric, aggregated over the runs that
+count (mitoseg.stats.counted_runs, the one rule of both stages), selected on (mitoseg.stats.
+select_configs, the one "best" rule) and tested (mitoseg.anova, exploratory: the grid selects on
+the same scores); the confirmation rows (stage "confirm") go to mitoseg.comparison. No file I/O here.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from .anova import compare_runs, correlation_matrix, factorial_anova, one_way_an
 from .checks import required_iou
 from .comparison import compare_architectures
 from .stats import (FACTORS, Metric, add_score, aggregate_configs, baseline_comparison, best_from_selection,
-                    choose_metric, edge_notes, factor_effects, finite, most_stable_configs, run_scores,
+                    choose_metric, counted_runs, edge_notes, factor_effects, finite, most_stable_configs, run_scores,
                     select_configs)
 from .status import STATUSES
 from .summary import SummaryError
@@ -33,6 +34,7 @@ class StudyAnalysis:
     metric: Metric                   # the headline score (mitoseg.stats.choose_metric)
     df: pd.DataFrame                 # the grid's rows, with score, baseline and stability columns (add_score)
     ok: pd.DataFrame                 # the successful grid rows that have a score
+    counted: pd.DataFrame            # the grid rows that count (counted_runs), `score` = the score counted
     configs: pd.DataFrame            # one row per configuration (aggregate_configs)
     selection: pd.DataFrame          # select_configs: each architecture's selected configuration
     best: pd.DataFrame               # the configs rows of the selection, in its order (best_from_selection)
@@ -42,16 +44,16 @@ class StudyAnalysis:
     n_ok: int                        # successful grid rows
     n_degenerate: int                # successful grid rows that did not learn
     n_finished: int                  # grid rows with a status of mitoseg.status.STATUSES
-    has_seeds: bool                  # some configuration has at least 2 successful runs
+    has_seeds: bool                  # some configuration has at least 2 runs that count
     soft_only: bool                  # the headline metric is the soft Jaccard: nothing is ranked
     overall_best: Optional[pd.Series]   # the first row of best (highest selected score), None without one
     no_model_learned: Optional[bool]    # the best score does not clearly beat the baseline (None: soft / no best)
     comparisons: dict[str, dict]     # "architectures" and each architecture -> winner_comparisons' dict
     edges: dict[str, list[str]]      # architecture -> sentences on its selected configuration at the grid's edge
     overfitting: dict[str, dict]     # architecture -> gap, relative, flag, epochs_to_best, epochs_run
-    effects: dict[str, pd.DataFrame]             # factor -> DataFrame(level, mean, std, n) of the score
+    effects: dict[str, pd.DataFrame]             # factor -> DataFrame(level, mean, std, n) of the counted score
     stability_effects: dict[str, pd.DataFrame]   # factor -> the same for the val-loss stability
-    anova: dict[str, dict]           # factor -> one_way_anova
+    anova: dict[str, dict]           # factor -> one_way_anova of the counted runs (exploratory, as the three below)
     two_way: dict[str, dict]         # architecture -> factorial_anova of learning rate x batch size
     three_way: dict                  # factorial_anova of architecture x learning rate x batch size
     tukey: dict                      # tukey_architectures
@@ -75,7 +77,8 @@ def split_stages(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 def winner_comparisons(df: pd.DataFrame, configs: pd.DataFrame, best: pd.DataFrame, metric: Metric) -> dict:
     """Winner vs runner-up, ranked by select_configs (the one rule): across architectures (the
     selected configuration of each) and, per architecture, its first against its second configuration.
-    Each: winner and runner_up (best_from_selection rows) and compare_runs of their successful runs."""
+    Each: winner and runner_up (best_from_selection rows) and compare_runs of the runs behind their
+    means (run_scores), so the difference is the difference of the two means shown."""
     comparisons = {}
     if len(best) >= 2:
         a, b = best.iloc[0], best.iloc[1]
@@ -115,16 +118,17 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> StudyA
     metric = choose_metric(df)
     df = add_score(df, metric)
     ok = df[df["success"] & df["score"].notna()].copy()
+    counted = counted_runs(df).assign(score=lambda d: d["outcome"])
     configs = aggregate_configs(df)
     selection = select_configs(df, 1, metric.column)
     best = best_from_selection(configs, selection)
     n_ok = int(df["success"].sum())
     n_deg = int(df.loc[df["success"], "degenerate"].sum())
-    seeds = configs["n_ok"].max() if len(configs) else 0
+    seeds = configs["n_scored"].max() if len(configs) else 0
     soft = metric.kind == "soft"
     overall = best.iloc[0] if len(best) else None   # select_configs's order: the highest selected score first
     return StudyAnalysis(
-        metric=metric, df=df, ok=ok, configs=configs, selection=selection, best=best,
+        metric=metric, df=df, ok=ok, counted=counted, configs=configs, selection=selection, best=best,
         stable=most_stable_configs(configs), counts=df["status"].value_counts().to_dict(), n_rows=len(df),
         n_ok=n_ok, n_degenerate=n_deg, n_finished=int(df["status"].isin(STATUSES).sum()),
         has_seeds=bool(seeds and seeds >= 2), soft_only=soft, overall_best=overall,
@@ -132,13 +136,13 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> StudyA
         comparisons=winner_comparisons(df, configs, best, metric),
         edges={row["architecture"]: edge_notes(df, row) for _, row in best.iterrows()},
         overfitting=overfitting(best),
-        effects=factor_effects(ok, "score"),
+        effects=factor_effects(counted, "score"),
         stability_effects=factor_effects(ok[ok["stability"].notna()], "stability"),
-        anova={f: one_way_anova(ok, f) for f in FACTORS},
-        two_way={arch: factorial_anova(ok[ok["architecture"] == arch], ["learning_rate", "batch_size"])
-                 for arch in sorted(ok["architecture"].unique())},
-        three_way=factorial_anova(ok, ["architecture", "learning_rate", "batch_size"]),
-        tukey=tukey_architectures(ok),
+        anova={f: one_way_anova(counted, f) for f in FACTORS},
+        two_way={arch: factorial_anova(counted[counted["architecture"] == arch], ["learning_rate", "batch_size"])
+                 for arch in sorted(counted["architecture"].unique())},
+        three_way=factorial_anova(counted, ["architecture", "learning_rate", "batch_size"]),
+        tukey=tukey_architectures(counted),
         correlation=correlation_matrix(ok),
         baseline=baseline_comparison(df, best, baseline) if baseline is not None else None,
         selected_on=SELECTED_ON[metric.kind],

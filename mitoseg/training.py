@@ -92,7 +92,7 @@ def build_training_state(model, x_example, y_example) -> None:
     Keras' TensorFlow trainer (without a distribution strategy) creates them inside the first trace
     of the train function; tf.function then traces the whole train step a second time because
     variables appeared. Building them first leaves one trace, about halving the time from `fit` to
-    the first finished step of a demo cell (README, Speed; `bench/bench_startup.py`)."""
+    the first finished step of a demo cell (docs/benchmarks.md, Speed; `bench/bench_startup.py`)."""
     x = np.asarray(x_example, dtype="float32")
     y = np.asarray(y_example, dtype="float32")
     y_pred = model(x, training=False)   # training=False: BatchNorm statistics stay untouched

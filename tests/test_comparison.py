@@ -113,33 +113,6 @@ def test_selection_follows_validation_when_test_disagrees(tmp_path):
     assert {c["learning_rate"] for c in plan["configs"]} == {1e-3}
 
 
-def test_select_configs_excludes_degenerate_runs_and_confirm_rows():
-    rows = []
-    for seed, val in ((1, 0.80), (2, 0.07)):   # seed 2 degenerate: left out of the mean
-        rows.append(dict(architecture="UNet", learning_rate=1e-3, batch_size=8, seed=seed, best_val_iou=val,
-                         all_foreground_jaccard=0.07, val_predicted_foreground_fraction=0.08))
-    rows.append(dict(architecture="UNet", learning_rate=5e-3, batch_size=8, seed=1, best_val_iou=0.78,
-                     all_foreground_jaccard=0.07, val_predicted_foreground_fraction=0.08))
-    rows.append(dict(architecture="UNet", learning_rate=5e-3, batch_size=8, seed=3, best_val_iou=0.99,
-                     all_foreground_jaccard=0.07, val_predicted_foreground_fraction=0.08, stage="confirm"))
-    df = normalize_summary(pd.DataFrame(rows))
-    sel = select_configs(df, top=2)
-    assert list(sel["learning_rate"]) == [1e-3, 5e-3] and list(sel["rank"]) == [1, 2]
-    assert sel.iloc[0]["val_iou_mean"] == pytest.approx(0.80) and sel.iloc[0]["n_runs"] == 1
-    assert sel.iloc[1]["val_iou_mean"] == pytest.approx(0.78)     # the confirm row (0.99) is not selection data
-
-
-def test_winner_vs_runner_up_per_architecture_follows_select_configs():
-    rows = [dict(architecture="UNet", learning_rate=lr, batch_size=8, seed=seed, best_val_iou=val,
-                 all_foreground_jaccard=0.07, val_predicted_foreground_fraction=0.08)
-            for lr, seed, val in ((1e-3, 1, 0.80), (1e-3, 2, 0.07), (5e-3, 1, 0.78), (1e-2, 1, 0.60))]
-    res = analyze(normalize_summary(pd.DataFrame(rows)))   # 1e-3's mean over every run (0.435) would rank it last
-    comp = res.comparisons["UNet"]
-    assert comp["winner"]["learning_rate"] == res.best.iloc[0]["learning_rate"] == 1e-3
-    assert comp["runner_up"]["learning_rate"] == 5e-3
-    assert comp["winner"]["score_mean"] == pytest.approx(0.80) and comp["winner"]["n_ok"] == 1
-
-
 def _confirmed_study(tmp_path, effect, seeds=4, noise=0.01, slices=True, figures=False):
     study = make_study(tmp_path / "c", history=False, test=True, iou_fn=lambda c: 0.85 - 0.05 * (c.learning_rate > 1e-3),
                        **GRID3)

@@ -39,7 +39,7 @@ FIXED = dict(epochs=TOTAL_EPOCHS, patch_size=32, base_filters=4, depth=3, synthe
              synthetic_size=96, early_stopping_patience=50, reduce_lr_patience=50)
 # lr 1e30: Adam's step is ~lr regardless of the gradient, so the weights overflow in the first batch
 # (NaN loss). lr 1e6 does NOT diverge with BatchNorm: the sigmoid saturates and the cell ends "ok"
-# but flagged degenerate -- measured, and recorded in the README section.
+# but flagged degenerate -- measured, and recorded in docs/faq.md.
 GRID = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 1e30], batch_sizes=[2], fixed=FIXED)
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 for _var in S.SCHEDULER_INDEX_VARIABLES:

@@ -1,6 +1,6 @@
 """The supported range (pyproject.toml) is true: the environment running this test lies inside it
 (run_tests.sh runs it in .venv/ and in .venv-oldest/, the two ends), requirements-oldest.txt pins
-its lower bounds, and the README states the same range."""
+its lower bounds, and the README and docs/development.md state the same range."""
 from __future__ import annotations
 
 import importlib.metadata as md
@@ -76,14 +76,15 @@ def test_pinned_requirements_are_inside_the_range():
         assert req.specifier.contains(pins[req.name.lower()]), (req.name, pins[req.name.lower()], req.specifier)
 
 
-def test_readme_states_the_range():
+@pytest.mark.parametrize("page", ["README.md", "docs/development.md"])
+def test_the_docs_state_the_range(page):
     python, deps = _project()
     by_name = {r.name: r.specifier for r in deps}
-    readme = (REPO / "README.md").read_text()
+    text = (REPO / page).read_text()
     for label, spec in (("Python", python), ("TensorFlow", by_name["tensorflow"]), ("Keras", by_name["keras"])):
         low = _lower(spec)
         stated = f"{label} {low.major}.{low.minor}-{_upper_minor(spec)}"
-        assert stated in readme, f"README does not state '{stated}'"
+        assert stated in text, f"{page} does not state '{stated}'"
 
 
 def test_the_base_install_needs_the_standard_library_alone_and_the_checked_python():

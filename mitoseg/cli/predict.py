@@ -7,7 +7,7 @@ Probability or mask stack for any input stack:
   (add --ground-truth gt.tif --overlay view.png for a picture and scores of that stack)
 
 Overlays of each architecture's best model in a study (best = the configuration with the highest
-mean validation IoU over its non-degenerate grid runs, mitoseg.stats.select_configs, and its best
+mean validation IoU over its grid runs that count, mitoseg.stats.select_configs, and its best
 run by validation IoU; test scores never choose):
     python predict.py --study-dir studies/study_X --overlays [--data-dir DATA] [--n-slices 3]
   -> studies/study_X/overlays/overlay_<arch>.png: per slice, the image, the ground truth, the
@@ -181,7 +181,7 @@ def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overl
 # --- overlays of a study's best models ---------------------------------------------------------------
 def best_per_architecture(study_dir):
     """{arch: (record, exp_dir, criterion)}: each architecture's selected configuration (the one rule,
-    mitoseg.stats.select_configs: highest mean validation IoU over its non-degenerate grid runs) and
+    mitoseg.stats.select_configs: highest mean validation IoU over its grid runs that count) and
     its best run by validation IoU. Test scores never choose."""
     from mitoseg.results import ResultsError, load_results
     from mitoseg.stats import select_configs

@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--head", choices=HEADS, help="output head: plain 1x1 conv+sigmoid (default) or the "
                    "original bn_sigmoid (BatchNorm before the sigmoid)")
     s.add_argument("--attention-gate", choices=ATTENTION_GATES, help="gate of the attention variants: the "
-                   "original study's (default) or legacy, the lighter one this project built before issue 14")
+                   "original study's (default) or legacy, the lighter one this project used before it rebuilt "
+                   "the original")
     s.add_argument("--input-channels", type=int, choices=(1, 3), help="1 grey channel (default) or 3 copies")
     s.add_argument("--early-stopping-patience", type=positive_int, help="default 10")
     s.add_argument("--reduce-lr-patience", type=positive_int, help="default 5")

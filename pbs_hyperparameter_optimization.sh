@@ -6,8 +6,9 @@
 #   A grid of another size: python run_study.py submit --grid-config G.json (sets the range itself)
 # The -J range must be 0..(grid size - 1): `python run_study.py list --size`; checked by
 # pbs_setup_verification.sh. All logic is in run_study.py and mitoseg/ (runner.py: the element).
-# Environment (exported with -V): TF_CONTAINER=image (e.g. /apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif;
-# unset or missing: plain python with a warning), STUDY_DIR (default: a new
+# Environment (exported with -V): TF_CONTAINER=image (e.g. /apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif,
+# a sandbox folder or docker://...; else the site profile's; none: the host python; unusable: the element
+# fails, exit 2), MITOSEG_SITE (site profile), STUDY_DIR (default: a new
 # hyperparameter_optimization_<timestamp>/ shared by all elements), GRID_CONFIG, DATA_DIR, PYTHON.
 # Inside the container the code, study and data folders are bound (--bind) by the launcher.
 # Walltime: 2 h per cell, about 10x the estimated A40 cell (10-12 min at the cluster default, see

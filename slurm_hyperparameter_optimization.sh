@@ -5,7 +5,8 @@
 #   A grid of another size: python run_study.py submit --grid-config G.json (sets the range itself)
 # The --array range must be 0..(grid size - 1): `python run_study.py list --size`; checked by
 # `python run_study.py verify`. Environment: TF_CONTAINER (e.g. /apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif),
-# STUDY_DIR, GRID_CONFIG, DATA_DIR, PYTHON (see the PBS script; also for the 2 h walltime's reason).
+# MITOSEG_SITE, STUDY_DIR, GRID_CONFIG, DATA_DIR, PYTHON (see the PBS script; also for the 2 h walltime's reason).
+# run_study.py submit puts the output into STUDY/logs/ (the --output line below is for a plain sbatch).
 # K cells per task on one GPU: python run_study.py submit --cells-per-gpu K (sets CELLS_PER_GPU and the range).
 #SBATCH --job-name=mitoseg_hpo
 #SBATCH --array=0-35

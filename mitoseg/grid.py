@@ -26,6 +26,16 @@ COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not
 STAGES = ("grid", "confirm")
 
 
+class GridError(ValueError):
+    """An invalid grid: the first problem as the message (one line), every problem in `problems`
+    (the pre-flight check lists them all as FAIL rows)."""
+
+    def __init__(self, problems: list[str], where: Optional[str] = None):
+        self.problems = [f"{where}: {p}" for p in problems] if where else list(problems)
+        more = (f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else "")
+        super().__init__(self.problems[0] + more)
+
+
 _DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3],
                  "batch_sizes": [8, 16, 32], "seeds": [42]}
 
@@ -44,8 +54,7 @@ class GridConfig:
     def __post_init__(self):
         problems = grid_problems(dataclasses.asdict(self))
         if problems:
-            more = f" (and {len(problems) - 1} more problem{'s' * (len(problems) > 2)})" if len(problems) > 1 else ""
-            raise ValueError(problems[0] + more)
+            raise GridError(problems)
 
     @property
     def size(self) -> int:
@@ -60,11 +69,10 @@ class GridConfig:
         comment = values.pop(COMMENT_KEY, None)   # JSON has no comments: a grid file may carry this key
         if comment is not None and not (isinstance(comment, str) or
                                         (isinstance(comment, list) and all(isinstance(c, str) for c in comment))):
-            raise ValueError(f"{COMMENT_KEY} must be a string or a list of strings")
+            raise GridError([f"{COMMENT_KEY} must be a string or a list of strings"])
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown grid keys: {', '.join(unknown)}")
+        if set(values) - known:
+            raise GridError(grid_problems(values))
         return cls(**values)
 
     @classmethod
@@ -72,6 +80,8 @@ class GridConfig:
         path = Path(path)
         try:
             return cls.from_dict(read_grid_json(path))
+        except GridError as err:
+            raise GridError(err.problems, f"{path}: not a valid grid config") from None
         except (OSError, json.JSONDecodeError, TypeError, ValueError) as err:
             raise ValueError(f"{path}: not a valid grid config ({err})") from None
 

@@ -165,9 +165,26 @@ class StudyPaths:
         """The submitted analysis job: id, scheduler, dependency, command."""
         return self.root / "analysis_job.json"
 
-    def analysis_log(self, slurm: bool = False) -> Path:
-        """The analysis job's output (Slurm fills in the job id for %j)."""
-        return self.root / ("analysis_job_%j.log" if slurm else "analysis_job.log")
+    @property
+    def logs(self) -> Path:
+        """The scheduler jobs' output (array elements, analysis), unless the site profile names a log_dir."""
+        return self.root / "logs"
+
+    @property
+    def array_job_script(self) -> Path:
+        """The job script submitted when the site profile has module lines: the repository's, with them."""
+        return self.root / "array_job.sh"
+
+    @staticmethod
+    def analysis_log(log_dir: Path, slurm: bool = False) -> Path:
+        """The analysis job's output in `log_dir` (Slurm fills in the job id for %j)."""
+        return Path(log_dir) / ("analysis_job_%j.log" if slurm else "analysis_job.log")
+
+    @staticmethod
+    def array_log(log_dir: Path, scheduler: str) -> Path:
+        """The array elements' output: Slurm one file per element (%A array id, %a index); PBS/Torque
+        the folder (they name each element's file after the job)."""
+        return Path(log_dir) / "mitoseg_hpo_%A_%a.out" if scheduler == "slurm" else Path(log_dir)
 
     @property
     def local_logs(self) -> Path:

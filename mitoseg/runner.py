@@ -23,8 +23,9 @@ from . import grid as G
 from . import multi_cell
 from . import quiet_tf
 from .console import cell_row, progress_line
+from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
-from .launcher import REPO_DIR, launcher, signals_forwarded, study_binds
+from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
 from .scheduler import SCHEDULER_INDEX_VARIABLES, submit_analysis_from_element, task_index_from_env
@@ -122,7 +123,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         return EXIT_BAD_INPUT
     study, grid, how = opened
     log(f"study {study} ({how}); grid of {grid.size} cells; this element: index {index}"
-        + (f", {k} cells per element" if k > 1 else ""))
+        + (f", {k} cells per element" if k > 1 else "") + f"; data: {_data_source(grid, env, how.startswith('new'))}")
     try:
         if k > 1:
             indices = multi_cell.element_cells(index, k, grid.size)
@@ -132,10 +133,9 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         log(f"error: {err}" + ("" if k > 1 else f"; the array range must be 0-{grid.size - 1} (python run_study.py "
                                                  "list --size), or the range that run_study.py confirm printed"))
         return EXIT_BAD_INPUT
-    submit_analysis_from_element(study, env, log)
-    prefix, warning = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study))
-    if warning:
-        log(warning)
+    prefix = _element_launcher(study, grid, env, log)
+    if prefix is None:
+        return EXIT_BAD_INPUT
     child_env = code_env({**env, "STUDY_DIR": str(study)})
     if k > 1:
         cmds = {i: train_command(study, i, prefix) for i in indices}
@@ -147,6 +147,36 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     log("running: " + " ".join(shlex.quote(c) for c in cmd))
     sys.stdout.flush()
     return _run_forwarding_signals(cmd, env=child_env)
+
+
+def _element_launcher(study: Path, grid: G.GridConfig, env: dict, log: Callable[[str], None]) -> Optional[list]:
+    """The site profile, the analysis job (first element only), and the training environment's command
+    prefix: a container that is set must start its Python here, else one error line and None (nothing
+    trains; never a fall-back to the host Python)."""
+    try:
+        profile = site.load_site(None, env)
+        log(profile.describe())
+        submit_analysis_from_element(study, env, log, profile)
+        prefix, how = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study), site=profile)
+        log(how)
+        if len(prefix) > 1:
+            log("container " + probe_container(prefix, env))
+    except (ContainerError, site.SiteError) as err:
+        log(f"error: {err}")
+        return None
+    return prefix
+
+
+def _data_source(grid: G.GridConfig, env: dict, new_study: bool) -> str:
+    """The study's data folder and where it came from, said in every element's log: a $DATA_DIR of the
+    submitting shell (exported by `#PBS -V` / `--export=ALL`) makes a NEW study's data; for an existing
+    study a contradicting one was refused before (check_flags_against_study)."""
+    data = grid.fixed.get("data_dir")
+    if not data:
+        return "built-in synthetic data (the study names no data folder)"
+    if new_study and env.get("DATA_DIR"):
+        return f"{data} (from $DATA_DIR of the submitting shell)"
+    return f"{data} (the study's grid_config.json)"
 
 
 def _open_element_study(root, grid_config: Optional[str], env: dict,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from . import grid as G
+from . import site as S
 from .io_utils import atomic_write_text
 from .commands import PBS_JOB, SLURM_JOB, STUDY, job_script, module_command
 from .launcher import REPO_DIR, launcher, study_binds
@@ -148,25 +149,62 @@ def scheduler_name(choice: str) -> str:
     return found if found in ("pbspro", "torque") else "pbspro"
 
 
-def array_submit_command(scheduler: str, first: int, last: int, env_vars: str, extra_args: list[str]) -> list[str]:
-    """The array job `first`-`last` of the job script, with `env_vars` ('A=1,B=2') exported."""
-    if scheduler == "slurm":
-        return ["sbatch", "--parsable", f"--array={first}-{last}", f"--export=ALL,{env_vars}",
-                f"--chdir={REPO_DIR}", *extra_args, str(SLURM_SCRIPT)]
-    return ["qsub", "-V", "-v", env_vars, "-J" if scheduler == "pbspro" else "-t", f"{first}-{last}",
-            *extra_args, str(PBS_SCRIPT)]
+ANALYSIS_ARGS_ENV = {"slurm": "MITOSEG_ANALYSIS_SBATCH_ARGS", "pbspro": "MITOSEG_ANALYSIS_QSUB_ARGS",
+                     "torque": "MITOSEG_ANALYSIS_QSUB_ARGS"}
+_ANALYSIS_DEFAULTS = {"slurm": "--cpus-per-task=1 --mem=4G --time=02:00:00",
+                      "pbspro": "-l select=1:ncpus=1:mem=8gb -l walltime=02:00:00",
+                      "torque": "-l nodes=1:ppn=1 -l walltime=02:00:00"}
 
 
-def analysis_submit_command(scheduler: str, dependency: str, script: Path, study_dir) -> list[str]:
-    log = StudyPaths(Path(study_dir).resolve()).analysis_log(slurm=scheduler == "slurm")
+def array_submit_command(scheduler: str, first: int, last: int, env_vars: str, extra_args: list[str],
+                         site: Optional[S.SiteProfile] = None, study_dir=None, script: Optional[Path] = None) -> list[str]:
+    """The array job `first`-`last` of the job script, with `env_vars` ('A=1,B=2') exported, the site
+    profile's options (throttle, queue, account, resources, walltime, output into the log folder), then
+    `extra_args` (given after `--`: the scheduler takes the last of a repeated option, so they win)."""
+    site = site or S.SiteProfile()
+    logs = [] if study_dir is None else [S.log_dir(site, StudyPaths(Path(study_dir)).logs)]
+    rng = S.array_range_options(scheduler, first, last, site.array_throttle)
+    opts = S.common_options(site, scheduler) + S.resource_options(site, scheduler)
     if scheduler == "slurm":
-        extra = shlex.split(os.environ.get("MITOSEG_ANALYSIS_SBATCH_ARGS", "--cpus-per-task=1 --mem=4G --time=02:00:00"))
+        out = [f"--output={StudyPaths.array_log(logs[0], scheduler)}"] if logs else []
+        return ["sbatch", "--parsable", *rng, f"--export=ALL,{env_vars}", f"--chdir={REPO_DIR}", *out, *opts,
+                *extra_args, str(script or SLURM_SCRIPT)]
+    out = ["-j", "oe", "-o", f"{StudyPaths.array_log(logs[0], scheduler)}/"] if logs else []
+    return ["qsub", "-V", "-v", env_vars, *rng, *out, *opts, *extra_args, str(script or PBS_SCRIPT)]
+
+
+def analysis_submit_command(scheduler: str, dependency: str, script: Path, study_dir,
+                            site: Optional[S.SiteProfile] = None, extra_args: Optional[list] = None) -> list[str]:
+    """The dependent analysis job: its own small request (${ANALYSIS_ARGS_ENV} replaces it), the site
+    profile's queue/account/extra_args, then the arguments given after `--` to submit (they win)."""
+    site = site or S.SiteProfile()
+    log = StudyPaths.analysis_log(S.log_dir(site, StudyPaths(Path(study_dir).resolve()).logs), scheduler == "slurm")
+    own = shlex.split(os.environ.get(ANALYSIS_ARGS_ENV[scheduler], _ANALYSIS_DEFAULTS[scheduler]))
+    opts = [*own, *S.common_options(site, scheduler), *S.without_array_options(extra_args or [], scheduler)]
+    if scheduler == "slurm":
         return ["sbatch", "--parsable", f"--dependency={dependency}", "--kill-on-invalid-dep=yes",
-                "--job-name=mitoseg_analysis", f"--output={log}", f"--chdir={REPO_DIR}", *extra, str(script)]
-    extra = shlex.split(os.environ.get("MITOSEG_ANALYSIS_QSUB_ARGS",
-                                       "-l select=1:ncpus=1:mem=8gb" if scheduler == "pbspro" else "-l nodes=1:ppn=1"))
-    return ["qsub", "-W", f"depend={dependency}", "-N", "mitoseg_analysis", "-j", "oe", "-o", str(log),
-            "-l", "walltime=02:00:00", *extra, str(script)]
+                "--job-name=mitoseg_analysis", f"--output={log}", f"--chdir={REPO_DIR}", *opts, str(script)]
+    return ["qsub", "-W", f"depend={dependency}", "-N", "mitoseg_analysis", "-j", "oe", "-o", str(log), *opts, str(script)]
+
+
+def module_lines(site: S.SiteProfile) -> str:
+    return "".join(f"{line}\n" for line in site.modules)
+
+
+def array_job_script(scheduler: str, site: S.SiteProfile, study_dir: Path, write: bool = True) -> Path:
+    """The job script of the array: the repository's; with module lines in the site profile, a copy in
+    the study with them run before the Python call (written unless `write` is False: a dry run)."""
+    source = SLURM_SCRIPT if scheduler == "slurm" else PBS_SCRIPT
+    if not site.modules:
+        return source
+    target = StudyPaths(study_dir).array_job_script
+    if write:
+        lines = source.read_text().splitlines(keepends=True)
+        at = next(i for i, ln in enumerate(lines) if ln.startswith("exec "))
+        text = "".join(lines[:at]) + f"# module lines of the site profile {site.path}\n" + module_lines(site)
+        atomic_write_text(target, text + "".join(lines[at:]))
+        target.chmod(0o755)
+    return target
 
 
 def parse_job_id(output: str) -> str:
@@ -178,28 +216,38 @@ def parse_job_id(output: str) -> str:
 
 
 # --- the analysis job ------------------------------------------------------------------------------
-def write_analysis_script(study_dir, environ=None) -> Path:
-    """STUDY/run_analysis.sh: what the dependent job runs; also for rerunning by hand."""
-    study_dir = Path(study_dir).resolve()
-    prefix, _ = launcher(environ, binds=study_binds(G.load_study_grid(study_dir).fixed.get("data_dir"), study_dir))
+def analysis_script_text(study_dir: Path, grid: G.GridConfig, environ=None, site: Optional[S.SiteProfile] = None) -> str:
+    """What STUDY/run_analysis.sh holds: the site's module lines, then the analysis in the training
+    environment. ContainerError when a container is set but cannot be used (checked before anything is
+    queued); with module lines the runtime may appear only after them, so it is looked up in the job."""
+    site = site or S.SiteProfile()
+    prefix, _ = launcher(environ, binds=study_binds(grid.fixed.get("data_dir"), study_dir), site=site,
+                         need_runtime=not site.modules)
     cmd = " ".join(shlex.quote(a) for a in module_command(prefix, STUDY, "analyze", "--study-dir", study_dir))
-    text = ("#!/bin/bash\n"
+    return ("#!/bin/bash\n"
             "# Analysis of this study, run by the scheduler after the whole array (afterany).\n"
             f"# Rerun by hand: bash {shlex.quote(str(StudyPaths(study_dir).analysis_script))}\n"
+            + module_lines(site) +
             f"cd {shlex.quote(str(REPO_DIR))} || exit 2\n"
             f"exec {cmd}\n")
+
+
+def write_analysis_script(study_dir, text: str) -> Path:
+    """STUDY/run_analysis.sh: what the dependent job runs; also for rerunning by hand."""
     path = StudyPaths(study_dir).analysis_script
     atomic_write_text(path, text)
     path.chmod(0o755)
     return path
 
 
-def submit_analysis_job(study_dir, scheduler: str, dependency: str, environ=None,
-                        log: Callable[[str], None] = print) -> Optional[str]:
+def submit_analysis_job(study_dir, scheduler: str, dependency: str, environ=None, log: Callable[[str], None] = print,
+                        site: Optional[S.SiteProfile] = None, extra_args: Optional[list] = None) -> Optional[str]:
     """Submit STUDY/run_analysis.sh after `dependency`; record it in STUDY/analysis_job.json.
     Returns the job id, or None (with a message) when the submission failed."""
-    script = write_analysis_script(study_dir, environ)
-    cmd = analysis_submit_command(scheduler, dependency, script, study_dir)
+    study_dir = Path(study_dir).resolve()
+    script = write_analysis_script(study_dir, analysis_script_text(study_dir, G.load_study_grid(study_dir), environ, site))
+    cmd = analysis_submit_command(scheduler, dependency, script, study_dir, site, extra_args)
+    S.log_dir(site or S.SiteProfile(), StudyPaths(study_dir).logs).mkdir(parents=True, exist_ok=True)
     sub_env = {k: v for k, v in os.environ.items() if k not in _ARRAY_VARS}
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=sub_env)
@@ -230,36 +278,68 @@ def claim_analysis_submission(study_dir, key: str) -> bool:
     return True
 
 
-def submit_analysis_from_element(study_dir, env: dict, log: Callable[[str], None] = print) -> None:
+def submit_analysis_from_element(study_dir, env: dict, log: Callable[[str], None] = print,
+                                 site: Optional[S.SiteProfile] = None) -> None:
     """In an array element: submit the analysis job after this array, unless `run_study.py submit`
-    does it ($MITOSEG_NO_ANALYSIS_JOB) or another element of the same array already claimed it."""
+    does it ($MITOSEG_NO_ANALYSIS_JOB) or another element of the same array already claimed it.
+    Its extra arguments: the site profile's and $MITOSEG_ANALYSIS_SBATCH_ARGS / _QSUB_ARGS."""
     dep = dependency_target(env)
     key = array_job_key(env)
     if dep and key and not env.get(NO_ANALYSIS_ENV) and claim_analysis_submission(study_dir, key):
-        submit_analysis_job(study_dir, dep[0], dep[1], env, log)
+        submit_analysis_job(study_dir, dep[0], dep[1], env, log, site)
 
 
 # --- submission from a login node ------------------------------------------------------------------
+def _placeholder_dependency(scheduler: str) -> str:
+    """The dependency of a dry run, before there is an array id."""
+    return {"slurm": "afterany:ARRAY_ID", "pbspro": "afterany:ARRAY_ID[]"}.get(scheduler, "afteranyarray:ARRAY_ID[]")
+
+
+def _line(cmd: list[str]) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)
+
+
 def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args: list[str],
                  log: Callable[[str], None] = print, dry_run: bool = False,
-                 indices: Optional[tuple[int, int]] = None, cells_per_gpu: int = 1) -> dict:
+                 indices: Optional[tuple[int, int]] = None, cells_per_gpu: int = 1,
+                 site: Optional[S.SiteProfile] = None) -> dict:
     """Submit the array (range = the grid, ceil(grid / K) elements of K cells with cells_per_gpu = K,
-    or `indices` = (first, last), e.g. the confirmation cells) and the dependent analysis job.
-    Returns their ids."""
+    or `indices` = (first, last), e.g. the confirmation cells) and the dependent analysis job, both
+    with the site profile's options and then `extra_args`. A dry run prints both lines and creates
+    nothing. Returns their ids."""
     if indices and cells_per_gpu > 1:
         raise ValueError("--cells-per-gpu applies to the grid's own cells, not to a confirmation range")
+    site = site or S.SiteProfile()
     study_dir = Path(study_dir).resolve()
-    G.init_study(study_dir, grid)
+    analysis_text = analysis_script_text(study_dir, grid, None, site)   # an unusable container: refused here
     first, last = indices or (0, array_size(grid.size, cells_per_gpu) - 1)
-    env_vars = f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu}"
-    cmd = array_submit_command(scheduler, first, last, env_vars, extra_args)
-    log("submitting: " + " ".join(shlex.quote(c) for c in cmd))
+    # The study fixes the grid and the data: a GRID_CONFIG/DATA_DIR of the login shell (exported with the
+    # rest of it) must neither replace nor contradict them in the elements.
+    env_vars = (f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu},GRID_CONFIG=,"
+                f"DATA_DIR={grid.fixed.get('data_dir') or ''}") + (f",{S.SITE_ENV}={site.path}" if site.path else "")
+    script = array_job_script(scheduler, site, study_dir, write=False)
+    cmd = array_submit_command(scheduler, first, last, env_vars, extra_args, site, study_dir, script)
     if dry_run:
-        return {"array": None, "analysis": None, "command": cmd}
+        acmd = analysis_submit_command(scheduler, _placeholder_dependency(scheduler),
+                                       StudyPaths(study_dir).analysis_script, study_dir, site, extra_args)
+        log("dry run: nothing created or submitted")
+        log(f"array job ({last - first + 1} elements): {_line(cmd)}")
+        if site.modules:
+            log(f"  ({script} = {Path(array_job_script(scheduler, S.SiteProfile(), study_dir)).name} with the "
+                f"module lines {site.modules} before the Python call)")
+        log(f"analysis job (after the whole array): {_line(acmd)}\n  running:\n" +
+            "".join(f"    {ln}\n" for ln in analysis_text.splitlines()).rstrip())
+        return {"array": None, "analysis": None, "command": cmd, "analysis_command": acmd}
+    G.init_study(study_dir, grid)
+    array_job_script(scheduler, site, study_dir)
+    S.log_dir(site, StudyPaths(study_dir).logs).mkdir(parents=True, exist_ok=True)
+    log("submitting: " + _line(cmd))
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO_DIR), timeout=120)
     if proc.returncode != 0:
         raise RuntimeError(f"submission failed ({proc.returncode}): {(proc.stderr or proc.stdout).strip()}")
     array_id = parse_job_id(proc.stdout)
-    log(f"array job {array_id}: {last - first + 1} elements ({first}-{last}) into {study_dir}")
-    analysis = submit_analysis_job(study_dir, scheduler, dependency_spec(scheduler, array_id), None, log)
+    log(f"array job {array_id}: {last - first + 1} elements ({first}-{last}) into {study_dir}; "
+        f"logs in {S.log_dir(site, StudyPaths(study_dir).logs)}")
+    analysis = submit_analysis_job(study_dir, scheduler, dependency_spec(scheduler, array_id), None, log, site,
+                                   extra_args)
     return {"array": array_id, "analysis": analysis, "command": cmd}

@@ -7,13 +7,13 @@ Run by `pbs_setup_verification.sh` (= `python run_study.py verify`). Checks:
   imports, TensorFlow sees a GPU (WARN on a CPU-only node), and for each architecture of the grid
   one optimizer step at the study's settings and largest batch trains, saves, reloads and predicts
   (FAIL rows otherwise), with seconds per step and peak memory;
-* the time estimate per cell and for the grid against the job scripts' walltime requests;
-* the container image exists when one is configured;
+* the time estimate per cell and for the grid against the walltime an element will get (after `--`,
+  else the site profile's, else the job scripts'); the container image exists when one is set;
 * the dataset (grid's data_dir or DATA_DIR): layout, files, image/mask shapes, binary masks,
   foreground fraction (plausible: 0.5 % .. 50 %), train/val patches at the patch size;
 * the output folder is writable and has room for every cell's model (params x 4 bytes x ~3:
   the model file with its optimizer state, and the resume backup);
-* the array range of the job scripts (`#PBS -J`, `#SBATCH --array`) equals the grid size.
+* the array range of the job scripts (`#PBS -J`, `#SBATCH --array`): a note when `submit` sets another.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from typing import Optional
 from . import grid as G
 from . import launcher as L
 from . import quiet_tf
+from . import site as S
+from .site import parse_walltime
 from .console import fmt_duration
 from .input_error import DataError
 from .study_dir import base_grid
@@ -53,9 +55,13 @@ class Row:
 
 
 # --- the trial: runs inside the training environment (mitoseg/preflight.py) -----------------------
-def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEOUT_S) -> tuple[Optional[dict], str]:
+def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEOUT_S,
+              site: Optional[S.SiteProfile] = None) -> tuple[Optional[dict], str]:
     """Run the pre-flight trial through the launcher the cells use. (result or None, where / why)."""
-    prefix, _ = L.launcher(environ, binds=L.study_binds(grid.fixed.get("data_dir")))
+    try:
+        prefix, how = L.launcher(environ, binds=L.study_binds(grid.fixed.get("data_dir")), site=site)
+    except L.ContainerError as err:
+        return None, str(err)
     cmd = [*prefix, "-m", "mitoseg.preflight", json.dumps(grid.to_dict())]
     env = {**(os.environ if environ is None else environ), quiet_tf.LOG_LEVEL_VAR: quiet_tf.TRIAL_LOG_LEVEL}
     try:   # stderr (progress, tracebacks) goes to the user's terminal / job log as it happens
@@ -65,7 +71,7 @@ def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEO
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("{"):
             try:
-                return json.loads(line), " ".join(prefix)
+                return json.loads(line), how
             except json.JSONDecodeError:
                 break
     return None, f"{' '.join(prefix)} -m mitoseg.preflight exited {proc.returncode} without a result (see above)"
@@ -74,7 +80,10 @@ def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEO
 def check_environment(result: Optional[dict], where: str) -> list[Row]:
     if result is None:
         return [Row("training environment", FAIL, f"cannot run the trial there: {where}")]
-    rows = [Row("training environment", PASS, f"Python {result['python']} via {where}")]
+    versions = ", ".join(f"{name} {result['packages'][mod]['version']}" for mod, name in
+                         (("tensorflow", "TensorFlow"), ("keras", "Keras")) if result["packages"].get(mod, {}).get("ok"))
+    rows = [Row("training environment", PASS, f"trained with Python {result['python']} ({result.get('executable')})"
+                                              f"{', ' + versions if versions else ''}; {where}")]
     for mod, info in result["packages"].items():
         rows.append(Row(f"import {mod}", PASS, info["version"]) if info["ok"] else Row(f"import {mod}", FAIL, info["error"]))
     if result["error"]:
@@ -131,19 +140,19 @@ def check_trial(result: Optional[dict], grid: G.GridConfig) -> tuple[list[Row], 
     return rows, estimates
 
 
-def check_container(environ=None) -> list[Row]:
-    env = os.environ if environ is None else environ
-    image = env.get(L.CONTAINER_ENV)
+def check_container(environ=None, site: Optional[S.SiteProfile] = None) -> list[Row]:
+    image, where = L.container_choice(environ, site)
     if not image:
-        return [Row("container image", WARN, f"${L.CONTAINER_ENV} not set: jobs run plain python "
+        return [Row("container image", WARN, f"{where}: jobs train with the host Python "
                                              f"(e.g. export {L.CONTAINER_ENV}={L.EXAMPLE_CONTAINER})")]
-    if not Path(image).is_file():
-        return [Row("container image", FAIL, f"${L.CONTAINER_ENV}={image} does not exist")]
-    runtime = L.container_runtime()
-    if runtime is None:
-        return [Row("container image", FAIL, f"{image} exists but neither apptainer nor singularity is on PATH")]
-    size = Path(image).stat().st_size / 2**30
-    return [Row("container image", PASS, f"{image} ({size:.1f} GiB), runtime {runtime}")]
+    try:
+        runtime = L.check_image(image, where, environ=environ)
+    except L.ContainerError as err:
+        return [Row("container image", FAIL, str(err))]
+    path = Path(image).expanduser()
+    kind = (f"{path.stat().st_size / 2**30:.1f} GiB image" if path.is_file() else "sandbox folder" if path.is_dir()
+            else "address, pulled by the runtime")
+    return [Row("container image", PASS, f"{image} from {where} ({kind}), runtime {runtime}")]
 
 
 def _patch_counts(volume, cfg: TrainConfig, has_test_stack: bool) -> tuple[int, int, int]:
@@ -242,13 +251,14 @@ def check_array_ranges(grid: G.GridConfig, pbs_script=None, slurm_script=None) -
         except OSError as err:
             rows.append(Row(name, FAIL, f"cannot read {script}: {err.strerror or err}"))
             continue
-        if rng is None:
-            rows.append(Row(name, FAIL, f"no '{directive} 0-N' line in {script}"))
-        elif rng == (0, grid.size - 1):
+        # `run_study.py submit` sets the range itself, so only a plain qsub/sbatch of the script uses it:
+        # a note, never a FAIL.
+        if rng == (0, grid.size - 1):
             rows.append(Row(name, PASS, f"{directive} {rng[0]}-{rng[1]} = {grid.size} cells"))
         else:
-            rows.append(Row(name, FAIL, f"{directive} {rng[0]}-{rng[1]} ({rng[1] - rng[0] + 1} elements) but the grid "
-                                        f"has {grid.size} cells: use 0-{grid.size - 1} (or run_study.py submit)"))
+            has = f"{directive} {rng[0]}-{rng[1]}" if rng else f"no '{directive} 0-N' line"
+            rows.append(Row(name, PASS, f"run_study.py submit sets the range 0-{grid.size - 1} itself; the script's "
+                                        f"{has} is used only by a plain {'qsub' if kind == 'pbs' else 'sbatch'} of it"))
     return rows
 
 
@@ -256,38 +266,45 @@ _PBS_WALLTIME = re.compile(r"^#PBS\s+-l\s+.*\bwalltime=([\d:]+)", re.M)
 _SLURM_TIME = re.compile(r"^#SBATCH\s+(?:--time[=\s]|-t\s*)([\d:-]+)", re.M)
 
 
-def parse_walltime(text: str) -> int:
-    """Seconds of '[D-]HH:MM:SS', 'MM:SS' or 'MM' (Slurm's and PBS' forms)."""
-    days, _, clock = text.rpartition("-")
-    parts = [int(p) for p in clock.split(":")]
-    if len(parts) == 1:   # Slurm: minutes
-        parts = [0, parts[0], 0]
-    while len(parts) < 3:
-        parts.insert(0, 0)
-    h, m, sec = parts
-    return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
-
-
 def script_walltime(script, kind: str) -> Optional[int]:
     m = (_PBS_WALLTIME if kind == "pbs" else _SLURM_TIME).search(Path(script).read_text())
     return parse_walltime(m.group(1)) if m else None
 
 
-def check_walltime(estimates: dict, gpus: list, pbs_script=None, slurm_script=None) -> list[Row]:
-    """The estimate of the longest cell against each job script's walltime request."""
+def walltime_limits(site: S.SiteProfile, extra_args: list, scheduler: Optional[str], pbs_script=None,
+                    slurm_script=None) -> list[tuple[str, Optional[int], str]]:
+    """(row name, seconds or None, where from) of the walltime each array element will get: the
+    arguments after `--` win, then the site profile's walltime, then the job script's directive."""
+    scheduler = scheduler or site.scheduler
+    kinds = [(k, sc) for k, sc in (("pbs", pbs_script), ("slurm", slurm_script))
+             if sc and (scheduler is None or (k == "slurm") == (scheduler == "slurm"))]
+    given = (S.walltime_override(extra_args, scheduler) if scheduler else
+             S.walltime_override(extra_args, "pbspro") or S.walltime_override(extra_args, "slurm"))
+    if given:
+        return [("walltime (-- arguments)", parse_walltime(given), f"given after -- ({given})")]
+    if site.walltime:
+        return [("walltime (site profile)", parse_walltime(site.walltime), f"{site.path}")]
+    out = []
+    for kind, script in kinds:
+        limit = script_walltime(script, kind)
+        out.append((f"walltime ({Path(script).name})", limit, str(script)))
+    return out
+
+
+def check_walltime(estimates: dict, gpus: list, pbs_script=None, slurm_script=None, limits=None) -> list[Row]:
+    """The estimate of the longest cell against the walltime each array element will get (`limits`,
+    default the job scripts' directives)."""
     if not estimates:
         return []
+    if limits is None:
+        limits = walltime_limits(S.SiteProfile(), [], None, pbs_script, slurm_script)
     longest, total = max(estimates.values()), sum(estimates.values())
     where = "on this GPU" if gpus else "on this CPU (run the check on a GPU node for the real figure)"
     rows = [Row("time estimate", PASS, f"longest cell {fmt_duration(longest)}, whole grid {fmt_duration(total)} of "
                                        f"one device {where}; every epoch run, no early stopping")]
-    for kind, script in (("pbs", pbs_script), ("slurm", slurm_script)):
-        if not script:
-            continue
-        limit = script_walltime(script, kind)
-        name = f"walltime ({Path(script).name})"
+    for name, limit, source in limits:
         if limit is None:
-            rows.append(Row(name, WARN, f"no walltime line in {script}: the queue's default applies"))
+            rows.append(Row(name, WARN, f"no walltime line in {source}: the queue's default applies"))
         elif longest > limit:
             rows.append(Row(name, FAIL if gpus else WARN, f"{fmt_duration(limit)} is shorter than the longest cell "
                             f"({fmt_duration(longest)} {where}); cells would be cut and need resubmitting"))
@@ -303,19 +320,22 @@ def check_walltime(estimates: dict, gpus: list, pbs_script=None, slurm_script=No
 
 
 def run_checks(grid: G.GridConfig, output_root=".", pbs_script=None, slurm_script=None, environ=None,
-               env_probe: bool = True) -> list[Row]:
+               env_probe: bool = True, site: Optional[S.SiteProfile] = None, extra_args=(),
+               scheduler: Optional[str] = None) -> list[Row]:
     rows: list[Row] = []
     params: dict = {}
+    site = site or S.SiteProfile()
     if env_probe:
-        result, where = run_trial(grid, environ)
+        result, where = run_trial(grid, environ, site=site)
         rows += check_environment(result, where)
         trial_rows, estimates = check_trial(result, grid)
         rows += trial_rows
         params = {a: t["params"] for a, t in (result or {}).get("architectures", {}).items() if t.get("ok")}
-        rows += check_walltime(estimates, (result or {}).get("gpus", []), pbs_script, slurm_script)
+        limits = walltime_limits(site, list(extra_args), scheduler, pbs_script, slurm_script)
+        rows += check_walltime(estimates, (result or {}).get("gpus", []), limits=limits)
     else:
         rows.append(Row("training environment", WARN, "not checked (--skip-env-probe): no trial step ran"))
-    rows += check_container(environ)
+    rows += check_container(environ, site)
     rows += check_dataset(grid)
     rows += check_output(output_root, grid, params)
     rows += check_array_ranges(grid, pbs_script, slurm_script)
@@ -323,19 +343,14 @@ def run_checks(grid: G.GridConfig, output_root=".", pbs_script=None, slurm_scrip
 
 
 def check_grid_values(grid_config: Optional[str], data_dir: Optional[str] = None, demo: bool = False) -> list[Row]:
-    """Types and ranges of the grid file and the data flag (mitoseg.grid.grid_problems): one FAIL row per
-    problem, so a bad value is seen before anything is queued; one PASS row otherwise."""
+    """The grid as every command reads it (mitoseg.grid's loader, through study_dir.base_grid) and the
+    data flag: one FAIL row per problem, so a bad value is seen before anything is queued; one PASS
+    row otherwise."""
     source = grid_config or ("the demo grid" if demo else "the default grid")
-    if grid_config:
-        try:
-            raw = G.read_grid_json(grid_config)
-        except (OSError, ValueError) as err:
-            return [Row("grid values", FAIL, f"{grid_config}: not a readable grid config ({err})")]
-        problems = G.grid_problems(raw)
-        if problems:
-            return [Row("grid values", FAIL, f"{grid_config}: {text}") for text in problems]
     try:
         grid = base_grid(grid_config, data_dir, demo)
+    except G.GridError as err:
+        return [Row("grid values", FAIL, text) for text in err.problems]
     except ValueError as err:
         return [Row("grid values", FAIL, str(err))]
     return [Row("grid values", PASS, f"{source}: {grid.size} cells, every axis and fixed setting of the right "
@@ -356,6 +371,12 @@ def format_table(rows: list[Row]) -> str:
 
 def main(args) -> int:
     """`run_study.py verify` (args from its parser)."""
+    try:
+        site = S.load_site(args.site)
+    except S.SiteError as err:
+        print(format_table([Row("site profile", FAIL, str(err))]), flush=True)
+        return EXIT_FAILED
+    print(site.describe(), flush=True)
     value_rows = check_grid_values(args.grid_config, args.data_dir, args.demo)
     if any(r.status == FAIL for r in value_rows):
         print(format_table(value_rows), flush=True)
@@ -363,8 +384,8 @@ def main(args) -> int:
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     print(f"Verifying the setup for a study of {grid.size} cells (fixed settings: {json.dumps(grid.fixed, sort_keys=True)})",
           flush=True)
-    rows = run_checks(grid, args.output_root, args.pbs_script, args.slurm_script,
-                      env_probe=not args.skip_env_probe)
+    rows = run_checks(grid, args.output_root, args.pbs_script, args.slurm_script, env_probe=not args.skip_env_probe,
+                      site=site, extra_args=[a for a in (args.extra or []) if a != "--"], scheduler=args.scheduler)
     rows = value_rows + rows
     print(format_table(rows), flush=True)
     return EXIT_FAILED if any(r.status == FAIL for r in rows) else EXIT_OK

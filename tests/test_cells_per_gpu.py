@@ -37,7 +37,7 @@ def test_submit_sets_the_array_range_and_k(tmp_path):
                            "--grid-config", str(cfg), "--root", str(tmp_path), "--cells-per-gpu", "4", "--dry-run"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("submitting:"))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("array job ("))
     assert "--array=0-1" in line and "CELLS_PER_GPU=4" in line   # 6 cells, 4 per element: 2 elements
 
 

@@ -130,7 +130,7 @@ def test_confirm_submission_sets_the_confirmation_range(tmp_path):
         r = _run_study("confirm", "--study-dir", str(study), "--seeds", "3", "--scheduler", sched, "--dry-run",
                        "--", "--qos=x")
         assert r.returncode == 0, r.stdout + r.stderr
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("submitting:"))
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("array job ("))
         assert flag in line and "--qos=x" in line and f"STUDY_DIR={study}" in line
         assert "confirmation stage: 2 configuration(s) x 3 fresh seeds (3, 4, 5) = 6 cells" in r.stdout
     r = _run_study("confirm", "--study-dir", str(study), "--seeds", "3", "--top", "2", "--dry-run",

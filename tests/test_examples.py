@@ -1,5 +1,9 @@
-"""Every grid file in examples/ is a valid grid with a comment block, and says what it claims."""
+"""Every grid file in examples/ is a valid grid with a comment block, says what it claims, and passes the
+pre-flight check (directly and through both verification job scripts); examples/site_*.json are site
+profiles (tests/test_site.py)."""
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +15,7 @@ from mitoseg import grid as G
 from mitoseg.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.json") if not p.name.startswith("site_"))
 
 
 def test_there_are_examples():
@@ -49,8 +53,23 @@ def test_a_comment_key_is_accepted_but_must_be_text(tmp_path):
     with pytest.raises(ValueError, match="_comment must be a string or a list of strings"):
         G.GridConfig.load(bad)
     bad.write_text(json.dumps({"_comments": "typo", "seeds": [1]}))
-    with pytest.raises(ValueError, match="unknown grid keys: _comments"):
+    with pytest.raises(ValueError, match="unknown grid key '_comments'"):
         G.GridConfig.load(bad)
     study = tmp_path / "study"
     G.init_study(study, G.GridConfig.load(ROOT / "examples" / "cpu_real_data_1h.json"))
     assert G.COMMENT_KEY not in json.loads((study / P.GRID_CONFIG_NAME).read_text())
+
+
+@pytest.mark.parametrize("how", ["run_study.py", "pbs_setup_verification.sh", "slurm_setup_verification.sh"])
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_verify_passes_on_every_example(tmp_path, path, how):
+    """The check a new user runs first: no FAIL on the project's own grids (the array range that
+    `submit` sets is a note, the `_comment` key is the grid loader's)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONTAINER", "DATA_DIR", "GRID_CONFIG", "MITOSEG_SITE")}
+    env.update(PYTHON=sys.executable, HOME=str(tmp_path))
+    cmd = ([sys.executable, str(ROOT / "run_study.py"), "verify"] if how == "run_study.py"
+           else ["bash", str(ROOT / how)])
+    proc = subprocess.run([*cmd, "--grid-config", str(path), "--skip-env-probe", "--output-root", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and " 0 FAIL" in proc.stdout, proc.stdout + proc.stderr
+    assert re.search(r"^grid values\s+PASS", proc.stdout, re.M)

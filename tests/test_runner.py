@@ -150,20 +150,23 @@ def test_analysis_claimed_once(tmp_path):
 
 # --- launching ------------------------------------------------------------------------------------
 def test_launcher_container_or_plain_python(tmp_path, monkeypatch):
-    prefix, warning = L.launcher({})
-    assert prefix == [sys.executable] and "TF_CONTAINER" in warning
-    prefix, warning = L.launcher({"TF_CONTAINER": str(tmp_path / "missing.sif")})
-    assert prefix == [sys.executable] and "not found" in warning
+    prefix, how = L.launcher({})
+    assert prefix == [sys.executable] and "host Python" in how and "no container set" in how
+    monkeypatch.setenv("PATH", str(tmp_path))   # no apptainer anywhere
+    with pytest.raises(L.ContainerError, match="missing.sif .from .TF_CONTAINER. does not exist"):
+        L.launcher({"TF_CONTAINER": str(tmp_path / "missing.sif")})
     image = tmp_path / "tf.sif"
     image.write_text("x")
+    with pytest.raises(L.ContainerError, match="neither apptainer nor singularity"):
+        L.launcher({"TF_CONTAINER": str(image)})
     bindir = tmp_path / "bin"
     bindir.mkdir()
     fake = bindir / "apptainer"
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
-    prefix, warning = L.launcher({"TF_CONTAINER": str(image)})
-    assert warning is None and prefix == [str(fake), "exec", "--nv", str(image), "python"]
+    prefix, how = L.launcher({"TF_CONTAINER": str(image)})
+    assert prefix == [str(fake), "exec", "--nv", str(image), "python"] and "from $TF_CONTAINER" in how
     cmd = R.train_command("S", 4, prefix)
     assert cmd[-6:] == ["-m", "mitoseg.cli.train", "--study-dir", "S", "--task-index", "4"]
 
@@ -278,7 +281,7 @@ def test_bash_n_every_job_script(script):
 
 
 @pytest.mark.parametrize("name", ["pbs_hyperparameter_optimization.sh", "slurm_hyperparameter_optimization.sh",
-                                  "pbs_setup_verification.sh"])
+                                  "pbs_setup_verification.sh", "slurm_setup_verification.sh"])
 def test_job_scripts_are_directives_and_one_python_call(name):
     text = (REPO / name).read_text()
     body = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
@@ -300,20 +303,18 @@ def test_job_script_array_ranges_match_the_default_grid():
 def test_submit_dry_run_sets_the_array_range_from_the_grid(tmp_path):
     cfg = tmp_path / "g.json"
     tiny_grid().save(cfg)
+    root = tmp_path / "root"
     for sched, flag, script in (("slurm", "--array=0-3", "slurm_hyperparameter_optimization.sh"),
                                 ("pbspro", "-J", "pbs_hyperparameter_optimization.sh"),
                                 ("torque", "-t", "pbs_hyperparameter_optimization.sh")):
-        r = _run_study("submit", "--scheduler", sched, "--grid-config", str(cfg), "--root", str(tmp_path),
-                       "--dry-run", "--", "--qos=x")
+        r = _run_study("submit", "--scheduler", sched, "--grid-config", str(cfg), "--root", str(root),
+                       "--dry-run", "--", "--qos=x", env={**os.environ, "HOME": str(tmp_path)})
         assert r.returncode == 0, r.stdout + r.stderr
-        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("submitting:"))
+        line = next(ln for ln in r.stdout.splitlines() if ln.startswith("array job ("))
         assert flag in line and script in line and "--qos=x" in line and "MITOSEG_NO_ANALYSIS_JOB=1" in line
         if sched != "slurm":
             assert " 0-3 " in line
-    studies = list(tmp_path.glob(P.STUDY_PREFIX + "*"))
-    assert len(studies) == 3 and all(G.load_study_grid(s).size == 4 for s in studies)
-
-
+    assert not root.exists()   # a dry run creates nothing
 def test_walltime_signal_is_forwarded_to_the_training_process(tmp_path):
     import signal
     import threading

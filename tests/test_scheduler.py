@@ -70,7 +70,7 @@ def _wait_for_analysis(cluster, study: Path, array_id: str, previous=None) -> st
         pytest.fail(f"no analysis job recorded in {info_path}")
     assert info["dependency"] == f"afterany:{array_id}"
     states = cluster.wait([info["job_id"]], timeout=TIMEOUT)
-    log = study / f"analysis_job_{info['job_id']}.log"
+    log = P.StudyPaths(study).logs / f"analysis_job_{info['job_id']}.log"
     assert states[info["job_id"]] == {None: "COMPLETED"}, log.read_text(errors="replace")
     assert "Report:" in log.read_text(errors="replace")
     return info["job_id"]
@@ -141,7 +141,7 @@ def test_qsub_wrapper_pbs_script(slurm_cluster, tmp_path):  # noqa: F811
     assert states[array_id] == {0: "COMPLETED", 1: "COMPLETED"}, logs
     study = _the_study(sub)
     _check_cells(study)
-    assert "warning: $TF_CONTAINER is not set" in logs
+    assert "training with the host Python" in logs and "no container set" in logs
     _wait_for_analysis(slurm_cluster, study, array_id)
     assert (study / "hyperparameter_report.md").exists()
 
@@ -178,11 +178,48 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
                                        capture_output=True, text=True, check=True).stdout)
     assert [rec["environment"]["python"], rec["environment"]["packages"]["keras"],
             rec["environment"]["packages"]["tensorflow"]] == oldest
-    first = json.loads(calls.read_text().splitlines()[0])
+    runs = [json.loads(line) for line in calls.read_text().splitlines()]
+    assert runs[0]["cmd"][1] == "-c" and runs[0]["image"] == str(image)   # the element's probe: python starts
+    assert "container python " in logs
+    first = runs[1]
     assert first["image"] == str(image) and first["nv"] and first["cmd"][1:3] == ["-m", "mitoseg.cli.train"]
     assert str(study) in first["binds"] and str(data.resolve()) in first["binds"]
     _wait_for_analysis(slurm_cluster, study, array_id)
-    assert any("mitoseg.cli.study analyze" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[1:])
+    assert any("mitoseg.cli.study analyze" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[2:])
+def test_submit_with_a_site_profile_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
+    """A site profile for real: its resources, throttle (%1: one element at a time) and module line reach
+    both jobs, the element logs land in STUDY/logs/, the arguments after `--` reach the analysis job too,
+    and a GRID_CONFIG left in the login shell (exported with the rest of it) does not touch the study."""
+    sub, extra_env = _submit_dir(tmp_path)
+    other = tmp_path / "other_grid.json"
+    G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 1e-2], batch_sizes=[8]).save(other)
+    profile = tmp_path / "site.json"
+    profile.write_text(json.dumps({"_comment": "this test node", "scheduler": "slurm", "queue": "debug", "cpus": 1,
+                                   "memory": "1G", "gpus": 0, "walltime": "00:30:00", "array_throttle": 1,
+                                   "modules": ["echo site-module-line-ran"]}))
+    env = {**slurm_cluster.env, **extra_env, "GRID_CONFIG": str(other)}
+    r = slurm_cluster.run([sys.executable, str(REPO / "run_study.py"), "submit", "--site", str(profile),
+                           "--grid-config", str(tmp_path / "tiny_grid.json"), "--", "--comment=dash-dash"],
+                          env=env, cwd=sub, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.startswith(f"site profile: {profile} (--site)")
+    assert "--array=0-1%1" in r.stdout and "--gres=none" in r.stdout and "--partition=debug" in r.stdout
+    array_id = next(ln.split()[2].rstrip(":") for ln in r.stdout.splitlines() if ln.startswith("array job "))
+    study = _the_study(sub)
+    states = slurm_cluster.wait([array_id], timeout=2 * TIMEOUT)
+    logs = _element_logs(P.StudyPaths(study).logs, "mitoseg_hpo_*.out")
+    assert states[array_id] == {0: "COMPLETED", 1: "COMPLETED"}, logs
+    assert logs.count("site-module-line-ran") == 2 and logs.count(f"site profile: {profile}") == 2, logs
+    cells = _check_cells(study)
+    assert cells[0]["finished_at"] <= cells[1]["started_at"] or cells[1]["finished_at"] <= cells[0]["started_at"]
+    assert not list(sub.glob("*.out")) and not list(REPO.glob("mitoseg_hpo_*.out"))
+    info = json.loads((study / "analysis_job.json").read_text())
+    assert info["command"][-2] == "--comment=dash-dash" and "--partition=debug" in info["command"]
+    _wait_for_analysis(slurm_cluster, study, array_id)
+    analysis_log = (P.StudyPaths(study).logs / f"analysis_job_{info['job_id']}.log").read_text()
+    assert analysis_log.startswith("site-module-line-ran")
+
+
 def test_confirm_stage_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     """`run_study.py confirm --scheduler slurm`: an array over the confirmation indices only (after
     the grid's), through the same job script and element code; then the dependent analysis."""

@@ -4,10 +4,10 @@
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
     python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
     python run_study.py status --study-dir D
-    python run_study.py submit [--scheduler slurm|pbs|pbspro|torque] [--grid-config G.json] [-- QSUB/SBATCH ARGS]
+    python run_study.py submit [--site SITE.json] [--scheduler slurm|pbs|pbspro|torque] [--grid-config G.json] [--dry-run] [-- QSUB/SBATCH ARGS]
     python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]
     python run_study.py analyze --study-dir D
-    python run_study.py verify [--grid-config G.json] [--data-dir DATA]
+    python run_study.py verify [--site SITE.json] [--grid-config G.json] [--data-dir DATA] [-- QSUB/SBATCH ARGS]
     python run_study.py element [--task-index N]    # what the job scripts run (one array element)
 
 The plain way on PBS is `qsub pbs_hyperparameter_optimization.sh` (Slurm: `sbatch
@@ -15,8 +15,11 @@ slurm_hyperparameter_optimization.sh`); `submit` does the same for any grid size
 array range from the grid. Finished cells (status ok/diverged) are always skipped, failed and
 interrupted ones rerun (interrupted ones resume from their last epoch).
 Environment: STUDY_DIR (study folder), GRID_CONFIG (grid JSON for a new study), DATA_DIR (data
-folder for a new study), TF_CONTAINER (Apptainer/Singularity image), PYTHON (host Python of the
-job scripts).
+folder for a new study), MITOSEG_SITE (site profile, when no --site), TF_CONTAINER (Apptainer image:
+.sif, sandbox folder or docker:// address; wins over the profile's; unusable = error, never the
+host), CONTAINER_PYTHON (the Python inside it, default python), PYTHON (host Python of the job
+scripts), MITOSEG_ANALYSIS_SBATCH_ARGS / MITOSEG_ANALYSIS_QSUB_ARGS (replace the analysis job's own
+resource request).
 """
 from __future__ import annotations
 
@@ -30,9 +33,11 @@ from pathlib import Path
 from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
+from mitoseg import site as S
 from mitoseg.cli_args import OneLineParser, add_flag, add_version, invoked_as, missing_extra, positive_int, say
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
+from mitoseg.paths import StudyPaths, new_study_dir
 from mitoseg.study_dir import base_grid, create_new_study_dir
 from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SCHEDULER
 
@@ -43,6 +48,11 @@ def _grid_args(p):
     p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
     p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
                    help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
+
+
+def _site_arg(p):
+    p.add_argument("--site", help=f"site profile JSON (default ${S.SITE_ENV}, else ./{S.LOCAL_NAME}, else "
+                   "~/.config/mitoseg/site.json; the first found is used and printed)")
 
 
 def build_parser():
@@ -79,7 +89,8 @@ def build_parser():
     s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
     s.add_argument("--no-analysis", action="store_true", help="local: do not run the analysis at the end")
     s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+    _site_arg(s)
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments (array and analysis job)")
 
     s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA; "
                                       "exit 1 when a cell failed")
@@ -95,11 +106,13 @@ def build_parser():
                    help="default: detected (pbs: PBS Pro or Torque, as detected)")
     s.add_argument("--study-dir", help="existing study to continue (default: a new one in --output-dir)")
     add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
-    s.add_argument("--dry-run", action="store_true", help="print the command only")
+    s.add_argument("--dry-run", action="store_true", help="print every job line (array, analysis); create nothing")
+    _site_arg(s)
     s.add_argument("--cells-per-gpu", type=int,
                    help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
                    "the array gets ceil(cells / K) elements")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments; they win over "
+                   "the site profile and reach the array and the analysis job")
 
     s = sub.add_parser("element", help="one array element (what the job scripts run)")
     s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
@@ -107,6 +120,11 @@ def build_parser():
     add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
 
+    _add_verify(sub)
+    return p
+
+
+def _add_verify(sub) -> None:
     s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
     _grid_args(s)
     add_flag(s, "--output-dir", "--output-root", dest="output_root", default=".",
@@ -115,7 +133,14 @@ def build_parser():
     s.add_argument("--slurm-script", default=str(SLURM_SCRIPT))
     s.add_argument("--skip-env-probe", action="store_true",
                    help="skip importing TensorFlow in the training environment (faster)")
-    return p
+    _site_arg(s)
+    s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"),
+                   help="whose walltime to check (default: the site profile's, else both job scripts')")
+    s.add_argument("--submit", action="store_true", help="run the check as a job (pbs_setup_verification.sh / "
+                   "slurm_setup_verification.sh with the site profile); its output goes to OUTPUT_DIR/logs/")
+    s.add_argument("--dry-run", action="store_true", help="with --submit: print the job and submit nothing")
+    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: the qsub/sbatch arguments you will give "
+                   "submit (a walltime among them is the one checked; with --submit also the job's)")
 
 
 def _print(msg=""):
@@ -209,7 +234,7 @@ def cmd_confirm(args) -> int:
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
     code = _submit(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), dry_run=args.dry_run,
-                   indices=(cells[0].index, cells[-1].index))
+                   indices=(cells[0].index, cells[-1].index), site=_load_site(args))
     if code == EXIT_OK:
         _print(f"follow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
     return code
@@ -234,18 +259,57 @@ def cmd_status(args) -> int:
     return code
 
 
+def _load_site(args) -> S.SiteProfile:
+    """The site profile (--site, $MITOSEG_SITE, ./mitoseg_site.json, ~/.config/mitoseg/site.json), said aloud."""
+    profile = S.load_site(args.site)
+    _print(profile.describe())
+    return profile
+
+
+def _planned_study(args, root) -> tuple[Path, G.GridConfig]:
+    """A dry run's study: the existing one (read, never written) or the path a new one would get."""
+    grid = base_grid(args.grid_config, args.data_dir, args.demo)
+    if not args.study_dir:
+        return new_study_dir(root).resolve(), grid
+    given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
+    G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
+    existing = StudyPaths(args.study_dir).grid_config.exists()
+    return Path(args.study_dir).resolve(), G.load_study_grid(args.study_dir) if existing else grid
+
+
 def cmd_submit(args) -> int:
-    scheduler = scheduler_name(args.scheduler) if args.scheduler else detect_scheduler()
+    profile = _load_site(args)
+    chosen = args.scheduler or profile.scheduler
+    scheduler = scheduler_name(chosen) if chosen else detect_scheduler()
     if scheduler is None:
         _print(f"error: neither sbatch nor qsub found; use `{invoked_as('mitoseg-study')} local` on one machine")
         return EXIT_SCHEDULER
-    study, grid = _open_study(args, args.root)
+    study, grid = (_planned_study if args.dry_run else _open_study)(args, args.root)
+    data, env_data = grid.fixed.get("data_dir"), os.environ.get("DATA_DIR")
+    from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
+    _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)
-    code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run, cells_per_gpu=k)
+    code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run, cells_per_gpu=k,
+                   site=profile)
     if code == EXIT_OK:
-        _print(f"study folder: {study}\nfollow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
+        _print(f"study folder{' (not created: dry run)' if args.dry_run else ''}: {study}\n"
+               f"follow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
     return code
+
+
+def cmd_verify(args) -> int:
+    if not args.submit:
+        from mitoseg import verify
+        return verify.main(args)
+    from mitoseg import verify_job
+    profile = _load_site(args)
+    chosen = args.scheduler or profile.scheduler
+    scheduler = scheduler_name(chosen) if chosen else detect_scheduler()
+    if scheduler is None:
+        _print(f"error: neither sbatch nor qsub found; run the check here: {invoked_as('mitoseg-study')} verify")
+        return EXIT_SCHEDULER
+    return verify_job.submit(args, profile, scheduler, log=_print)
 
 
 def main(argv=None) -> int:
@@ -270,8 +334,7 @@ def main(argv=None) -> int:
             return R.run_element(args.task_index, args.root, args.grid_config, log=_print,
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
-            from mitoseg import verify
-            return verify.main(args)
+            return cmd_verify(args)
     except ImportError as err:   # confirm selects with pandas: the [analysis] extra
         _print(missing_extra(err, "analysis"))
         return EXIT_BAD_INPUT

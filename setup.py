@@ -29,8 +29,7 @@ class BuildWithJobScripts(build_py):
         package = Path(self.build_lib) / "mitoseg"
         (package / "jobs").mkdir(parents=True, exist_ok=True)
         for name in JOB_SCRIPTS:
-            if (HERE / name).is_file():   # slurm_setup_verification.sh: added with the site profile
-                shutil.copy2(HERE / name, package / "jobs" / name)
+            shutil.copy2(HERE / name, package / "jobs" / name)
         commit, dirty = _version_module().git_state()
         (package / "build_info.json").write_text(json.dumps({"git_commit": commit, "git_dirty": dirty}) + "\n")
 

@@ -22,7 +22,7 @@ PYENV = Path("/root/.pyenv/versions")
 FRONT_ENDS = ("run_study.py", "train_one.py", "analyze_hyperparameter_results.py", "predict.py", "models.py")
 COMMANDS = {"mitoseg-study", "mitoseg-train", "mitoseg-analyze", "mitoseg-predict", "mitoseg-models"}
 JOB_SCRIPTS = ("pbs_hyperparameter_optimization.sh", "slurm_hyperparameter_optimization.sh",
-               "pbs_setup_verification.sh")
+               "pbs_setup_verification.sh", "slurm_setup_verification.sh")
 
 
 def _pyenv(version: str) -> Path:

@@ -116,7 +116,7 @@ def study(tmp_path_factory):
 
     # 3. Resume, then SIGKILL (node failure) as soon as it has logged one epoch: no results write.
     run2 = start(base + ["--task-index", "0"], root / "run2.log")
-    wait_until(lambda: re.search(r"^epoch +\d+/", (root / "run2.log").read_text(), re.M), run2, 300,
+    wait_until(lambda: re.search(r"^[\d-]+ [\d:]+ epoch +\d+/", (root / "run2.log").read_text(), re.M), run2, 300,
                "a resumed epoch")
     run2.send_signal(signal.SIGKILL)
     ev["run2_code"] = run2.wait(timeout=60)

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
+from .comparison import DEFAULT_SESOI
 from .io_utils import atomic_write_text, same_file
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from .plots import make_figures
@@ -26,27 +27,54 @@ def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) ->
                                "choose another --output_dir")
 
 
+def confirm_plan(study_dir) -> Optional[dict]:
+    """The study's confirmation plan (None without a study folder or a plan); SummaryError if unreadable."""
+    if study_dir is None:
+        return None
+    from .grid import load_confirm_plan
+    try:
+        return load_confirm_plan(study_dir)
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+
+
+def study_sesoi(plan: Optional[dict], sesoi) -> float:
+    """The smallest IoU difference that matters: --sesoi, else the confirmation plan's, else the default;
+    SummaryError unless 0 < sesoi < 1."""
+    if sesoi is None and plan:
+        sesoi = plan.get("sesoi")
+    sesoi = DEFAULT_SESOI if sesoi is None else sesoi
+    if not 0 < float(sesoi) < 1:
+        raise SummaryError(f"--sesoi {sesoi}: the smallest IoU difference that matters must lie between 0 and 1")
+    return float(sesoi)
+
+
 def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_summary=None,
-                 log: Callable[[str], None] = print, figures: bool = True) -> dict:
+                 log: Callable[[str], None] = print, figures: bool = True, sesoi=None) -> dict:
     """Run everything; returns {"outputs": {name: path}, "figures": {...}, "result": StudyAnalysis}.
-    Raises SummaryError (one line) for bad input."""
+    sesoi: the smallest IoU difference between architectures that matters (None: the confirmation
+    plan's, else DEFAULT_SESOI). Raises SummaryError (one line) for bad input."""
     if (study_dir is None) == (summary_file is None):
         raise SummaryError("give either a study folder (--study-dir) or a summary CSV (--summary_file)")
+    plan = confirm_plan(study_dir)
+    sesoi = study_sesoi(plan, sesoi)
     outputs = {}
     out_dir = Path(output_dir) if output_dir else Path(study_dir) if study_dir is not None else Path(summary_file).parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SummaryError(f"--output_dir {out_dir} is a file, not a folder; name a folder")
     _refuse_overwriting_inputs(out_dir, summary_file, baseline_summary)
     if study_dir is not None:
         study_dir = Path(study_dir)
         log(f"Reading results of {study_dir} ...")
         df_raw, inv = build_summary(study_dir)
         expected = inv.expected
-        csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME)
+        csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME, log)
         outputs["summary_csv"] = csv_path
         log(f"  {len(df_raw)} rows ({', '.join(f'{v} {k}' for k, v in inv.counts.items())}) -> {csv_path}")
         if inv.confirm_expected:
             log(f"  {inv.confirm_expected} of them are confirmation runs (stage confirm)")
-        if inv.extra:
-            log(f"  note: {len(inv.extra)} exp_ folder(s) not in the grid were included: {', '.join(inv.extra[:5])}")
+        if inv.foreign_note:
+            log(f"  note: {inv.foreign_note}")
         # the statistics run on the CSV just written, as with --summary_file; only the training-curves
         # figure reads more of the study (the best runs' history files, under history_root)
         df = load_summary(csv_path)
@@ -55,20 +83,21 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     else:
         summary_file = Path(summary_file)
         log(f"Reading summary {summary_file} ...")
-        df = load_summary(summary_file)
+        df = load_summary(summary_file, log)
         expected = int((df["stage"] == "grid").sum())
         target = out_dir / SUMMARY_CSV_NAME
         if not same_file(target, summary_file):
-            outputs["summary_csv"] = write_summary_csv(df, target)
+            outputs["summary_csv"] = write_summary_csv(df, target, log)
         history_root = summary_file.parent
         source = str(summary_file)
         log(f"  {len(df)} rows")
     baseline = None
     if baseline_summary is not None:
         log(f"Reading baseline summary {baseline_summary} ...")
-        baseline = load_summary(baseline_summary)
+        baseline = load_summary(baseline_summary, log)
     log("Computing statistics ...")
-    res = analyze(df, baseline)
+    # the plan's ranks (fixed when it was made) choose each architecture's representative under --top K
+    res = analyze(df, baseline, sesoi, plan["configs"] if plan else None)
     log(f"  headline metric: {res.metric.label}")
     if figures:
         log(f"Drawing figures into {out_dir} ...")
@@ -82,7 +111,10 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     for key, name, text in (("report_md", REPORT_MD, md), ("report_txt", REPORT_TXT, txt), ("summary_json", SUMMARY_JSON, js)):
         atomic_write_text(out_dir / name, text)
         outputs[key] = out_dir / name
-    if res.no_model_learned:
+    if res.n_ok == 0:
+        log("WARNING: no grid cell finished successfully ("
+            + ", ".join(f"{v} {k}" for k, v in sorted(res.counts.items())) + "); configurations are not ranked")
+    elif res.no_model_learned:
         log("WARNING: no model learned (best score does not clearly beat the all-foreground baseline)")
     elif res.soft_only:
         log("WARNING: only soft Jaccard scores; configurations are not ranked")

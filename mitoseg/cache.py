@@ -41,7 +41,8 @@ from .data import Volume
 from .layout import source_files
 
 
-FORMAT_VERSION = 2   # 2: images scaled by their values (scaling.image_scaling), scaling recorded
+FORMAT_VERSION = 3   # 2: images scaled by their values (scaling.image_scaling), scaling recorded;
+#                      3: files read by what they declare (image_files.py: MINISWHITE, alpha, axes)
 META_NAME = "meta.json"
 _CHUNK = 8 << 20
 

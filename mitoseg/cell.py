@@ -24,11 +24,12 @@ import numpy as np
 
 from . import metrics, resume
 from .callbacks import new_training_state, validation_callback
-from .cell_data import check_patch_fits, load_cell_data, prepare_arrays
+from .cell_data import check_batch_fits, check_patch_fits, load_cell_data, prepare_arrays
 from .cell_log import log, tee_output
 from .cell_record import finish_record, new_record, record_failure
 from .cell_lock import try_lock
 from .config import TrainConfig
+from .data import mask_warnings
 from .environment import environment_info
 from .identity import data_fingerprint, finished_cell_differences
 from .input_error import DataError
@@ -60,6 +61,8 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
             check_patch_fits(volume, config.patch_size)
         arrays = prepare_arrays(train_volume, config, cache_dir)
         arrays["split"]["data_fingerprint"] = data_fingerprint(config.data_dir)
+        arrays["split"]["warnings"] = mask_warnings(train_volume, test_volume)
+        check_batch_fits(arrays["split"], config.batch_size)
     except DataError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
@@ -177,6 +180,8 @@ def _log_start(config, paths, arrays, test_volume) -> dict:
         f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
         f"val foreground {baselines['foreground_fraction']:.3f}, all-foreground IoU {baselines['all_foreground_jaccard']:.3f}")
     log_scaling(split.get("scaling"), test_volume.scaling if test_volume is not None else None, log)
+    for warning in split.get("warnings") or ():
+        log(f"warning: {warning}")
     return baselines
 
 

@@ -84,3 +84,12 @@ def check_patch_fits(volume, patch_size: int) -> None:
     if h < patch_size or w < patch_size:
         raise DataError(f"{volume.source}: slices of {h}x{w} pixels are smaller than the patch size "
                              f"{patch_size}; use --patch-size {min(h, w)} or less")
+
+
+def check_batch_fits(split: dict, batch_size: int) -> None:
+    """DataError when the batch is larger than the training patches, before anything is written: every
+    epoch would be one partial batch while the cell records the larger batch size."""
+    n = split["n_train_patches"]
+    if batch_size > n:
+        raise DataError(f"{split['source']}: batch size {batch_size} is larger than its {n} training patches; "
+                        f"use a batch size of {n} or less (or a smaller patch size, or more slices)")

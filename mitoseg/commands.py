@@ -22,6 +22,7 @@ ANALYZE = "mitoseg.cli.analyze"
 JOBS_DIR = Path(__file__).resolve().parent / "jobs"
 PBS_JOB = "pbs_hyperparameter_optimization.sh"
 SLURM_JOB = "slurm_hyperparameter_optimization.sh"
+CONTAINER_PYTHONPATH = ("APPTAINERENV_PYTHONPATH", "SINGULARITYENV_PYTHONPATH")
 
 
 def module_command(python: list, module: str, *args) -> list[str]:
@@ -30,10 +31,13 @@ def module_command(python: list, module: str, *args) -> list[str]:
 
 
 def code_env(environ=None) -> dict:
-    """The environment for a child that imports mitoseg: REPO_DIR first on PYTHONPATH."""
+    """The environment for a child that imports mitoseg: REPO_DIR first on PYTHONPATH, and on the
+    container's own PYTHONPATH when one is set for it (APPTAINERENV_/SINGULARITYENV_PYTHONPATH
+    replaces PYTHONPATH inside the container)."""
     env = dict(os.environ if environ is None else environ)
-    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_DIR)]
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO_DIR), *rest])
+    for var in ("PYTHONPATH", *(v for v in CONTAINER_PYTHONPATH if env.get(v))):
+        rest = [p for p in env.get(var, "").split(os.pathsep) if p and p != str(REPO_DIR)]
+        env[var] = os.pathsep.join([str(REPO_DIR), *rest])
     return env
 
 

@@ -1,188 +1,210 @@
 """Which architecture, and how sure? The comparison of the confirmation runs (no file I/O here).
 
 The confirmation stage (mitoseg/confirm.py) reruns each architecture's validation-selected
-configuration with fresh seeds; these runs were used for nothing else, so their test scores are
-an unbiased estimate. Per architecture: the mean test IoU with a 95 % t interval over seeds. Per
-pair: the difference of the means with a Welch 95 % interval and a Welch t-test, the p-values
-Holm-adjusted over the pairs, and a verdict. When every run has per-slice test scores on the same
-slices, a bootstrap over seeds and test slices (slices resampled jointly for both architectures,
-i.e. paired on slices) adds a second interval that also covers the choice of test slices.
+configuration with fresh seeds on K folds (data splits); these runs were used for nothing else, so
+their test scores are an unbiased estimate. The quantity is the headline's: each run's test IoU
+pooled over its test pixels (sum tp / sum (tp + fp + fn)), averaged over runs. Runs of one fold share
+their data split, so architectures are compared within folds (a blocked design) and the folds are
+combined by mitoseg.decision, whose interval covers seeds, folds and (with per-slice counts) the
+sampling of test images. Each pair is decided: a_better / b_better / equivalent / undecided.
 
-Why the Welch interval leads: with 2-5 seeds per architecture a bootstrap over seeds can take only
-a handful of distinct values and is too narrow; the t interval is exact for normal seed noise.
-Every number comes from scipy / statsmodels (tested against them in tests/test_comparison.py).
+Which runs count: every confirmation run that finished is an outcome of its configuration. A
+degenerate run (did not learn) counts with its score; a diverged run counts as test IoU 0 (the score
+of predicting no mitochondria: it left no usable model). Failed, interrupted or missing runs are
+not outcomes of the configuration (a crash, a kill, a run not made) and are left out, counted and
+named in the report.
 """
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import warnings
 from typing import Optional
 
 import numpy as np
 import pandas as pd
 
+from . import decision as D
 from .anova import ALPHA
+from .status import DIVERGED
 from .report_format import f3, fp
-from .stats import config_mask, select_configs
+from .stats import config_mask
 
 POWER = 0.8
-N_BOOTSTRAP = 4000
-BOOTSTRAP_SEED = 0            # the bootstrap is reproducible: the same runs give the same interval
-MIN_TARGET_DIFFERENCE = 0.005  # seeds-needed is quoted for at least half an IoU point (an observed 0.0001 would need millions)
+DEFAULT_SESOI = 0.01     # the smallest IoU difference that matters, unless the plan or --sesoi says otherwise
 
 
-def _finite(values) -> np.ndarray:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    return arr[np.isfinite(arr)]
-
-
-def mean_ci(values, alpha: float = ALPHA) -> dict:
-    """Mean, sample std, n and the (1 - alpha) t interval of the mean (statsmodels DescrStatsW)."""
-    x = _finite(values)
-    out = dict(n=len(x), mean=float(x.mean()) if len(x) else np.nan,
-               std=float(x.std(ddof=1)) if len(x) >= 2 else np.nan, ci_low=np.nan, ci_high=np.nan)
-    if len(x) >= 2:
-        from statsmodels.stats.weightstats import DescrStatsW
-        lo, hi = DescrStatsW(x).tconfint_mean(alpha=alpha)
-        out.update(ci_low=float(lo), ci_high=float(hi))
-    return out
-
-
-def pooled_sd(a, b) -> float:
-    a, b = _finite(a), _finite(b)
-    dof = len(a) + len(b) - 2
-    if len(a) < 2 or len(b) < 2:
-        return np.nan
-    return math.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / dof)
-
-
-def welch(a, b, alpha: float = ALPHA) -> dict:
-    """mean(a) - mean(b), its Welch (1 - alpha) interval (statsmodels CompareMeans) and the Welch
-    t-test p-value (scipy); a reason instead when it cannot be computed."""
-    a, b = _finite(a), _finite(b)
-    out = dict(diff=float(a.mean() - b.mean()) if len(a) and len(b) else np.nan, ci_low=np.nan, ci_high=np.nan,
-               p=np.nan, reason=None)
-    if len(a) < 2 or len(b) < 2:
-        out["reason"] = f"needs at least 2 runs of each (have {len(a)} and {len(b)})"
-    elif a.std(ddof=1) == 0 and b.std(ddof=1) == 0:
-        out["reason"] = "every seed gave the same score, so the noise cannot be estimated"
-    else:
-        from scipy import stats as sps
-        from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
-        lo, hi = CompareMeans(DescrStatsW(a), DescrStatsW(b)).tconfint_diff(alpha=alpha, usevar="unequal")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            p = sps.ttest_ind(a, b, equal_var=False).pvalue
-        out.update(ci_low=float(lo), ci_high=float(hi), p=float(p))
-    return out
-
-
-def holm(pvalues, alpha: float = ALPHA) -> list:
-    """Holm-adjusted p-values (statsmodels multipletests); NaN stays NaN and is not counted."""
-    p = np.asarray(pvalues, dtype=float)
-    out = np.full(len(p), np.nan)
-    ok = np.isfinite(p)
-    if ok.any():
-        from statsmodels.stats.multitest import multipletests
-        out[ok] = multipletests(p[ok], alpha=alpha, method="holm")[1]
-    return [float(v) for v in out]
-
-
-def detectable_difference(n_a: int, n_b: int, sd: float, alpha: float = ALPHA, power: float = POWER) -> float:
-    """Smallest true difference a two-sample t-test with these run counts finds with `power`
-    (statsmodels TTestIndPower, in IoU units = Cohen's d x pooled sd)."""
-    if n_a < 2 or n_b < 2 or not (sd >= 0):
-        return np.nan
-    from statsmodels.stats.power import TTestIndPower
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        d = TTestIndPower().solve_power(effect_size=None, nobs1=n_a, alpha=alpha, power=power, ratio=n_b / n_a)
-    return float(np.ravel(d)[0]) * sd
-
-
-def seeds_needed(difference: float, sd: float, alpha: float = ALPHA, power: float = POWER) -> Optional[int]:
-    """Runs per architecture a two-sample t-test needs to find `difference` with `power`."""
-    if not (difference > 0) or not (sd > 0):
-        return None
-    from statsmodels.stats.power import TTestIndPower
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        n = TTestIndPower().solve_power(effect_size=difference / sd, nobs1=None, alpha=alpha, power=power, ratio=1.0)
-    n = float(np.ravel(n)[0])
-    return int(math.ceil(n)) if math.isfinite(n) else None
-
-
-def slice_bootstrap(a: np.ndarray, b: np.ndarray, alpha: float = ALPHA, n_boot: int = N_BOOTSTRAP,
-                    seed: int = BOOTSTRAP_SEED) -> dict:
-    """a, b: (runs, slices) per-slice test IoU on the same slices. Each resample draws runs of each
-    architecture independently and one set of slices shared by both (paired on slices); the
-    statistic is the difference of the mean per-slice IoU. Percentile interval."""
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, a.shape[0], (n_boot, a.shape[0]))
-    ib = rng.integers(0, b.shape[0], (n_boot, b.shape[0]))
-    js = rng.integers(0, a.shape[1], (n_boot, a.shape[1]))
-    stat_a = a[ia[:, :, None], js[:, None, :]].mean(axis=(1, 2))
-    stat_b = b[ib[:, :, None], js[:, None, :]].mean(axis=(1, 2))
-    lo, hi = np.percentile(stat_a - stat_b, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return dict(diff=float(a.mean() - b.mean()), ci_low=float(lo), ci_high=float(hi), n_boot=n_boot,
-                n_slices=int(a.shape[1]))
-
-
-def _slice_matrix(runs: pd.DataFrame) -> Optional[tuple[list, np.ndarray]]:
-    """(slice names, runs x slices IoU) when every run has per-slice scores on the same slices."""
-    if "test_slice_iou" not in runs or runs["test_slice_iou"].isna().any() or not len(runs):
+# --- the runs ----------------------------------------------------------------------------------------
+def parse_counts(text) -> Optional[tuple[tuple, np.ndarray]]:
+    """test_slice_counts (JSON list of [slice_name, tp, fp, fn]) -> (slice names, (slices, 3) array)."""
+    if not isinstance(text, str) or not text.strip():
         return None
     try:
-        maps = [json.loads(v) if isinstance(v, str) else dict(v) for v in runs["test_slice_iou"]]
-    except (ValueError, TypeError):
+        rows = json.loads(text)
+        names = tuple(str(r[0]) for r in rows)
+        counts = np.array([[float(r[1]), float(r[2]), float(r[3])] for r in rows], dtype=float)
+    except (ValueError, TypeError, IndexError, KeyError):
         return None
-    names = sorted(maps[0])
-    if not names or any(sorted(m) != names for m in maps):
-        return None
-    mat = np.array([[m[n] for n in names] for m in maps], dtype=float)
-    return (names, mat) if np.isfinite(mat).all() else None
+    return (names, counts) if len(rows) and np.isfinite(counts).all() and (counts >= 0).all() else None
 
 
-# --- the comparison --------------------------------------------------------------------------------
-def representatives(confirm: pd.DataFrame) -> pd.DataFrame:
-    """Per architecture, the confirmed configuration that stands for it: the only one (--top 1), or
-    with --top K the one with the best mean validation IoU over its confirmation runs (the one rule)."""
-    rows = []
+def pooled_from_counts(runs: pd.DataFrame) -> pd.Series:
+    """Each run's test IoU pooled over its test pixels from test_slice_counts (NaN without counts)."""
+    if "test_slice_counts" not in runs:
+        return pd.Series(np.nan, index=runs.index)
+    parsed = runs["test_slice_counts"].map(parse_counts)
+    return parsed.map(lambda p: np.nan if p is None else D.pooled_iou_resamples(
+        p[1][None], np.arange(len(p[0]))[None])[0, 0]).astype(float)
+
+
+def counted_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs that count (see the module docstring), with columns fold, value (pooled test IoU: from the
+    per-slice counts when the run has them, else its test_iou; 0 for a diverged run) and diverged."""
+    fold = pd.to_numeric(runs["fold"], errors="coerce") if "fold" in runs else pd.Series(0.0, index=runs.index)
+    diverged = runs["status"] == DIVERGED
+    score = pooled_from_counts(runs).fillna(runs["test_iou"].astype(float))
+    keep = (runs["success"] & score.notna()) | diverged
+    out = runs[keep].copy()
+    out["fold"] = fold[keep].fillna(0).astype(int)
+    out["diverged"] = diverged[keep]
+    out["value"] = np.where(out["diverged"], 0.0, score[keep])
+    return out
+
+
+def fold_table(counted: pd.DataFrame) -> dict:
+    """fold -> (values, per-run counts or None for a diverged run, slice names or None when a scored run
+    lacks counts or the runs disagree on the slices)."""
+    table = {}
+    for fold, grp in counted.groupby("fold", sort=True):
+        parsed = [None if dv else parse_counts(t) for dv, t in
+                  zip(grp["diverged"], grp.get("test_slice_counts", pd.Series(None, index=grp.index)))]
+        scored = [p for p, dv in zip(parsed, grp["diverged"]) if not dv]
+        names = {p[0] for p in scored if p is not None}
+        ok = len(names) == 1 and all(p is not None for p in scored)
+        table[int(fold)] = (grp["value"].to_numpy(float), [p[1] if p else None for p in parsed],
+                            names.pop() if ok else None)
+    return table
+
+
+def _resample_means(values_counts, idx) -> np.ndarray:
+    """Mean pooled IoU over one arm's runs of a fold on each resample of its slices (diverged runs: 0)."""
+    _, counts, _ = values_counts
+    rows = [np.zeros(len(idx)) if c is None else D.pooled_iou_resamples(c[None], idx)[0] for c in counts]
+    return np.mean(rows, axis=0)
+
+
+# --- one estimate (an architecture's mean, or a pair's difference) over folds ------------------------------
+def estimate(a: dict, b: Optional[dict] = None, seed: int = D.BOOT_SEED, n_boot: int = D.N_BOOT) -> dict:
+    """Combine per-fold estimates (mean of a, or mean of a minus mean of b within each fold shared)."""
+    folds = sorted(set(a) & set(b)) if b is not None else sorted(a)
+    arms = [a] if b is None else [a, b]
+    sign = [1.0] if b is None else [1.0, -1.0]
+    d = np.array([sum(s * arm[k][0].mean() for s, arm in zip(sign, arms)) for k in folds])
+    groups = [arm[k][0] for arm in arms for k in folds]
+    seed_df = sum(len(g) - 1 for g in groups)
+    seed_var = sum(((g - g.mean()) ** 2).sum() for g in groups) / seed_df if seed_df else 0.0
+    v_seed = np.array([seed_var * sum(1 / len(arm[k][0]) for arm in arms) for k in folds])
+    img_var, shared, n_slices = _image_variance(arms, sign, folds, seed, n_boot)
+    v_img = np.zeros(len(folds)) if img_var is None or shared else img_var
+    v_shared = float(img_var) if shared else 0.0
+    img_df = min(D.image_df(n) for n in n_slices) if n_slices else np.inf
+    c = D.combine(d, v_seed, v_img, v_shared, seed_df if seed_df else np.inf, img_df)
+    return dict(estimate=float(c.estimate), var=float(c.var), df=float(c.df), tau2=float(c.tau2), folds=folds,
+                fold_estimates=[float(x) for x in d], fold_vars=[float(x) for x in v_seed + v_img],
+                seed_var=seed_var, seed_df=seed_df,
+                img_var=None if img_var is None else float(np.mean(img_var)), img_df=img_df, shared_images=shared,
+                n_slices=n_slices, runs_per_fold=min(len(arm[k][0]) for arm in arms for k in folds))
+
+
+def _image_variance(arms, sign, folds, seed, n_boot):
+    """(bootstrap variance of each fold's estimate from its test slices, or of their mean over folds when
+    every fold has the same slices; shared?; slices per fold) - (None, False, None) without counts."""
+    names = [arms[0][k][2] for k in folds]
+    if any(n is None for n in names) or any(arm[k][2] != arms[0][k][2] for arm in arms for k in folds):
+        return None, False, None
+    rng = np.random.default_rng(seed)
+    shared = len(folds) > 1 and len(set(names)) == 1
+    common = D.block_indices(len(names[0]), n_boot, rng) if shared else None
+    res = []
+    for k, n in zip(folds, names):
+        idx = common if shared else D.block_indices(len(n), n_boot, rng)
+        res.append(sum(s * _resample_means(arm[k], idx) for s, arm in zip(sign, arms)))
+    res = np.array(res)
+    if shared:
+        return float(res.mean(axis=0).var(ddof=1)), True, [len(n) for n in names]
+    return res.var(axis=1, ddof=1), False, [len(n) for n in names]
+
+
+def covers(e: dict) -> str:
+    """What the interval covers, in words."""
+    k = len(e["folds"])
+    parts = ["seeds"] + ([f"{k} folds (data splits)"] if k > 1 else [])
+    if e["img_var"] is None:
+        return (", ".join(parts) + " (runs only: without per-slice counts the sampling of the test images is not "
+                "covered)") + ("" if k > 1 else "; one data split only")
+    slices = e["n_slices"]
+    where = (f"the same {slices[0]} test slices in every fold" if e["shared_images"] else
+             f"{'/'.join(map(str, sorted(set(slices))))} test slices per fold")
+    text = ", ".join(parts) + f" and the test images (moving-block bootstrap over {where})"
+    return text + ("" if k > 1 else "; one data split only")
+
+
+# --- the comparison ----------------------------------------------------------------------------------
+def representatives(confirm: pd.DataFrame, selection: Optional[pd.DataFrame]) -> tuple[pd.DataFrame, list]:
+    """Per architecture, the confirmed configuration that stands for it, and notes on those left out.
+    With one confirmed configuration: that one. With several (--top K): the rank-1 configuration of
+    `selection` (the confirmation plan's ranked configurations, or mitoseg.stats.select_configs on the
+    grid rows), fixed before the confirmation runs were made, so their test scores stay unbiased; never
+    a choice on the confirmation runs' own scores."""
+    rows, notes = [], []
     for arch, grp in confirm.dropna(subset=["learning_rate", "batch_size"]).groupby("architecture", sort=True):
         configs = grp[["learning_rate", "batch_size"]].drop_duplicates()
-        if len(configs) == 1:   # nothing to choose (also for a hand-made CSV without validation scores)
-            rows.append(dict(architecture=arch, learning_rate=float(configs.iloc[0]["learning_rate"]),
-                             batch_size=int(configs.iloc[0]["batch_size"])))
-            continue
-        chosen = select_configs(grp, top=1, stage=None)
-        if len(chosen):
-            rows.append(chosen.iloc[0][["architecture", "learning_rate", "batch_size"]].to_dict())
-    return pd.DataFrame(rows, columns=["architecture", "learning_rate", "batch_size"])
+        if len(configs) > 1:
+            sel = selection[(selection["architecture"] == arch) & (selection["rank"] == 1)] \
+                if selection is not None and len(selection) else None
+            if sel is None or sel.empty or not config_mask(grp, sel.iloc[0]).any():
+                notes.append(f"{arch} has {len(configs)} confirmed configurations and no grid ranking among them "
+                             f"to pick one without using the confirmation runs' own scores: not compared")
+                continue
+            configs = sel[["learning_rate", "batch_size"]]
+        rows.append(dict(architecture=arch, learning_rate=float(configs.iloc[0]["learning_rate"]),
+                         batch_size=int(configs.iloc[0]["batch_size"])))
+    return pd.DataFrame(rows, columns=["architecture", "learning_rate", "batch_size"]), notes
 
 
-def compare_architectures(confirm: pd.DataFrame, alpha: float = ALPHA, power: float = POWER) -> dict:
+def _arm(cfg, runs: pd.DataFrame, alpha: float) -> dict:
+    counted = counted_runs(runs)
+    ok = counted[~counted["diverged"]]
+    table = fold_table(counted)
+    arm = dict(architecture=cfg["architecture"], learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
+               n_runs=len(runs), n_scored=len(counted), n_diverged=int(counted["diverged"].sum()),
+               n_not_ok=len(runs) - len(counted), n_degenerate=int(ok["degenerate"].astype(bool).sum()),
+               seeds=sorted(int(s) for s in counted["seed"].dropna()), folds=sorted(table),
+               test_iou_mean=np.nan, test_iou_std=float(counted["value"].std(ddof=1)) if len(counted) >= 2 else np.nan,
+               ci_low=np.nan, ci_high=np.nan, covers=None,
+               val_iou_mean=float(ok["best_val_iou"].mean()) if ok["best_val_iou"].notna().any() else np.nan,
+               table=table)
+    if len(counted):
+        e = estimate(table)
+        arm["test_iou_mean"] = e["estimate"]
+        if e["var"] > 0 and (len(e["folds"]) > 1 or e["seed_df"] > 0):
+            lo, hi = D.interval(e["estimate"], e["var"], e["df"], 1 - alpha)
+            arm.update(ci_low=float(max(lo, 0.0)), ci_high=float(min(hi, 1.0)), covers=covers(e))
+    return arm
+
+
+def compare_architectures(confirm: pd.DataFrame, selection: Optional[pd.DataFrame] = None,
+                          sesoi: float = DEFAULT_SESOI, alpha: float = ALPHA, power: float = POWER) -> dict:
     """Everything the report says about the confirmation runs (rows of stage "confirm")."""
-    res = dict(arms=[], pairs=[], min_detectable_difference=np.nan, mdd_detail=None, reason=None, alpha=alpha,
-               power=power, n_rows=len(confirm), counts=confirm["status"].value_counts().to_dict())
-    reps = representatives(confirm)
-    arms = {}
-    for _, cfg in reps.iterrows():
-        runs = confirm[config_mask(confirm, cfg)]
-        ok = runs[runs["success"] & runs["test_iou"].notna()]
-        stats = mean_ci(ok["test_iou"], alpha)
-        arms[cfg["architecture"]] = dict(
-            architecture=cfg["architecture"], learning_rate=cfg["learning_rate"], batch_size=cfg["batch_size"],
-            n_runs=len(runs), n_scored=stats["n"], n_not_ok=int((~runs["success"]).sum()),
-            n_degenerate=int(ok["degenerate"].astype(bool).sum()), seeds=sorted(int(s) for s in ok["seed"].dropna()),
-            test_iou_mean=stats["mean"], test_iou_std=stats["std"], ci_low=stats["ci_low"], ci_high=stats["ci_high"],
-            val_iou_mean=float(ok["best_val_iou"].mean()) if ok["best_val_iou"].notna().any() else np.nan,
-            scores=ok["test_iou"].to_numpy(float), slices=_slice_matrix(ok))
-    scored = sorted((a for a in arms.values() if a["n_scored"]), key=lambda a: -a["test_iou_mean"])
-    res["arms"] = [{k: v for k, v in a.items() if k not in ("scores", "slices")} for a in
-                   sorted(arms.values(), key=lambda a: -a["test_iou_mean"] if a["n_scored"] else math.inf)]
-    if len(confirm) and not confirm["test_iou"].notna().any():
+    res = dict(arms=[], pairs=[], min_detectable_difference=np.nan, runs_needed=None, reason=None, alpha=alpha,
+               power=power, sesoi=sesoi, n_pairs=0, notes=[], n_rows=len(confirm),
+               counts=confirm["status"].value_counts().to_dict())
+    reps, res["notes"] = representatives(confirm, selection)
+    arms = [_arm(cfg, confirm[config_mask(confirm, cfg)], alpha) for _, cfg in reps.iterrows()]
+    arms.sort(key=lambda a: -a["test_iou_mean"] if a["n_scored"] else math.inf)
+    res["arms"] = [{k: v for k, v in a.items() if k != "table"} for a in arms]
+    scored = [a for a in arms if a["n_scored"]]
+    if len(confirm) and not (confirm["test_iou"].notna() | pooled_from_counts(confirm).notna()).any():
         res["reason"] = ("the confirmation runs have no held-out test scores (give the data a testing.tif, or "
                          "--test-fraction)")
         return res
@@ -190,61 +212,82 @@ def compare_architectures(confirm: pd.DataFrame, alpha: float = ALPHA, power: fl
         res["reason"] = (f"{len(scored)} architecture(s) have confirmation runs with test scores; a comparison "
                          f"needs two")
         return res
-    pairs = [_pair(a, b, alpha, power) for a, b in itertools.combinations(scored, 2)]
-    for pair, p_adj in zip(pairs, holm([p["p"] for p in pairs], alpha)):
-        pair["p_adjusted"] = p_adj
-        pair["verdict"], pair["significant"] = _verdict(pair, alpha, power)
-    res["pairs"] = pairs
-    sds = [a["scores"] for a in scored if a["n_scored"] >= 2]
-    n_min = min(a["n_scored"] for a in scored)
-    if len(sds) == len(scored) and n_min >= 2:
-        sd = math.sqrt(sum((len(x) - 1) * x.var(ddof=1) for x in sds) / sum(len(x) - 1 for x in sds))
-        res["min_detectable_difference"] = detectable_difference(n_min, n_min, sd, alpha, power)
-        res["mdd_detail"] = dict(power=power, alpha=alpha, runs_per_architecture=n_min, pooled_sd=sd,
-                                 method="two-sample t-test (statsmodels TTestIndPower), pooled within-architecture "
-                                        "sd of the confirmation runs' test IoU, the smallest run count")
+    m = len(scored) * (len(scored) - 1) // 2
+    res["n_pairs"] = m
+    res["pairs"] = [_pair(a, b, m, sesoi, alpha, power) for a, b in itertools.combinations(scored, 2)]
+    mdds = [p["min_detectable_difference"] for p in res["pairs"]]
+    res["min_detectable_difference"] = max(mdds) if all(x is not None and math.isfinite(x) for x in mdds) else np.nan
+    needs = [p["runs_needed"] for p in res["pairs"] if p["runs_needed"]]
+    res["runs_needed"] = max(needs, key=lambda n: math.inf if n["runs"] is None else n["runs"]) if needs else None
     return res
 
 
-def _pair(a: dict, b: dict, alpha: float, power: float) -> dict:
-    w = welch(a["scores"], b["scores"], alpha)
-    sd = pooled_sd(a["scores"], b["scores"])
-    mdd = detectable_difference(a["n_scored"], b["n_scored"], sd, alpha, power)
-    target = max(abs(w["diff"]), MIN_TARGET_DIFFERENCE) if math.isfinite(w["diff"]) else np.nan
-    boot = None
-    if a["slices"] is not None and b["slices"] is not None and a["slices"][0] == b["slices"][0]:
-        boot = slice_bootstrap(a["slices"][1], b["slices"][1], alpha)
-    return dict(a=a["architecture"], b=b["architecture"], n_a=a["n_scored"], n_b=b["n_scored"],
-                mean_a=a["test_iou_mean"], mean_b=b["test_iou_mean"], diff_mean=w["diff"], ci_low=w["ci_low"],
-                ci_high=w["ci_high"], p=w["p"], p_adjusted=np.nan, reason=w["reason"], pooled_sd=sd,
-                min_detectable_difference=mdd, target_difference=target,
-                seeds_needed=seeds_needed(target, sd, alpha, power) if math.isfinite(target) else None,
-                bootstrap=boot, verdict=None, significant=None)
+def _pair(a: dict, b: dict, m: int, sesoi: float, alpha: float, power: float) -> dict:
+    common = sorted(set(a["table"]) & set(b["table"]))
+    out = dict(a=a["architecture"], b=b["architecture"], n_a=a["n_scored"], n_b=b["n_scored"],
+               mean_a=a["test_iou_mean"], mean_b=b["test_iou_mean"], diff_mean=np.nan, ci_low=np.nan,
+               ci_high=np.nan, ci_level=1 - alpha / m, p=np.nan, p_adjusted=np.nan, n_pairs=m,
+               adjustment=f"Bonferroni over {m} pair{'s' if m > 1 else ''}", decision=D.UNDECIDED, significant=False,
+               sesoi=sesoi, folds=common, covers=None, pooled_sd=np.nan, seed_df=0, fold_differences=[],
+               fold_sd=np.nan, min_detectable_difference=None, mdd_range=None, runs_needed=None, reason=None)
+    if not common:
+        out["reason"] = "the two architectures share no fold"
+        return _with_verdict(out)
+    e = estimate(a["table"], b["table"])
+    out.update(diff_mean=e["estimate"], covers=covers(e), pooled_sd=math.sqrt(e["seed_var"]), seed_df=e["seed_df"],
+               fold_differences=e["fold_estimates"], fold_sd=math.sqrt(e["tau2"]))
+    if len(common) == 1 and e["seed_df"] == 0:
+        out["reason"] = "needs at least 2 runs of each architecture on a fold, or 2 folds"
+    elif e["var"] <= D.TINY:
+        out["reason"] = "every run gave the same score, so the noise cannot be estimated"
+    else:
+        out.update(D.decide(e["estimate"], e["var"], e["df"], m, sesoi, alpha))
+        out["significant"] = out["decision"] in (D.A_BETTER, D.B_BETTER)
+        out.update(_power(e, m, sesoi, alpha, power))
+    return _with_verdict(out)
 
 
-def _verdict(p: dict, alpha: float, power: float) -> tuple[str, Optional[bool]]:
-    a, b = p["a"], p["b"]
-    if p["reason"] and p["pooled_sd"] == 0 and p["diff_mean"] == 0:
-        return (f"{a} vs {b}: no difference detected: every run of both scored test IoU {f3(p['mean_a'])}, so "
-                f"the seed noise is zero here and no detectable difference can be computed."), False
+def _power(e: dict, m: int, sesoi: float, alpha: float, power: float) -> dict:
+    """The detectable difference at these runs (and at the 95 % limits of the seed SD) and the runs needed
+    for sesoi, by simulating the rule (mitoseg.decision.simulated_noise)."""
+    from scipy import stats as sps
+    k, s = len(e["folds"]), max(2, e["runs_per_fold"])
+    spread = D.Spread(e["seed_var"], e["img_var"] or 0.0, min(e["img_df"], 1e6), e["tau2"], e["shared_images"])
+    mdd = D.min_detectable(D.simulated_noise(spread, k, s, m, alpha), power)
+    limits = None
+    if e["seed_df"] > 0:
+        df = e["seed_df"]
+        chi = [sps.chi2.ppf(q, df) for q in (1 - alpha / 2, alpha / 2)]
+        limits = [D.min_detectable(D.simulated_noise(D.Spread(e["seed_var"] * df / c, spread.img_var, spread.img_df,
+                                                              spread.tau2, spread.shared_images), k, s, m, alpha),
+                                   power)
+                  for c in chi]
+    return dict(min_detectable_difference=mdd, mdd_range=limits,
+                runs_needed=D.runs_needed(spread, sesoi, k, m, alpha, power))
+
+
+def _with_verdict(p: dict) -> dict:
+    """The pair's verdict sentence: the decision, and why."""
+    a, b, sesoi = p["a"], p["b"], p["sesoi"]
     if p["reason"]:
-        return f"{a} vs {b}: cannot be judged: {p['reason']}.", None
-    ci = f"95 % CI {f3(p['ci_low'])} to {f3(p['ci_high'])}"
-    pa = fp(p["p_adjusted"])
-    if p["p_adjusted"] < alpha and p["ci_low"] > 0:
-        text = (f"{a} beats {b} by {f3(p['diff_mean'])} test IoU ({ci}; Holm-adjusted {pa}; "
-                f"n = {p['n_a']} and {p['n_b']} seeds).")
-        boot = p["bootstrap"]
-        if boot and boot["ci_low"] <= 0:
-            text += (f" Resampling the {boot['n_slices']} test slices as well, the interval "
-                     f"({f3(boot['ci_low'])} to {f3(boot['ci_high'])}) includes 0: the lead may not hold on "
-                     f"other slices.")
-        return text, True
-    seeds = p["seeds_needed"]
-    need = (f"about {seeds} seeds per architecture would be needed for {f3(p['target_difference'])}"
-            if seeds else f"no number of seeds can be given for {f3(p['target_difference'])}")
-    if p["ci_low"] > 0:   # the unadjusted interval excludes 0, the multiplicity-adjusted test does not
-        pa += " - the unadjusted interval excludes 0, but not beyond the correction for the pairs compared"
-    return (f"{a} vs {b}: no difference detected (difference {f3(p['diff_mean'])}, {ci}, Holm-adjusted {pa}); "
-            f"with these runs (n = {p['n_a']} and {p['n_b']} seeds) the smallest difference that could be detected "
-            f"(power {power:g}) is {f3(p['min_detectable_difference'])} - {need}."), False
+        p["verdict"] = f"{a} vs {b}: undecided, cannot be judged: {p['reason']}."
+        return p
+    ci = (f"{a} - {b} = {f3(p['diff_mean'])}, {100 * p['ci_level']:.1f} % CI {f3(p['ci_low'])} to "
+          f"{f3(p['ci_high'])}, {p['adjustment']}; {fp(p['p'])}, adjusted {fp(p['p_adjusted'])[2:]}; the interval "
+          f"covers {p['covers']}")
+    if p["decision"] in (D.A_BETTER, D.B_BETTER):
+        win, lose = (a, b) if p["decision"] == D.A_BETTER else (b, a)
+        text = f"{win} is better than {lose}: the adjusted interval of the difference excludes 0 ({ci})."
+        if -sesoi <= p["ci_low"] and p["ci_high"] <= sesoi:
+            text += f" The whole interval lies within +-{sesoi:g}, smaller than the difference declared to matter."
+    elif p["decision"] == D.EQUIVALENT:
+        text = (f"{a} and {b} are equivalent within +-{sesoi:g}: the adjusted interval of the difference lies inside "
+                f"+-{sesoi:g} ({ci}).")
+    else:
+        mdd = p["min_detectable_difference"]
+        text = (f"{a} vs {b}: undecided: the adjusted interval of the difference includes 0 and reaches beyond "
+                f"+-{sesoi:g}, so neither a difference nor equivalence is shown ({ci}); these runs would detect a "
+                + (f"difference of {f3(mdd)} with power {POWER:g}." if mdd is not None else
+                   f"difference with power {POWER:g} only if it exceeded 1 IoU, i.e. never."))
+    p["verdict"] = text
+    return p

@@ -79,23 +79,33 @@ def _cells_for(configs: list, seeds: list, start: int) -> list:
     return cells
 
 
+def check_against_plan(study_dir, seeds: int, top: int = 1) -> None:
+    """ValueError (one line) when a request contradicts the study's existing confirmation plan: checked by
+    `run_study.py local --confirm-seeds` before the grid trains, and by plan_confirmation."""
+    if seeds < 1 or top < 1:
+        raise ValueError(f"--seeds and --top must be at least 1 (got {seeds} and {top})")
+    plan = G.load_confirm_plan(study_dir)
+    if plan is None:
+        return
+    path = StudyPaths(study_dir).confirm_config
+    if plan["top"] != top:
+        raise ValueError(f"{path} confirms the top {plan['top']} configuration(s) per architecture; rerun with "
+                         f"--top {plan['top']} (a different --top is a new study)")
+    if seeds < plan["seeds_per_config"]:
+        raise ValueError(f"{path} already plans {plan['seeds_per_config']} seeds per configuration; use "
+                         f"--seeds {plan['seeds_per_config']} to continue it, or more to add seeds")
+
+
 def plan_confirmation(study_dir, seeds: int, top: int = 1, allow_incomplete: bool = False,
                       log: Callable[[str], None] = print) -> dict:
     """Create (or reuse, or extend with more seeds) STUDY/confirm_config.json; returns the plan."""
-    if seeds < 1 or top < 1:
-        raise ValueError(f"--seeds and --top must be at least 1 (got {seeds} and {top})")
+    check_against_plan(study_dir, seeds, top)
     study_dir = Path(study_dir)
     grid = G.load_study_grid(study_dir)
     plan = G.load_confirm_plan(study_dir)
     now = _dt.datetime.now().isoformat(timespec="seconds")
     if plan is not None:
-        if plan["top"] != top:
-            raise ValueError(f"{StudyPaths(study_dir).confirm_config} confirms the top {plan['top']} configuration(s) per "
-                             f"architecture; rerun with --top {plan['top']} (a different --top is a new study)")
         have = plan["seeds_per_config"]
-        if seeds < have:
-            raise ValueError(f"{StudyPaths(study_dir).confirm_config} already plans {have} seeds per configuration; use "
-                             f"--seeds {have} to continue it, or more to add seeds")
         if seeds == have:
             log(f"confirmation plan {StudyPaths(study_dir).confirm_config} exists: reusing it")
             return plan

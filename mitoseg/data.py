@@ -1,7 +1,8 @@
 """Input data for mitochondria segmentation: read and validate the training (and test) data.
 
-Owns reading TIFF/PNG files as (z, y, x) stacks, pairing images with masks, the checks of what was
-read, and the `Volume` the data become (`load_dataset`). Which files a folder's data are (the two
+Owns pairing images with masks, the checks of what was read, and the `Volume` the data become
+(`load_dataset`). Files are read as (z, y, x) by what they declare in mitoseg/image_files.py (what was
+converted is recorded in the volume's scaling as `reading`); which files a folder's data are (the two
 layouts, `dataset_files`, `source_files`) is mitoseg/layout.py; grey values are scaled by
 mitoseg/scaling.py. Plain numpy (no TensorFlow), so it can be imported and tested cheaply.
 
@@ -11,17 +12,19 @@ where a traceback from deep inside tifffile tells a user nothing.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
-from .input_error import DataError, data_error, one_line
+from .image_files import read_image, read_tiff, summarise_notes
+from .input_error import data_error
 from .layout import detect_layout, list_images, natural_key
 from .scaling import apply_scaling, common_scaling, image_scaling, scale_mask
 
+
+INVERTED_MASK_FRACTION = 0.5   # more foreground than this: the mask is named as probably inverted
 
 
 @dataclass
@@ -39,103 +42,14 @@ class Volume:
         return float(self.masks.mean()) if self.masks.size else 0.0
 
 
-# ----------------------------------------------------------------------------- reading
-def _to_zyx(a: np.ndarray, path, colour: bool, what: str = "image") -> np.ndarray:
-    """Normalise a decoded image to (z, y, x): colour -> grey, drop leading singleton axes.
-
-    A colour *mask* is never averaged into grey (a red-on-black label would become {0, 85}): one whose
-    channels are equal is read from its first channel, any other is refused with a line saying so."""
-    if colour and what == "mask":
-        channels = a[..., :1] if a.shape[-1] == 2 else a[..., :3]
-        if not (channels == channels[..., :1]).all():
-            raise data_error(path, "mask is a colour image (its colour channels differ); save masks as "
-                                   "single-channel greyscale 0/255 or 0/1")
-        a = channels[..., 0]
-    elif colour:
-        # Grey = mean of the colour channels. Alpha (4th channel, or 2nd of grey+alpha) is
-        # opacity, not intensity, so it is left out of the mean.
-        channels = a[..., :1] if a.shape[-1] == 2 else a[..., :3]
-        grey = channels.astype(np.float64).mean(axis=-1)
-        a = grey.round().astype(a.dtype) if np.issubdtype(a.dtype, np.integer) else grey
-    while a.ndim > 3 and a.shape[0] == 1:
-        a = a[0]
-    if a.ndim == 2:
-        a = a[np.newaxis]
-    if a.ndim != 3 or a.size == 0:
-        raise data_error(path, f"unsupported image shape {a.shape} (expected 2D image or 3D z-stack)")
-    return a
-
-
-def _series_to_zyx(series, path, what) -> np.ndarray:
-    a, axes = np.asarray(series.asarray()), series.axes
-    # Colour if the file says so (samples axis last), or if the last axis is 3/4 wide while the
-    # two before it are image-sized: no real z-stack is 3 pixels wide, many RGB exports are.
-    looks_rgb = a.ndim >= 3 and a.shape[-1] in (3, 4) and min(a.shape[-3:-1]) > 4
-    return _to_zyx(a, path, colour=axes.endswith("S") or looks_rgb, what=what)
-
-
-def read_tiff(path, what: str = "image") -> np.ndarray:
-    """Read a TIFF as (z, y, x); a 2D image becomes (1, y, x); colour becomes grey (see `_to_zyx`).
-
-    A TIFF written in several series (e.g. appended chunks) is read whole, its series one after the
-    other along z, when they share one slice shape and dtype; otherwise it is refused: reading only
-    the first series would silently drop the rest."""
-    import tifffile  # local: keeps `import mitoseg.data` cheap
-
-    path = Path(path)
-    if not path.is_file():
-        reason = "not a file" if path.exists() else "file not found"
-        raise data_error(path, f"cannot read TIFF ({reason})")
-    # tifffile also *logs* warnings about a corrupt file ("invalid page offset ..."), which would be
-    # a second, unexplained line next to our one-line DataError: silence them while reading.
-    tiff_logger = logging.getLogger("tifffile")
-    old_level = tiff_logger.level
-    tiff_logger.setLevel(logging.CRITICAL)
-    try:
-        with tifffile.TiffFile(path) as tif:
-            parts = [(_series_to_zyx(series, path, what), series) for series in tif.series]
-    except DataError:
-        raise
-    except Exception as exc:  # tifffile raises many types on corrupt input; all mean "bad file"
-        raise data_error(path, f"cannot read TIFF ({one_line(exc) or type(exc).__name__})") from exc
-    finally:
-        tiff_logger.setLevel(old_level)
-    if not parts:
-        raise data_error(path, "cannot read TIFF (no image data)")
-    if len(parts) == 1:
-        return parts[0][0]
-    first = parts[0][0]
-    for a, _ in parts[1:]:
-        if a.shape[1:] != first.shape[1:] or a.dtype != first.dtype:
-            shapes = ", ".join(f"{b.shape[1]}x{b.shape[2]} {b.dtype}" for b, _ in parts[:4])
-            raise data_error(path, f"TIFF holds {len(parts)} series of different slice shapes or types ({shapes}"
-                                   f"{', ...' if len(parts) > 4 else ''}); save it as one stack")
-    return np.concatenate([a for a, _ in parts])
-
-
-def _read_png_mask(path: Path):
-    """A palette (indexed-colour) PNG mask as its palette indices (what label tools write), else None."""
-    from PIL import Image
-    with Image.open(path) as im:
-        return np.asarray(im) if im.mode == "P" else None
-
-
-def _read_image(path: Path, what: str = "image") -> np.ndarray:
-    if path.suffix.lower() != ".png":
-        return read_tiff(path, what)
-    import imageio.v3 as iio
-
-    try:
-        palette = _read_png_mask(path) if what == "mask" else None
-        a = np.asarray(iio.imread(path)) if palette is None else palette
-    except Exception as exc:
-        raise data_error(path, f"cannot read PNG ({one_line(exc) or type(exc).__name__})") from exc
-    if palette is not None:
-        return _to_zyx(a, path, colour=False)
-    return _to_zyx(a, path, colour=a.ndim == 3, what=what)  # a 2D PNG is never a stack: 3D means channels
-
-
 # ----------------------------------------------------------------------------- loading
+def _recorded(scaling: dict, where, notes: list) -> dict:
+    """The scaling a Volume records: where the images are, and what reading them converted (one line
+    per kind of conversion, `summarise_notes`; logged by every cell, kept in the results JSON)."""
+    reading = summarise_notes(notes)
+    return {**scaling, "file": str(where), **({"reading": reading} if reading else {})}
+
+
 def _stack_scaling(raw, path, reference, reference_name):
     if reference is None:
         return image_scaling(raw, path)
@@ -147,14 +61,15 @@ def load_stack_pair(image_path, mask_path, reference: Optional[dict] = None,
     """Load an EPFL-style image stack and its ground-truth stack. With `reference` (the training stack's
     scaling) the images are put on that scale or refused (`common_scaling`)."""
     image_path, mask_path = Path(image_path), Path(mask_path)
-    raw_img, raw_mask = read_tiff(image_path), read_tiff(mask_path, what="mask")
+    notes: list = []
+    raw_img, raw_mask = read_tiff(image_path, notes=notes), read_tiff(mask_path, "mask", notes)
     if raw_img.shape != raw_mask.shape:
         raise data_error(image_path, f"shape {raw_img.shape} does not match mask {mask_path} "
                                      f"shape {raw_mask.shape}")
     scaling = _stack_scaling(raw_img, image_path, reference, reference_name)
     return Volume(images=apply_scaling(raw_img, scaling), masks=scale_mask(raw_mask, mask_path),
                   slice_names=[f"{image_path.name}[z={z}]" for z in range(raw_img.shape[0])],
-                  source=f"{image_path} + {mask_path}", scaling={**scaling, "file": str(image_path)})
+                  source=f"{image_path} + {mask_path}", scaling=_recorded(scaling, image_path, notes))
 
 
 def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
@@ -177,9 +92,9 @@ def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
                                      f"mask ({few(no_mask)}); {len(no_img)} masks without image "
                                      f"({few(no_img)})")
     stems = sorted(imgs, key=natural_key)
-    image_slices, mask_slices, first = [], [], None
+    image_slices, mask_slices, first, notes = [], [], None, []
     for stem in stems:
-        img, mask = _read_image(imgs[stem]), _read_image(masks[stem], what="mask")
+        img, mask = read_image(imgs[stem], notes=notes), read_image(masks[stem], "mask", notes)
         for p, a in ((imgs[stem], img), (masks[stem], mask)):
             if a.shape[0] != 1:
                 raise data_error(p, f"expected a single 2D image, found {a.shape[0]} slices")
@@ -202,7 +117,7 @@ def load_folder_pairs(images_dir, masks_dir, reference: Optional[dict] = None,
     scaling = _stack_scaling(raw, images_dir, reference, reference_name)
     return Volume(images=apply_scaling(raw, scaling), masks=np.stack(mask_slices),
                   slice_names=stems, source=f"{images_dir} + {masks_dir}",
-                  scaling={**scaling, "file": str(images_dir)})
+                  scaling=_recorded(scaling, images_dir, notes))
 
 
 def _load_optional_pair(data_dir: Path, image, mask, loader, what, reference=None):
@@ -221,6 +136,23 @@ def _check_slices(train: Volume, where) -> None:
     if len(train.images) < 2:
         raise data_error(where, f"{len(train.images)} slice; training needs at least 2 whole slices "
                                 "(training and validation are separate slices)")
+
+
+def inverted_mask_warning(masks, where) -> Optional[str]:
+    """One line when more than half of the mask pixels are foreground: mitochondria are a minority of an
+    EM slice, so such a mask is probably saved inverted (255 = background). A warning, not a refusal:
+    the data may really be mostly foreground (checks.required_iou stays reachable there)."""
+    fraction = float(np.mean(masks)) if np.size(masks) else 0.0
+    if fraction <= INVERTED_MASK_FRACTION:
+        return None
+    return (f"{where}: {fraction:.0%} of the mask pixels are foreground (more than half): the mask is probably "
+            "inverted (mitochondria must be 255 or 1, background 0)")
+
+
+def mask_warnings(train: Volume, test: Optional[Volume]) -> list[str]:
+    """The inverted-mask warnings of a cell's volumes (logged by the cell, kept as data.warnings)."""
+    found = (inverted_mask_warning(v.masks, v.source) for v in (train, test) if v is not None)
+    return [w for w in found if w]
 
 
 def load_dataset(data_dir):

@@ -97,16 +97,19 @@ def absolute_path(path) -> str:
     return os.path.abspath(os.path.expanduser(str(path)))
 
 
-def with_absolute_paths(grid: GridConfig) -> GridConfig:
+def with_absolute_paths(grid: GridConfig, base) -> GridConfig:
+    """The grid with its data_dir absolute: a relative one is read against the folder `base`."""
     data_dir = grid.fixed.get("data_dir")
     if not data_dir:
         return grid
-    return GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": absolute_path(data_dir)}})
+    resolved = absolute_path(os.path.join(base, os.path.expanduser(str(data_dir))))
+    return GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": resolved}})
 
 
 def load_user_grid(path) -> GridConfig:
-    """A grid file given by the user: validated, its paths made absolute against the current folder."""
-    return with_absolute_paths(GridConfig.load(path))
+    """A grid file given by the user: validated, a relative data_dir in it read against the file's own
+    folder (where its author wrote it from; as a path inside a file, not one typed on a command line)."""
+    return with_absolute_paths(GridConfig.load(path), base=os.path.dirname(absolute_path(path)))
 
 
 def grid_differences(old: GridConfig, new: GridConfig, limit: int = 3) -> list[str]:
@@ -189,6 +192,8 @@ def grid_problems(values: dict) -> list[str]:
         repeated = sorted({repr(v) for i, v in enumerate(items) if v in items[:i] and ok(v)})
         if repeated:
             problems.append(f"{axis} repeats {', '.join(repeated)} (two identical cells)")
+        elif axis == "learning_rates":
+            problems += _same_folder_names(items)
     fixed = values.get("fixed", {})
     if not isinstance(fixed, dict):
         return problems + [f"fixed must be a JSON object, got {fixed!r}"]
@@ -200,6 +205,16 @@ def grid_problems(values: dict) -> list[str]:
     except (TypeError, ValueError) as err:
         return problems + [f"fixed: {err}"]
     return problems + [f"fixed.{text}" for _, text in config.problems()]
+
+
+def _same_folder_names(rates: list) -> list[str]:
+    """Two learning rates that print alike (1e-3 and 0.0010000001 are both lr0.001) would share a cell folder."""
+    shown = {}
+    for v in rates:
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            shown.setdefault(f"{v:g}", []).append(v)
+    return [f"learning_rates {' and '.join(map(repr, vs))} give the same folder name (lr{k}); write values that "
+            "differ in their first 6 significant digits" for k, vs in shown.items() if len(vs) > 1]
 
 
 def default_grid() -> GridConfig:

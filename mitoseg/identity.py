@@ -71,6 +71,21 @@ def finished_cell_differences(record: dict, config_dict: dict, fingerprint: Opti
     return diffs + ([data_diff] if data_diff else [])
 
 
+def copy_of(folder: str, record: Optional[dict], cell_names: Iterable[str]) -> Optional[str]:
+    """The study cell that the folder `folder` is a copy of ("exp_01_... (copy)", or any folder whose results
+    name another cell of the study), else None. A name that only extends a cell's with "_" (a cell of an
+    edited grid, e.g. "..._seed5") is no copy."""
+    names = set(cell_names)
+    recorded = (record or {}).get("experiment_id")
+    if recorded in names and recorded != folder:
+        return recorded
+    for name in sorted(names, key=len, reverse=True):
+        rest = folder[len(name):]
+        if folder.startswith(name) and rest and not rest.startswith("_"):
+            return name
+    return None
+
+
 def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optional[dict] = None,
                 check_data: bool = False) -> None:
     """ValueError (one line) for a relative data_dir in the study's grid, or for the first finished cell of
@@ -93,6 +108,8 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
         if record["status"] not in DONE_STATUSES:
             continue
         cell = by_name.get(path.parent.name)
+        if cell is None and copy_of(path.parent.name, record, by_name):
+            continue   # a copy of a cell ("exp_01_... (copy)"): listed as a duplicate, never run or counted
         if cell is None:
             raise ValueError(f"{where}: the finished cell {path.parent.name} is no cell of this grid (was the grid "
                              "edited?); restore the grid, or start a new study")

@@ -17,11 +17,13 @@ def atomic_save(path, save_fn) -> None:
     try:
         save_fn(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(err, OSError) and err.filename is None:   # e.g. a full disk: name the file being written
+            raise OSError(err.errno, err.strerror or str(err), str(path)) from None
         raise
 
 

@@ -19,6 +19,8 @@ from .input_error import DataError, data_error
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 EXPECTED_LAYOUT = ("expected training.tif + training_groundtruth.tif (or .tiff), "
                    "or images/ + masks/ folders")
+STACK_STEMS = ("training", "training_groundtruth", "testing", "testing_groundtruth")
+FOLDER_NAMES = ("images", "masks", "test_images", "test_masks")
 
 
 def natural_key(stem: str):
@@ -26,12 +28,25 @@ def natural_key(stem: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", stem)]
 
 
+def _check_entry(path: Path, kind: str = "file") -> Path:
+    """`path` itself, or one line saying why it cannot be read: a dangling symbolic link is named as
+    such (not as a missing file), a folder where a file belongs (or the reverse) as what it is."""
+    if path.is_symlink() and not path.exists():
+        raise data_error(path, f"is a dangling symbolic link (its target {os.readlink(path)} does not exist)")
+    if kind == "file" and not path.is_file():
+        raise data_error(path, "is not a file")
+    if kind == "folder" and not path.is_dir():
+        raise data_error(path, "is not a folder")
+    return path
+
+
 def list_images(folder: Path) -> dict:
     if not folder.is_dir():
         raise data_error(folder, "folder not found")
     by_stem = {}
     for p in folder.iterdir():
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_dir():
+            _check_entry(p)
             if p.stem in by_stem:
                 raise data_error(folder, f"two files share the stem '{p.stem}' "
                                          f"({by_stem[p.stem].name}, {p.name})")
@@ -42,28 +57,42 @@ def list_images(folder: Path) -> dict:
 
 
 def find_file(folder: Path, stem: str):
-    """Case-insensitive lookup of <stem>.tif / <stem>.tiff in folder (None if absent)."""
-    for suffix in (".tif", ".tiff"):
-        for p in folder.iterdir():
-            if p.is_file() and p.name.lower() == stem + suffix:
-                return p
-    return None
+    """Case-insensitive lookup of <stem>.tif / <stem>.tiff in folder (None if absent). Two candidates
+    (training.tif beside training.tiff or Training.tif) are refused, naming both: reading one of them
+    silently could train on the older file."""
+    found = sorted(p for p in folder.iterdir() if p.name.lower() in (stem + ".tif", stem + ".tiff"))
+    if len(found) > 1:
+        raise data_error(folder, f"two candidates for {stem}.tif: {found[0].name} and {found[1].name}; "
+                                 "keep one (move or rename the other)")
+    return _check_entry(found[0]) if found else None
+
+
+def _find_folder(data_dir: Path, name: str):
+    path = data_dir / name
+    return _check_entry(path, "folder") if path.is_dir() or path.is_symlink() else None
 
 
 def detect_layout(data_dir: Path):
     """("stack" | "folders", (train image, train mask), (test image, test mask)) as `load_dataset` reads
-    them (entries None when absent): the one home of the layout rules."""
+    them (entries None when absent): the one home of the layout rules. A folder holding both layouts
+    (e.g. training.tif and images/) is refused, naming both: one of them would be ignored."""
     if data_dir.is_file():
         raise data_error(data_dir, f"is a file, not a data folder; give the folder that holds it ({EXPECTED_LAYOUT})")
     if not data_dir.is_dir():
         raise data_error(data_dir, f"data folder not found ({EXPECTED_LAYOUT})")
-    sub = lambda name: data_dir / name if (data_dir / name).is_dir() else None
-    stack = (find_file(data_dir, "training"), find_file(data_dir, "training_groundtruth"))
-    if any(stack):  # stacks take precedence: they are the canonical EPFL/Lucchi format
-        return "stack", stack, (find_file(data_dir, "testing"), find_file(data_dir, "testing_groundtruth"))
-    folders = (sub("images"), sub("masks"))
-    if any(folders):
-        return "folders", folders, (sub("test_images"), sub("test_masks"))
+    stack = [find_file(data_dir, stem) for stem in STACK_STEMS]
+    folders = [_find_folder(data_dir, name) for name in FOLDER_NAMES]
+    if any(stack) and any(folders):
+        one, other = next(p for p in stack if p), next(p for p in folders if p)
+        raise data_error(data_dir, f"holds two data layouts: {one.name} (stacks) and {other.name}/ (folders of "
+                                   "slices); keep one (move the other out of this folder)")
+    if any(stack[:2]):  # the canonical EPFL/Lucchi format
+        return "stack", tuple(stack[:2]), tuple(stack[2:])
+    if any(folders[:2]):
+        return "folders", tuple(folders[:2]), tuple(folders[2:])
+    if any(stack) or any(folders):
+        found = next(p for p in [*stack, *folders] if p)
+        raise data_error(data_dir, f"holds test data ({found.name}) but no training data; {EXPECTED_LAYOUT}")
     raise data_error(data_dir, f"no recognised dataset layout; {EXPECTED_LAYOUT}")
 
 

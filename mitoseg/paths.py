@@ -218,5 +218,11 @@ class StudyPaths:
         return sorted(self.root.glob(f"{EXP_PREFIX}*/*_results.json"))
 
 
+def written_digest(path) -> Path:
+    """Beside an analysis output: the sha256 of what the analysis last wrote into it (mitoseg/summary_checks.py)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.sha256")
+
+
 def overlay_name(architecture: str) -> str:
     return f"overlay_{architecture}.png"

@@ -380,4 +380,6 @@ def make_figures(res: StudyAnalysis, out_dir: Path, history_root: Optional[Path]
         except Exception as err:  # noqa: BLE001 - a figure must never stop the report
             plt.close("all")
             out[name] = f"figure failed ({type(err).__name__}: {first_line(err)[:100]})"
+        if not isinstance(out[name], Path):   # not drawn now: an older PNG of that name would pass for this study's
+            (out_dir / name).unlink(missing_ok=True)
     return out

@@ -15,119 +15,17 @@ from . import checks
 from .anova import ALPHA
 from .comparison import POWER
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS
-from .report_confirmation import confirmation_section, confirmation_summary
+from .report_confirmation import confirmation_section
 from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean_sd_n, pct
+from .report_cells import cells_sentence
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
 from .stats import finite
-from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, OK, STATUSES, UNREADABLE
+from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 from .version import version_line
 
-LOST = (FAILED, DIVERGED, INTERRUPTED)   # the statuses of cells that ran without a model that learned, in report order
-CONFIRM_HINT = ("`python run_study.py confirm --study-dir STUDY --seeds 3` reruns each architecture's selected "
-                "configuration with fresh seeds.")
-
-
-# --- executive summary ---------------------------------------------------------------------------
-def cells_sentence(res: StudyAnalysis, expected: int) -> str:
-    """How many of the expected cells are in, by status."""
-    c = res.counts
-    parts = [f"{c[s]} {s}" for s in (OK, FAILED, DIVERGED, INTERRUPTED) if c.get(s)]
-    s = f"{res.n_finished} of {expected} cells are in ({', '.join(parts) if parts else 'none finished'})"
-    extra = []
-    if c.get(UNREADABLE):
-        extra.append(f"{c[UNREADABLE]} with an unreadable results file")
-    if c.get(MISSING):
-        extra.append(f"{c[MISSING]} missing (not started, still running, or killed)")
-    others = {k: v for k, v in c.items() if k not in (*STATUSES, UNREADABLE, MISSING)}
-    extra += [f"{v} with status '{k}'" for k, v in others.items()]
-    return s + ("; " + ", ".join(extra) if extra else "") + "."
-
-
-def opening(res: StudyAnalysis) -> str:
-    """The report's first sentence: the best configuration, or why none can be named."""
-    m = res.metric
-    best = res.overall_best
-    if res.n_ok == 0:
-        return "**No cell finished successfully, so no configuration can be ranked.**"
-    if res.soft_only:
-        return ("**This summary holds only soft Jaccard scores, and the soft metric cannot separate learned from "
-                "constant models:** a model that predicts mitochondria everywhere, or one that outputs the same "
-                "probability for every pixel, gets a soft Jaccard close to that of a model that segments, so the "
-                "configurations are not ranked here. Rerun the cells (or add the thresholded `best_val_iou` and "
-                "`all_foreground_jaccard` columns) to compare them.")
-    if best is None:
-        return "**No configuration has a score, so none can be ranked.**"
-    base = best["baseline"]
-    if res.no_model_learned:
-        if finite(base):
-            detail = (f"the best {m.label}, {f3(best['score_mean'])} ({cfg_text(best)}), does not clearly beat the "
-                      f"all-foreground baseline {f3(base)} (a model must reach {f3(checks.required_iou(base))})")
-        else:
-            detail = "the all-foreground baseline is unknown, so no score can be shown to beat it"
-        return (f"**Warning: no model learned.** {detail[0].upper() + detail[1:]}; {res.n_degenerate} of "
-                f"{res.n_ok} successful cells are degenerate. Every ranking below compares models that did not "
-                f"learn to segment mitochondria.")
-    text = (f"The best configuration is {cfg_text(best)} with {m.label} "
-            f"{mean_sd_n(best['score_mean'], best['score_std'], best['n_ok'])}, against an all-foreground baseline of "
-            f"{f3(base)} (selected on {res.selected_on}).")
-    if m.kind == "val" and finite(best.get("test_iou_mean")):
-        text += (f" Its held-out test IoU, not used for selection, is "
-                 f"{mean_sd_n(best['test_iou_mean'], best['test_iou_std'], best['n_test'])}.")
-    return text
-
-
-def comparison_sentence(comp: dict, what: str) -> str:
-    """Winner vs runner-up (mitoseg.anova.compare_runs) in words: the two means and their difference
-    come from the same runs (mitoseg.stats.run_scores); the Welch test is exploratory."""
-    a, b = comp["winner"], comp["runner_up"]
-    diff = f3(comp["diff"])
-    head = (f"{cfg_text(a)} ({f3(a['score_mean'])}, n={fint(comp['n_a'])}) vs the runner-up {cfg_text(b)} "
-            f"({f3(b['score_mean'])}, n={fint(comp['n_b'])}), difference {diff}")
-    if comp["reason"]:
-        return f"{what}: {head}. Whether this is a real difference cannot be judged: {comp['reason']}."
-    test = f"exploratory Welch t-test {fp(comp['p'])}, not adjusted for the grid's other comparisons"
-    if comp["clear"]:
-        return f"{what}: {head}; the winner is ahead beyond seed noise ({test})."
-    return f"{what}: {head}; this is within seed noise ({test}), so no winner can be called."
-
-
-def selection_caveat(res: StudyAnalysis) -> str:
-    """What follows "selected on <data>": said plainly when the data is the test set."""
-    if res.metric.kind == "test":
-        return (": the summary has no validation IoU, so selection and score use the same test data and the score "
-                "is optimistic")
-    return ""
-
-
-def executive_summary(doc: Doc, res: StudyAnalysis, expected: int):
-    """The opening, the cell counts, the architecture comparisons, failures and degenerate cells."""
-    doc.h(2, "Executive summary")
-    doc.p(opening(res))
-    doc.p(cells_sentence(res, expected))
-    summary = []
-    n, counts, conf = res.n_rows, res.counts, res.confirmation
-    if conf is not None:
-        summary += confirmation_summary(conf)
-    if res.n_ok and not res.soft_only:
-        comp = res.comparisons.get("architectures")
-        if comp:
-            summary.append(comparison_sentence(comp, f"Best architecture in the grid (on {res.selected_on}, the data it was "
-                                                     f"selected on{selection_caveat(res)})"))
-            if conf is None:
-                summary.append("No confirmation runs yet, so the architectures are not compared on the test set: "
-                               + CONFIRM_HINT)
-        elif len(res.best) == 1:
-            summary.append(f"Only one architecture ({res.best.iloc[0]['architecture']}) has successful runs, so "
-                           f"architectures cannot be compared.")
-    fails = [f"{counts.get(s, 0)} of {n} cells {s} ({pct(counts.get(s, 0), n)})" for s in LOST if counts.get(s)]
-    if fails:
-        summary.append("Failures: " + "; ".join(fails) + ".")
-    if res.n_ok and not res.soft_only:
-        summary.append(f"Degenerate (did not learn): {res.n_degenerate} of {res.n_ok} successful cells "
-                       f"({pct(res.n_degenerate, res.n_ok)}).")
-    doc.ul(summary)
+from .report_summary import comparison_sentence, executive_summary, selection_caveat
 
 
 # --- findings and the selected configurations ----------------------------------------------------
@@ -227,8 +125,10 @@ def figure_captions(label: str) -> dict:
         FIG_CURVES: "Loss and scores per epoch of the best run of each architecture.",
         FIG_BASELINE: "This study's best configurations against the baseline study's: score and stability side by "
                       "side, with the improvement factors.",
-        FIG_CONFIRMATION: "Confirmation runs (fresh seeds): the test IoU of every run (dots) and each "
-                          "architecture's mean with its 95 % t interval over seeds.",
+        FIG_CONFIRMATION: "Confirmation runs (fresh seeds, each fold): the test IoU of every run (dots) and each "
+                          "architecture's mean with its 95 % interval (seeds, folds and, with per-slice counts, test "
+                          "images; clipped to [0, 1]). The decisions compare architectures within folds, so "
+                          "overlapping intervals here do not by themselves mean undecided.",
     }
 
 
@@ -286,9 +186,10 @@ def definitions(doc: Doc, res: StudyAnalysis):
         "soft Jaccard (`best_val_jaccard`): Jaccard on probabilities with +1 smoothing, as in the original study; "
         "it is not a segmentation score and cannot separate learned from constant models.",
         "all-foreground baseline (`all_foreground_jaccard`): the IoU of predicting mitochondria at every pixel.",
-        f"degenerate: IoU below baseline + max({checks.MIN_MARGIN}, {checks.RELATIVE_MARGIN} x baseline), or "
-        f"predicted foreground fraction below {checks.MIN_FOREGROUND_FRACTION} or above "
-        f"{checks.MAX_FOREGROUND_FRACTION} (rule in `mitoseg/checks.py`, recomputed from the summary columns).",
+        f"degenerate: IoU below baseline + max({checks.MIN_MARGIN}, {checks.RELATIVE_MARGIN} x baseline) (at most half "
+        f"the way from the baseline to 1), or predicted foreground fraction below {checks.MIN_FOREGROUND_FRACTION} or "
+        f"above {checks.MAX_FOREGROUND_FRACTION} where less is foreground (rule in `mitoseg/checks.py`, recomputed "
+        "from the summary columns).",
         "val-loss stability (`val_loss_stability`): sample standard deviation of the validation loss over the last "
         "10 epochs; lower is steadier.",
         "overfitting gap (`overfitting_gap`): final validation loss minus final training loss; flagged as signs of "
@@ -302,9 +203,13 @@ def definitions(doc: Doc, res: StudyAnalysis):
         "predict.py use)" + ("; test scores never select." if res.metric.kind != "test" else
                              "; this summary has no validation IoU, so it selects on test (optimistic)."),
         "confirmation runs (stage `confirm`): the selected configurations retrained with seeds the study had not "
-        "used; the architecture comparison uses only their test IoU (95 % t interval over seeds; differences with "
-        "a Welch interval and Welch t-test, p-values Holm-adjusted over the pairs; detectable difference and seeds "
-        f"needed from a two-sample t-test power analysis at power {POWER:g}).",
+        "used, on one or more folds (data splits); the architecture comparison uses only their test IoU pooled over "
+        "each run's test pixels. Per fold, the difference of the architectures' mean; its variance from the seeds "
+        "and (with per-slice counts) a moving-block bootstrap of the test slices; folds combined by a random-effects "
+        "model with the Hartung-Knapp correction; each pair decided by its interval at 1 - 0.05/m (Bonferroni over "
+        "the m pairs): a_better / b_better when it excludes 0, equivalent when it lies within +-sesoi, else "
+        f"undecided; the detectable difference (power {POWER:g}) and runs needed by simulating the same rule "
+        "(mitoseg/decision.py; Hyperparameter_Optimization_Strategy.md).",
     ])
 
 

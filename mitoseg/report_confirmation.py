@@ -1,82 +1,169 @@
-"""The report's words on the confirmation stage (mitoseg.comparison): the executive summary's lines
-and the section with every confirmation run. Verdicts first, then the numbers behind them.
+"""The report's words on the confirmation stage (mitoseg.comparison): the executive summary's opening
+sentence and lines, and the section with every confirmation run. The answer first, then the numbers
+behind it.
 """
 from __future__ import annotations
 
 from .comparison import POWER
-from .report_format import NA, Doc, cfg_text, ci_text, clean_text, f3, fg, fint, fp
-from .stats import finite
+from .decision import A_BETTER, B_BETTER, EQUIVALENT
+from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp
+from .status import DIVERGED
 from .study_analysis import StudyAnalysis
 
+CONFIRM_COMMAND = "python run_study.py confirm --study-dir STUDY --seeds 3 --folds 2"
 NO_CONFIRMATION = ("No confirmation runs in this study. The ranking above is on the validation data the configurations "
                    "were selected on; to compare the architectures on the test set, rerun each architecture's selected "
-                   "configuration with fresh seeds: `python run_study.py confirm --study-dir STUDY --seeds 3` "
+                   f"configuration with fresh seeds on several data splits: `{CONFIRM_COMMAND}` "
                    "(`--scheduler pbs|slurm` for the cluster).")
+RETEST_WARNING = ("Adding runs after seeing this result and testing again raises the false-positive rate: decide the "
+                  "number of runs beforehand (a new confirmation plan) or correct for the repeated look.")
+
+
+def _design(conf: dict) -> str:
+    """The design in words, e.g. "4 runs per architecture on 2 folds" (from the compared architectures)."""
+    arms = [a for a in conf["arms"] if a["n_scored"]]
+    runs = sorted({a["n_scored"] for a in arms})
+    folds = sorted({len(a["folds"]) for a in arms})
+    return (f"{'/'.join(map(str, runs))} runs per architecture on {'/'.join(map(str, folds))} "
+            f"fold{'s' if folds != [1] else ''}")
+
+
+def runs_needed_text(need: dict, sesoi: float) -> str:
+    """How many runs would detect sesoi, or why no number can be given."""
+    if need is None:
+        return "the runs needed cannot be computed"
+    if need["runs"] is None:
+        return f"no number of runs can be given for a difference of {sesoi:g}: {need['reason']}"
+    design = (f"{need['folds']} folds x {need['seeds']} seeds" if need["folds"] > 1 else
+              f"{need['seeds']} seeds on this one data split")
+    return (f"about {need['runs']} runs per architecture ({design}) would be needed to detect a difference of "
+            f"{sesoi:g} with power {POWER:g}")
+
+
+def headline(conf: dict) -> str:
+    """The executive summary's first sentence: the comparison's result."""
+    if conf["reason"]:
+        return f"The architectures cannot be compared on the confirmation runs: {conf['reason']}."
+    pairs, sesoi = conf["pairs"], conf["sesoi"]
+    wins = [p for p in pairs if p["decision"] in (A_BETTER, B_BETTER)]
+    equal = [p for p in pairs if p["decision"] == EQUIVALENT]
+    basis = (f"test IoU of the confirmation runs, {_design(conf)}, {conf['n_pairs']} pair"
+             f"{'s' if conf['n_pairs'] > 1 else ''} with Bonferroni-adjusted intervals")
+    if wins:
+        text = f"On the {basis}: " + "; ".join(_win_text(p) for p in wins)
+    else:
+        text = f"No architecture is detectably better ({basis})"
+    if len(equal) == len(pairs):
+        text += f"; every pair is equivalent within +-{sesoi:g}"
+    elif equal:
+        text += "; equivalent within +-{:g}: {}".format(sesoi, ", ".join(f"{p['a']} and {p['b']}" for p in equal))
+    elif not wins:
+        text += f"; equivalence within +-{sesoi:g} is not established"
+    if len(wins) + len(equal) < len(pairs):
+        text += "; " + runs_needed_text(conf["runs_needed"], sesoi)
+    return text + "."
+
+
+def _win_text(p: dict) -> str:
+    win, lose = (p["a"], p["b"]) if p["decision"] == A_BETTER else (p["b"], p["a"])
+    sign = 1 if p["decision"] == A_BETTER else -1
+    lo, hi = sorted((sign * p["ci_low"], sign * p["ci_high"]))
+    return (f"{win} is detectably better than {lose}, by {f3(sign * p['diff_mean'])} test IoU "
+            f"({100 * p['ci_level']:.1f} % CI {f3(lo)} to {f3(hi)})")
 
 
 def arm_text(a: dict) -> str:
     """One architecture's confirmation runs in words."""
-    return (f"{cfg_text(a)}: mean test IoU {f3(a['test_iou_mean'])} ({ci_text(a['ci_low'], a['ci_high'])}, "
-            f"n={a['n_scored']} seeds)")
+    ci = f"95 % CI {f3(a['ci_low'])} to {f3(a['ci_high'])}" if a["covers"] else "no interval (too few runs)"
+    return f"{cfg_text(a)}: mean test IoU {f3(a['test_iou_mean'])} ({ci}; n={a['n_scored']} runs)"
 
 
 def confirmation_summary(conf: dict) -> list:
-    """The executive summary's lines on the confirmation runs: the verdicts first."""
+    """The executive summary's lines on the confirmation runs after the headline: each pair's decision,
+    the architectures' means, the runs that count, the power and the warning on adding runs."""
+    scored = [arm_text(a) for a in conf["arms"] if a["n_scored"]]
+    arms = ["Per architecture: " + "; ".join(scored) + "."] if scored else []
     if conf["reason"]:
-        return [f"Architecture comparison on the confirmation runs: not possible: {conf['reason']}."]
-    lines = [f"Architecture comparison on fresh seeds (confirmation runs, test set): {p['verdict']}"
-             for p in conf["pairs"]]
-    lines.append("Per architecture: " + "; ".join(arm_text(a) for a in conf["arms"] if a["n_scored"]) + ".")
+        return arms + conf["notes"]
+    lines = [f"`{p['decision']}`: {p['verdict']}" for p in conf["pairs"]] + arms
+    lines += conf["notes"]
     flawed = [f"{a['n_degenerate']} of {a['n_scored']} {a['architecture']}" for a in conf["arms"] if a["n_degenerate"]]
+    diverged = [f"{a['n_diverged']} {a['architecture']}" for a in conf["arms"] if a["n_diverged"]]
     failed = [f"{a['n_not_ok']} {a['architecture']}" for a in conf["arms"] if a["n_not_ok"]]
     if flawed:
-        lines.append(f"Degenerate confirmation runs (did not learn; kept in the means): {', '.join(flawed)}.")
+        lines.append(f"Degenerate confirmation runs (did not learn; counted with their score): {', '.join(flawed)}.")
+    if diverged:
+        lines.append(f"Diverged confirmation runs (counted as test IoU 0, the score of predicting no mitochondria): "
+                     f"{', '.join(diverged)}.")
     if failed:
-        lines.append(f"Confirmation runs without a score (failed, diverged or missing): {', '.join(failed)}.")
-    if finite(conf["min_detectable_difference"]):
-        d = conf["mdd_detail"]
-        lines.append(f"With {d['runs_per_architecture']} runs per architecture, the smallest difference these runs "
-                     f"could detect (power {conf['power']:g}, alpha {conf['alpha']:g}) is "
-                     f"{f3(conf['min_detectable_difference'])} test IoU.")
+        lines.append(f"Confirmation runs left out (failed, interrupted or missing: not outcomes of the configuration): "
+                     f"{', '.join(failed)}.")
+    lines.append(power_text(conf))
     return lines
 
 
+def power_text(conf: dict) -> str:
+    """The detectable difference of the rule at these runs, with the uncertainty of the spread."""
+    judged = [p for p in conf["pairs"] if not p["reason"]]
+    if not judged:
+        return "No detectable difference can be computed (see the pairs above). " + RETEST_WARNING
+    worst = max(judged, key=lambda p: p["min_detectable_difference"] or 2.0)
+    mdd, rng = worst["min_detectable_difference"], worst["mdd_range"]
+    if mdd is None:
+        text = (f"With {_design(conf)}, no difference up to 1 IoU would be detected with power {POWER:g} "
+                f"for {worst['a']} vs {worst['b']}")
+    else:
+        text = (f"With {_design(conf)}, the decision rule detects a difference of {f3(mdd)} test IoU with power "
+                f"{POWER:g} (alpha {conf['alpha']:g}, Bonferroni over {conf['n_pairs']} "
+                f"pair{'s' if conf['n_pairs'] > 1 else ''}; the least sensitive pair, {worst['a']} vs {worst['b']})")
+    if rng:
+        lo, hi = (f3(x) if x is not None else "more than 1" for x in rng)
+        text += (f"; {lo} to {hi} at the 95 % confidence limits of the seed SD ({f3(worst['pooled_sd'])}, "
+                 f"{worst['seed_df']} degrees of freedom)")
+    if len(worst["folds"]) > 1:
+        text += (f"; the fold-to-fold SD of the difference ({f3(worst['fold_sd'])}) rests on {len(worst['folds'])} "
+                 f"folds, {len(worst['folds']) - 1} degree{'s' if len(worst['folds']) > 2 else ''} of freedom")
+    return (text + ". Computed by simulating the same rule (normal approximation; seed and image variances drawn "
+                   "on their degrees of freedom). " + RETEST_WARNING)
+
+
 def confirmation_section(doc: Doc, res: StudyAnalysis):
-    """Each architecture's confirmation runs, the pairwise comparison, and every run."""
-    doc.h(2, "Architecture comparison on fresh seeds (confirmation stage)")
+    """Each architecture's confirmation runs, the pairwise decisions, and every run."""
+    doc.h(2, "Architecture comparison on fresh seeds and folds (confirmation stage)")
     conf = res.confirmation
     if conf is None:
         doc.p(NO_CONFIRMATION)
         return
-    doc.p(f"Each architecture's configuration selected on {res.selected_on}, retrained with seeds the grid did not "
-          "use, scored on the held-out test slices. Failed runs have no score and are not in the means; degenerate runs are "
-          "(they are outcomes of the configuration).")
-    doc.table(["architecture", "learning rate", "batch size", "runs (scored)", "seeds", "mean test IoU",
-               "95% CI over seeds", "std", "mean val IoU", "degenerate"],
+    doc.p(f"Each architecture's configuration selected on {res.selected_on} (the grid's rank 1), retrained with seeds the grid "
+          "did not use on each fold (data split), scored on the held-out test slices by IoU pooled over the test "
+          "pixels. Degenerate runs count with their score, diverged runs as IoU 0; failed, interrupted or missing "
+          f"runs are left out. Smallest difference that matters (sesoi): {conf['sesoi']:g}.")
+    doc.table(["architecture", "learning rate", "batch size", "runs (counted)", "fold ids", "seeds", "mean test IoU",
+               "95% CI (clipped to [0, 1])", "SD over runs", "mean val IoU", "degenerate", DIVERGED],
               [[a["architecture"], fg(a["learning_rate"]), fint(a["batch_size"]), f"{a['n_runs']} ({a['n_scored']})",
-                ", ".join(str(x) for x in a["seeds"]) or NA, f3(a["test_iou_mean"]),
-                f"{f3(a['ci_low'])} to {f3(a['ci_high'])}", f3(a["test_iou_std"]), f3(a["val_iou_mean"]),
-                str(a["n_degenerate"])] for a in conf["arms"]])
+                ", ".join(map(str, a["folds"])) or NA, ", ".join(str(x) for x in a["seeds"]) or NA,
+                f3(a["test_iou_mean"]), f"{f3(a['ci_low'])} to {f3(a['ci_high'])}", f3(a["test_iou_std"]),
+                f3(a["val_iou_mean"]), str(a["n_degenerate"]), str(a["n_diverged"])] for a in conf["arms"]])
     if conf["reason"]:
         doc.p(f"Pairwise comparison not computed: {conf['reason']}.")
     else:
-        doc.table(["A", "B", "mean A - B", "95% CI (Welch)", "p (Welch)", "p Holm-adjusted",
-                   "bootstrap 95% CI (seeds x slices, paired on slices)", f"detectable (power {POWER:g})", "verdict"],
-                  [pair_row(p) for p in conf["pairs"]])
+        doc.table(["A", "B", "mean A - B", "adjusted CI", "per-fold A - B", "fold SD", "p (raw; x pairs)",
+                   f"detectable (power {POWER:g})", "decision", "verdict"], [pair_row(p) for p in conf["pairs"]])
+        doc.p(power_text(conf))
     rows = []
     for _, r in res.confirm_df.sort_values(["architecture", "seed"], na_position="last").iterrows():
         rows.append([str(r["experiment_id"]), r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
-                     fint(r["seed"]), r["status"], f3(r["test_iou"]), f3(r["best_val_iou"]),
+                     fint(r["fold"]) if "fold" in r and r["fold"] == r["fold"] else "0", fint(r["seed"]),
+                     r["status"], f3(r["test_iou"]), f3(r["best_val_iou"]),
                      ("yes" if r["degenerate"] else "no") if r["success"] else "", clean_text(r["error"])[:120]])
     doc.p("Every confirmation run:")
-    doc.table(["experiment", "architecture", "lr", "batch", "seed", "status", "test IoU", "val IoU", "degenerate",
-               "error"], rows)
+    doc.table(["experiment", "architecture", "lr", "batch", "fold", "seed", "status", "test IoU", "val IoU",
+               "degenerate", "error"], rows)
 
 
 def pair_row(p: dict) -> list:
     """One row of the pairwise comparison table."""
-    boot = p["bootstrap"]
-    return [p["a"], p["b"], f3(p["diff_mean"]), f"{f3(p['ci_low'])} to {f3(p['ci_high'])}", fp(p["p"]),
-            fp(p["p_adjusted"]),
-            f"{f3(boot['ci_low'])} to {f3(boot['ci_high'])} ({boot['n_slices']} slices)" if boot
-            else "no per-slice scores", f3(p["min_detectable_difference"]), p["verdict"]]
+    return [p["a"], p["b"], f3(p["diff_mean"]),
+            f"{100 * p['ci_level']:.1f} % CI {f3(p['ci_low'])} to {f3(p['ci_high'])} ({p['adjustment']})",
+            ", ".join(f3(x) for x in p["fold_differences"]) or NA, f3(p["fold_sd"]),
+            f"{fp(p['p'])}; {fp(p['p_adjusted'])}", f3(p["min_detectable_difference"]), p["decision"], p["verdict"]]

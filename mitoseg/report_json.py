@@ -23,9 +23,14 @@ CONFIG_COLUMNS = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok
                   "score_mean", "score_std", "score_sem", "stability_mean", "baseline", "degenerate", "best_run"]
 EXPLORATORY = ("exploratory: the grid's configurations are selected on the same scores and these p-values are not "
                "adjusted across tests; the confirmation runs compare the architectures")
-PAIR_FIELDS = ("a", "b", "diff_mean", "ci_low", "ci_high", "p_adjusted", "verdict", "p", "n_a", "n_b", "mean_a",
-               "mean_b", "significant", "min_detectable_difference", "seeds_needed", "target_difference",
-               "pooled_sd", "bootstrap", "reason")
+PAIR_FIELDS = ("a", "b", "decision", "diff_mean", "ci_low", "ci_high", "ci_level", "p_adjusted", "adjustment",
+               "n_pairs", "verdict", "p", "n_a", "n_b", "mean_a", "mean_b", "significant", "sesoi", "covers", "folds",
+               "fold_differences", "fold_sd", "pooled_sd", "seed_df", "min_detectable_difference", "mdd_range",
+               "runs_needed", "reason")
+
+
+MDD_METHOD = ("the decision rule simulated (mitoseg.decision.simulated_noise: normal approximation, variances drawn "
+              "on their degrees of freedom); the largest over the pairs")
 
 
 def jsonable(x):
@@ -82,8 +87,8 @@ def flags_json(res: StudyAnalysis) -> dict:
         no_model_learned=res.no_model_learned, soft_only=res.soft_only, has_seeds=res.has_seeds,
         degenerate_cells=res.n_degenerate,
         degenerate_fraction_of_successful=(res.n_degenerate / res.n_ok) if res.n_ok else None,
-        failed_fraction=res.counts.get(FAILED, 0) / res.n_rows,
-        diverged_fraction=res.counts.get(DIVERGED, 0) / res.n_rows,
+        failed_fraction=res.counts.get(FAILED, 0) / res.n_rows if res.n_rows else None,
+        diverged_fraction=res.counts.get(DIVERGED, 0) / res.n_rows if res.n_rows else None,
         edge_of_grid=res.edges, overfitting=res.overfitting)
 
 
@@ -140,5 +145,7 @@ def confirmation_json(conf: Optional[dict]) -> Optional[dict]:
     """The confirmation runs per architecture and their counts (None without confirmation runs)."""
     if conf is None:
         return None
-    return dict(architectures=conf["arms"], reason=conf["reason"], alpha=conf["alpha"], power=conf["power"],
-                runs=conf["n_rows"], by_status=conf["counts"], min_detectable_difference_detail=conf["mdd_detail"])
+    return dict(architectures=conf["arms"], reason=conf["reason"], notes=conf["notes"], alpha=conf["alpha"],
+                power=conf["power"], sesoi=conf["sesoi"], n_pairs=conf["n_pairs"], runs=conf["n_rows"],
+                by_status=conf["counts"], runs_needed=conf["runs_needed"],
+                min_detectable_difference_method=MDD_METHOD)

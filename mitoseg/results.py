@@ -37,7 +37,10 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("seed", (int,), "seed of Python, numpy, TensorFlow and the data shuffle"),
     ("task_index", (int, type(None)), "grid index of the cell, null for a hand-run cell"),
     ("config", (dict,), "the resolved TrainConfig (every setting, defaults included)"),
-    ("data", (dict,), "data source, slice split (train/val/test slice indices), patch counts; image scaling (scaling, test_scaling) and data_fingerprint (older files may lack these)"),
+    ("data", (dict,), "data source, slice split (train/val/test slice indices), patch counts; image scaling (scaling, test_scaling; "
+                      "their `reading` lists what reading the files converted, e.g. MINISWHITE inverted), data_fingerprint, and "
+                      "`warnings`: one line per data warning, e.g. a mask more than half foreground, probably inverted "
+                      "(older files may lack these)"),
     ("epochs_run", (int,), "epochs completed (less than config.epochs after early stopping)"),
     ("best_epoch", (int, type(None)), "1-based epoch with the best val thresholded IoU (the saved model)"),
     ("epochs_to_best", (int, type(None)), "same as best_epoch; kept under the original study's name"),

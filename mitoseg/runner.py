@@ -53,36 +53,51 @@ def cell_state(study_dir, cell: G.Cell) -> str:
     return STARTED if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else MISSING
 
 
-def parse_cells(spec: str, size: int) -> list[int]:
-    """'0,3-5' -> [0, 3, 4, 5]; every index must be inside the grid."""
+def parse_cells(spec: str, size: int, extra: Iterable[int] = ()) -> list[int]:
+    """'0,3-5' -> [0, 3, 4, 5]; every index must be a grid cell (0..size-1) or one of `extra` (the study's
+    confirmation cells). An empty selection is an error, never "every cell"."""
+    valid = set(range(size)) | set(extra)
+    span = f"0..{size - 1}" + (f", confirmation cells {min(extra)}..{max(extra)}" if extra else "")
     out: list[int] = []
     for part in (p.strip() for p in spec.split(",")):
         if not part:
             continue
         m = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
         if not m:
-            raise ValueError(f"bad cell range {part!r}; use e.g. 0,3-5")
+            raise ValueError(f"--cells: bad cell range {part!r}; use e.g. 0,3-5")
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if lo > hi or hi >= size:
-            raise ValueError(f"cell range {part!r} is outside the grid (0..{size - 1})")
+        if lo > hi:
+            raise ValueError(f"--cells: range {part!r} is reversed; write {hi}-{lo}")
+        outside = [i for i in range(lo, hi + 1) if i not in valid]
+        if outside:
+            raise ValueError(f"--cells: {part!r} is outside the study's cells ({span})")
         out.extend(i for i in range(lo, hi + 1) if i not in out)
     if not out:
-        raise ValueError("no cells selected")
+        raise ValueError(f"--cells {spec!r} selects no cell (an empty --cells is not 'every cell'; omit the flag "
+                         "for every cell)")
     return out
 
 
-def select_cells(grid: G.GridConfig, spec: Optional[str] = None,
-                 architectures: Optional[Iterable[str]] = None) -> list[G.Cell]:
+def select_cells(grid: G.GridConfig, spec: Optional[str] = None, architectures: Optional[Iterable[str]] = None,
+                 study_dir=None) -> list[G.Cell]:
+    """The cells chosen by --cells and --arch: the grid's, or (named by --cells) the study's confirmation cells.
+    None means "not given"; an empty value is an error."""
     chosen = G.cells(grid)
-    if spec:
-        wanted = set(parse_cells(spec, grid.size))
-        chosen = [c for c in chosen if c.index in wanted]
-    if architectures:
-        archs = set(architectures)
+    if spec is not None:
+        extra = G.confirm_cells(study_dir) if study_dir is not None and Path(study_dir).is_dir() else []
+        wanted = set(parse_cells(spec, grid.size, [c.index for c in extra]))
+        chosen = [c for c in chosen + extra if c.index in wanted]
+    if architectures is not None:
+        archs = {a.strip() for a in architectures}
+        if "" in archs:
+            raise ValueError("--arch '' names no architecture; omit the flag for every architecture")
         unknown = archs - set(grid.architectures)
         if unknown:
-            raise ValueError(f"architecture(s) not in the grid: {', '.join(sorted(unknown))}")
+            raise ValueError(f"--arch: architecture(s) not in the grid: {', '.join(sorted(unknown))} "
+                             f"(the grid has {', '.join(grid.architectures)})")
         chosen = [c for c in chosen if c.architecture in archs]
+        if not chosen:
+            raise ValueError("--cells and --arch together select no cell")
     return chosen
 
 

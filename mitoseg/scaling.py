@@ -125,7 +125,10 @@ def scale_mask(array, path="<array>") -> np.ndarray:
 
 
 def log_scaling(train_scaling: Optional[dict], test_scaling: Optional[dict], log) -> None:
-    """The chosen scaling of the training (and test) images, one line each (README: Data layouts)."""
+    """The chosen scaling of the training (and test) images, one line each (README: Data layouts), after
+    one line per conversion their files needed to be read as grey values (mitoseg/image_files.py)."""
     for what, scaling in (("training", train_scaling), ("test", test_scaling)):
         if scaling is not None:
+            for line in scaling.get("reading") or ():
+                log(f"reading ({what}): {line}")
             log(f"image scaling ({what}): {scaling.get('file', '?')}: {describe_scaling(scaling)}")

@@ -21,6 +21,7 @@ STARTED = "started"             # an exp_ folder without a results file: running
 RUNNING = "running"             # status: training, its history growing
 STALLED = "stalled"             # status: no write for longer than an epoch should take
 FINISHED = "finished"           # status: ok or diverged
+FOREIGN = "foreign"             # status: the cell's folder holds another cell's results (mitoseg/membership.py)
 BUSY = "running elsewhere"      # train_one.py exited EXIT_BUSY: another process holds the cell's lock
 
 

@@ -15,12 +15,11 @@ import pandas as pd
 
 from .anova import compare_runs, correlation_matrix, factorial_anova, one_way_anova, tukey_architectures
 from .checks import required_iou
-from .comparison import compare_architectures
+from .comparison import DEFAULT_SESOI, compare_architectures
 from .stats import (FACTORS, Metric, add_score, aggregate_configs, baseline_comparison, best_from_selection,
                     choose_metric, counted_runs, edge_notes, factor_effects, finite, most_stable_configs, run_scores,
                     select_configs)
 from .status import STATUSES
-from .summary import SummaryError
 
 OVERFIT_RELATIVE_GAP = 0.2   # final val loss more than 20 % above final train loss -> "signs of overfitting"
 SELECTED_ON = {"val": "validation", "test": "test", "soft": "soft validation Jaccard"}   # Metric.kind -> words
@@ -65,12 +64,10 @@ class StudyAnalysis:
 
 
 def split_stages(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(grid rows, confirmation rows); SummaryError when there are no grid rows to select on."""
+    """(grid rows, confirmation rows); either may be empty (a hand-made CSV of confirmation runs alone is
+    compared as it is: the comparison needs no selection)."""
     confirm = df[df["stage"] == "confirm"] if "stage" in df.columns else df.iloc[:0]
     grid = df[df["stage"] != "confirm"] if "stage" in df.columns else df
-    if grid.empty:
-        raise SummaryError("the summary has confirmation rows only (stage confirm); the grid's rows are needed "
-                           "to select on")
     return grid, confirm
 
 
@@ -111,11 +108,15 @@ def no_model_learned(overall: Optional[pd.Series], soft: bool, n_ok: int, n_deg:
     return bool(n_ok and (n_deg == n_ok or not beats))
 
 
-def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> StudyAnalysis:
+def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None, sesoi: float = DEFAULT_SESOI,
+            plan_configs: Optional[list] = None) -> StudyAnalysis:
     """All numbers the figures and reports use, from a normalized summary DataFrame (and an optional
-    baseline study's summary)."""
+    baseline study's summary; sesoi: the smallest test IoU difference between architectures that matters;
+    plan_configs: the confirmation plan's ranked configurations, else the grid's selection ranks them)."""
     df, confirm = split_stages(df)
-    metric = choose_metric(df)
+    # a grid without a single success (its cells removed, or all failed) still has a headline metric when
+    # the confirmation stage has runs: theirs, not the "soft" fallback of an empty table
+    metric = choose_metric(df if df["success"].any() or confirm.empty else pd.concat([df, confirm]))
     df = add_score(df, metric)
     ok = df[df["success"] & df["score"].notna()].copy()
     counted = counted_runs(df).assign(score=lambda d: d["outcome"])
@@ -147,4 +148,5 @@ def analyze(df: pd.DataFrame, baseline: Optional[pd.DataFrame] = None) -> StudyA
         baseline=baseline_comparison(df, best, baseline) if baseline is not None else None,
         selected_on=SELECTED_ON[metric.kind],
         confirm_df=confirm,
-        confirmation=compare_architectures(confirm) if len(confirm) else None)
+        confirmation=compare_architectures(confirm, pd.DataFrame(plan_configs) if plan_configs else selection, sesoi)
+        if len(confirm) else None)

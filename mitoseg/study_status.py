@@ -28,7 +28,8 @@ from . import grid as G
 from .paths import StudyPaths
 from .results import ResultsError, load_results
 from .console import fmt_duration, fmt_score
-from .status import (DONE_STATUSES, EXIT_FAILED, EXIT_OK, FAILED, FINISHED, INTERRUPTED, MISSING, RUNNING,
+from .membership import study_membership
+from .status import (DONE_STATUSES, EXIT_FAILED, EXIT_OK, FAILED, FINISHED, FOREIGN, INTERRUPTED, MISSING, RUNNING,
                      STALLED)
 from .version import version_info
 
@@ -120,10 +121,15 @@ def expected_epoch_s(row: dict, rows: list[dict]) -> Optional[float]:
     return None
 
 
-def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None) -> list[dict]:
+def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None, members=None) -> list[dict]:
     study_dir = Path(study_dir)
     now = time.time() if now is None else now
-    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in G.study_cells(study_dir, grid)]
+    members = members or study_membership(study_dir, grid)
+    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in members.cells.values()]
+    for row in rows:
+        why = members.foreign.get(row["cell"].name)
+        if why:   # another cell's results in this cell's folder: not run, as far as this study is concerned
+            row.update(state=FOREIGN, epoch=0, best_iou=None, overhead_s=None, epoch_times=[], note=why)
     for row in rows:
         row["epoch_s"] = expected_epoch_s(row, rows)
         if row["state"] == RUNNING:
@@ -147,7 +153,7 @@ def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
     for r in todo:
         if r["epoch_s"] is None:
             return None, parallel
-        done = r["epoch"] if r["state"] in (RUNNING, STALLED, INTERRUPTED) else 0
+        done = r["epoch"] if r["state"] in (RUNNING, STALLED, INTERRUPTED) else 0   # foreign: from scratch
         total += max(0, r["epochs_max"] - done) * r["epoch_s"] + overhead
     return total / parallel, parallel
 
@@ -199,6 +205,9 @@ def show(study_dir, log=print, as_json: bool = False) -> int:
     records an error to look at), else EXIT_OK, also while cells are running, stalled, interrupted
     or missing: those are states of progress, which a resubmission resumes or reruns."""
     grid = G.load_study_grid(study_dir)
-    rows = status_rows(study_dir, grid)
+    members = study_membership(study_dir, grid)
+    rows = status_rows(study_dir, grid, members=members)
     log(status_json(study_dir, rows) if as_json else render(rows))
+    if members.note() and not as_json:
+        log("note: " + members.note())
     return EXIT_FAILED if any(r["state"] == FAILED for r in rows) else EXIT_OK

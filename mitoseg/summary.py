@@ -3,11 +3,13 @@
 `build_summary(study_dir)` turns a study's results files into the rows the analysis reads. Every
 expected cell of the study's grid gets a row: finished cells with their status (ok / diverged / failed /
 interrupted), a results file that `load_results` refuses as "unreadable" (with the error), and a
-cell without a results file as "missing" (not started, still running, or killed).
+cell without a results file as "missing" (not started, still running, or killed). Only the study's own
+cells are read (mitoseg.membership): a foreign folder is listed, never a row.
 
 `load_summary(csv)` is how the analysis reads a summary -- its own or a user-edited one, or the
-original study's CSV with only soft scores. It checks the required columns, coerces types and
-recomputes `success` and `degenerate` from the numbers (rule in `mitoseg.checks`).
+original study's CSV with only soft scores. It reads it as hand-edited input (mitoseg.summary_checks),
+checks the required columns, coerces types and recomputes `success` and `degenerate` from the numbers
+(rule in `mitoseg.checks`).
 """
 from __future__ import annotations
 
@@ -15,16 +17,19 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import pandas as pd
 
 from .checks import degenerate_reason
-from .grid import STAGES, load_study_grid, study_cells
+from .grid import STAGES, load_study_grid
+from .membership import study_membership
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, parse_cell_name
 from .results import ResultsError, load_results
 from .status import FAILED, MISSING, OK, UNREADABLE
+from .summary_checks import CsvProblem, keep_hand_edits, read_checked, record_written
 
 # Columns of hyperparameter_summary.csv, in order. Field names as in mitoseg.results.RESULT_FIELDS
 # where one exists; test_* come from the results' `test` dict.
@@ -58,8 +63,9 @@ class StudyInventory:
     """What the study folder holds compared with what its grid expects."""
     expected: int                      # cells the grid expects (or rows found without a grid)
     counts: dict = field(default_factory=dict)   # status -> number of rows
-    extra: list = field(default_factory=list)    # exp_ folders with results that the grid does not list
+    foreign: dict = field(default_factory=dict)  # exp_ folder -> why it is not one of the study's cells
     confirm_expected: int = 0                    # cells of the confirmation stage (confirm_config.json)
+    foreign_note: Optional[str] = None           # the one line listing the foreign folders
 
 
 def _num(value):
@@ -120,43 +126,38 @@ def _read_cell(study_dir: Path, name: str, cell=None) -> dict:
 
 
 def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
-    """Read every cell of a study folder into a summary DataFrame (columns SUMMARY_COLUMNS)."""
+    """Read every cell of a study folder into a summary DataFrame (columns SUMMARY_COLUMNS). With a
+    grid, only the study's own cells are read (mitoseg.membership); a foreign folder is listed in the
+    inventory, and a study cell whose folder is foreign is a missing row."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise SummaryError(f"study folder {study_dir} does not exist")
-    has_grid = StudyPaths(study_dir).grid_config.exists()
-    rows, seen = [], set()
-    expected = 0
-    if has_grid:
-        try:
-            study = study_cells(study_dir, load_study_grid(study_dir))
-        except ValueError as err:
-            raise SummaryError(str(err)) from None
-        for cell in study:
-            row = _read_cell(study_dir, cell.name, cell)
-            row["stage"] = cell.stage
-            rows.append(row)
-            seen.add(cell.name)
-        expected = sum(r["stage"] == "grid" for r in rows)
-    extra = []
-    for exp_dir in StudyPaths(study_dir).exp_dirs():
-        if exp_dir.name in seen:
-            continue
-        row = _read_cell(study_dir, exp_dir.name)
-        if has_grid and row["status"] == MISSING:
-            continue  # a stray folder that the grid does not list and that holds no results
+    if not StudyPaths(study_dir).grid_config.exists():
+        rows = [_read_cell(study_dir, exp_dir.name) for exp_dir in StudyPaths(study_dir).exp_dirs()]
+        if not rows:
+            raise SummaryError(f"{study_dir}: no cells at all (no {StudyPaths(study_dir).grid_config.name} "
+                               "and no exp_* folders)")
+        df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+        return df, StudyInventory(len(rows), df["status"].value_counts().to_dict())
+    try:
+        members = study_membership(study_dir, load_study_grid(study_dir))
+    except ValueError as err:
+        raise SummaryError(str(err)) from None
+    rows = []
+    for cell in members.cells.values():
+        why = members.foreign.get(cell.name)
+        row = _placeholder_row(cell.name, MISSING, f"its folder is not this cell's ({why})", cell) if why \
+            else _read_cell(study_dir, cell.name, cell)
+        row["stage"] = cell.stage
         rows.append(row)
-        extra.append(exp_dir.name)
-    if not rows:
-        raise SummaryError(f"{study_dir}: no cells at all (no {StudyPaths(study_dir).grid_config.name} and no exp_* folders)")
     df = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
-    inventory = StudyInventory(expected if has_grid else len(rows),
-                               df["status"].value_counts().to_dict(), extra if has_grid else [],
-                               int((df["stage"] == "confirm").sum()))
+    inventory = StudyInventory(int((df["stage"] == "grid").sum()), df["status"].value_counts().to_dict(),
+                               dict(members.foreign), int((df["stage"] == "confirm").sum()), members.note())
     return df, inventory
 
 
-def write_summary_csv(df: pd.DataFrame, path) -> Path:
+def write_summary_csv(df: pd.DataFrame, path, say: Optional[Callable[[str], None]] = None) -> Path:
+    """Write the summary CSV; a file there that the analysis did not write is kept first (summary_checks)."""
     path = Path(path)
     cols = [c for c in SUMMARY_COLUMNS if c in df.columns] + [c for c in df.columns if c not in SUMMARY_COLUMNS]
     out = df[cols].copy()
@@ -165,7 +166,10 @@ def write_summary_csv(df: pd.DataFrame, path) -> Path:
             values = pd.to_numeric(out[col], errors="coerce")
             if (values.dropna() == values.dropna().round()).all():
                 out[col] = values.round().astype("Int64")
-    atomic_write_text(path, out.to_csv(index=False))
+    text = out.to_csv(index=False)
+    keep_hand_edits(path, text, say or print)
+    atomic_write_text(path, text)
+    record_written(path, text)
     return path
 
 
@@ -245,12 +249,18 @@ def _stages(column: pd.Series, source: str) -> pd.Series:
     return stage
 
 
-def load_summary(path) -> pd.DataFrame:
+def load_summary(path, say: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
+    """A summary CSV, checked as hand-edited input (mitoseg/summary_checks.py; `say` gets its notes)."""
     path = Path(path)
     if not path.is_file():
         raise SummaryError(f"summary file {path} does not exist")
+    notes = []
     try:
-        df = pd.read_csv(path)
+        df = read_checked(path, REQUIRED_COLUMNS, NUMERIC_COLUMNS, notes.append)
+    except CsvProblem as err:
+        raise SummaryError(f"{path}: {err}") from None
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+    if notes and say is not None:
+        say(f"  note: {path.name}: " + "; ".join(notes))
     return normalize_summary(df, str(path))

@@ -203,10 +203,12 @@ def check_dataset(grid: G.GridConfig) -> list[Row]:
     except DataError as err:
         rows.append(Row("patches", FAIL, str(err)))
         return rows
-    max_bs = max(grid.batch_sizes)   # the study's own largest batch must fit in one epoch
-    status = PASS if n_train >= max_bs and n_val > 0 else FAIL if n_train == 0 or n_val == 0 else WARN
+    max_bs = max(grid.batch_sizes)   # a cell whose batch exceeds its train patches is refused (cell_data.check_batch_fits)
+    status = PASS if n_train >= max_bs and n_val > 0 else FAIL
     rows.append(Row("patches", status, f"{n_train} train + {n_val} val patches of {p}x{p} "
-                                       f"({per_slice} per slice, val fraction {cfg.val_fraction})"))
+                                       f"({per_slice} per slice, val fraction {cfg.val_fraction})"
+                                       + (f"; batch size {max_bs} is larger: those cells are refused"
+                                          if n_train < max_bs else "")))
     return rows
 
 

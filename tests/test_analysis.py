@@ -45,9 +45,9 @@ def assert_clean(*texts):
         assert not NAN_RE.search(t), NAN_RE.search(t).group(0) + " in: " + t[max(0, NAN_RE.search(t).start() - 200):][:400]
 
 
-def executive_opening(md: str) -> str:
+def executive_opening(md: str, paragraph: int = 0) -> str:
     after = md.split("## Executive summary", 1)[1].strip()
-    return after.split("\n\n", 1)[0]
+    return after.split("\n\n")[paragraph]
 
 
 def report_from_csv(csv_path, baseline=None):
@@ -142,8 +142,13 @@ def test_best_configuration_and_tables_from_data(mixed):
     means = counted.groupby(["architecture", "learning_rate", "batch_size"])["best_val_iou"].mean()
     arch, lr, bs = means.idxmax()
     md = (study / REPORT_MD).read_text()
-    assert f"The best configuration is {arch} (lr {lr:g}, batch {bs})" in md
-    assert f"{means.max():.3f}" in executive_opening(md)
+    # without confirmation runs the report opens by saying the grid cannot rank the architectures
+    assert executive_opening(md).startswith("**The grid alone cannot rank the architectures:**")
+    assert "run_study.py confirm --study-dir STUDY --seeds 3 --folds 2" in executive_opening(md)
+    grid = executive_opening(md, 1)
+    assert grid.startswith(f"The grid's selection, on validation (the data it was selected on, so the score is "
+                           f"optimistic): {arch} (lr {lr:g}, batch {bs})")
+    assert f"{means.max():.3f} (SD " in grid
     # hyperparameter effects table: mean +- SD (n) per learning rate, over the runs that count
     g = counted.groupby("learning_rate")["best_val_iou"]
     for level, vals in g:
@@ -257,7 +262,7 @@ def test_test_scores_are_shown_but_never_select(tmp_path):
     res = analyze(normalize_summary(df))
     assert res.metric.column == "best_val_iou" and res.selected_on == "validation"
     md, txt, _ = render(res, "x", 24, {})
-    assert "held-out test IoU, not used for selection" in executive_opening(md)
+    assert "test IoU (shown, not used for selection)" in executive_opening(md, 1)
     assert "selected on the test score" not in md
     assert "test IoU (not used for selection)" in md.split("## Complete results")[1]
     assert_clean(md, txt)
@@ -285,7 +290,7 @@ def test_soft_only_summary_is_not_ranked(tmp_path):
     md = (out_dir / REPORT_MD).read_text()
     opening = executive_opening(md)
     assert "soft metric cannot separate learned from constant models" in opening
-    assert "The best configuration is" not in md
+    assert "The grid's selection" not in md
     assert "Not determined: the soft Jaccard" in md
     js = json.loads((out_dir / SUMMARY_JSON).read_text())
     assert js["flags"]["soft_only"] is True and js["best_configurations"] is None
@@ -350,17 +355,15 @@ def test_nan_rows_and_all_failed(tmp_path, mixed):
     study, _ = mixed
     csv = pd.read_csv(study / SUMMARY_CSV_NAME)
     csv.loc[0, ["learning_rate", "best_val_iou"]] = np.nan
-    csv.loc[1, "architecture"] = np.nan
     csv.loc[2, ["val_loss_stability", "all_foreground_jaccard", "final_val_loss"]] = np.nan
-    csv["best_val_iou"] = csv["best_val_iou"].astype(object)
-    csv.loc[3, "best_val_iou"] = "oops"
+    csv.loc[3, "best_val_iou"] = np.nan   # (a row without architecture, or a score "oops": tests/test_summary_checks.py)
     path = tmp_path / "holes.csv"
     csv.to_csv(path, index=False)
     report_from_csv(path)
     failed = csv.assign(status="failed")
     failed.to_csv(tmp_path / "failed.csv", index=False)
     res, md, _, _ = report_from_csv(tmp_path / "failed.csv")
-    assert executive_opening(md).startswith("**No cell finished successfully")
+    assert executive_opening(md).startswith("**No grid cell finished successfully")
     out_dir = tmp_path / "f_out"
     run_analysis(summary_file=tmp_path / "failed.csv", output_dir=out_dir, log=quiet)   # figures must not crash
     assert_clean((out_dir / REPORT_MD).read_text())

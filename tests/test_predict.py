@@ -35,8 +35,9 @@ def stack(tmp_path):
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (3, 40, 50), dtype=np.uint8)
     gt = ((rng.random((3, 40, 50)) < 0.2) * 255).astype(np.uint8)
-    tifffile.imwrite(tmp_path / "in.tif", img)
-    tifffile.imwrite(tmp_path / "gt.tif", gt)
+    # 3 slices: minisblack, else tifffile declares the 3 planes RGB (refused as ambiguous: tests/test_image_files.py)
+    tifffile.imwrite(tmp_path / "in.tif", img, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "gt.tif", gt, photometric="minisblack")
     return tmp_path
 
 

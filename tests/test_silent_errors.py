@@ -158,8 +158,8 @@ def test_multi_series_tiff_is_read_whole(tmp_path, em):
     d = tmp_path / "d"
     d.mkdir()
     for name, stack in (("training.tif", images), ("training_groundtruth.tif", masks)):
-        tifffile.imwrite(d / name, stack[:4])
-        tifffile.imwrite(d / name, stack[4:], append=True)     # a second series
+        tifffile.imwrite(d / name, stack[:4], photometric="minisblack")   # 4 slices, not RGBA planes
+        tifffile.imwrite(d / name, stack[4:], append=True, photometric="minisblack")     # a second series
         assert len(tifffile.TiffFile(d / name).series) == 2
     train, _ = D.load_dataset(d)
     assert train.images.shape == (6, 64, 64)

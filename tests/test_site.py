@@ -347,3 +347,15 @@ def test_an_element_names_where_its_data_came_from(tmp_path, monkeypatch):
     env.update(DATA_DIR=str(tmp_path))
     assert R.run_element(1, tmp_path / "root", environ=env, log=logs.append) == 2
     assert logs[-1].startswith("error:") and "fixed.data_dir" in logs[-1] and str(tmp_path) in logs[-1]
+
+
+def test_a_key_the_detected_scheduler_cannot_take_is_refused_not_dropped(tmp_path):
+    """A profile without `scheduler` is checked against the scheduler found at submission: PBS Pro's
+    project on Slurm (or Torque) and a GPU type on Torque are one-line errors, never left out in silence."""
+    site = S.SiteProfile(path=tmp_path / "site.json", project="p1", gpu_type="a100")
+    for scheduler, key in (("slurm", "project"), ("torque", "project")):
+        with pytest.raises(S.SiteError, match=f"key '{key}'"):
+            Sched.array_submit_command(scheduler, 0, 1, "A=1", [], site)
+    with pytest.raises(S.SiteError, match="key 'gpu_type'"):
+        Sched.array_submit_command("torque", 0, 1, "A=1", [], S.SiteProfile(gpu_type="a100"))
+    assert "-P" in Sched.array_submit_command("pbspro", 0, 1, "A=1", [], site)

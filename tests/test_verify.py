@@ -62,8 +62,9 @@ def _write_stack(folder: Path, masks: np.ndarray):
     import tifffile
     folder.mkdir(parents=True, exist_ok=True)
     images = np.random.default_rng(0).integers(0, 255, masks.shape, dtype=np.uint8)
-    tifffile.imwrite(folder / "training.tif", images)
-    tifffile.imwrite(folder / "training_groundtruth.tif", masks)
+    # 4 slices: minisblack, else tifffile declares the 4 planes RGBA (refused as ambiguous: tests/test_image_files.py)
+    tifffile.imwrite(folder / "training.tif", images, photometric="minisblack")
+    tifffile.imwrite(folder / "training_groundtruth.tif", masks, photometric="minisblack")
     return folder
 
 

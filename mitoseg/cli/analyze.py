@@ -26,9 +26,12 @@ def main(argv=None) -> int:
     add_flag(parser, "--output-dir", "--output_dir", help="where to write (default: the study folder / the CSV's folder)")
     add_flag(parser, "--baseline-summary", "--baseline_summary",
              help="summary CSV of a baseline study (e.g. the original lr 1e-2, batch 8 runs)")
+    parser.add_argument("--sesoi", type=float, default=None,
+                        help="smallest test IoU difference between architectures that matters (equivalence margin; "
+                             "default: the confirmation plan's, else 0.01)")
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
-    from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK
+    from mitoseg.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
     try:
         from mitoseg.analysis import run_analysis
         from mitoseg.summary import SummaryError
@@ -37,10 +40,14 @@ def main(argv=None) -> int:
         return EXIT_BAD_INPUT
     try:
         run_analysis(args.study_dir, args.summary_file, args.output_dir, args.baseline_summary,
-                     figures=not args.no_figures)
+                     figures=not args.no_figures, sesoi=args.sesoi)
     except SummaryError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as err:   # a full disk, a read-only folder: what could not be written, in one line
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"error: the analysis could not write its outputs ({where}{err.strerror or err})", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import sys
 
 from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser, add_flag, add_version
-from mitoseg.config import ATTENTION_GATES
+from mitoseg.cli_args import OneLineParser, add_flag, add_version, positive_int
+from mitoseg.config import ATTENTION_GATES, TrainConfig
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the output; real warnings pass
 
@@ -39,17 +39,20 @@ def _count_rows(setting: dict, attention_gate: str) -> list[tuple]:
 def main(argv=None) -> int:
     parser = OneLineParser(description="Print parameter counts of each architecture, beside the "
                                      "original study's at its setting (the defaults).")
-    parser.add_argument("--base-filters", type=int, default=64)
-    parser.add_argument("--depth", type=int, default=5)
-    parser.add_argument("--patch-size", type=int, default=256)
+    parser.add_argument("--base-filters", type=positive_int, default=64)
+    parser.add_argument("--depth", type=positive_int, default=5)
+    parser.add_argument("--patch-size", type=positive_int, default=256)
     add_version(parser)
-    add_flag(parser, "--input-channels", "--channels", dest="channels", type=int, default=1,
+    add_flag(parser, "--input-channels", "--channels", dest="channels", type=positive_int, default=1,
              help="input channels (default 1)")
     parser.add_argument("--no-batch-norm", dest="batch_norm", action="store_false")
     parser.add_argument("--head", choices=("plain", "bn_sigmoid"), default="bn_sigmoid",
                         help="default bn_sigmoid, the original's, so the counts compare (training defaults to plain)")
     parser.add_argument("--attention-gate", choices=ATTENTION_GATES, default="original")
     args = parser.parse_args(argv)
+    found = TrainConfig(base_filters=args.base_filters, depth=args.depth, patch_size=args.patch_size).problems()
+    if found:   # the training config's own rule (e.g. the patch must halve depth-1 times), before Keras is asked
+        parser.error(f"--{found[0][0].replace('_', '-')}: {found[0][1]}")
     setting = dict(input_shape=(args.patch_size, args.patch_size, args.channels), base_filters=args.base_filters,
                    depth=args.depth, batch_norm=args.batch_norm, head=args.head)
     print(f"base_filters={args.base_filters} depth={args.depth} input={args.patch_size}x{args.patch_size}x"

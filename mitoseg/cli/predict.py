@@ -132,14 +132,24 @@ def recorded_scaling(model_path):
     return None, f"no results JSON of this model in {model_path.parent}"
 
 
+def _read(path, what):
+    """(z, y, x) of a file read as training reads its files (mitoseg.image_files: by what the file declares),
+    with one line per conversion it needed."""
+    from mitoseg.image_files import read_image, summarise_notes
+    notes: list = []
+    raw = read_image(path, what, notes)
+    for line in summarise_notes(notes):
+        print(f"reading: {line}")
+    return raw
+
+
 def read_stack(path, reference=None, reference_name="the model's training images"):
     """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
     refused when it cannot be), else by its own values. Returns (images, scaling)."""
-    from mitoseg import data
     from mitoseg.input_error import DataError
     from mitoseg.scaling import apply_scaling, common_scaling, image_scaling
     try:
-        raw = data.read_tiff(path)
+        raw = _read(path, "image")
         scaling = (image_scaling(raw, str(path)) if reference is None
                    else common_scaling(raw, reference, str(path), reference_name))
         return apply_scaling(raw, scaling), scaling
@@ -148,13 +158,18 @@ def read_stack(path, reference=None, reference_name="the model's training images
 
 
 def read_mask_stack(path):
-    from mitoseg import data
+    """{0, 1} masks of a ground-truth TIFF; a warning line when they are more foreground than background."""
+    from mitoseg.data import inverted_mask_warning
     from mitoseg.input_error import DataError
     from mitoseg.scaling import scale_mask
     try:
-        return scale_mask(data.read_tiff(path, what="mask"), str(path))
+        masks = scale_mask(_read(path, "mask"), str(path))
     except DataError as err:
         raise PredictError(str(err)) from None
+    warning = inverted_mask_warning(masks, path)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    return masks
 
 
 def write_tiff(path, array):
@@ -163,7 +178,8 @@ def write_tiff(path, array):
     from mitoseg.io_utils import atomic_save
     path = Path(path)
     try:
-        atomic_save(path, lambda tmp: tifffile.imwrite(tmp, array))
+        # minisblack: tifffile would declare a 3- or 4-slice stack RGB(A) planes (read back as refused)
+        atomic_save(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
     except OSError as err:
         raise PredictError(f"{path}: cannot write ({err.strerror or err})") from None
 

@@ -23,7 +23,6 @@ resource request).
 """
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -34,113 +33,17 @@ from mitoseg import confirm as C
 from mitoseg import grid as G
 from mitoseg import runner as R
 from mitoseg import site as S
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, invoked_as, missing_extra, positive_int, say
+from mitoseg.cli.study_parser import build_study_parser, env_defaults
+from mitoseg.cli_args import invoked_as, missing_extra, say
 from mitoseg.console import fmt_duration, results_table
-from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT, detect_scheduler, scheduler_name, submit_study
+from mitoseg.scheduler import detect_scheduler, scheduler_name, submit_study
 from mitoseg.paths import StudyPaths, new_study_dir
 from mitoseg.study_dir import base_grid, create_new_study_dir
-from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, EXIT_SCHEDULER
-
-
-def _grid_args(p):
-    p.add_argument("--grid-config", default=os.environ.get("GRID_CONFIG"),
-                   help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
-    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
-    p.add_argument("--data-dir", default=os.environ.get("DATA_DIR"),
-                   help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
-
-
-def _site_arg(p):
-    p.add_argument("--site", help=f"site profile JSON (default ${S.SITE_ENV}, else ./{S.LOCAL_NAME}, else "
-                   "~/.config/mitoseg/site.json; the first found is used and printed)")
+from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SCHEDULER
 
 
 def build_parser():
-    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_version(p)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    s = sub.add_parser("list", help="print the grid (index -> cell) and its size")
-    _grid_args(s)
-    s.add_argument("--study-dir", help="list the grid saved in this study")
-    s.add_argument("--size", action="store_true", help="print only the number of cells")
-
-    s = sub.add_parser("local", help="run cells on this machine")
-    _grid_args(s)
-    s.add_argument("--study-dir", help="study folder to create or continue (default: a new one in --output-dir)")
-    add_flag(s, "--output-dir", "--root", dest="root",
-             help="where a new study folder is created (default ., with --demo demo_study/)")
-    s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
-    s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
-    s.add_argument("--jobs", "-j", type=positive_int, help="cells trained at the same time (default 1; --demo: 2)")
-    s.add_argument("--force", action="store_true", help="retrain finished cells too")
-    s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
-    s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
-                   f"fresh seeds per architecture's winner (default 0; --demo: {C.DEMO_CONFIRM_SEEDS})")
-
-    s = sub.add_parser("confirm", help="rerun each architecture's validation-selected configuration(s) with fresh "
-                                       "seeds, then compare the architectures on the test set")
-    s.add_argument("--study-dir", required=True, help="a study whose grid has finished")
-    s.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
-    s.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
-    s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
-                   help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
-    s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
-    s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
-    s.add_argument("--no-analysis", action="store_true", help="local: do not run the analysis at the end")
-    s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")
-    _site_arg(s)
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments (array and analysis job)")
-
-    s = sub.add_parser("status", help="state of every cell of a study (running: epoch, val IoU), and an ETA; "
-                                      "exit 1 when a cell failed")
-    s.add_argument("--study-dir", required=True)
-    s.add_argument("--json", action="store_true", help="print the cell states as one JSON document")
-
-    s = sub.add_parser("analyze", help="run the analysis of a study")
-    s.add_argument("--study-dir", required=True)
-
-    s = sub.add_parser("submit", help="submit the array job and its dependent analysis job")
-    _grid_args(s)
-    s.add_argument("--scheduler", choices=("pbs", "pbspro", "torque", "slurm"),
-                   help="default: detected (pbs: PBS Pro or Torque, as detected)")
-    s.add_argument("--study-dir", help="existing study to continue (default: a new one in --output-dir)")
-    add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
-    s.add_argument("--dry-run", action="store_true", help="print every job line (array, analysis); create nothing")
-    _site_arg(s)
-    s.add_argument("--cells-per-gpu", type=int,
-                   help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
-                   "the array gets ceil(cells / K) elements")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: extra qsub/sbatch arguments; they win over "
-                   "the site profile and reach the array and the analysis job")
-
-    s = sub.add_parser("element", help="one array element (what the job scripts run)")
-    s.add_argument("--task-index", type=int, help="default from $PBS_ARRAY_INDEX/$PBS_ARRAYID/$SLURM_ARRAY_TASK_ID")
-    s.add_argument("--grid-config", default=None, help="grid JSON for a new study (default $GRID_CONFIG)")
-    add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
-    s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
-
-    _add_verify(sub)
-    return p
-
-
-def _add_verify(sub) -> None:
-    s = sub.add_parser("verify", help="check the setup before queueing a long study (PASS/WARN/FAIL)")
-    _grid_args(s)
-    add_flag(s, "--output-dir", "--output-root", dest="output_root", default=".",
-             help="where study folders will be written (default .)")
-    s.add_argument("--pbs-script", default=str(PBS_SCRIPT))
-    s.add_argument("--slurm-script", default=str(SLURM_SCRIPT))
-    s.add_argument("--skip-env-probe", action="store_true",
-                   help="skip importing TensorFlow in the training environment (faster)")
-    _site_arg(s)
-    s.add_argument("--scheduler", choices=("slurm", "pbspro", "torque"),
-                   help="whose walltime to check (default: the site profile's, else both job scripts')")
-    s.add_argument("--submit", action="store_true", help="run the check as a job (pbs_setup_verification.sh / "
-                   "slurm_setup_verification.sh with the site profile); its output goes to OUTPUT_DIR/logs/")
-    s.add_argument("--dry-run", action="store_true", help="with --submit: print the job and submit nothing")
-    s.add_argument("extra", nargs=argparse.REMAINDER, help="after --: the qsub/sbatch arguments you will give "
-                   "submit (a walltime among them is the one checked; with --submit also the job's)")
+    return build_study_parser(__doc__)
 
 
 def _print(msg=""):
@@ -151,19 +54,35 @@ def cmd_list(args) -> int:
     return G.list_grid(args.study_dir, args.grid_config, args.demo, args.size)
 
 
-def _open_study(args, root) -> tuple[Path, G.GridConfig]:
-    """The study to run: flags that contradict an existing study, or finished cells its grid no longer
-    describes, are one-line errors before anything runs (mitoseg/identity.py)."""
+def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
+    """The study to run and the cells chosen: the whole command is checked (flags against an existing
+    study, --cells/--arch, the confirmation flags) before anything is written; then finished cells its
+    grid no longer describes are one-line errors before anything runs (mitoseg/identity.py)."""
     from mitoseg.identity import check_study
+    from mitoseg.membership import study_membership
+    from mitoseg.paths import StudyPaths
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if args.study_dir:
         given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
         G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
+        if StudyPaths(args.study_dir).grid_config.exists():
+            grid = G.load_study_grid(args.study_dir)   # an existing study's grid wins (mitoseg.grid.init_study)
+    chosen = R.select_cells(grid, getattr(args, "cells", None), getattr(args, "arch", None), args.study_dir)
+    for flag in ("confirm_seeds", "confirm_folds"):
+        value = getattr(args, flag, None)
+        if value is not None and value < (0 if flag == "confirm_seeds" else 1):
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'confirm_seeds' else 1}, "
+                             f"got {value}")
+    if getattr(args, "confirm_seeds", None) and args.study_dir and Path(args.study_dir).is_dir():
+        C.check_against_plan(args.study_dir, args.confirm_seeds)   # not only after the grid has trained
     study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
     grid = G.init_study(study, grid)
-    retrain = [c.index for c in R.select_cells(grid, args.cells, args.arch)] if getattr(args, "force", False) else []
+    retrain = [c.index for c in chosen] if getattr(args, "force", False) else []
     check_study(study, grid, retrain=retrain, check_data=True)
-    return study.resolve(), grid
+    note = study_membership(study, grid).note()
+    if note:
+        _print(f"note: {note}")
+    return study.resolve(), grid, chosen
 
 
 def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
@@ -190,8 +109,7 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
 
 def cmd_local(args) -> int:
     t0 = time.monotonic()
-    study, grid = _open_study(args, args.root or ("demo_study" if args.demo else "."))
-    chosen = R.select_cells(grid, args.cells, args.arch)
+    study, grid, chosen = _open_study(args, args.root or ("demo_study" if args.demo else "."))
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
@@ -284,12 +202,12 @@ def cmd_submit(args) -> int:
     if scheduler is None:
         _print(f"error: neither sbatch nor qsub found; use `{invoked_as('mitoseg-study')} local` on one machine")
         return EXIT_SCHEDULER
-    study, grid = (_planned_study if args.dry_run else _open_study)(args, args.root)
+    from mitoseg.multi_cell import cells_per_gpu
+    k = cells_per_gpu(args.cells_per_gpu)   # checked before the study folder is written
+    study, grid = _planned_study(args, args.root) if args.dry_run else _open_study(args, args.root)[:2]
     data, env_data = grid.fixed.get("data_dir"), os.environ.get("DATA_DIR")
     from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
     _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
-    from mitoseg.multi_cell import cells_per_gpu
-    k = cells_per_gpu(args.cells_per_gpu)
     code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run, cells_per_gpu=k,
                    site=profile)
     if code == EXIT_OK:
@@ -318,6 +236,8 @@ def main(argv=None) -> int:
         argv = ["local", *argv]
     args = build_parser().parse_args(argv)
     try:
+        for line in env_defaults(args):   # `list --size` feeds scripts: its note goes to stderr
+            print(line, file=sys.stderr if args.command == "list" else sys.stdout, flush=True)
         if args.command == "list":
             return cmd_list(args)
         if args.command == "local":
@@ -335,6 +255,14 @@ def main(argv=None) -> int:
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
             return cmd_verify(args)
+    except KeyboardInterrupt:
+        _quiet_stdout()
+        print("interrupted (Ctrl-C): cells that were training are recorded as interrupted; the same command "
+              "resumes them", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:   # `status | head`: the reader has gone, nothing is left to say
+        _quiet_stdout()
+        return EXIT_OK
     except ImportError as err:   # confirm selects with pandas: the [analysis] extra
         _print(missing_extra(err, "analysis"))
         return EXIT_BAD_INPUT
@@ -342,6 +270,15 @@ def main(argv=None) -> int:
         _print(f"error: {err}")
         return EXIT_BAD_INPUT
     return EXIT_BAD_INPUT
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: a closed pipe must not fail once more when Python flushes it at exit."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        pass
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -11,6 +11,6 @@ if __name__ == "__main__":   # the command first: its --help imports no TensorFl
     from mitoseg.cli.models import main
     sys.exit(main())
 
-from mitoseg.cli.models import ORIGINAL_PARAMETERS, ORIGINAL_SETTING, dropped_biases  # noqa: E402,F401
+from mitoseg.cli.models import ORIGINAL_PARAMETERS, ORIGINAL_SETTING, dropped_biases, main  # noqa: E402,F401
 from mitoseg.models import (MODEL_REGISTRY, Attention_ResUNet, Attention_UNet, UNet, build_model,  # noqa: E402,F401
                             custom_objects, load_model)

@@ -15,7 +15,7 @@ from .version import version_info
 
 # import name -> distribution name (for the version): what a cell and the analysis import
 PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "focal_loss": "focal-loss",
-            "tifffile": "tifffile", "imageio": "imageio", "PIL": "pillow", "scipy": "scipy", "pandas": "pandas",
+            "tifffile": "tifffile", "PIL": "pillow", "scipy": "scipy", "pandas": "pandas",
             "matplotlib": "matplotlib", "statsmodels": "statsmodels", "h5py": "h5py", "tensorboard": "tensorboard"}
 
 

@@ -1,49 +1,13 @@
 #!/usr/bin/env python
 """Analyse a hyperparameter study: summary CSV, figures, statistics and reports.
 
-    python analyze_hyperparameter_results.py --study-dir hyperparameter_optimization_YYYYMMDD_HHMMSS
-    python analyze_hyperparameter_results.py --summary_file hyperparameter_summary.csv --output_dir out
-    ... --baseline_summary original_study/hyperparameter_summary.csv
-
-Outputs (default: the study folder, or the CSV's folder): hyperparameter_summary.csv,
-detailed_heatmaps.png, comprehensive_analysis.png, best_configurations_comparison.png,
-training_curves.png, baseline_comparison.png (with a baseline), hyperparameter_report.md,
-comprehensive_analysis_report.txt, analysis_summary.json.
+Front-end of mitoseg.cli.analyze (installed: the `mitoseg-analyze` command); `python analyze_hyperparameter_results.py --help` lists the flags.
+Kept free of newer syntax so that an old Python gets one line saying which Python is needed
+(mitoseg/__init__.py) instead of a SyntaxError.
 """
-from __future__ import annotations
-
-import argparse
 import sys
 
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--study-dir", "--study_dir", dest="study_dir", help="study folder with grid_config.json and exp_* folders")
-    src.add_argument("--summary_file", "--summary-file", dest="summary_file", help="a hyperparameter_summary.csv (analysis from the CSV alone)")
-    parser.add_argument("--output_dir", "--output-dir", dest="output_dir", help="where to write (default: the study folder / the CSV's folder)")
-    parser.add_argument("--baseline_summary", "--baseline-summary", dest="baseline_summary",
-                        help="summary CSV of a baseline study (e.g. the original lr 1e-2, batch 8 runs)")
-    parser.add_argument("--sesoi", type=float, default=None,
-                        help="smallest test IoU difference between architectures that matters (equivalence margin; "
-                             "default: the confirmation plan's, else 0.01)")
-    parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
-    args = parser.parse_args(argv)
-    from mitoseg.analysis import run_analysis
-    from mitoseg.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
-    from mitoseg.summary import SummaryError
-    try:
-        run_analysis(args.study_dir, args.summary_file, args.output_dir, args.baseline_summary,
-                     figures=not args.no_figures, sesoi=args.sesoi)
-    except SummaryError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except OSError as err:   # a full disk, a read-only folder: what could not be written, in one line
-        where = f"{err.filename}: " if err.filename else ""
-        print(f"error: the analysis could not write its outputs ({where}{err.strerror or err})", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
-
+from mitoseg.cli.analyze import main
 
 if __name__ == "__main__":
     sys.exit(main())

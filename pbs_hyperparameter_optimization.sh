@@ -23,4 +23,4 @@
 #PBS -j oe
 #PBS -V
 cd "${PBS_O_WORKDIR:-$PWD}" || exit 2
-exec "${PYTHON:-python3}" run_study.py element
+exec "${PYTHON:-python3}" -m mitoseg.cli.study element

@@ -10,4 +10,4 @@
 #PBS -j oe
 #PBS -V
 cd "${PBS_O_WORKDIR:-$(dirname "$0")}" || exit 2
-exec "${PYTHON:-python3}" run_study.py verify "$@"
+exec "${PYTHON:-python3}" -m mitoseg.cli.study verify "$@"

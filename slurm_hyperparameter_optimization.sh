@@ -17,4 +17,4 @@
 #SBATCH --output=mitoseg_hpo_%A_%a.out
 #SBATCH --kill-on-invalid-dep=yes
 cd "${SLURM_SUBMIT_DIR:-$PWD}" || exit 2
-exec "${PYTHON:-python3}" run_study.py element
+exec "${PYTHON:-python3}" -m mitoseg.cli.study element

@@ -14,4 +14,4 @@
 #SBATCH --time=00:30:00
 #SBATCH --output=mitoseg_verify_%j.out
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")}" || exit 2
-exec "${PYTHON:-python3}" run_study.py verify "$@"
+exec "${PYTHON:-python3}" -m mitoseg.cli.study verify "$@"

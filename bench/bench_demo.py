@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         print("run_study.py does not exist yet: nothing to measure")
         return 0
     root = tempfile.mkdtemp(prefix="bench_demo_")
-    cmd = [sys.executable, "run_study.py", "local", "--demo", "--root", root]
+    cmd = [sys.executable, "run_study.py", "local", "--demo", "--output-dir", root]
     if args.jobs:
         cmd += ["--jobs", str(args.jobs)]
     rep = Report("bench_demo", "end-to-end demo study")

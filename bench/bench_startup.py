@@ -38,7 +38,7 @@ def child(args) -> int:
     """Run train_one.main(argv) with timing probes; print one JSON line of event times."""
     events = {"python_start": float(os.environ.get("BENCH_SPAWN_TIME", T0)), "script_start": T0}
     sys.path.insert(0, str(REPO))
-    import train_one
+    from mitoseg.cli import train as train_one
     from mitoseg import cell
     events["imported_train_one"] = time.time()
     load_cell_data, prepare_arrays = cell.load_cell_data, cell.prepare_arrays
@@ -142,8 +142,8 @@ def cluster_cell(rep: Report, data_dir: str, root: str) -> None:
     test and saving are left out, which makes the cell look shorter and the fraction larger."""
     cache = os.path.join(root, "study", ".cache")
     base = ["--data-dir", data_dir]
-    run_child([*base, "--epochs", "1", "--out-dir", os.path.join(root, "warm")], cache, stop_after_steps=1)
-    ev = run_child([*base, "--out-dir", os.path.join(root, "out")], cache, stop_after_steps=CLUSTER_STEPS)
+    run_child([*base, "--epochs", "1", "--output-dir", os.path.join(root, "warm")], cache, stop_after_steps=1)
+    ev = run_child([*base, "--output-dir", os.path.join(root, "out")], cache, stop_after_steps=CLUSTER_STEPS)
     from mitoseg.config import TrainConfig
     defaults = TrainConfig()
     ph = phases(ev)
@@ -201,7 +201,7 @@ def main(argv=None) -> int:
             results = []
             for i, (label, cdir) in enumerate(runs):
                 out = os.path.join(root, f"out{i}")
-                ev = run_child([*base, "--out-dir", out], cdir)
+                ev = run_child([*base, "--output-dir", out], cdir)
                 ph = phases(ev)
                 epochs = [epoch_seconds(l) for l in ev["epoch_lines"]]
                 results.append((label, ev, ph, epochs))

@@ -3,13 +3,22 @@ training_log.txt (ExperimentPaths.log) while it trains. Standard library only.""
 from __future__ import annotations
 
 import contextlib
+import datetime as _dt
 import io
 import sys
 from pathlib import Path
 
+STAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    """One line of the cell's log. An `error: ...` line goes to stderr as it is (one line a script
+    or `grep ^error:` can take whole); every other line to stdout after a time stamp (when an
+    epoch ended, how long a step took, in the log itself)."""
+    if message.startswith("error:"):
+        print(message, file=sys.stderr, flush=True)
+    else:
+        print(f"{_dt.datetime.now().strftime(STAMP_FORMAT)} {message}", flush=True)
 
 
 class _Tee(io.TextIOBase):

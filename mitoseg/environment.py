@@ -1,6 +1,6 @@
 """The software environment a cell runs in: the one list of packages whose versions are recorded
 (what a cell and the analysis import) and the probes that read them. A cell's results JSON gets
-`environment_info()`; the pre-flight trial (mitoseg/preflight.py) imports each package of the same
+`environment_info()` (with `code`: the project's version and git commit, mitoseg/version.py); the pre-flight trial (mitoseg/preflight.py) imports each package of the same
 list and reports its version. Standard library only; TensorFlow is imported only to list the GPUs.
 """
 from __future__ import annotations
@@ -11,11 +11,12 @@ import platform
 import socket
 from typing import Optional
 
+from .version import version_info
+
 # import name -> distribution name (for the version): what a cell and the analysis import
 PACKAGES = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy", "focal_loss": "focal-loss",
-            "tifffile": "tifffile", "skimage": "scikit-image", "scipy": "scipy", "pandas": "pandas",
-            "matplotlib": "matplotlib", "seaborn": "seaborn", "statsmodels": "statsmodels", "h5py": "h5py",
-            "tensorboard": "tensorboard"}
+            "tifffile": "tifffile", "PIL": "pillow", "scipy": "scipy", "pandas": "pandas",
+            "matplotlib": "matplotlib", "statsmodels": "statsmodels", "h5py": "h5py", "tensorboard": "tensorboard"}
 
 
 def package_version(distribution: str) -> str:
@@ -36,14 +37,15 @@ def installed_versions() -> dict:
 
 
 def environment_info() -> dict:
-    """What a cell's results JSON records under "environment": package versions, Python, host,
-    platform, device (GPU names or CPU), CPU count and the scheduler's job id."""
+    """What a cell's results JSON records under "environment": the code (version, git commit),
+    package versions, Python, host, platform, device (GPU names or CPU), CPU count and the
+    scheduler's job id."""
     try:
         import tensorflow as tf
         gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
     except Exception:  # pragma: no cover - reported, never fatal
         gpus = []
-    return {"packages": installed_versions(), "python": platform.python_version(), "host": socket.gethostname(),
+    return {"code": version_info(), "packages": installed_versions(), "python": platform.python_version(), "host": socket.gethostname(),
             "platform": platform.platform(), "device": ("GPU: " + ", ".join(gpus)) if gpus else "CPU",
             "cpu_count": os.cpu_count(),
             "scheduler_job_id": os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")}

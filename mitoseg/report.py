@@ -23,6 +23,7 @@ from .report_statistics import baseline_section, effects_section, statistics_sec
 from .stats import finite
 from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
+from .version import version_line
 
 from .report_summary import comparison_sentence, executive_summary, selection_caveat
 
@@ -279,7 +280,8 @@ def build_document(res: StudyAnalysis, source: str, expected: int, figures: dict
     """The report, section by section (expected: the number of grid cells the study planned)."""
     doc = Doc()
     doc.h(1, "Hyperparameter optimisation report")
-    doc.p(f"Source: `{source}`. Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. Headline metric: "
+    doc.p(f"Source: `{source}`. Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by {version_line()}. "
+          "Headline metric: "
           f"{res.metric.label} ({res.metric.note}).")
     executive_summary(doc, res, expected)
     key_findings(doc, res)

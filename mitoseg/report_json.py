@@ -17,6 +17,7 @@ from .report_format import cfg_text
 from .stats import FACTORS
 from .status import DIVERGED, FAILED
 from .study_analysis import StudyAnalysis
+from .version import version_info
 
 CONFIG_COLUMNS = ["architecture", "learning_rate", "batch_size", "n_runs", "n_ok", "n_scored", "n_diverged",
                   "score_mean", "score_std", "score_sem", "stability_mean", "baseline", "degenerate", "best_run"]
@@ -58,7 +59,7 @@ def summary_json(res: StudyAnalysis, source: str, expected: int, figures: dict) 
     m = res.metric
     conf = res.confirmation
     out = dict(
-        source=source, generated=_dt.datetime.now().isoformat(timespec="seconds"),
+        source=source, generated=_dt.datetime.now().isoformat(timespec="seconds"), code=version_info(),
         metric=dict(column=m.column, label=m.label, kind=m.kind, note=m.note),
         cells=dict(expected=expected, rows=res.n_rows, finished=res.n_finished, successful=res.n_ok,
                    by_status=res.counts),

@@ -71,7 +71,7 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("total_time_s", _NUM, "wall time of the whole cell: loading, training, evaluation"),
     ("started_at", (str,), "ISO time the (last) run of this cell started"),
     ("finished_at", (str,), "ISO time the results were written"),
-    ("environment", (dict,), "package versions, Python, host name, device (GPU names or CPU)"),
+    ("environment", (dict,), "code (version, git commit, modified), package versions, Python, host name, device"),
     ("files", (dict,), "file names (relative to the exp_ folder) of the log, history CSV and model"),
 ]
 FIELD_NAMES = [name for name, _, _ in RESULT_FIELDS]

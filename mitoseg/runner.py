@@ -24,15 +24,13 @@ from . import multi_cell
 from . import quiet_tf
 from .console import cell_row, progress_line
 from . import site
+from .commands import ANALYZE, TRAIN, code_env, module_command
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
 from .results import ResultsError, load_results
 from .scheduler import SCHEDULER_INDEX_VARIABLES, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING, STARTED
 from .study_dir import base_grid, resolve_study_dir
-
-TRAIN_ONE = REPO_DIR / "train_one.py"
-ANALYZE_SCRIPT = REPO_DIR / "analyze_hyperparameter_results.py"
 
 
 # --- cell state -----------------------------------------------------------------------------------
@@ -106,7 +104,7 @@ def select_cells(grid: G.GridConfig, spec: Optional[str] = None, architectures: 
 # --- launching train_one.py -----------------------------------------------------------------------
 def train_command(study_dir, index: int, prefix: Optional[list] = None, force: bool = False) -> list[str]:
     prefix = prefix or [sys.executable]
-    cmd = [*prefix, str(TRAIN_ONE), "--study-dir", str(study_dir), "--task-index", str(index)]
+    cmd = module_command(prefix, TRAIN, "--study-dir", study_dir, "--task-index", index)
     return cmd + (["--force"] if force else [])
 
 
@@ -153,7 +151,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
     prefix = _element_launcher(study, grid, env, log)
     if prefix is None:
         return EXIT_BAD_INPUT
-    child_env = {**env, "STUDY_DIR": str(study)}
+    child_env = code_env({**env, "STUDY_DIR": str(study)})
     if k > 1:
         cmds = {i: train_command(study, i, prefix) for i in indices}
         for i, cmd in cmds.items():
@@ -268,7 +266,7 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[
 
 
 def _pool_env(study_dir: Path, jobs: int) -> dict:
-    env = {**os.environ, "STUDY_DIR": str(study_dir)}
+    env = code_env({**os.environ, "STUDY_DIR": str(study_dir)})
     env.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.CELL_LOG_LEVEL)
     if jobs > 1:   # share the cores instead of every process starting one thread per core
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
@@ -335,7 +333,7 @@ def _last_error_line(path: Path) -> str:
 def analysis_command(study_dir, python: Optional[list] = None) -> list[str]:
     """The analysis of a study (analyze_hyperparameter_results.py)."""
     python = python or [sys.executable]
-    return [*python, str(ANALYZE_SCRIPT), "--study-dir", str(study_dir)]
+    return module_command(python, ANALYZE, "--study-dir", study_dir)
 
 
 def run_analysis_script(study_dir, log: Callable[[str], None] = print) -> int:
@@ -343,7 +341,7 @@ def run_analysis_script(study_dir, log: Callable[[str], None] = print) -> int:
     cmd = analysis_command(Path(study_dir).resolve())
     log("analysis: " + " ".join(shlex.quote(c) for c in cmd))
     sys.stdout.flush()
-    return subprocess.call(cmd, cwd=str(REPO_DIR))
+    return subprocess.call(cmd, cwd=str(REPO_DIR), env=code_env())
 
 
 def report_path(study_dir) -> Optional[Path]:

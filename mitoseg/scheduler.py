@@ -29,13 +29,13 @@ from typing import Callable, Optional
 from . import grid as G
 from . import site as S
 from .io_utils import atomic_write_text
+from .commands import PBS_JOB, SLURM_JOB, STUDY, job_script, module_command
 from .launcher import REPO_DIR, launcher, study_binds
 from .multi_cell import ENV as K_ENV, array_size
 from .paths import StudyPaths
 
-RUN_STUDY = REPO_DIR / "run_study.py"
-PBS_SCRIPT = REPO_DIR / "pbs_hyperparameter_optimization.sh"
-SLURM_SCRIPT = REPO_DIR / "slurm_hyperparameter_optimization.sh"
+PBS_SCRIPT = job_script(PBS_JOB)
+SLURM_SCRIPT = job_script(SLURM_JOB)
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
 # The array index of an element: PBS Pro, Torque, Slurm (first one set wins).
 SCHEDULER_INDEX_VARIABLES = ("PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID")
@@ -223,7 +223,7 @@ def analysis_script_text(study_dir: Path, grid: G.GridConfig, environ=None, site
     site = site or S.SiteProfile()
     prefix, _ = launcher(environ, binds=study_binds(grid.fixed.get("data_dir"), study_dir), site=site,
                          need_runtime=not site.modules)
-    cmd = " ".join(shlex.quote(a) for a in [*prefix, str(RUN_STUDY), "analyze", "--study-dir", str(study_dir)])
+    cmd = " ".join(shlex.quote(a) for a in module_command(prefix, STUDY, "analyze", "--study-dir", study_dir))
     return ("#!/bin/bash\n"
             "# Analysis of this study, run by the scheduler after the whole array (afterany).\n"
             f"# Rerun by hand: bash {shlex.quote(str(StudyPaths(study_dir).analysis_script))}\n"

@@ -137,11 +137,19 @@ def read_profile(path, source: str = "given") -> SiteProfile:
         ok, want = _RULES[key]
         if not ok(value):
             raise SiteError(f"site profile {path}: key {key!r} must be {want}, got {value!r}")
-    if values.get("project") and values.get("scheduler") in ("slurm", "torque"):
-        raise SiteError(f"site profile {path}: key 'project' is PBS Pro's -P; on {values['scheduler']} use 'account'")
-    if values.get("gpu_type") and values.get("scheduler") == "torque":
-        raise SiteError(f"site profile {path}: key 'gpu_type' is not supported on torque; use 'extra_args'")
-    return SiteProfile(path=path, source=source, **values)
+    profile = SiteProfile(path=path, source=source, **values)
+    if profile.scheduler:
+        check_for_scheduler(profile, profile.scheduler)
+    return profile
+
+
+def check_for_scheduler(site: SiteProfile, scheduler: str) -> None:
+    """SiteError for a key the scheduler has no option for: checked when the profile names its scheduler,
+    and again when the scheduler is detected at submission, so a key is never dropped in silence."""
+    if site.project and scheduler in ("slurm", "torque"):
+        raise SiteError(f"site profile {site.path}: key 'project' is PBS Pro's -P; on {scheduler} use 'account'")
+    if site.gpu_type and scheduler == "torque":
+        raise SiteError(f"site profile {site.path}: key 'gpu_type' is not supported on torque; use 'extra_args'")
 
 
 # --- the scheduler options of a profile -------------------------------------------------------------
@@ -161,6 +169,7 @@ def log_dir(site: SiteProfile, study_logs: Path) -> Path:
 
 def common_options(site: SiteProfile, scheduler: str) -> list[str]:
     """Queue, account, project and the extra arguments: every job."""
+    check_for_scheduler(site, scheduler)
     if scheduler == "slurm":
         out = [f"--partition={site.queue}"] * bool(site.queue) + [f"--account={site.account}"] * bool(site.account)
     else:

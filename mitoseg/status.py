@@ -1,5 +1,6 @@
 """How a cell ends: the status words its results JSON may hold, which of them are finished, and
-the exit codes of its train_one.py process (read by the runners, which may lack numpy: stdlib only).
+the exit codes of every command, train_one.py's included (read by the runners, which may lack
+numpy: stdlib only).
 
 A finished cell ("ok" or "diverged": a NaN loss is a result, not an accident) is never retrained
 unless asked; "failed" and "interrupted" cells are rerun by every runner. The summary adds two
@@ -24,12 +25,23 @@ FOREIGN = "foreign"             # status: the cell's folder holds another cell's
 BUSY = "running elsewhere"      # train_one.py exited EXIT_BUSY: another process holds the cell's lock
 
 
-# Exit codes: train_one.py's; the other scripts use EXIT_OK, EXIT_FAILED and EXIT_BAD_INPUT too
-EXIT_OK = 0            # finished: ok, or diverged (a result, not an accident)
-EXIT_FAILED = 1        # an exception: the failure is recorded in the results JSON
-EXIT_BAD_INPUT = 2     # a flag, a grid or the data was refused before anything was trained
-EXIT_INTERRUPTED = 3   # SIGTERM (walltime, preemption): the resume backup is kept
-EXIT_BUSY = 4          # another process holds the cell's lock (mitoseg/cell_lock.py): nothing was done
+# Exit codes of every command (run_study.py / mitoseg-study, train_one.py / mitoseg-train,
+# analyze_hyperparameter_results.py / mitoseg-analyze, predict.py / mitoseg-predict, models.py):
+#   0  done: a cell ok or diverged (a result, not an accident); every cell finished; verify: no FAIL;
+#      status: no cell failed
+#   1  something ran and failed: a cell's exception (recorded in its results JSON), cells of a local
+#      run that did not finish, a FAIL row of verify, `status` with at least one failed cell
+#   2  bad input, refused before anything ran: a flag, a grid value, the data, a Python older than 3.8
+#      or a package this command needs (one line names the pip extra)
+#   3  interrupted by SIGTERM (walltime, preemption): the resume backup is kept, a rerun continues
+#   4  busy: another process holds the cell's lock (mitoseg/cell_lock.py); nothing was done
+#   5  the scheduler: no sbatch/qsub found, or it refused the submission; nothing was queued
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 3
+EXIT_BUSY = 4
+EXIT_SCHEDULER = 5
 
 
 def is_done(status) -> bool:

@@ -18,6 +18,7 @@ time as are running now (at least one).
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 import time
 from pathlib import Path
@@ -28,7 +29,9 @@ from .paths import StudyPaths
 from .results import ResultsError, load_results
 from .console import fmt_duration, fmt_score
 from .membership import study_membership
-from .status import DONE_STATUSES, FINISHED, FOREIGN, INTERRUPTED, MISSING, RUNNING, STALLED
+from .status import (DONE_STATUSES, EXIT_FAILED, EXIT_OK, FAILED, FINISHED, FOREIGN, INTERRUPTED, MISSING, RUNNING,
+                     STALLED)
+from .version import version_info
 
 RERUN_MARGIN_S = 30.0
 STALL_GRACE_S = 15 * 60.0
@@ -183,10 +186,28 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     return "\n".join(lines)
 
 
-def show(study_dir, log=print) -> int:
+def status_json(study_dir, rows: list[dict]) -> str:
+    """`status --json`: the study, one object per cell (its state as in the table) and the ETA."""
+    eta, parallel = eta_seconds(rows)
+    cells = [dict(index=r["cell"].index, name=r["cell"].name, stage=r["cell"].stage, state=r["state"],
+                  epoch=r["epoch"], epochs_max=r["epochs_max"], latest_val_iou=r["latest_iou"],
+                  best_val_iou=r["best_iou"], epoch_s=r["epoch_s"], last_write=r["last_write"], note=r["note"])
+             for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    return json.dumps(dict(study=str(Path(study_dir).resolve()), code=version_info(), cells=cells,
+                           counts=counts, eta_s=eta, cells_at_a_time=parallel), indent=2)
+
+
+def show(study_dir, log=print, as_json: bool = False) -> int:
+    """Print the table (or the JSON). EXIT_FAILED when at least one cell failed (its results JSON
+    records an error to look at), else EXIT_OK, also while cells are running, stalled, interrupted
+    or missing: those are states of progress, which a resubmission resumes or reruns."""
     grid = G.load_study_grid(study_dir)
     members = study_membership(study_dir, grid)
-    log(render(status_rows(study_dir, grid, members=members)))
-    if members.note():
+    rows = status_rows(study_dir, grid, members=members)
+    log(status_json(study_dir, rows) if as_json else render(rows))
+    if members.note() and not as_json:
         log("note: " + members.note())
-    return 0
+    return EXIT_FAILED if any(r["state"] == FAILED for r in rows) else EXIT_OK

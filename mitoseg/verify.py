@@ -37,7 +37,7 @@ from .console import fmt_duration
 from .input_error import DataError
 from .study_dir import base_grid
 from .config import TrainConfig
-from .status import EXIT_FAILED, EXIT_OK
+from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 FOREGROUND_RANGE = (0.005, 0.5)
@@ -382,7 +382,7 @@ def main(args) -> int:
     value_rows = check_grid_values(args.grid_config, args.data_dir, args.demo)
     if any(r.status == FAIL for r in value_rows):
         print(format_table(value_rows), flush=True)
-        return EXIT_FAILED
+        return EXIT_BAD_INPUT   # a bad grid value is bad input, as for every other command
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     print(f"Verifying the setup for a study of {grid.size} cells (fixed settings: {json.dumps(grid.fixed, sort_keys=True)})",
           flush=True)

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Callable
 
 from . import site as S
+from .commands import job_script
 from .launcher import REPO_DIR
 from .scheduler import module_lines, parse_job_id
 
-PBS_VERIFY_SCRIPT = REPO_DIR / "pbs_setup_verification.sh"
-SLURM_VERIFY_SCRIPT = REPO_DIR / "slurm_setup_verification.sh"
+PBS_VERIFY_SCRIPT = job_script("pbs_setup_verification.sh")
+SLURM_VERIFY_SCRIPT = job_script("slurm_setup_verification.sh")
 
 
 def verify_arguments(args, site: S.SiteProfile) -> list[str]:
     """The flags of this `verify` call for the one in the job, with every path made absolute."""
-    out = ["--output-root", str(Path(args.output_root).resolve())]
+    out = ["--output-dir", str(Path(args.output_root).resolve())]
     if args.grid_config:
         out += ["--grid-config", str(Path(args.grid_config).resolve())]
     if args.data_dir:

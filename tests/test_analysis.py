@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-import analyze_hyperparameter_results as cli
+from mitoseg.cli import analyze as cli
 from tests.fixtures_results import ALL_FG, make_study, name_of
 from mitoseg.analysis import run_analysis
 from mitoseg.checks import degenerate_reason, required_iou

@@ -49,7 +49,7 @@ def the_error_line(proc, stderr_only=False) -> str:
 
 def main_in_process(argv, capfd, monkeypatch, env=None):
     """train_one.main() in this process (no interpreter start-up): exit code, captured output."""
-    import train_one
+    from mitoseg.cli import train as train_one
     for var in S.SCHEDULER_INDEX_VARIABLES:
         monkeypatch.delenv(var, raising=False)
     for key, value in (env or {}).items():

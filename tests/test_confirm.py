@@ -94,7 +94,7 @@ def test_local_runner_resumes_and_skips_confirmation_cells(tmp_path, monkeypatch
                                      "missing"})
     assert plan["seeds"] == [3, 4]
     grid = G.load_study_grid(study)
-    monkeypatch.setattr(R, "TRAIN_ONE", _fake_trainer(tmp_path, fail=-1))
+    _fake_trainer(tmp_path, -1, monkeypatch)
     rows = R.run_local(study, grid, G.confirm_cells(study), jobs=2, log=quiet)
     assert sorted(int(x) for x in (study / "calls.txt").read_text().split()) == [17, 18]
     assert rows[16]["note"] == "finished earlier, skipped" and rows[19]["note"] == "finished earlier, skipped"
@@ -109,8 +109,8 @@ def test_local_runner_resumes_and_skips_confirmation_cells(tmp_path, monkeypatch
 def test_element_runs_a_confirmation_index(tmp_path, monkeypatch):
     study = _study(tmp_path)
     C.plan_confirmation(study, 2, log=quiet)
-    monkeypatch.setattr(R, "TRAIN_ONE", _fake_trainer(tmp_path, fail=-1))
-    env = {"STUDY_DIR": str(study), "PATH": os.environ["PATH"], NO_ANALYSIS_ENV: "1"}
+    fake = _fake_trainer(tmp_path, -1, monkeypatch)
+    env = {"STUDY_DIR": str(study), "PATH": os.environ["PATH"], NO_ANALYSIS_ENV: "1", **fake}
     logs = []
     assert R.run_element(19, tmp_path, environ=env, log=logs.append) == 0
     assert (study / "calls.txt").read_text().split() == ["19"]
@@ -136,7 +136,7 @@ def test_confirm_submission_sets_the_confirmation_range(tmp_path):
             in r.stdout
     r = _run_study("confirm", "--study-dir", str(study), "--seeds", "3", "--top", "2", "--dry-run",
                    "--scheduler", "slurm")
-    assert r.returncode == 2 and r.stdout.strip().startswith("error:") and "--top 1" in r.stdout
+    assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "--top 1" in r.stderr
     r = _run_study("status", "--study-dir", str(study))
     assert "22 cells" in r.stdout and "6 missing" in r.stdout
 

@@ -116,7 +116,7 @@ def study(tmp_path_factory):
 
     # 3. Resume, then SIGKILL (node failure) as soon as it has logged one epoch: no results write.
     run2 = start(base + ["--task-index", "0"], root / "run2.log")
-    wait_until(lambda: re.search(r"^epoch +\d+/", (root / "run2.log").read_text(), re.M), run2, 300,
+    wait_until(lambda: re.search(r"^[\d-]+ [\d:]+ epoch +\d+/", (root / "run2.log").read_text(), re.M), run2, 300,
                "a resumed epoch")
     run2.send_signal(signal.SIGKILL)
     ev["run2_code"] = run2.wait(timeout=60)
@@ -170,7 +170,8 @@ def test_resume_restores_epoch_counter_and_history_is_continuous(study):
     assert "resuming from the backup" in study["run2_log"]
     # fit(initial_epoch=...) from the backup: the first epoch the resumed process trains is the
     # one after the last completed epoch (not epoch 1 again).
-    first = next(line for line in study["run2_log"].splitlines() if line.startswith("epoch "))
+    unstamped = [re.sub(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ", "", ln) for ln in study["run2_log"].splitlines()]
+    first = next(line for line in unstamped if line.startswith("epoch "))
     assert first.startswith(f"epoch {interrupted_at + 1:>3}/{TOTAL_EPOCHS}"), first
     assert study["final_history"] == list(range(1, TOTAL_EPOCHS + 1))   # nothing repeated or lost
 

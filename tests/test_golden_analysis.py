@@ -11,21 +11,22 @@ from mitoseg.analysis import run_analysis
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PLACEHOLDER = "<STUDY>"
 STUDY_PATH_LENGTH = 100   # a fixed length (under 120): the reports cut error messages, which start with it, to 120 characters
-TIME_PLACEHOLDER = "Generated <TIME>."
+TIME_PLACEHOLDER = "Generated <TIME> by <CODE>."
 REPORTS = {"report_md": "expected_report.md", "report_txt": "expected_report.txt"}
 
 
 def numbers(summary_json: str) -> dict:
-    """analysis_summary.json without its time stamp."""
+    """analysis_summary.json without its time stamp and the code's version and commit."""
     values = json.loads(summary_json)
     values.pop("generated")
+    values.pop("code")
     return values
 
 
 def run_golden_analysis(tmp: Path, edit=None, keys=("summary_csv", "summary_json")) -> tuple:
     """Analyse a copy of the fixed study (after edit(copy), if given); the texts of the outputs
     `keys` (default: summary CSV, analysis_summary.json) with the copy's path replaced by a
-    placeholder and the reports' time stamp by another."""
+    placeholder and the reports' time stamp and code version (mitoseg/version.py) by others."""
     study = tmp / "study".ljust(STUDY_PATH_LENGTH - len(str(tmp)) - 1, "_")
     assert len(str(study)) == STUDY_PATH_LENGTH, f"temporary folder {tmp} too long for the fixed study path"
     shutil.copytree(GOLDEN / "study", study)
@@ -33,7 +34,8 @@ def run_golden_analysis(tmp: Path, edit=None, keys=("summary_csv", "summary_json
         edit(study)
     out = run_analysis(study_dir=study, log=lambda _: None)["outputs"]
     texts = [Path(out[key]).read_text().replace(str(study), PLACEHOLDER) for key in keys]
-    return tuple(re.sub(r"Generated \d{4}-\d\d-\d\d \d\d:\d\d\.", TIME_PLACEHOLDER, t) for t in texts)
+    stamp = r"Generated \d{4}-\d\d-\d\d \d\d:\d\d by mitoseg-hpo [^(]*\([^)]*\)\."
+    return tuple(re.sub(stamp, TIME_PLACEHOLDER, t) for t in texts)
 
 
 def test_fixed_study_gives_the_recorded_summary_and_numbers(tmp_path):

@@ -155,10 +155,11 @@ def test_gate_is_recorded_and_old_records_still_load(tmp_path):
     assert TrainConfig().to_dict()["attention_gate"] == "original"
     with pytest.raises(ValueError, match="attention_gate"):
         TrainConfig(attention_gate="bilinear").validate()
-    old_config = {k: v for k, v in TrainConfig().to_dict().items() if k != "attention_gate"}
     study = make_study(tmp_path / "s", architectures=("Attention_UNet",), learning_rates=(1e-3,),
                        batch_sizes=(8,), seeds=(1,), history=False)
     cell = cells(GridConfig(architectures=["Attention_UNet"], learning_rates=[1e-3], batch_sizes=[8], seeds=[1]))[0]
+    # the cell's own settings, as written before the field existed (a study counts only its own cells)
+    old_config = {k: v for k, v in record_for(cell)["config"].items() if k != "attention_gate"}
     path = next(study.glob("exp_*/*_results.json"))
     save_results(path, {**record_for(cell), "config": old_config})   # as written before the field existed
     record = load_results(path)

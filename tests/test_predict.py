@@ -10,7 +10,7 @@ import pytest
 tifffile = pytest.importorskip("tifffile")
 keras = pytest.importorskip("keras")
 
-import predict  # noqa: E402
+from mitoseg.cli import predict  # noqa: E402
 from mitoseg import inference  # noqa: E402
 from mitoseg.config import TrainConfig  # noqa: E402
 from mitoseg.results import empty_record, save_results  # noqa: E402

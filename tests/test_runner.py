@@ -168,7 +168,7 @@ def test_launcher_container_or_plain_python(tmp_path, monkeypatch):
     prefix, how = L.launcher({"TF_CONTAINER": str(image)})
     assert prefix == [str(fake), "exec", "--nv", str(image), "python"] and "from $TF_CONTAINER" in how
     cmd = R.train_command("S", 4, prefix)
-    assert cmd[-5:] == [str(R.TRAIN_ONE), "--study-dir", "S", "--task-index", "4"]
+    assert cmd[-6:] == ["-m", "mitoseg.cli.train", "--study-dir", "S", "--task-index", "4"]
 
 
 FAKE_TRAIN = r'''
@@ -191,10 +191,13 @@ save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell,
 '''
 
 
-def _fake_trainer(tmp_path, fail):
-    path = tmp_path / "fake_train_one.py"
-    path.write_text(FAKE_TRAIN.format(repo=str(REPO), fail=fail))
-    return path
+def _fake_trainer(tmp_path, fail, monkeypatch) -> dict:
+    """The runner starts the module fake_train_one (in tmp_path) instead of mitoseg.cli.train;
+    returns the environment entry that lets a child find it (also set in this process)."""
+    (tmp_path / "fake_train_one.py").write_text(FAKE_TRAIN.format(repo=str(REPO), fail=fail))
+    monkeypatch.setattr(R, "TRAIN", "fake_train_one")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    return {"PYTHONPATH": str(tmp_path)}
 
 
 def test_local_runner_skips_finished_reruns_failed_and_survives_a_failure(tmp_path, monkeypatch):
@@ -205,7 +208,7 @@ def test_local_runner_skips_finished_reruns_failed_and_survives_a_failure(tmp_pa
     for cell, status in ((cells[0], "ok"), (cells[1], "failed")):
         (study / cell.name).mkdir()
         save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell, status=status, iou=0.9))
-    monkeypatch.setattr(R, "TRAIN_ONE", _fake_trainer(tmp_path, fail=2))
+    _fake_trainer(tmp_path, 2, monkeypatch)
     lines = []
     rows = R.run_local(study, grid, cells, jobs=2, log=lines.append)
     calls = sorted(int(x) for x in (study / "calls.txt").read_text().split())
@@ -225,7 +228,7 @@ def test_local_runner_skips_finished_reruns_failed_and_survives_a_failure(tmp_pa
 
 
 def test_run_element_bad_index_and_analysis_submitted_once(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, "TRAIN_ONE", _fake_trainer(tmp_path, fail=-1))
+    fake = _fake_trainer(tmp_path, -1, monkeypatch)
     cfg = tmp_path / "grid.json"
     tiny_grid().save(cfg)
     bindir = tmp_path / "bin"
@@ -235,7 +238,8 @@ def test_run_element_bad_index_and_analysis_submitted_once(tmp_path, monkeypatch
     sbatch.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
     root = tmp_path / "root"
-    base = {"SLURM_JOB_ID": "21", "SLURM_ARRAY_JOB_ID": "20", "GRID_CONFIG": str(cfg), "PATH": os.environ["PATH"]}
+    base = {"SLURM_JOB_ID": "21", "SLURM_ARRAY_JOB_ID": "20", "GRID_CONFIG": str(cfg), "PATH": os.environ["PATH"],
+            **fake}
     logs = []
     assert R.run_element(None, root, environ={**base, "SLURM_ARRAY_TASK_ID": "9"}, log=logs.append) == 2
     assert "outside the grid" in logs[-1]
@@ -251,7 +255,7 @@ def test_run_element_bad_index_and_analysis_submitted_once(tmp_path, monkeypatch
     info = json.loads((study / "analysis_job.json").read_text())
     assert info["job_id"] == "99"
     script = (study / P.ANALYSIS_SCRIPT_NAME).read_text()
-    assert "run_study.py analyze --study-dir" in script
+    assert "-m mitoseg.cli.study analyze --study-dir" in script
     # a resubmission (another array id) into the same study submits its own analysis job
     env2 = {**base, "SLURM_ARRAY_JOB_ID": "30", "SLURM_JOB_ID": "31", "STUDY_DIR": str(study), "SLURM_ARRAY_TASK_ID": "0"}
     assert R.run_element(None, root, environ=env2, log=logs.append) == 0
@@ -281,7 +285,7 @@ def test_bash_n_every_job_script(script):
 def test_job_scripts_are_directives_and_one_python_call(name):
     text = (REPO / name).read_text()
     body = [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
-    assert len(body) == 2 and body[0].startswith("cd ") and "run_study.py" in body[1]
+    assert len(body) == 2 and body[0].startswith("cd ") and "-m mitoseg.cli.study" in body[1]
     assert os.stat(REPO / name).st_mode & stat.S_IXUSR
 
 

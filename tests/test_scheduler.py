@@ -38,14 +38,14 @@ TINY = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[
 
 
 def _submit_dir(tmp_path: Path) -> tuple[Path, dict]:
-    """A submit folder with run_study.py (a symlink: imports resolve to the repository) and the
-    environment the user would export before submitting."""
+    """A submit folder outside the repository and the environment the user would export before
+    submitting: the job script's `python -m mitoseg.cli.study` finds the code through PYTHONPATH
+    (in the repository folder itself, or with the package installed, it needs none)."""
     sub = tmp_path / "submit"
     sub.mkdir()
-    (sub / "run_study.py").symlink_to(REPO / "run_study.py")
     cfg = tmp_path / "tiny_grid.json"
     TINY.save(cfg)
-    env = {"PYTHON": sys.executable, "GRID_CONFIG": str(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
+    env = {"PYTHON": sys.executable, "PYTHONPATH": str(REPO), "GRID_CONFIG": str(cfg), "TF_CPP_MIN_LOG_LEVEL": "3",
            "MITOSEG_ANALYSIS_SBATCH_ARGS": "--cpus-per-task=1 --mem=1G --time=00:20:00"}
     env.pop("TF_CONTAINER", None)
     return sub, env
@@ -148,7 +148,7 @@ def test_qsub_wrapper_pbs_script(slurm_cluster, tmp_path):  # noqa: F811
 
 def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster, tmp_path, oldest_python):  # noqa: F811
     """TF_CONTAINER path for real: the element's launcher calls `apptainer exec --nv --bind ... IMAGE
-    python train_one.py ...`; the stand-in apptainer (tests/bin) checks the image and bind sources and
+    python -m mitoseg.cli.train ...`; the stand-in apptainer (tests/bin) checks the image and bind sources and
     runs the oldest-stack Python. The cell must end ok in that stack, with the study and data folders
     (both outside the home folder) bound; the dependent analysis goes the same way."""
     from tests.fixtures_data import write_synthetic_dataset
@@ -182,10 +182,10 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
     assert runs[0]["cmd"][1] == "-c" and runs[0]["image"] == str(image)   # the element's probe: python starts
     assert "container python " in logs
     first = runs[1]
-    assert first["image"] == str(image) and first["nv"] and first["cmd"][1].endswith("train_one.py")
+    assert first["image"] == str(image) and first["nv"] and first["cmd"][1:3] == ["-m", "mitoseg.cli.train"]
     assert str(study) in first["binds"] and str(data.resolve()) in first["binds"]
     _wait_for_analysis(slurm_cluster, study, array_id)
-    assert any("run_study.py" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[2:])
+    assert any("mitoseg.cli.study analyze" in " ".join(json.loads(l)["cmd"]) for l in calls.read_text().splitlines()[2:])
 def test_submit_with_a_site_profile_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     """A site profile for real: its resources, throttle (%1: one element at a time) and module line reach
     both jobs, the element logs land in STUDY/logs/, the arguments after `--` reach the analysis job too,

@@ -255,7 +255,7 @@ def test_verify_reports_every_bad_value_as_a_fail_row(tmp_path):
     path = tmp_path / "grid.json"
     path.write_text(json.dumps({"learning_rates": [1e-3, -1], "fixed": {"augment": "false", "threshold": 2}}))
     proc = run("run_study.py", ["verify", "--grid-config", str(path), "--skip-env-probe"])
-    assert proc.returncode == 1
+    assert proc.returncode == 2   # bad input, as for every other command
     fails = [line for line in proc.stdout.splitlines() if line.startswith("grid values  FAIL")]
     assert len(fails) == 3 and all(str(path) in line for line in fails), proc.stdout
 

@@ -237,10 +237,12 @@ def test_the_profile_container_and_binds_and_tf_container_wins(tmp_path, standin
     assert prefix[-2] == "docker://x/y:1" and "from $TF_CONTAINER" in how
 
 
-def _trainer(tmp_path) -> Path:
-    path = tmp_path / "fake_train_one.py"
-    path.write_text(f"open({str(tmp_path / 'trained')!r}, 'a').write('x')\n")
-    return path
+def _trainer(tmp_path, monkeypatch) -> dict:
+    """The runner starts the module fake_train_one (in tmp_path) instead of mitoseg.cli.train; returns
+    the environment entry that lets the child find it."""
+    (tmp_path / "fake_train_one.py").write_text(f"open({str(tmp_path / 'trained')!r}, 'a').write('x')\n")
+    monkeypatch.setattr(R, "TRAIN", "fake_train_one")
+    return {"PYTHONPATH": str(tmp_path)}
 
 
 @pytest.mark.parametrize("case, words", [("typo path", "tensorflw.sif (from $TF_CONTAINER) does not exist"),
@@ -249,12 +251,12 @@ def _trainer(tmp_path) -> Path:
                                          ("python does not start", "could not start python (exit 1: FileNotFoundError")])
 def test_an_unusable_container_fails_the_element_with_exit_2_and_trains_nothing(tmp_path, monkeypatch, standin, case,
                                                                                 words):
-    monkeypatch.setattr(R, "TRAIN_ONE", _trainer(tmp_path))
+    fake = _trainer(tmp_path, monkeypatch)
     grid = tmp_path / "grid.json"
     G.demo_grid().save(grid)
     sandbox = tmp_path / "sandbox"
     sandbox.mkdir()
-    env = {**standin, "GRID_CONFIG": str(grid), "HOME": str(tmp_path), "TF_CONTAINER": str(sandbox)}
+    env = {**standin, **fake, "GRID_CONFIG": str(grid), "HOME": str(tmp_path), "TF_CONTAINER": str(sandbox)}
     if case == "typo path":
         env["TF_CONTAINER"] = str(tmp_path / "tensorflw.sif")
     elif case == "typo in the profile":
@@ -275,15 +277,15 @@ def test_an_unusable_container_fails_the_element_with_exit_2_and_trains_nothing(
         assert (tmp_path / "trained").exists() and any(ln.startswith(f"container {sandbox} (from $TF_CONTAINER)")
                                                          for ln in logs)
         calls = [json.loads(ln) for ln in (tmp_path / "apptainer_calls").read_text().splitlines()]
-        assert calls[-1]["image"] == str(sandbox) and calls[-1]["cmd"][1] == str(R.TRAIN_ONE)
+        assert calls[-1]["image"] == str(sandbox) and calls[-1]["cmd"][1:3] == ["-m", R.TRAIN]
 
 
 def test_no_container_is_the_host_python_said_aloud(tmp_path, monkeypatch):
-    monkeypatch.setattr(R, "TRAIN_ONE", _trainer(tmp_path))
+    fake = _trainer(tmp_path, monkeypatch)
     grid = tmp_path / "grid.json"
     G.demo_grid().save(grid)
     logs: list[str] = []
-    env = {"PATH": os.environ["PATH"], "GRID_CONFIG": str(grid), "HOME": str(tmp_path)}
+    env = {"PATH": os.environ["PATH"], "GRID_CONFIG": str(grid), "HOME": str(tmp_path), **fake}
     assert R.run_element(0, tmp_path / "root", environ=env, log=logs.append) == 0
     assert any(f"training with the host Python {sys.executable}: no container set" in ln for ln in logs)
     assert any("data: built-in synthetic data" in ln for ln in logs) and (tmp_path / "trained").exists()
@@ -317,7 +319,7 @@ def test_verify_submit_gives_the_profile_to_the_verification_job(tmp_path, sched
     assert ("--partition=gpuq" if scheduler == "slurm" else "-q gpuq") in call and "05:00:00" not in call
     assert str(tmp_path / "out" / "logs") in call and (tmp_path / "out" / "logs").is_dir()
     job = (tmp_path / "job.sh").read_text()
-    assert job.index("module load apptainer") < job.index("set -- --output-root") < job.index("exec ")
+    assert job.index("module load apptainer") < job.index("set -- --output-dir") < job.index("exec ")
     assert f"--site {profile}" in job and f"--grid-config {REPO / 'examples' / 'gpu_full_study.json'}" in job
     # the job script as the scheduler gets it runs the check with these arguments (here: no TensorFlow trial)
     local = subprocess.run(["bash", "-c", job.replace("set -- ", "set -- --skip-env-probe ").replace(
@@ -329,12 +331,12 @@ def test_verify_submit_gives_the_profile_to_the_verification_job(tmp_path, sched
 def test_an_element_names_where_its_data_came_from(tmp_path, monkeypatch):
     """`#PBS -V` exports the login shell's DATA_DIR: it may make a new study's data, said in every
     element's log; an existing study's data stays its own (a contradicting DATA_DIR is refused)."""
-    monkeypatch.setattr(R, "TRAIN_ONE", _trainer(tmp_path))
+    fake = _trainer(tmp_path, monkeypatch)
     grid = tmp_path / "grid.json"
     G.demo_grid().save(grid)
     data = tmp_path / "data"
     data.mkdir()
-    env = {"PATH": os.environ["PATH"], "GRID_CONFIG": str(grid), "HOME": str(tmp_path), "DATA_DIR": str(data)}
+    env = {"PATH": os.environ["PATH"], "GRID_CONFIG": str(grid), "HOME": str(tmp_path), "DATA_DIR": str(data), **fake}
     logs: list[str] = []
     assert R.run_element(0, tmp_path / "root", environ=env, log=logs.append) == 0
     assert any(f"data: {data} (from $DATA_DIR of the submitting shell)" in ln for ln in logs), logs
@@ -345,3 +347,15 @@ def test_an_element_names_where_its_data_came_from(tmp_path, monkeypatch):
     env.update(DATA_DIR=str(tmp_path))
     assert R.run_element(1, tmp_path / "root", environ=env, log=logs.append) == 2
     assert logs[-1].startswith("error:") and "fixed.data_dir" in logs[-1] and str(tmp_path) in logs[-1]
+
+
+def test_a_key_the_detected_scheduler_cannot_take_is_refused_not_dropped(tmp_path):
+    """A profile without `scheduler` is checked against the scheduler found at submission: PBS Pro's
+    project on Slurm (or Torque) and a GPU type on Torque are one-line errors, never left out in silence."""
+    site = S.SiteProfile(path=tmp_path / "site.json", project="p1", gpu_type="a100")
+    for scheduler, key in (("slurm", "project"), ("torque", "project")):
+        with pytest.raises(S.SiteError, match=f"key '{key}'"):
+            Sched.array_submit_command(scheduler, 0, 1, "A=1", [], site)
+    with pytest.raises(S.SiteError, match="key 'gpu_type'"):
+        Sched.array_submit_command("torque", 0, 1, "A=1", [], S.SiteProfile(gpu_type="a100"))
+    assert "-P" in Sched.array_submit_command("pbspro", 0, 1, "A=1", [], site)

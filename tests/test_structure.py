@@ -133,8 +133,11 @@ def test_study_file_names_are_spelled_only_in_mitoseg_paths(trees):
 
 STDLIB_ONLY = ["mitoseg.paths", "mitoseg.status", "mitoseg.config", "mitoseg.grid", "mitoseg.results",
                "mitoseg.identity", "mitoseg.io_utils", "mitoseg.cli_args", "mitoseg.scheduler", "mitoseg.launcher",
-               "mitoseg.study_dir", "mitoseg.site", "mitoseg.verify_job", "mitoseg.runner", "mitoseg.console", "mitoseg.verify", "mitoseg.multi_cell",
-               "mitoseg.study_status", "mitoseg.confirm", "mitoseg.layout", "run_study", "train_one"]
+               "mitoseg.study_dir", "mitoseg.site", "mitoseg.verify_job", "mitoseg.runner", "mitoseg.console",
+               "mitoseg.verify", "mitoseg.multi_cell", "mitoseg.study_status", "mitoseg.confirm", "mitoseg.layout",
+               "mitoseg.version", "mitoseg.commands", "mitoseg.cli.study", "mitoseg.cli.study_parser", "mitoseg.cli.train",
+               "mitoseg.cli.models",
+               "run_study", "train_one"]
 BLOCK = '''
 import importlib, sys
 class Block:

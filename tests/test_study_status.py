@@ -1,6 +1,7 @@
 """`run_study.py status` on a fake study folder: every state, the running cells' epoch and latest
 val IoU, and the ETA worked out by hand from the epoch times written into the histories."""
 import os
+import json
 import subprocess
 import sys
 import time
@@ -94,12 +95,30 @@ def test_status_command_prints_the_table_and_eta(study):
     path, _ = study
     proc = subprocess.run([sys.executable, str(REPO / "run_study.py"), "status", "--study-dir", str(path)],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr   # a cell failed
     out = proc.stdout
     line = next(ln for ln in out.splitlines() if "exp_02_" in ln)
     assert "running" in line and "3/10" in line and "0.620" in line
     assert "8 cells: 1 failed, 1 finished, 1 interrupted, 2 missing, 2 running, 1 stalled" in out
     assert "ETA: " in out and "2 cell(s) at a time" in out
+
+
+def test_status_json_gives_the_same_states_and_exit_code(study):
+    path, _ = study
+    proc = subprocess.run([sys.executable, str(REPO / "run_study.py"), "status", "--study-dir", str(path), "--json"],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["counts"] == {"failed": 1, "finished": 1, "interrupted": 1, "missing": 2, "running": 2, "stalled": 1}
+    cell = next(c for c in doc["cells"] if c["name"].startswith("exp_02_"))
+    assert cell["state"] == "running" and cell["epoch"] == 3 and cell["latest_val_iou"] == pytest.approx(0.62)
+    assert doc["cells_at_a_time"] == 2 and doc["eta_s"] > 0 and set(doc["code"]) == {"version", "git_commit", "git_dirty"}
+
+
+def test_status_exits_0_when_no_cell_failed(tmp_path):
+    grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[8])
+    G.init_study(tmp_path, grid)
+    assert S.show(tmp_path, log=lambda _: None) == 0
 
 
 def test_an_empty_study_has_no_eta_yet(tmp_path):

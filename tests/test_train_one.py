@@ -1,6 +1,7 @@
 """train_one.py end to end: a real (tiny) training run, its files and JSON, skip-if-done, bad input."""
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 from mitoseg.checks import degenerate_reason
 from mitoseg.results import load_results
+from mitoseg.version import version_info
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
@@ -61,12 +63,17 @@ def test_smoke_run_writes_every_file(trained):
     assert not set(split["train_slices"]) & set(split["val_slices"])
     assert split["val_slices"] == list(range(split["val_slices"][0], split["val_slices"][-1] + 1))
     assert record["environment"]["packages"]["tensorflow"] and record["environment"]["device"] == "CPU"
+    code = record["environment"]["code"]   # the code that produced it (the checkout may change meanwhile)
+    assert code["version"] == version_info()["version"] and re.fullmatch(r"[0-9a-f]{40}", code["git_commit"])
+    assert isinstance(code["git_dirty"], bool)
     assert record["test"]["n_slices"] > 0 and 0 <= record["test"]["iou"] <= 1
     history = (exp / f"{name}_history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,loss,jaccard,iou,val_loss,val_jaccard,val_iou")
     assert len(history) == 3
     log = (exp / "training_log.txt").read_text()
     assert "epoch   2/2" in log and "all-foreground" in log
+    after_header = log.split(" ===\n", 1)[1].splitlines()
+    assert after_header and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S", ln) for ln in after_header), after_header
 
 
 def test_saved_model_reloads_and_predicts(trained):

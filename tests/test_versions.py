@@ -19,11 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _project() -> tuple[SpecifierSet, list[Requirement]]:
-    """requires-python and dependencies of pyproject.toml (tomllib is 3.11+: read the two keys)."""
+    """The training Python range ([tool.mitoseg] training-requires-python) and the requirements of
+    the [train] and [analysis] extras of pyproject.toml (tomllib is 3.11+: read the keys)."""
     text = (REPO / "pyproject.toml").read_text()
-    python = re.search(r'^requires-python\s*=\s*"([^"]+)"', text, re.M).group(1)
-    block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, re.M | re.S).group(1)
-    return SpecifierSet(python), [Requirement(r) for r in re.findall(r'"([^"]+)"', block)]
+    python = re.search(r'^training-requires-python\s*=\s*"([^"]+)"', text, re.M).group(1)
+    reqs = {}
+    for extra in ("train", "analysis"):
+        block = re.search(rf"^{extra}\s*=\s*\[(.*?)^\]", text, re.M | re.S).group(1)
+        reqs.update({r.name: r for r in (Requirement(t) for t in re.findall(r'"([^"]+)"', block))})
+    return SpecifierSet(python), list(reqs.values())
+
+
+def _login_python() -> SpecifierSet:
+    text = (REPO / "pyproject.toml").read_text()
+    return SpecifierSet(re.search(r'^requires-python\s*=\s*"([^"]+)"', text, re.M).group(1))
 
 
 def _pins(name: str) -> dict[str, Version]:
@@ -76,3 +85,35 @@ def test_the_docs_state_the_range(page):
         low = _lower(spec)
         stated = f"{label} {low.major}.{low.minor}-{_upper_minor(spec)}"
         assert stated in text, f"{page} does not state '{stated}'"
+
+
+def test_the_base_install_needs_the_standard_library_alone_and_the_checked_python():
+    """A login node installs the package without extras: no dependencies, and the Python it
+    refuses (mitoseg/__init__.py) is the one pyproject.toml excludes."""
+    import mitoseg
+    text = (REPO / "pyproject.toml").read_text()
+    assert re.search(r"^dependencies\s*=\s*\[\]", text, re.M)
+    low = _lower(_login_python())
+    assert (low.major, low.minor) == mitoseg.MIN_PYTHON
+
+
+def test_every_declared_package_is_imported_by_the_product_and_every_import_declared():
+    """What the product code imports outside the standard library is declared, and nothing more
+    (seaborn and scikit-image were named but never imported: dropped)."""
+    import ast
+    import sys
+    from mitoseg.environment import PACKAGES
+    _, deps = _project()
+    declared = {r.name.lower() for r in deps} - {"h5py"}   # h5py: Keras' HDF5 writer, imported by Keras
+    files = [*REPO.glob("*.py"), *REPO.glob("mitoseg/**/*.py")]
+    imported = set()
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("mitoseg", "setuptools")}
+    by_import = {mod: dist for mod, dist in PACKAGES.items()}
+    assert third_party <= set(by_import), third_party - set(by_import)
+    assert {by_import[m].lower() for m in third_party} == declared

@@ -1,0 +1,3 @@
+"""The project's commands: what run_study.py, train_one.py, analyze_hyperparameter_results.py,
+predict.py and models.py run, and the console commands of an installed package (pyproject.toml
+[project.scripts]). Each module has `main(argv=None) -> int` and runs with `python -m` too."""

@@ -1,0 +1,150 @@
+"""Train one grid cell (architecture, learning rate, batch size, seed) and write its exp_ folder.
+
+By hand:          python train_one.py --arch UNet --lr 1e-3 --batch-size 16 --data-dir DATA --output-dir runs
+Grid element:     python train_one.py --study-dir STUDY --task-index 4
+                  (index from the flag, else $PBS_ARRAY_INDEX, $PBS_ARRAYID or $SLURM_ARRAY_TASK_ID)
+Demo-sized:       python train_one.py --arch UNet --epochs 2 --patch-size 64 --base-filters 8 --depth 4
+
+Without --data-dir the built-in synthetic EM-like data is used (nothing to download).
+Exit codes: 0 finished (ok, diverged, or already done with these settings), 1 failed, 2 bad input (also: the
+cell finished with other settings or data; --force retrains it), 3 interrupted (rerun resumes), 4 busy
+(another process is training this cell right now; nothing done).
+Paths (--data-dir, --grid-config) are made absolute against the current folder and stored so.
+"""
+import argparse
+import os
+import sys
+
+from mitoseg import quiet_tf  # standard library only
+from mitoseg.cli_args import (OneLineParser, add_flag, add_version, missing_extra, positive_float,  # standard library only
+                              positive_int)
+
+quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_version(p)
+    cell = p.add_argument_group("the cell (ignored with --task-index: the grid decides)")
+    cell.add_argument("--arch", choices=ARCHITECTURES, help="architecture (default UNet)")
+    cell.add_argument("--lr", type=positive_float, help="initial Adam learning rate (default 1e-3)")
+    cell.add_argument("--batch-size", type=positive_int, help="batch size (default 16)")
+    cell.add_argument("--seed", type=int, help="random seed for Python, numpy, TensorFlow, shuffling (default 42)")
+    grid = p.add_argument_group("grid mode")
+    grid.add_argument("--study-dir", default=os.environ.get("STUDY_DIR"),
+                      help="study folder holding grid_config.json and the exp_ folders (default $STUDY_DIR)")
+    grid.add_argument("--task-index", type=int,
+                      help="grid index; default from $PBS_ARRAY_INDEX, $PBS_ARRAYID or $SLURM_ARRAY_TASK_ID")
+    grid.add_argument("--grid-config", help="grid JSON used to create --study-dir if it has none yet")
+    s = p.add_argument_group("fixed settings (defaults: the cluster's full-size run)")
+    s.add_argument("--epochs", type=positive_int, help="maximum epochs (default 30)")
+    s.add_argument("--patch-size", type=positive_int, help="square patch side in pixels (default 256)")
+    s.add_argument("--base-filters", type=positive_int, help="filters of the first level (default 64 -> 1024)")
+    s.add_argument("--depth", type=positive_int, help="resolution levels (default 5)")
+    s.add_argument("--dropout", type=float, help="dropout inside conv blocks (default 0)")
+    s.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", default=None,
+                   help="build the models without BatchNormalization")
+    s.add_argument("--bn-momentum", type=float, help="BatchNormalization momentum (default 0.9)")
+    s.add_argument("--head", choices=HEADS, help="output head: plain 1x1 conv+sigmoid (default) or the "
+                   "original bn_sigmoid (BatchNorm before the sigmoid)")
+    s.add_argument("--attention-gate", choices=ATTENTION_GATES, help="gate of the attention variants: the "
+                   "original study's (default) or legacy, the lighter one this project used before it rebuilt "
+                   "the original")
+    s.add_argument("--input-channels", type=int, choices=(1, 3), help="1 grey channel (default) or 3 copies")
+    s.add_argument("--early-stopping-patience", type=positive_int, help="default 10")
+    s.add_argument("--reduce-lr-patience", type=positive_int, help="default 5")
+    s.add_argument("--clipnorm", type=positive_float, help="Adam gradient clipping norm (default 1.0)")
+    s.add_argument("--val-fraction", type=float, help="fraction of whole slices held out for validation (default 0.1)")
+    s.add_argument("--test-fraction", type=float, help="when the data has no testing.tif: hold out this "
+                   "fraction of whole slices (a block at the start of the stack) as the test volume (default 0)")
+    s.add_argument("--n-folds", type=positive_int, help="folds of the data split (default 1); with --fold k the "
+                   "validation block (and a --test-fraction block) move to fold k's part of the stack")
+    s.add_argument("--fold", type=int, help="which fold of --n-folds (0 .. n_folds-1; default 0: the unmoved split)")
+    s.add_argument("--augment", action="store_true", default=None, help="random flips and 90-degree rotations")
+    s.add_argument("--tta", dest="test_tta", action="store_true", default=None,
+                   help="8-fold flip/rotation test-time augmentation on the held-out test slices")
+    s.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPU)")
+    s.add_argument("--jit-compile", action="store_true", default=None, help="XLA compilation (GPU)")
+    s.add_argument("--deterministic", action="store_true", default=None,
+                   help="TensorFlow op determinism: the same seed gives a bit-identical run (can be slower)")
+    s.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="do not write TensorBoard event files (default: write them under the exp_ folder)")
+    s.add_argument("--save-format", choices=("keras", "hdf5"), help="model file format (default keras)")
+    d = p.add_argument_group("data and output")
+    d.add_argument("--data-dir", help="training.tif + training_groundtruth.tif [+ testing*.tif], or images/ + masks/ "
+                   "folders; default: built-in synthetic EM data")
+    d.add_argument("--synthetic-slices", type=positive_int, help="slices of the built-in synthetic volume (default 24)")
+    d.add_argument("--synthetic-size", type=positive_int, help="side of the synthetic slices (default 256)")
+    add_flag(d, "--output-dir", "--out-dir", dest="out_dir", default="runs", help="parent folder of the exp_ folder in hand mode (default runs/)")
+    d.add_argument("--force", action="store_true", help="retrain even if the cell already finished")
+    return p
+
+
+FLAG_TO_FIELD = {"arch": "architecture", "lr": "learning_rate"}
+FIELD_TO_FLAG = {"architecture": "arch", "learning_rate": "lr", "test_tta": "tta", "batch_norm": "no-batch-norm"}
+CELL_FLAGS = ("arch", "lr", "batch_size", "seed")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from mitoseg import grid as G
+    from mitoseg import scheduler as S
+    from mitoseg.config import ConfigError, TrainConfig
+    from mitoseg.paths import StudyPaths, cell_name
+    from mitoseg.status import EXIT_BAD_INPUT
+    try:
+        from mitoseg.cell import run_cell
+    except ImportError as err:   # e.g. the host Python of a login node: no numpy / TensorFlow
+        print(missing_extra(err, "train"), file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+    if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
+        args.data_dir = G.absolute_path(args.data_dir)
+    overrides = {FLAG_TO_FIELD.get(k, k): v for k, v in vars(args).items()
+                 if v is not None and k not in ("study_dir", "task_index", "grid_config", "out_dir", "force")}
+    try:
+        index = args.task_index if args.task_index is not None else S.task_index_from_env()
+        if index is not None or args.study_dir:
+            if index is None or not args.study_dir:
+                raise ValueError("grid mode needs both --study-dir (or $STUDY_DIR) and --task-index "
+                                 "(or a scheduler array index variable)")
+            given = [f"--{k.replace('_', '-')}" for k in CELL_FLAGS if getattr(args, k) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} cannot be combined with --task-index: the grid sets the cell")
+            base = G.load_user_grid(args.grid_config) if args.grid_config else G.default_grid()
+            if args.grid_config:
+                G.check_flags_against_study(args.study_dir, base, f"--grid-config {args.grid_config}")
+            grid = G.init_study(args.study_dir, base)
+            G.check_absolute_data_dir(grid, StudyPaths(args.study_dir).grid_config)
+            cell = G.study_cell_at(args.study_dir, grid, index)   # a grid or a confirmation cell
+            config = cell.train_config(grid)
+            contradicting = [f"--{flag.replace('_', '-')} {value!r} (the grid's {flag}: {getattr(config, flag)!r})"
+                             for flag, value in sorted(overrides.items()) if getattr(config, flag) != value]
+            if contradicting:
+                raise ValueError(f"{', '.join(contradicting)} contradicts the study's "
+                                 f"{StudyPaths(args.study_dir).grid_config}, which sets every cell")
+            exp_dir = StudyPaths(args.study_dir).exp(cell.name).exp_dir
+            cache_dir = StudyPaths(args.study_dir).cache_dir
+            where = f"grid cell {index}/{grid.size - 1}" if cell.stage == "grid" else f"confirmation cell {index}"
+            print(f"{where}: {cell.name}", flush=True)
+        else:
+            config = TrainConfig.from_dict(overrides)
+            exp_dir = os.path.join(args.out_dir, cell_name(None, config.architecture, config.learning_rate,
+                                                           config.batch_size, config.seed,
+                                                           config.fold if config.n_folds > 1 else None))
+            cache_dir = None  # a hand-run cell prepares its data in memory
+        config.validate()
+    except ConfigError as err:   # name the flag when the value came from one
+        flag = FIELD_TO_FLAG.get(err.field, err.field.replace("_", "-"))
+        print(f"error: --{flag}: {err}" if err.field in overrides else f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _, code = run_cell(config, exp_dir, force=args.force, cache_dir=cache_dir)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -263,7 +263,7 @@ def test_confirm_cli_submits_every_fold_cell(tmp_path):
     assert "--array=4-15" in next(ln for ln in r.stdout.splitlines() if ln.startswith("array job ("))
     assert "x 3 folds of the data split = 12 cells" in r.stdout
     r = run("local", "--study-dir", str(study), "--confirm-folds", "2")
-    assert r.returncode == 2 and "--confirm-folds needs --confirm-seeds" in r.stdout
+    assert r.returncode == 2 and "--confirm-folds needs --confirm-seeds" in r.stderr
 
 
 # --- per-slice counts and results schema 3 --------------------------------------------------------------

@@ -79,7 +79,11 @@ def config_sources(config) -> list[dict]:
 
 def _data_key(config) -> dict:
     if config.data_dir is not None:
-        return {"data_dir": str(Path(config.data_dir).resolve()), "test_fraction": float(config.test_fraction)}
+        key = {"data_dir": str(Path(config.data_dir).resolve()), "test_fraction": float(config.test_fraction)}
+        if config.test_fraction > 0:   # a held-out test block moves with the fold (cell_data.hold_out_test_slices)
+            key.update(fold=int(config.fold), n_folds=int(config.n_folds), val_fraction=float(config.val_fraction),
+                       val_position=config.val_position)
+        return key
     return {"data_dir": None, "synthetic_slices": int(config.synthetic_slices),
             "synthetic_size": int(config.synthetic_size)}
 
@@ -249,8 +253,8 @@ def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[
     def build():
         train, test = load()
         arrays = {"train_images": train.images, "train_masks": train.masks}
-        info = {"train": {"slice_names": list(train.slice_names), "source": train.source, "scaling": train.scaling},
-                "test": None}
+        info = {"train": {"slice_names": list(train.slice_names), "source": train.source, "scaling": train.scaling,
+                          "val_slices": train.val_slices}, "test": None}
         if test is not None:
             arrays.update(test_images=test.images, test_masks=test.masks)
             info["test"] = {"slice_names": list(test.slice_names), "source": test.source, "scaling": test.scaling}
@@ -258,7 +262,7 @@ def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[
 
     arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), config_sources(config), build, log)
     train = Volume(arrays["train_images"], arrays["train_masks"], info["train"]["slice_names"],
-                   info["train"]["source"], info["train"].get("scaling"))
+                   info["train"]["source"], info["train"].get("scaling"), val_slices=info["train"].get("val_slices"))
     test = None
     if info.get("test") is not None:
         test = Volume(arrays["test_images"], arrays["test_masks"], info["test"]["slice_names"],
@@ -279,7 +283,7 @@ def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict],
     memory-mapped (read-only); the validation arrays are loaded into memory (scored every epoch)."""
     key = {**_data_key(config), "volume": volume_identity(train_volume), "patch_size": int(config.patch_size),
            "val_fraction": float(config.val_fraction), "val_position": config.val_position,
-           "input_channels": int(config.input_channels)}
+           "input_channels": int(config.input_channels), "fold": int(config.fold), "n_folds": int(config.n_folds)}
 
     def build():
         out = prepare()

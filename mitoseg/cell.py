@@ -176,7 +176,8 @@ def _log_start(config, paths, arrays, test_volume) -> dict:
     log("config: " + json.dumps(config.to_dict(), sort_keys=True))
     split = arrays["split"]
     baselines = metrics.trivial_baselines(arrays["y_val"])
-    log(f"data: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
+    fold = f" (fold {config.fold} of {config.n_folds})" if config.n_folds > 1 else ""
+    log(f"data{fold}: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
         f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
         f"val foreground {baselines['foreground_fraction']:.3f}, all-foreground IoU {baselines['all_foreground_jaccard']:.3f}")
     log_scaling(split.get("scaling"), test_volume.scaling if test_volume is not None else None, log)

@@ -12,7 +12,7 @@ from .cache import cached_arrays, cached_volumes
 from .cell_log import log
 from .config import TrainConfig
 from .input_error import DataError
-from .patches import split_slices, tile_patches
+from .patches import fold_split, split_slices, tile_patches
 from .synthetic import synthetic_volumes
 
 
@@ -26,7 +26,7 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
             return synthetic_volumes(config.synthetic_slices, config.synthetic_size)
         train, test = data.load_dataset(config.data_dir)
         if test is None and config.test_fraction > 0:
-            train, test = hold_out_test_slices(train, config.test_fraction)
+            train, test = hold_out_test_slices(train, config)
         return train, test
 
     if cache_dir is None:
@@ -34,18 +34,32 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
     return cached_volumes(cache_dir, config, load, log=log)
 
 
-def hold_out_test_slices(volume, test_fraction: float):
-    """Split a contiguous block of whole slices off the start of the stack as the test volume."""
+def hold_out_test_slices(volume, config: TrainConfig):
+    """Cut the fold's contiguous test block off the stack (fold 0: its start) as the test volume; the
+    rest, in stack order, keeps the fold's validation block in `val_slices` (patches.fold_split)."""
     n = len(volume.images)
     if n < 3:
         raise DataError(f"{volume.source}: {n} slices are too few to hold out test slices")
-    rest, test_idx = split_slices(n, test_fraction, "start")
-    test = data.Volume(volume.images[test_idx], volume.masks[test_idx],
-                       [volume.slice_names[i] for i in test_idx], f"{volume.source} slices {test_idx[0]}..{test_idx[-1]}",
-                       volume.scaling)
+    train_idx, val_idx, test_idx = fold_split(n, config.val_fraction, config.val_position, config.test_fraction,
+                                              config.fold, config.n_folds, volume.source)
+    rest = np.union1d(train_idx, val_idx)
+    test = data.Volume(volume.images[test_idx], volume.masks[test_idx], [volume.slice_names[i] for i in test_idx],
+                       f"{volume.source} slices {_ranges(test_idx)}", volume.scaling)
     train = data.Volume(volume.images[rest], volume.masks[rest], [volume.slice_names[i] for i in rest],
-                        f"{volume.source} slices {rest[0]}..{rest[-1]}", volume.scaling)
+                        f"{volume.source} slices {_ranges(rest)}", volume.scaling,
+                        val_slices=[int(i) for i in np.searchsorted(rest, val_idx)])
     return train, test
+
+
+def _ranges(indices) -> str:
+    """'0..9, 14..23': sorted slice indices as runs of consecutive ones."""
+    runs, start = [], indices[0]
+    for prev, cur in zip(indices[:-1], indices[1:]):
+        if cur != prev + 1:
+            runs.append((start, prev))
+            start = cur
+    runs.append((start, indices[-1]))
+    return ", ".join(f"{a}..{b}" for a, b in runs)
 
 
 def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
@@ -54,7 +68,7 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
     With `cache_dir` the arrays are cached once per study; the train arrays then come back as
     read-only memory maps (fed by `training.make_train_dataset` batch by batch), the val arrays in memory."""
     def prepare():
-        train_idx, val_idx = split_slices(len(train_volume.images), config.val_fraction, config.val_position)
+        train_idx, val_idx = train_val_slices(train_volume, config)
         p = config.patch_size
         x_train = tile_patches(train_volume.images[train_idx], p)[..., None]
         y_train = tile_patches(train_volume.masks[train_idx], p)[..., None].astype(np.float32)
@@ -67,12 +81,24 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
                  "train_slices": [int(i) for i in train_idx], "val_slices": [int(i) for i in val_idx],
                  "val_slice_names": [train_volume.slice_names[i] for i in val_idx],
                  "n_train_patches": int(len(x_train)), "n_val_patches": int(len(x_val)),
-                 "train_foreground_fraction": float(y_train.mean()), "scaling": train_volume.scaling}
+                 "train_foreground_fraction": float(y_train.mean()), "scaling": train_volume.scaling,
+                 "fold": config.fold, "n_folds": config.n_folds}
         return {"x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val, "split": split}
 
     if cache_dir is None:
         return prepare()
     return cached_arrays(cache_dir, train_volume, config, prepare, log=log)
+
+
+def train_val_slices(train_volume, config: TrainConfig):
+    """(train_idx, val_idx) into train_volume: the fold's validation block (decided with the held-out test
+    block when there is one) and every other slice."""
+    n = len(train_volume.images)
+    if train_volume.val_slices is None:
+        return split_slices(n, config.val_fraction, config.val_position, config.fold, config.n_folds,
+                            train_volume.source)
+    val = np.asarray(train_volume.val_slices, np.int64)
+    return np.setdiff1d(np.arange(n), val).astype(np.int64), val
 
 
 def check_patch_fits(volume, patch_size: int) -> None:

@@ -66,6 +66,7 @@ _RANGES = [
     ("val_fraction", lambda v: not 0 < v < 1, "in (0, 1)"),
     ("test_fraction", lambda v: not 0 <= v < 1, "in [0, 1)"),
     ("val_position", lambda v: v not in ("start", "middle", "end"), "start, middle or end"),
+    ("n_folds", lambda v: v < 1, ">= 1"),
     ("head", lambda v: v not in HEADS, f"one of {', '.join(HEADS)}"),
     ("attention_gate", lambda v: v not in ATTENTION_GATES, f"one of {', '.join(ATTENTION_GATES)}"),
     ("input_channels", lambda v: v not in (1, 3), "1 or 3"),
@@ -113,6 +114,11 @@ class TrainConfig:
     # Held-out test slices when the data has no testing.tif: a contiguous block at the START of the
     # stack (validation is at the end), so test, train and validation never share a slice.
     test_fraction: float = 0.0
+    # Data-split fold (the confirmation stage's --folds): fold k of n_folds moves the validation block
+    # (and a held-out test block) to another part of the stack (mitoseg/patches.py fold_split); every
+    # fold's blocks are disjoint from the other folds'. Fold 0 is the split above, whatever n_folds.
+    fold: int = 0
+    n_folds: int = 1
     augment: bool = False           # flips + 90-degree rotations, same transform for the mask
     synthetic_slices: int = 24      # size of the built-in synthetic volume when data_dir is None
     synthetic_size: int = 256
@@ -141,6 +147,8 @@ class TrainConfig:
         if not found and self.patch_size % (2 ** (self.depth - 1)):
             found.append(("patch_size", f"patch_size {self.patch_size} must be divisible by 2**(depth-1) = "
                                         f"{2 ** (self.depth - 1)}"))
+        if not found and not 0 <= self.fold < self.n_folds:
+            found.append(("fold", f"fold must be in 0 .. n_folds-1 = {self.n_folds - 1}, got {self.fold}"))
         if not found and self.test_fraction + self.val_fraction >= 1:
             found.append(("test_fraction", f"test_fraction {self.test_fraction} + val_fraction {self.val_fraction} "
                                            "must leave slices for training"))

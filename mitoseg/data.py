@@ -36,6 +36,9 @@ class Volume:
     slice_names: list[str]  # one per slice: file stem (folders) or "training.tif[z=5]" (stacks)
     source: str  # human-readable origin (paths)
     scaling: Optional[dict] = None  # how the grey values became `images` (`image_scaling`); None: unknown
+    # The validation block (indices into this volume) when a fold split decided it together with a test
+    # block cut from the same stack (cell_data.hold_out_test_slices); None: patches.split_slices decides.
+    val_slices: Optional[list] = None
 
     @property
     def foreground_fraction(self) -> float:

@@ -172,7 +172,6 @@ _AXES = {  # axis -> (the cell field it sets, what each value must be, is_ok(val
               lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 32),
 }
 
-
 def grid_problems(values: dict) -> list[str]:
     """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never
     coerced: "false" is not false, 4.9 is not a batch size, and a repeated value would make two
@@ -200,6 +199,10 @@ def grid_problems(values: dict) -> list[str]:
     clash = sorted({field for field, _, _ in _AXES.values()} & set(fixed))
     if clash:
         problems.append(f"fixed settings may not set grid axes: {clash}")
+    fold_keys = sorted({"fold", "n_folds"} & set(fixed))   # the cell sets them: grid cells fold 0 of 1, confirm the plan's
+    if fold_keys:
+        problems.append(f"fixed settings may not set {', '.join(fold_keys)} (run_study.py confirm --folds sets them)")
+    clash += fold_keys
     try:
         config = TrainConfig.from_dict({k: v for k, v in fixed.items() if k not in clash})
     except (TypeError, ValueError) as err:
@@ -242,19 +245,22 @@ class Cell:
     seed: int
     n_seeds: int = 1
     stage: str = "grid"     # "confirm": a rerun of a selected configuration with a fresh seed
+    fold: int = 0           # the data split's fold (confirmation plans with --folds K > 1)
+    n_folds: int = 1
 
     @property
     def name(self) -> str:
         """Folder name, e.g. exp_04_UNet_lr0.0001_bs8 (plus _seed7 when the grid repeats seeds, and
-        always for a confirmation cell)."""
+        always for a confirmation cell; plus _fold1 in a plan of more than one fold)."""
         with_seed = self.n_seeds > 1 or self.stage == "confirm"
         return cell_name(self.index, self.architecture, self.learning_rate, self.batch_size,
-                         self.seed if with_seed else None)
+                         self.seed if with_seed else None, self.fold if self.n_folds > 1 else None)
 
     def train_config(self, grid: GridConfig) -> TrainConfig:
         return TrainConfig.from_dict({**grid.fixed, "architecture": self.architecture,
                                       "learning_rate": float(self.learning_rate),
                                       "batch_size": int(self.batch_size), "seed": int(self.seed),
+                                      "fold": int(self.fold), "n_folds": int(self.n_folds),
                                       "task_index": self.index})
 
 
@@ -267,18 +273,27 @@ def cells(grid: GridConfig) -> list[Cell]:
 PLAN_KEYS = ("top", "seeds_per_config", "seeds", "configs", "cells")
 
 
+PLAN_DEFAULTS = {"folds": 1, "sesoi": 0.01}   # what a version-1 plan (before folds and sesoi) means
+
+
 def load_confirm_plan(study_dir) -> Optional[dict]:
-    """STUDY/confirm_config.json (written by mitoseg/confirm.py), checked for its keys; None without it."""
+    """STUDY/confirm_config.json (mitoseg/confirm.py), checked, a version-1 plan as PLAN_DEFAULTS; None without it."""
     path = StudyPaths(study_dir).confirm_config
     if not path.exists():
         return None
     try:
         plan = json.loads(path.read_text())
         missing = [k for k in PLAN_KEYS if k not in plan]
+        plan = {**PLAN_DEFAULTS, **plan}
     except (OSError, ValueError, TypeError) as err:
         raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
-    if missing:
-        raise ValueError(f"{path}: not a valid confirmation plan (missing {', '.join(missing)})")
+    folds, sesoi = plan["folds"], plan["sesoi"]
+    problem = (f"missing {', '.join(missing)}" if missing else
+               f"folds must be an integer >= 1, got {folds!r}" if type(folds) is not int or folds < 1 else
+               f"sesoi must be a number in (0, 1), got {sesoi!r}" if type(sesoi) not in (int, float) or not 0 < sesoi < 1
+               else None)
+    if problem:
+        raise ValueError(f"{path}: not a valid confirmation plan ({problem})")
     return plan
 
 
@@ -290,7 +305,8 @@ def confirm_cells(study_dir) -> list[Cell]:
         return []
     try:
         return [Cell(int(r["index"]), str(r["architecture"]), float(r["learning_rate"]), int(r["batch_size"]),
-                     int(r["seed"]), stage="confirm") for r in plan["cells"]]
+                     int(r["seed"]), stage="confirm", fold=int(r.get("fold", 0)), n_folds=plan["folds"])
+                for r in plan["cells"]]
     except (ValueError, KeyError, TypeError) as err:
         path = StudyPaths(study_dir).confirm_config
         raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None

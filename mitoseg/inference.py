@@ -115,16 +115,21 @@ def predict_slices(model, images: np.ndarray, patch_size: int, batch_size: int =
 
 
 def slice_scores(masks, probs, threshold=0.5, slice_names=None) -> list:
-    """[{name, iou, dice}] for every slice: the `test.slices` of the results JSON, so two models
-    scored on the same slices can be compared slice by slice. Names default to "z=<index>"."""
+    """[{name, iou, dice, tp, fp, fn}] for every slice: the `test.slices` of the results JSON, so two
+    models scored on the same slices can be compared slice by slice, and pooled IoU (sum tp over sum
+    tp + fp + fn) recomputed on any resample of slices. Names default to "z=<index>"."""
     masks, probs = np.asarray(masks), np.asarray(probs)
     if masks.ndim == 2:
         masks, probs = masks[None], probs[None]
     names = [f"z={z}" for z in range(len(masks))] if slice_names is None else [str(n) for n in slice_names]
     if len(names) != len(masks):
         raise ValueError(f"{len(names)} slice names for {len(masks)} slices")
-    return [{"name": name, "iou": metrics.foreground_iou(m, p, threshold), "dice": metrics.foreground_dice(m, p, threshold)}
-            for name, m, p in zip(names, masks, probs)]
+    out = []
+    for name, m, p in zip(names, masks, probs):
+        tp, fp, fn = metrics.confusion_counts(m, p, threshold)
+        out.append({"name": name, "iou": metrics.iou_from_counts(tp, fp, fn), "dice": metrics.dice_from_counts(tp, fp, fn),
+                    "tp": tp, "fp": fp, "fn": fn})
+    return out
 
 
 def evaluate_volume(model, images, masks, patch_size, threshold=0.5, val_threshold=None, tta=False,

@@ -29,6 +29,12 @@ def _confusion(y_true, y_pred_binary):
     return tp, fp, fn
 
 
+def confusion_counts(y_true, prob, threshold: float = 0.5) -> tuple[int, int, int]:
+    """(tp, fp, fn) pixel counts of the thresholded prediction: iou_from_counts / dice_from_counts of
+    them are foreground_iou / foreground_dice, and counts add up over slices (pooled scores)."""
+    return _confusion(y_true, binarize(prob, threshold))
+
+
 def binarize(prob, threshold: float = 0.5) -> np.ndarray:
     return np.asarray(prob) >= threshold
 

@@ -37,20 +37,22 @@ FIG_BASELINE = "baseline_comparison.png"
 FIG_CONFIRMATION = "architecture_comparison.png"
 
 _EXP_NAME_RE = re.compile(r"^exp_(?:(?P<index>\d+)_)?(?P<arch>[A-Za-z_]+?)_lr(?P<lr>[0-9.eE+-]+)_bs(?P<bs>\d+)"
-                          r"(?:_seed(?P<seed>-?\d+))?$")
+                          r"(?:_seed(?P<seed>-?\d+))?(?:_fold(?P<fold>\d+))?$")
 
 
 # --- cell names -------------------------------------------------------------------------------------
 def cell_name(index: Optional[int], architecture: str, learning_rate: float, batch_size: int,
-              seed: Optional[int] = None) -> str:
-    """exp_04_UNet_lr0.0001_bs8, plus _seed7 when a seed is given (index None: a cell run by hand)."""
+              seed: Optional[int] = None, fold: Optional[int] = None) -> str:
+    """exp_04_UNet_lr0.0001_bs8, plus _seed7 when a seed is given and _fold1 when a fold is (a plan of
+    more than one fold names every fold, 0 included); index None: a cell run by hand."""
     prefix = EXP_PREFIX if index is None else f"{EXP_PREFIX}{index:02d}_"
     name = f"{prefix}{architecture}_lr{learning_rate:g}_bs{batch_size}"
-    return name + ("" if seed is None else f"_seed{seed}")
+    return name + ("" if seed is None else f"_seed{seed}") + ("" if fold is None else f"_fold{fold}")
 
 
 def parse_cell_name(name: str) -> dict:
-    """architecture, learning_rate, batch_size, seed and task_index from an exp_ folder name (or {})."""
+    """architecture, learning_rate, batch_size, seed, fold and task_index from an exp_ folder name (or {});
+    seed and fold only when the name has them."""
     match = _EXP_NAME_RE.match(name)
     if not match:
         return {}
@@ -61,6 +63,8 @@ def parse_cell_name(name: str) -> dict:
         pass
     if match["seed"] is not None:
         out["seed"] = int(match["seed"])
+    if match["fold"] is not None:
+        out["fold"] = int(match["fold"])
     if match["index"] is not None:
         out["task_index"] = int(match["index"])
     return out

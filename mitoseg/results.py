@@ -16,10 +16,12 @@ from typing import Any
 from .io_utils import atomic_write_text
 from .status import STATUSES
 
-SCHEMA_VERSION = 2
-# Versions load_results accepts. Version 1 is version 2 without the per-slice test scores
-# (`test.slices`); studies written by it stay analysable, they just cannot be paired on slices.
-READABLE_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+# Versions load_results accepts. Version 1 has no per-slice test scores (`test.slices`); version 2 has
+# them without the confusion counts (tp, fp, fn), so its pooled test IoU cannot be resampled. Studies
+# written by either stay analysable.
+READABLE_VERSIONS = (1, 2, 3)
+SLICE_COUNTS = ("tp", "fp", "fn")   # in every test.slices[i] from version 3 on
 
 _NUM = (int, float, type(None))
 _STR = (str, type(None))
@@ -27,7 +29,8 @@ _STR = (str, type(None))
 # name, accepted types, description. Scores are computed on the validation slices at threshold 0.5
 # unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
 RESULT_FIELDS: list[tuple[str, tuple, str]] = [
-    ("schema_version", (int,), f"{SCHEMA_VERSION} (version 1 files, without test.slices, still load)"),
+    ("schema_version", (int,), f"{SCHEMA_VERSION} (versions 1, without test.slices, and 2, without their tp/fp/fn, "
+                               "still load)"),
     ("experiment_id", (str,), "the exp_ folder name, e.g. exp_04_UNet_lr0.0001_bs8"),
     ("status", (str,), "ok | diverged (NaN loss) | failed (exception, see error) | interrupted (SIGTERM; rerun resumes)"),
     ("error", _STR, "one-line error for failed/diverged/interrupted cells, else null"),
@@ -40,7 +43,7 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("data", (dict,), "data source, slice split (train/val/test slice indices), patch counts; image scaling (scaling, test_scaling; "
                       "their `reading` lists what reading the files converted, e.g. MINISWHITE inverted), data_fingerprint, and "
                       "`warnings`: one line per data warning, e.g. a mask more than half foreground, probably inverted "
-                      "(older files may lack these)"),
+                      "(older files may lack these); fold and n_folds of the split (files before schema 3: fold 0 of 1)"),
     ("epochs_run", (int,), "epochs completed (less than config.epochs after early stopping)"),
     ("best_epoch", (int, type(None)), "1-based epoch with the best val thresholded IoU (the saved model)"),
     ("epochs_to_best", (int, type(None)), "same as best_epoch; kept under the original study's name"),
@@ -61,7 +64,9 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("degenerate_reason", _STR, "why degenerate is true, else null"),
     ("diverged_epoch", (int, type(None)), "1-based epoch in which the loss became NaN, else null"),
     ("test", (dict, type(None)), "held-out test scores (whole slices, tiled) when a test volume was given, else null; "
-                                 "test.slices lists {name, iou, dice} per test slice (schema 2)"),
+                                 "test.slices lists {name, iou, dice} per test slice (schema 2) and its integer "
+                                 "pixel counts tp, fp, fn at config.threshold (schema 3: iou = tp / (tp + fp + fn), "
+                                 "1 when that is 0)"),
     ("training_time_s", _NUM, "seconds spent in training epochs, summed over the recorded epochs (resumed runs included)"),
     ("total_time_s", _NUM, "wall time of the whole cell: loading, training, evaluation"),
     ("started_at", (str,), "ISO time the (last) run of this cell started"),
@@ -109,12 +114,19 @@ def validate_results(record: dict, source: str = "results") -> dict:
                                f"{'/'.join(t.__name__ for t in types)}")
     if record["status"] not in STATUSES:
         raise ResultsError(f"{source}: status {record['status']!r} is not one of {', '.join(STATUSES)}")
-    _validate_test_slices(record.get("test"), source)
+    _validate_test_slices(record.get("test"), source, counts=version >= 3)
+    if not _is_count(record["config"].get("fold", 0)):   # the summary's fold column is read from here
+        raise ResultsError(f"{source}: config.fold must be an integer >= 0, got {record['config']['fold']!r}")
     return record
 
 
-def _validate_test_slices(test, source: str) -> None:
-    """test.slices, when present: a list of {name: str, iou: number/null, dice: number/null}."""
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _validate_test_slices(test, source: str, counts: bool) -> None:
+    """test.slices, when present: a list of {name: str, iou: number/null, dice: number/null} and, with
+    `counts` (schema 3), tp, fp, fn: integers >= 0."""
     if not isinstance(test, dict) or "slices" not in test:
         return
     slices = test["slices"]
@@ -125,6 +137,8 @@ def _validate_test_slices(test, source: str) -> None:
               and all(isinstance(item.get(k), _NUM) and not isinstance(item.get(k), bool) for k in ("iou", "dice")))
         if not ok:
             raise ResultsError(f"{source}: test.slices[{i}] must be an object with name (str), iou and dice (numbers)")
+        if counts and not all(_is_count(item.get(k)) for k in SLICE_COUNTS):
+            raise ResultsError(f"{source}: test.slices[{i}] must have tp, fp and fn (integers >= 0) in schema version 3")
 
 
 def save_results(path, record: dict) -> None:

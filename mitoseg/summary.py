@@ -39,18 +39,20 @@ SUMMARY_COLUMNS = [
     "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability", "training_time_s",
     "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
     "degenerate", "degenerate_reason", "test_iou", "test_dice", "test_all_foreground_jaccard",
-    "task_index", "exp_dir", "stage", "test_slice_iou",
+    "task_index", "exp_dir", "stage", "test_slice_iou", "fold", "test_slice_counts",
 ]
 # stage: "grid" (selection) or "confirm" (fresh-seed reruns of the selected configurations; a
 # hand-made CSV without the column is all grid). test_slice_iou: {slice name: IoU} as JSON text
-# (schema 2 results; empty for older ones), for comparisons paired on test slices.
+# (schema 2 results; empty for older ones), for comparisons paired on test slices. fold: the data
+# split's fold (0 when the CSV has no such column). test_slice_counts: [[slice name, tp, fp, fn], ...]
+# in stack order as JSON text (schema 3 results; empty for older ones), for pooled IoU on resamples.
 NUMERIC_COLUMNS = [
     "learning_rate", "batch_size", "seed", "epochs_run", "epochs_to_best", "best_val_jaccard", "best_val_iou",
     "best_val_dice", "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability",
     "training_time_s", "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
     "test_iou", "test_dice", "test_all_foreground_jaccard", "task_index",
 ]
-INTEGER_COLUMNS = ["batch_size", "seed", "epochs_run", "epochs_to_best", "task_index"]
+INTEGER_COLUMNS = ["batch_size", "seed", "epochs_run", "epochs_to_best", "task_index", "fold"]
 REQUIRED_COLUMNS = ["architecture", "learning_rate", "batch_size"]
 SCORE_COLUMNS = ["test_iou", "best_val_iou", "best_val_jaccard"]  # at least one must be present
 
@@ -90,6 +92,9 @@ def record_to_row(record: dict, exp_dir: str) -> dict:
     row["test_all_foreground_jaccard"] = _num(test.get("all_foreground_jaccard"))
     slices = test.get("slices")
     row["test_slice_iou"] = json.dumps({s["name"]: s["iou"] for s in slices}) if slices else None
+    with_counts = slices and all(all(k in s for k in ("tp", "fp", "fn")) for s in slices)
+    row["test_slice_counts"] = json.dumps([[s["name"], s["tp"], s["fp"], s["fn"]] for s in slices]) if with_counts else None
+    row["fold"] = int((record.get("config") or {}).get("fold", 0))
     row["stage"] = "grid"
     row["success"] = record["status"] == OK
     row["degenerate"] = bool(record.get("degenerate"))
@@ -104,7 +109,8 @@ def _placeholder_row(name: str, status: str, error: str, cell=None) -> dict:
     info = parse_cell_name(name)
     if cell is not None:
         info = dict(architecture=cell.architecture, learning_rate=cell.learning_rate,
-                    batch_size=cell.batch_size, seed=cell.seed, task_index=cell.index)
+                    batch_size=cell.batch_size, seed=cell.seed, task_index=cell.index, fold=cell.fold)
+    info.setdefault("fold", 0)
     row.update(info)
     row.update(experiment_id=name, status=status, error=error, success=False, degenerate=False, exp_dir=name,
                stage=getattr(cell, "stage", "grid"))
@@ -219,9 +225,10 @@ def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame
         status = pd.Series(status, index=df.index, dtype=object)
     df["status"] = status.where(pd.Series(status).notna(), MISSING).astype(str).str.strip()
     df["success"] = df["status"] == OK
-    for col in ("error", "degenerate_reason", "experiment_id", "exp_dir", "test_slice_iou"):
+    for col in ("error", "degenerate_reason", "experiment_id", "exp_dir", "test_slice_iou", "test_slice_counts"):
         df[col] = df[col].astype(object).where(df[col].notna(), None)
     df["stage"] = _stages(df["stage"], source)
+    df["fold"] = _folds(df["fold"], source)
     no_id = df["experiment_id"].isna()
     df.loc[no_id, "experiment_id"] = [
         f"{a}_lr{lr:g}_bs{int(bs) if bs == bs else 'NA'}" if lr == lr else f"{a}_row{i}"
@@ -247,6 +254,17 @@ def _stages(column: pd.Series, source: str) -> pd.Series:
         raise SummaryError(f"{source}: column stage holds {', '.join(repr(b) for b in bad[:3])}; "
                            f"use {' or '.join(STAGES)}")
     return stage
+
+
+def _folds(column: pd.Series, source: str) -> pd.Series:
+    """The fold column as integers: empty or absent = fold 0; anything but an integer >= 0 refused."""
+    text = column.astype(object).where(column.notna(), "0").astype(str).str.strip().replace("", "0")
+    fold = pd.to_numeric(text, errors="coerce")
+    bad = sorted(set(text[~(fold.notna() & (fold >= 0) & (fold == fold.round()))]))
+    if bad:
+        raise SummaryError(f"{source}: column fold holds {', '.join(repr(b) for b in bad[:3])}; "
+                           "use integers >= 0 (0 when the data split has no folds)")
+    return fold.astype(int)
 
 
 def load_summary(path, say: Optional[Callable[[str], None]] = None) -> pd.DataFrame:

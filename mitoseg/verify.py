@@ -158,11 +158,11 @@ def check_container(environ=None, site: Optional[S.SiteProfile] = None) -> list[
 def _patch_counts(volume, cfg: TrainConfig, has_test_stack: bool) -> tuple[int, int, int]:
     """(train, val, per-slice) patch counts of a cell, counted as `cell_data` cuts them: after the
     test slices are held out (no test stack and test_fraction > 0), then the val split."""
-    from .cell_data import hold_out_test_slices
-    from .patches import split_slices, tile_grid
+    from .cell_data import hold_out_test_slices, train_val_slices
+    from .patches import tile_grid
     if not has_test_stack and cfg.test_fraction > 0:
-        volume, _ = hold_out_test_slices(volume, cfg.test_fraction)
-    train_idx, val_idx = split_slices(len(volume.images), cfg.val_fraction, cfg.val_position)
+        volume, _ = hold_out_test_slices(volume, cfg)
+    train_idx, val_idx = train_val_slices(volume, cfg)
     rows, cols = tile_grid(*volume.images.shape[1:], cfg.patch_size)
     return len(train_idx) * rows * cols, len(val_idx) * rows * cols, rows * cols
 

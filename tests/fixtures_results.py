@@ -67,13 +67,23 @@ def write_history(exp_dir: Path, name: str, epochs: int = 12, final_iou: float =
 SLICE_OFFSETS = (-0.03, 0.01, 0.02, 0.0)   # per-slice difficulty shared by every model (mean 0)
 
 
+SLICE_UNION = 10 ** 8   # tp + fp + fn of every fixture test slice: pooled IoU = mean slice IoU (to 1e-8)
+
+
+def slice_counts(name: str, iou: float) -> dict:
+    """A schema-3 test slice with pixel counts whose IoU is `iou` (to 1e-8) and Dice follows from them."""
+    tp = int(round(iou * SLICE_UNION))
+    fp = (SLICE_UNION - tp) // 2
+    fn = SLICE_UNION - tp - fp
+    return dict(name=name, iou=tp / SLICE_UNION, dice=2 * tp / (2 * tp + fp + fn), tp=tp, fp=fp, fn=fn)
+
+
 def test_scores(t: float, all_fg: float = ALL_FG, slices: bool = True) -> dict:
-    """A results `test` dict with IoU t (and, schema 2, per-slice scores whose mean is t)."""
+    """A results `test` dict with IoU t (and per-slice scores with counts whose mean, and pooled IoU, is t)."""
     out = dict(iou=t, dice=2 * t / (1 + t), precision=0.8, recall=0.8, iou_at_val_threshold=t, val_threshold=0.5,
                all_foreground_jaccard=all_fg, foreground_fraction=all_fg, n_slices=len(SLICE_OFFSETS), tta=False)
     if slices:
-        out["slices"] = [dict(name=f"testing.tif[z={k}]", iou=t + o, dice=2 * (t + o) / (1 + t + o))
-                         for k, o in enumerate(SLICE_OFFSETS)]
+        out["slices"] = [slice_counts(f"testing.tif[z={k}]", t + o) for k, o in enumerate(SLICE_OFFSETS)]
     return out
 
 

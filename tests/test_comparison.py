@@ -312,8 +312,8 @@ def test_built_in_difference_is_called(tmp_path):
     raw = sps.ttest_ind(a, b, equal_var=True).pvalue
     if "runs only" in p["covers"]:
         assert p["p"] == pytest.approx(raw, rel=1e-9) and p["p_adjusted"] == pytest.approx(min(1, 3 * raw))
-    else:   # per-slice counts: the test images widen the interval
-        assert p["p"] >= raw
+    else:   # per-slice counts: the test images widen the interval (the fixture's counts round each slice IoU
+        assert p["p"] >= raw * (1 - 1e-5)   # to 1e-8, so the pooled IoU is the test IoU only to that precision)
 
 
 def test_no_difference_is_not_called(tmp_path):

@@ -132,7 +132,8 @@ def test_confirm_submission_sets_the_confirmation_range(tmp_path):
         assert r.returncode == 0, r.stdout + r.stderr
         line = next(ln for ln in r.stdout.splitlines() if ln.startswith("array job ("))
         assert flag in line and "--qos=x" in line and f"STUDY_DIR={study}" in line
-        assert "confirmation stage: 2 configuration(s) x 3 fresh seeds (3, 4, 5) = 6 cells" in r.stdout
+        assert "confirmation stage: 2 configuration(s) x 3 fresh seeds (3, 4, 5) x 1 fold of the data split = 6 cells" \
+            in r.stdout
     r = _run_study("confirm", "--study-dir", str(study), "--seeds", "3", "--top", "2", "--dry-run",
                    "--scheduler", "slurm")
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "--top 1" in r.stderr

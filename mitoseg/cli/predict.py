@@ -249,7 +249,7 @@ def overlay_slices(record, data_dir=None):
                            f"but the model was trained on {describe_scaling(recorded)}")
     if test is not None:
         return test.images, test.masks, list(test.slice_names), "held-out test"
-    _, val_idx = split_slices(len(train.images), config.val_fraction, config.val_position)
+    _, val_idx = split_slices(len(train.images), config.val_fraction, config.val_position, config.fold, config.n_folds)
     return (train.images[val_idx], train.masks[val_idx], [train.slice_names[i] for i in val_idx], "validation")
 
 

@@ -1,11 +1,11 @@
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py local --demo               # CPU demo: 12 tiny cells, 9 confirmation runs, analysis
+    python run_study.py local --demo               # CPU demo: 12 tiny cells, 12 confirmation runs, analysis
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
-    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N [--confirm-folds K]]
     python run_study.py status --study-dir D
     python run_study.py submit [--site SITE.json] [--scheduler slurm|pbs|pbspro|torque] [--grid-config G.json] [--dry-run] [-- QSUB/SBATCH ARGS]
-    python run_study.py confirm --study-dir D --seeds N [--top K] [--scheduler local|pbs|slurm]
+    python run_study.py confirm --study-dir D --seeds N [--folds K] [--sesoi X] [--top T] [--scheduler local|pbs|slurm]
     python run_study.py analyze --study-dir D
     python run_study.py verify [--site SITE.json] [--grid-config G.json] [--data-dir DATA] [-- QSUB/SBATCH ARGS]
     python run_study.py element [--task-index N]    # what the job scripts run (one array element)
@@ -74,7 +74,8 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
             raise ValueError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'confirm_seeds' else 1}, "
                              f"got {value}")
     if getattr(args, "confirm_seeds", None) and args.study_dir and Path(args.study_dir).is_dir():
-        C.check_against_plan(args.study_dir, args.confirm_seeds)   # not only after the grid has trained
+        folds = args.confirm_folds or (C.DEMO_CONFIRM_FOLDS if args.demo else 1)
+        C.check_against_plan(args.study_dir, args.confirm_seeds, folds=folds)   # not only after the grid has trained
     study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
     grid = G.init_study(study, grid)
     retrain = [c.index for c in chosen] if getattr(args, "force", False) else []
@@ -109,25 +110,28 @@ def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> in
 
 def cmd_local(args) -> int:
     t0 = time.monotonic()
+    seeds = args.confirm_seeds if args.confirm_seeds is not None else (C.DEMO_CONFIRM_SEEDS if args.demo else 0)
+    folds = args.confirm_folds or (C.DEMO_CONFIRM_FOLDS if args.demo else 1)
+    if args.confirm_folds and not seeds:
+        raise ValueError("--confirm-folds needs --confirm-seeds N (the confirmation stage whose runs it splits)")
     study, grid, chosen = _open_study(args, args.root or ("demo_study" if args.demo else "."))
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     jobs = args.jobs or (2 if args.demo else 1)
-    seeds = args.confirm_seeds if args.confirm_seeds is not None else (C.DEMO_CONFIRM_SEEDS if args.demo else 0)
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)
     if seeds:
-        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis) or code
+        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds) or code
     if args.demo:
         _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
 
 
-def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False) -> int:
+def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False, folds=1, sesoi=0.01) -> int:
     """Plan (or reuse) the confirmation stage and train its cells here, then the analysis."""
     try:
-        plan = C.plan_confirmation(study, seeds, top, allow_incomplete, log=_print)
+        plan = C.plan_confirmation(study, seeds, top, folds, sesoi, allow_incomplete, log=_print)
     except ValueError as err:
         _print(f"error: {err}")
         if analysis:
@@ -147,8 +151,8 @@ def cmd_confirm(args) -> int:
     grid = G.load_study_grid(study)
     if args.scheduler == "local":
         return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
-                                args.allow_incomplete)
-    plan = C.plan_confirmation(study, args.seeds, args.top, args.allow_incomplete, log=_print)
+                                args.allow_incomplete, args.folds, args.sesoi)
+    plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
     code = _submit(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), dry_run=args.dry_run,

@@ -73,12 +73,19 @@ def build_study_parser(description: str):
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
     s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
                    f"fresh seeds per architecture's winner (default 0; --demo: {C.DEMO_CONFIRM_SEEDS})")
+    s.add_argument("--confirm-folds", type=positive_int, help="folds of the data split the confirmation runs each "
+                   f"seed on (default 1; --demo: {C.DEMO_CONFIRM_FOLDS})")
 
     s = sub.add_parser("confirm", help="rerun each architecture's validation-selected configuration(s) with fresh "
                                        "seeds, then compare the architectures on the test set")
     s.add_argument("--study-dir", required=True, help="a study whose grid has finished")
     s.add_argument("--seeds", type=int, required=True, help="fresh seeds per configuration (never one the study used)")
     s.add_argument("--top", type=int, default=1, help="configurations per architecture, by validation IoU (default 1)")
+    s.add_argument("--folds", type=positive_int, default=1,
+                   help="folds of the data split per seed: each moves the validation block (and a held-out test "
+                        "block) to another part of the stack (default 1: the grid's split)")
+    s.add_argument("--sesoi", type=float, default=0.01, help="the smallest IoU difference that matters, recorded in the "
+                   "plan for the comparison (default 0.01)")
     s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
                    help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
     s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")

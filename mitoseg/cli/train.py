@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--val-fraction", type=float, help="fraction of whole slices held out for validation (default 0.1)")
     s.add_argument("--test-fraction", type=float, help="when the data has no testing.tif: hold out this "
                    "fraction of whole slices (a block at the start of the stack) as the test volume (default 0)")
+    s.add_argument("--n-folds", type=positive_int, help="folds of the data split (default 1); with --fold k the "
+                   "validation block (and a --test-fraction block) move to fold k's part of the stack")
+    s.add_argument("--fold", type=int, help="which fold of --n-folds (0 .. n_folds-1; default 0: the unmoved split)")
     s.add_argument("--augment", action="store_true", default=None, help="random flips and 90-degree rotations")
     s.add_argument("--tta", dest="test_tta", action="store_true", default=None,
                    help="8-fold flip/rotation test-time augmentation on the held-out test slices")
@@ -128,7 +131,8 @@ def main(argv=None) -> int:
         else:
             config = TrainConfig.from_dict(overrides)
             exp_dir = os.path.join(args.out_dir, cell_name(None, config.architecture, config.learning_rate,
-                                                           config.batch_size, config.seed))
+                                                           config.batch_size, config.seed,
+                                                           config.fold if config.n_folds > 1 else None))
             cache_dir = None  # a hand-run cell prepares its data in memory
         config.validate()
     except ConfigError as err:   # name the flag when the value came from one

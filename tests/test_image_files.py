@@ -195,7 +195,7 @@ def test_time_series_of_z_stacks_is_refused(tmp_path):
 
 
 def test_predict_reads_a_hyperstack_by_its_axes(tmp_path, em, capsys):
-    import predict
+    from mitoseg.cli import predict
     images = em[0][:3]
     tifffile.imwrite(tmp_path / "two.tif", np.stack([images, 255 - images], 1), imagej=True,
                      metadata={"axes": "ZCYX"})
@@ -342,7 +342,7 @@ def test_verify_fails_a_grid_whose_batch_exceeds_the_training_patches(tmp_path, 
 
 
 def test_predict_output_of_three_slices_reads_back_as_three_slices(tmp_path):
-    import predict
+    from mitoseg.cli import predict
     probs = np.random.default_rng(0).random((3, 16, 20)).astype(np.float32)
     predict.write_tiff(tmp_path / "p.tif", probs)
     np.testing.assert_array_equal(read_tiff(tmp_path / "p.tif"), probs)

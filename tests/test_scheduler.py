@@ -189,15 +189,14 @@ def test_slurm_element_runs_in_the_container_with_the_oldest_stack(slurm_cluster
 def test_submit_with_a_site_profile_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     """A site profile for real: its resources, throttle (%1: one element at a time) and module line reach
     both jobs, the element logs land in STUDY/logs/, the arguments after `--` reach the analysis job too,
-    and a GRID_CONFIG left in the login shell (exported with the rest of it) does not touch the study."""
+    and a GRID_CONFIG left in the login shell (exported with the rest of it) does not reach the elements
+    (submit itself refuses one that contradicts its --grid-config: tests/test_selections.py)."""
     sub, extra_env = _submit_dir(tmp_path)
-    other = tmp_path / "other_grid.json"
-    G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 1e-2], batch_sizes=[8]).save(other)
     profile = tmp_path / "site.json"
     profile.write_text(json.dumps({"_comment": "this test node", "scheduler": "slurm", "queue": "debug", "cpus": 1,
                                    "memory": "1G", "gpus": 0, "walltime": "00:30:00", "array_throttle": 1,
                                    "modules": ["echo site-module-line-ran"]}))
-    env = {**slurm_cluster.env, **extra_env, "GRID_CONFIG": str(other)}
+    env = {**slurm_cluster.env, **extra_env, "GRID_CONFIG": str(tmp_path / "tiny_grid.json")}
     r = slurm_cluster.run([sys.executable, str(REPO / "run_study.py"), "submit", "--site", str(profile),
                            "--grid-config", str(tmp_path / "tiny_grid.json"), "--", "--comment=dash-dash"],
                           env=env, cwd=sub, timeout=120)

@@ -12,6 +12,6 @@ VENV=.venv-oldest REQUIREMENTS=requirements-oldest.txt PYTHON="$(bash .ci/oldest
 bash .ci/install_slurm.sh
 export TF_CPP_MIN_LOG_LEVEL=3
 export MITOSEG_OLDEST_PYTHON="$PWD/.venv-oldest/bin/python"   # the stand-in container's Python
-.venv/bin/python -m pytest -q -ra tests "$@"
+.venv/bin/python -m pytest -q -ra --durations=15 tests "$@"
 echo "=== oldest supported stack: $(.venv-oldest/bin/python --version), tests marked 'oldest' ==="
 .venv-oldest/bin/python -m pytest -q -ra -m oldest tests "$@"

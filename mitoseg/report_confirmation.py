@@ -117,9 +117,12 @@ def power_text(conf: dict) -> str:
                 f"{POWER:g} (alpha {conf['alpha']:g}, Bonferroni over {conf['n_pairs']} "
                 f"pair{'s' if conf['n_pairs'] > 1 else ''}; the least sensitive pair, {worst['a']} vs {worst['b']})")
     if rng:
-        lo, hi = (f3(x) if x is not None else "more than 1" for x in rng)
-        text += (f"; {lo} to {hi} at the 95 % confidence limits of the seed SD ({f3(worst['pooled_sd'])}, "
-                 f"{worst['seed_df']} degrees of freedom)")
+        sd = f"the seed SD ({f3(worst['pooled_sd'])}, {worst['seed_df']} degrees of freedom)"
+        if all(x is None for x in rng):
+            text += f"; nor at either 95 % confidence limit of {sd}"
+        else:
+            lo, hi = (f3(x) if x is not None else "more than 1" for x in rng)
+            text += f"; {lo} to {hi} at the 95 % confidence limits of {sd}"
     if len(worst["folds"]) > 1:
         text += (f"; the fold-to-fold SD of the difference ({f3(worst['fold_sd'])}) rests on {len(worst['folds'])} "
                  f"folds, {len(worst['folds']) - 1} degree{'s' if len(worst['folds']) > 2 else ''} of freedom")

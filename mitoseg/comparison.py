@@ -29,6 +29,7 @@ from .anova import ALPHA
 from .status import DIVERGED
 from .report_format import f3, fp
 from .stats import config_mask
+from .stats import counted_runs as stats_counted_runs
 
 POWER = 0.8
 DEFAULT_SESOI = 0.01     # the smallest IoU difference that matters, unless the plan or --sesoi says otherwise
@@ -58,16 +59,15 @@ def pooled_from_counts(runs: pd.DataFrame) -> pd.Series:
 
 
 def counted_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs that count (see the module docstring), with columns fold, value (pooled test IoU: from the
-    per-slice counts when the run has them, else its test_iou; 0 for a diverged run) and diverged."""
-    fold = pd.to_numeric(runs["fold"], errors="coerce") if "fold" in runs else pd.Series(0.0, index=runs.index)
-    diverged = runs["status"] == DIVERGED
-    score = pooled_from_counts(runs).fillna(runs["test_iou"].astype(float))
-    keep = (runs["success"] & score.notna()) | diverged
-    out = runs[keep].copy()
-    out["fold"] = fold[keep].fillna(0).astype(int)
-    out["diverged"] = diverged[keep]
-    out["value"] = np.where(out["diverged"], 0.0, score[keep])
+    """The runs that count (mitoseg.stats.counted_runs, the one rule of both stages) scored by their pooled
+    test IoU (from the per-slice counts when the run has them, else its test_iou), with columns fold,
+    value (that score; DIVERGED_SCORE for a diverged run) and diverged."""
+    scored = runs.assign(pooled_test_iou=pooled_from_counts(runs).fillna(runs["test_iou"].astype(float)))
+    out = stats_counted_runs(scored, "pooled_test_iou")
+    fold = pd.to_numeric(out["fold"], errors="coerce") if "fold" in out else pd.Series(0.0, index=out.index)
+    out["fold"] = fold.fillna(0).astype(int)
+    out["diverged"] = out["status"] == DIVERGED
+    out["value"] = out["outcome"]
     return out
 
 

@@ -222,6 +222,14 @@ def cmd_submit(args) -> int:
     return code
 
 
+def cmd_export(args) -> int:
+    from mitoseg.export import export_study
+    if not args.output_dir:
+        raise ValueError("export needs --output-dir BUNDLE (a folder outside the study)")
+    export_study(args.study_dir, args.output_dir, args.arch, overwrite=args.overwrite, log=_print)
+    return EXIT_OK
+
+
 def cmd_verify(args) -> int:
     if not args.submit:
         from mitoseg import verify
@@ -261,6 +269,8 @@ def main(argv=None) -> int:
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "export":
+            return cmd_export(args)
     except KeyboardInterrupt:
         _quiet_stdout()
         print("interrupted (Ctrl-C): cells that were training are recorded as interrupted; the same command "

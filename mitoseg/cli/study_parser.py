@@ -125,8 +125,19 @@ def build_study_parser(description: str):
     add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
 
+    _add_export(sub)
     _add_verify(sub)
     return p
+
+
+def _add_export(sub) -> None:
+    s = sub.add_parser("export", help="copy each architecture's chosen model(s) into a self-contained bundle "
+                                      "folder for predict.py --bundle")
+    s.add_argument("--study-dir", required=True)
+    s.add_argument("--arch", action="append", help="only this architecture (repeatable; default: every one)")
+    add_flag(s, "--output-dir", "--out", dest="output_dir",
+             help="bundle folder, outside the study: one subfolder per architecture")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing, different bundle")
 
 
 def _retry_arg(s) -> None:

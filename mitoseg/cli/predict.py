@@ -336,6 +336,8 @@ def build_parser():
     add_version(p)
     one = p.add_argument_group("one model on one stack")
     one.add_argument("--model", help="trained model (.keras or .hdf5)")
+    one.add_argument("--bundle", help="instead of --model: a bundle folder of run_study.py export; the mean "
+                     "probability of its models (mitoseg/cli/predict_bundle.py)")
     one.add_argument("--input", help="image stack (TIFF; a 2D TIFF is one slice)")
     one.add_argument("--output", help="output TIFF: float32 probabilities, or with --mask uint8 0/255")
     one.add_argument("--mask", action="store_true", help="write a 0/255 mask instead of probabilities")
@@ -347,7 +349,7 @@ def build_parser():
     st.add_argument("--data-dir", help="data folder (default: the one recorded in the cell's config)")
     add_flag(st, "--output-dir", "--out-dir", dest="out_dir", help="overlay folder (default STUDY_DIR/overlays)")
     c = p.add_argument_group("common")
-    c.add_argument("--threshold", type=float, default=0.5, help="probability -> mask threshold (default 0.5)")
+    c.add_argument("--threshold", type=float, help="probability -> mask threshold (default 0.5; --bundle: its own)")
     c.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation (8x slower)")
     c.add_argument("--patch-size", type=int, help="tile side (default: the model's input side, else 256)")
     c.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)")
@@ -371,6 +373,10 @@ def main(argv=None) -> int:
             raise PredictError(f"--overlap must be in [0, 1), got {args.overlap}")
         if args.batch_size < 1:
             raise PredictError(f"--batch-size must be positive, got {args.batch_size}")
+        if args.bundle:
+            from mitoseg.cli.predict_bundle import run_bundle
+            return run_bundle(args)
+        args.threshold = 0.5 if args.threshold is None else args.threshold
         if args.study_dir or args.overlays:
             if not (args.study_dir and args.overlays):
                 raise PredictError("study mode needs both --study-dir and --overlays")

@@ -18,7 +18,7 @@ run by validation IoU; test scores never choose):
 Outputs never replace an input of the command (--input, --ground-truth, --model; also through
 symlinks or hard links); an existing output file is replaced only with --overwrite.
 Input grey values are scaled like the model's training images (the scaling its cell recorded in the
-results JSON beside the model); an input that cannot be put on that scale is refused. A model without a
+results JSON or bundle.json beside the model); an input that cannot be put on that scale is refused. A model without a
 recorded scaling gets the input scaled by its own values (mitoseg.scaling.image_scaling), with a line saying so.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
@@ -129,7 +129,8 @@ def recorded_scaling(model_path):
             if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
                 return scaling, path
             return None, f"{path.name} records no image scaling (written before scalings were recorded)"
-    return None, f"no results JSON of this model in {model_path.parent}"
+    from mitoseg.cli.predict_bundle import bundle_scaling   # a model copied into an exported bundle
+    return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
 
 
 def _read(path, what):

@@ -38,6 +38,17 @@ def load_bundle(folder) -> tuple[dict, list[Path]]:
     return manifest, models
 
 
+def bundle_scaling(model_path):
+    """(scaling, bundle.json path) when `model_path` is a member of the bundle beside it, else None."""
+    path = Path(model_path).parent / BUNDLE_JSON
+    try:
+        members = json.loads(path.read_text())["members"]
+        scaling = next(m["scaling"] for m in members if m["model"] == Path(model_path).name)
+    except (OSError, ValueError, KeyError, TypeError, StopIteration):
+        return None
+    return (scaling, path) if isinstance(scaling, dict) else None
+
+
 def scaled_input(raw, member: dict, where: str):
     """The input on the member's training scale (refused when it cannot be put on it)."""
     from mitoseg.input_error import DataError

@@ -222,8 +222,10 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     G.init_study(study_dir, grid)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     rows, queue = _skip_finished(study_dir, chosen, force)
-    log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(chosen) - len(queue)} already finished, "
-        f"{len(queue)} to run, {jobs} at a time")
+    kept = sum(r["state"] not in DONE_STATUSES for r in rows.values())
+    log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(rows) - kept} already finished, "
+        + (f"{kept} failed {RETRY_BUDGET} times and not retried (--retry-failed), " if kept else "")
+        + f"{len(queue)} to run, {jobs} at a time")
     progress = _Progress(len(queue), jobs, log)
     env = _pool_env(study_dir, jobs)
     running: dict[int, tuple] = {}

@@ -36,6 +36,9 @@ def test_runner_skips_a_cell_that_used_its_budget(tmp_path, monkeypatch):
     study, cells, _ = _study(tmp_path, RETRY_BUDGET)
     rows, todo = R._skip_finished(study, cells, force=False)
     assert todo == [] and set(rows) == {0, 1}
+    lines = []
+    assert set(R.run_local(study, G.load_study_grid(study), cells, log=lines.append)) == {0, 1}   # nothing started
+    assert "1 already finished, 1 failed 2 times and not retried (--retry-failed), 0 to run" in lines[0]
     assert rows[1]["state"] == "failed" and "--retry-failed" in rows[1]["note"]
     monkeypatch.setenv(RETRY_ENV, "1")   # what `run_study.py local --retry-failed` sets
     rows, todo = R._skip_finished(study, cells, force=False)
@@ -72,8 +75,10 @@ def test_status_shows_attempts(tmp_path):
     assert rows[1]["attempts"] == RETRY_BUDGET
     assert f"attempt {RETRY_BUDGET}/{RETRY_BUDGET} (not retried without --retry-failed)" in rows[1]["note"]
     assert f"attempt {RETRY_BUDGET}/{RETRY_BUDGET}" in SS.render(rows)
+    assert "every cell finished, except 1 failed 2 times" in SS.render(rows)
     cells_json = json.loads(SS.status_json(study, rows))["cells"]
     assert [c["attempts"] for c in cells_json] == [1, RETRY_BUDGET]
+    assert SS.eta_seconds(rows)[0] == 0.0   # the kept cell is not part of what remains
 
 
 def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):

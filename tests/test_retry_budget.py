@@ -102,3 +102,16 @@ def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):
         record, _ = C._train(config, paths, {"split": {}}, None, force, time.time())
         seen.append((record["status"], load_results(paths.results_json)["attempts"]))
     assert seen == [("failed", 1), ("failed", 2), ("failed", 1)]
+
+
+def test_submit_passes_retry_failed_to_the_elements(tmp_path):
+    """The array's exported variables carry the choice (an empty value: the login shell's does not leak)."""
+    from mitoseg.scheduler import submit_study
+    study, _, _ = _study(tmp_path, RETRY_BUDGET)
+    grid = G.load_study_grid(study)
+    import re
+    for retry, value in ((False, ""), (True, "1")):
+        lines = []
+        submit_study(study, grid, "slurm", [], log=lines.append, dry_run=True, retry_failed=retry)
+        array = next(line for line in lines if line.startswith("array job"))
+        assert re.search(rf"[ ,]{RETRY_ENV}={value}[ ,]", array), array

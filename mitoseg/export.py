@@ -111,7 +111,11 @@ def plan_bundles(study: Path, archs: Optional[list]) -> tuple[dict, list[str]]:
     grid_pick = {} if confirmed else selected_member(study)
     if not confirmed:
         lines.append("no confirmation stage: exporting each architecture's grid selection with its best run")
-    for arch in archs or G.load_study_grid(study).architectures:
+    known = G.load_study_grid(study).architectures
+    unknown = [a for a in archs or () if a not in known]
+    if unknown:
+        raise ExportError(f"--arch {unknown[0]}: not an architecture of this study ({', '.join(known)})")
+    for arch in archs or known:
         if confirmed:
             config, members = confirmed_members(study, arch)
             source = "confirmation: the plan's rank-1 configuration, every finished ok run"
@@ -121,6 +125,9 @@ def plan_bundles(study: Path, archs: Optional[list]) -> tuple[dict, list[str]]:
         if not members:
             lines.append(f"warning: {arch}: no finished ok {'confirmation' if confirmed else 'grid'} run; not exported")
             continue
+        degenerate = [name for name, rec in members if rec["degenerate"]]
+        if degenerate:   # kept: the plan's runs are the configuration's honest sample, not hand-picked
+            lines.append(f"warning: {arch}: {len(degenerate)} member(s) did not learn (degenerate): {', '.join(degenerate)}")
         files = {rec["files"]["model"]: StudyPaths(study).exp(name).exp_dir / rec["files"]["model"]
                  for name, rec in members}
         out[arch] = (bundle_manifest(study, arch, members, source, confirmed), files)

@@ -106,5 +106,7 @@ def test_without_confirmation_the_grid_selection_is_exported(tmp_path, capsys):
     manifest = json.loads((tmp_path / "b" / "UNet" / "bundle.json").read_text())
     assert manifest["source"].startswith("grid selection") and len(manifest["members"]) == 1
     assert not (tmp_path / "b" / "Attention_UNet").exists()
+    code = study_main(["export", "--study-dir", str(study), "--arch", "ResNet", "--output-dir", str(tmp_path / "c")])
+    assert code == 2 and "--arch ResNet: not an architecture of this study (UNet, Attention_UNet)" in capsys.readouterr().err
     code = study_main(["export", "--study-dir", str(study), "--output-dir", str(study)])
     assert code == 2 and "never written over an input" in capsys.readouterr().err

@@ -34,15 +34,17 @@ from .environment import environment_info
 from .identity import data_fingerprint, finished_cell_differences
 from .input_error import DataError
 from .paths import ExperimentPaths
-from .results import ResultsError, load_results
+from .results import RETRY_BUDGET, ResultsError, load_results, retry_exhausted
 from .scaling import log_scaling
 from .status import (DIVERGED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, INTERRUPTED, OK,
                      is_done)
 
 
-def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) -> tuple[dict | None, int]:
+def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
+             retry_failed: bool = False) -> tuple[dict | None, int]:
     """Train one cell into `exp_dir`. Returns (results record or None, exit code).
-    `cache_dir` (grid mode: the study's) shares decoded stacks and patches between cells."""
+    `cache_dir` (grid mode: the study's) shares decoded stacks and patches between cells. A cell that
+    failed RETRY_BUDGET times is not retrained unless `retry_failed` (or `force`)."""
     started = time.time()
     exp_dir = Path(exp_dir)
     paths = ExperimentPaths(exp_dir)
@@ -51,7 +53,7 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
     except ValueError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
-    finished = _finished_cell(paths, config, force)
+    finished = _finished_cell(paths, config, force, retry_failed)
     if finished is not None:
         return finished
 
@@ -78,30 +80,41 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None) 
         log(f"{paths.name}: another process is training this cell ({holder}); moving on")
         return None, EXIT_BUSY
     with lock:
-        finished = _finished_cell(paths, config, force)   # it may have finished while we loaded the data
+        finished = _finished_cell(paths, config, force, retry_failed)   # it may have finished while we loaded the data
         if finished is not None:
             return finished
         return _run_locked(config, paths, arrays, test_volume, force, started)
 
 
-def existing_status(paths: ExperimentPaths) -> Optional[str]:
-    """Status of a finished results JSON, or None when the cell has to (re)run."""
+def existing_record(paths: ExperimentPaths) -> Optional[dict]:
+    """The cell's readable results JSON, or None when there is none (an unreadable one: said so)."""
     if not paths.results_json.exists():
         return None
     try:
-        return load_results(paths.results_json)["status"]
+        return load_results(paths.results_json)
     except ResultsError as err:
         log(f"warning: {err}; the cell will be rerun")
         return None
 
 
-def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool):
+def existing_status(paths: ExperimentPaths) -> Optional[str]:
+    """Status of a finished results JSON, or None when the cell has to (re)run."""
+    record = existing_record(paths)
+    return None if record is None else record["status"]
+
+
+def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool, retry_failed: bool = False):
     """(record, exit code) when the cell is finished with the settings and data of `config` (skip it), or
-    one refusal line when it finished with others (--force retrains it); None when it has to run."""
-    status = existing_status(paths)
+    one refusal line when it finished with others (--force retrains it), or failed its retry budget
+    (--retry-failed retrains it); None when it has to run."""
+    record = existing_record(paths)
+    if retry_exhausted(record, retry_failed or force):
+        log(f"{paths.name}: failed {record['attempts']} times (budget {RETRY_BUDGET}), last error: "
+            f"{record.get('error')}; not retried. Pass --retry-failed to train it again.")
+        return record, EXIT_FAILED
+    status = None if record is None else record["status"]
     if not is_done(status) or force:
         return None
-    record = load_results(paths.results_json)
     differs = finished_cell_differences(record, config.to_dict(), data_fingerprint(config.data_dir))
     if differs:
         log(f"error: {paths.exp_dir}: finished (status {status}) with other settings or data "
@@ -156,6 +169,8 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
     """Train the locked cell; every outcome, an exception included, ends in a results JSON."""
     baselines = _log_start(config, paths, arrays, test_volume)
     record = new_record(config, paths, arrays["split"], baselines, started)
+    previous = None if force else existing_record(paths)   # --force starts the count again
+    record["attempts"] = 1 + (previous["attempts"] if previous is not None else 0)
     state = new_training_state()
     with _sigterm_handled() as stop:
         try:

@@ -29,6 +29,7 @@ SUMMARY_CSV_NAME = "hyperparameter_summary.csv"
 REPORT_MD = "hyperparameter_report.md"
 REPORT_TXT = "comprehensive_analysis_report.txt"
 SUMMARY_JSON = "analysis_summary.json"
+BUNDLE_JSON = "bundle.json"   # the manifest of an exported model bundle (mitoseg/export.py)
 FIG_HEATMAPS = "detailed_heatmaps.png"
 FIG_COMPREHENSIVE = "comprehensive_analysis.png"
 FIG_BEST = "best_configurations_comparison.png"

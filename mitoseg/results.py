@@ -11,10 +11,10 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from .io_utils import atomic_write_text
-from .status import STATUSES
+from .status import FAILED, STATUSES
 
 SCHEMA_VERSION = 3
 # Versions load_results accepts. Version 1 has no per-slice test scores (`test.slices`); version 2 has
@@ -28,6 +28,10 @@ _STR = (str, type(None))
 
 # name, accepted types, description. Scores are computed on the validation slices at threshold 0.5
 # unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
+# A cell whose results say failed this many times is skipped by a resubmission until the user passes
+# --retry-failed: a deterministic failure (a bad setting, a model too big) must not burn GPU hours forever.
+RETRY_BUDGET = 2
+
 RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("schema_version", (int,), f"{SCHEMA_VERSION} (versions 1, without test.slices, and 2, without their tp/fp/fn, "
                                "still load)"),
@@ -73,6 +77,9 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("finished_at", (str,), "ISO time the results were written"),
     ("environment", (dict,), "code (version, git commit, modified), package versions, Python, host name, device"),
     ("files", (dict,), "file names (relative to the exp_ folder) of the log, history CSV and model"),
+    ("attempts", (int,), "runs of this cell that wrote this file (a resumed or retried run adds 1, --force starts "
+                         f"again at 1; older files without it read as 1); a cell failed {RETRY_BUDGET} times is not "
+                         "retried by a resubmission without --retry-failed"),
 ]
 FIELD_NAMES = [name for name, _, _ in RESULT_FIELDS]
 
@@ -102,6 +109,7 @@ def validate_results(record: dict, source: str = "results") -> dict:
         older = ", ".join(str(v) for v in READABLE_VERSIONS if v != SCHEMA_VERSION)
         raise ResultsError(f"{source}: schema_version {version!r} is not {SCHEMA_VERSION} (nor an older readable "
                            f"version: {older}); rerun the cell or convert the file")
+    record.setdefault("attempts", 1)   # files written before the field existed
     missing = [name for name in FIELD_NAMES if name not in record]
     if missing:
         raise ResultsError(f"{source}: missing fields {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
@@ -169,7 +177,7 @@ def empty_record(**values) -> dict:
     """A record with every field present (None/defaults), updated with `values`."""
     record = {name: None for name in FIELD_NAMES}
     record.update(schema_version=SCHEMA_VERSION, degenerate=False, config={}, data={}, environment={},
-                  files={}, epochs_run=0)
+                  files={}, epochs_run=0, attempts=1)
     record.update(values)
     return record
 
@@ -193,3 +201,10 @@ if __name__ == "__main__":
                 sys.exit(1)
     else:
         print(markdown_table())
+
+
+def retry_exhausted(record: Optional[dict], retry_failed: bool = False) -> bool:
+    """True when a resubmission must not retrain this cell: it failed RETRY_BUDGET times and the user
+    did not pass --retry-failed."""
+    return (not retry_failed and record is not None and record.get("status") == FAILED
+            and record.get("attempts", 1) >= RETRY_BUDGET)

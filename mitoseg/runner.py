@@ -27,8 +27,8 @@ from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
-from .results import ResultsError, load_results
-from .scheduler import SCHEDULER_INDEX_VARIABLES, submit_analysis_from_element, task_index_from_env
+from .results import RETRY_BUDGET, ResultsError, load_results, retry_exhausted
+from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING, STARTED
 from .study_dir import base_grid, resolve_study_dir
 
@@ -222,8 +222,10 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     G.init_study(study_dir, grid)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     rows, queue = _skip_finished(study_dir, chosen, force)
-    log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(chosen) - len(queue)} already finished, "
-        f"{len(queue)} to run, {jobs} at a time")
+    kept = sum(r["state"] not in DONE_STATUSES for r in rows.values())
+    log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(rows) - kept} already finished, "
+        + (f"{kept} failed {RETRY_BUDGET} times and not retried (--retry-failed), " if kept else "")
+        + f"{len(queue)} to run, {jobs} at a time")
     progress = _Progress(len(queue), jobs, log)
     env = _pool_env(study_dir, jobs)
     running: dict[int, tuple] = {}
@@ -256,10 +258,15 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[
     """({index: row} of the finished cells that are skipped, the cells to train)."""
     rows: dict[int, dict] = {}
     todo = []
+    retry = force or retry_failed_requested()
     for cell in chosen:
         state = cell_state(study_dir, cell)
+        record = read_cell_record(study_dir, cell)
         if state in DONE_STATUSES and not force:
-            rows[cell.index] = cell_row(cell, state, read_cell_record(study_dir, cell) or {}, "finished earlier, skipped")
+            rows[cell.index] = cell_row(cell, state, record or {}, "finished earlier, skipped")
+        elif retry_exhausted(record, retry):
+            rows[cell.index] = cell_row(cell, state, record, f"failed {record['attempts']} times (budget "
+                                        f"{RETRY_BUDGET}), not retried; --retry-failed trains it again")
         else:
             todo.append(cell)
     return rows, todo

@@ -37,6 +37,13 @@ from .paths import StudyPaths
 PBS_SCRIPT = job_script(PBS_JOB)
 SLURM_SCRIPT = job_script(SLURM_JOB)
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
+# "1": train_one.py retrains cells that used up their retry budget (`--retry-failed` of local and submit;
+# an environment variable so that it reaches the array elements and the local pool alike).
+RETRY_ENV = "MITOSEG_RETRY_FAILED"
+
+
+def retry_failed_requested(environ=None) -> bool:
+    return (os.environ if environ is None else environ).get(RETRY_ENV) == "1"
 # The array index of an element: PBS Pro, Torque, Slurm (first one set wins).
 SCHEDULER_INDEX_VARIABLES = ("PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID")
 # The element's own array variables must not leak into the (non-array) analysis job.
@@ -302,7 +309,7 @@ def _line(cmd: list[str]) -> str:
 def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args: list[str],
                  log: Callable[[str], None] = print, dry_run: bool = False,
                  indices: Optional[tuple[int, int]] = None, cells_per_gpu: int = 1,
-                 site: Optional[S.SiteProfile] = None) -> dict:
+                 site: Optional[S.SiteProfile] = None, retry_failed: bool = False) -> dict:
     """Submit the array (range = the grid, ceil(grid / K) elements of K cells with cells_per_gpu = K,
     or `indices` = (first, last), e.g. the confirmation cells) and the dependent analysis job, both
     with the site profile's options and then `extra_args`. A dry run prints both lines and creates
@@ -316,7 +323,7 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     # The study fixes the grid and the data: a GRID_CONFIG/DATA_DIR of the login shell (exported with the
     # rest of it) must neither replace nor contradict them in the elements.
     env_vars = (f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu},GRID_CONFIG=,"
-                f"DATA_DIR={grid.fixed.get('data_dir') or ''}") + (f",{S.SITE_ENV}={site.path}" if site.path else "")
+                f"DATA_DIR={grid.fixed.get('data_dir') or ''},{RETRY_ENV}={'1' if retry_failed else ''}") + (f",{S.SITE_ENV}={site.path}" if site.path else "")
     script = array_job_script(scheduler, site, study_dir, write=False)
     cmd = array_submit_command(scheduler, first, last, env_vars, extra_args, site, study_dir, script)
     if dry_run:

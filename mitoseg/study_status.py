@@ -26,7 +26,7 @@ from typing import Optional
 
 from . import grid as G
 from .paths import StudyPaths
-from .results import ResultsError, load_results
+from .results import RETRY_BUDGET, ResultsError, load_results, retry_exhausted
 from .console import fmt_duration, fmt_score
 from .membership import study_membership
 from .status import (DONE_STATUSES, EXIT_FAILED, EXIT_OK, FAILED, FINISHED, FOREIGN, INTERRUPTED, MISSING, RUNNING,
@@ -74,7 +74,7 @@ def last_write(exp_dir: Path) -> Optional[float]:
 def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
     paths = StudyPaths(study_dir).exp(cell.name)
     row = dict(cell=cell, state=MISSING, epoch=0, epochs_max=epochs_max, latest_iou=None, best_iou=None,
-               epoch_times=[], overhead_s=None, last_write=None, note="")
+               epoch_times=[], overhead_s=None, last_write=None, note="", attempts=None, kept=False)
     if not paths.exp_dir.is_dir():
         return row
     history = read_history(paths.history_csv)
@@ -91,6 +91,8 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
         except ResultsError as err:
             row["note"] = f"unreadable results ({err})"[:120]
     if record is not None:
+        row["attempts"] = record["attempts"]
+        row["kept"] = retry_exhausted(record)   # a resubmission skips it: no part of the ETA
         json_time = paths.results_json.stat().st_mtime
         rerun = record["status"] not in DONE_STATUSES and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
         if not rerun:
@@ -102,11 +104,19 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
                 if record.get("total_time_s") is not None and record.get("training_time_s") is not None:
                     row["overhead_s"] = max(0.0, record["total_time_s"] - record["training_time_s"])
             else:
-                row["note"] = record.get("error") or ""
+                row["note"] = _attempts_note(record) + (record.get("error") or "")
             return row
         row["note"] = f"rerun of a {record['status']} cell"
     row["state"] = RUNNING   # decided against the stall limit in `status_rows`
     return row
+
+
+def _attempts_note(record: dict) -> str:
+    """How often a failed cell was tried, and whether a resubmission retries it."""
+    if record["status"] != FAILED:
+        return ""
+    kept = " (not retried without --retry-failed)" if retry_exhausted(record) else ""
+    return f"attempt {record['attempts']}/{RETRY_BUDGET}{kept}: "
 
 
 def expected_epoch_s(row: dict, rows: list[dict]) -> Optional[float]:
@@ -145,7 +155,7 @@ def eta_seconds(rows: list[dict]) -> tuple[Optional[float], int]:
     """(seconds until every unfinished cell is done, or None when no epoch was measured yet; cells at a time)."""
     overheads = [r["overhead_s"] for r in rows if r["overhead_s"] is not None]
     overhead = statistics.fmean(overheads) if overheads else 0.0
-    todo = [r for r in rows if r["state"] != FINISHED]
+    todo = [r for r in rows if r["state"] != FINISHED and not r["kept"]]
     if not todo:
         return 0.0, 0
     parallel = max(1, sum(r["state"] == RUNNING for r in rows))
@@ -175,13 +185,15 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     lines.append("")
     lines.append(f"{len(rows)} cells: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
     eta, parallel = eta_seconds(rows)
+    kept = sum(r["kept"] for r in rows)
     if eta == 0.0 and not parallel:
-        lines.append("every cell finished")
+        lines.append("every cell finished" + (f", except {kept} failed {RETRY_BUDGET} times: a resubmission retries "
+                                               "them only with --retry-failed" if kept else ""))
     elif eta is None:
         lines.append("ETA: unknown until a first epoch has been measured")
     else:
         lines.append(f"ETA: {fmt_duration(eta)} with {parallel} cell(s) at a time as now, if every unfinished cell "
-                     "(failed and missing ones included, as a resubmission reruns them) runs all its epochs at "
+                     "(failed and missing ones included, as a resubmission reruns them, unless out of retries) runs all its epochs at "
                      "the measured epoch times; early stopping makes it shorter")
     return "\n".join(lines)
 
@@ -191,7 +203,8 @@ def status_json(study_dir, rows: list[dict]) -> str:
     eta, parallel = eta_seconds(rows)
     cells = [dict(index=r["cell"].index, name=r["cell"].name, stage=r["cell"].stage, state=r["state"],
                   epoch=r["epoch"], epochs_max=r["epochs_max"], latest_val_iou=r["latest_iou"],
-                  best_val_iou=r["best_iou"], epoch_s=r["epoch_s"], last_write=r["last_write"], note=r["note"])
+                  best_val_iou=r["best_iou"], epoch_s=r["epoch_s"], last_write=r["last_write"], note=r["note"],
+                  attempts=r["attempts"])
              for r in rows]
     counts: dict[str, int] = {}
     for r in rows:

@@ -18,7 +18,7 @@ run by validation IoU; test scores never choose):
 Outputs never replace an input of the command (--input, --ground-truth, --model; also through
 symlinks or hard links); an existing output file is replaced only with --overwrite.
 Input grey values are scaled like the model's training images (the scaling its cell recorded in the
-results JSON beside the model); an input that cannot be put on that scale is refused. A model without a
+results JSON or bundle.json beside the model); an input that cannot be put on that scale is refused. A model without a
 recorded scaling gets the input scaled by its own values (mitoseg.scaling.image_scaling), with a line saying so.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
@@ -129,7 +129,8 @@ def recorded_scaling(model_path):
             if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
                 return scaling, path
             return None, f"{path.name} records no image scaling (written before scalings were recorded)"
-    return None, f"no results JSON of this model in {model_path.parent}"
+    from mitoseg.cli.predict_bundle import bundle_scaling   # a model copied into an exported bundle
+    return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
 
 
 def _read(path, what):
@@ -336,6 +337,8 @@ def build_parser():
     add_version(p)
     one = p.add_argument_group("one model on one stack")
     one.add_argument("--model", help="trained model (.keras or .hdf5)")
+    one.add_argument("--bundle", help="instead of --model: a bundle folder of run_study.py export; the mean "
+                     "probability of its models (mitoseg/cli/predict_bundle.py)")
     one.add_argument("--input", help="image stack (TIFF; a 2D TIFF is one slice)")
     one.add_argument("--output", help="output TIFF: float32 probabilities, or with --mask uint8 0/255")
     one.add_argument("--mask", action="store_true", help="write a 0/255 mask instead of probabilities")
@@ -347,7 +350,7 @@ def build_parser():
     st.add_argument("--data-dir", help="data folder (default: the one recorded in the cell's config)")
     add_flag(st, "--output-dir", "--out-dir", dest="out_dir", help="overlay folder (default STUDY_DIR/overlays)")
     c = p.add_argument_group("common")
-    c.add_argument("--threshold", type=float, default=0.5, help="probability -> mask threshold (default 0.5)")
+    c.add_argument("--threshold", type=float, help="probability -> mask threshold (default 0.5; --bundle: its own)")
     c.add_argument("--tta", action="store_true", help="8-fold flip/rotation test-time augmentation (8x slower)")
     c.add_argument("--patch-size", type=int, help="tile side (default: the model's input side, else 256)")
     c.add_argument("--overlap", type=float, default=0.5, help="tile overlap fraction (default 0.5)")
@@ -371,6 +374,10 @@ def main(argv=None) -> int:
             raise PredictError(f"--overlap must be in [0, 1), got {args.overlap}")
         if args.batch_size < 1:
             raise PredictError(f"--batch-size must be positive, got {args.batch_size}")
+        if args.bundle:
+            from mitoseg.cli.predict_bundle import run_bundle
+            return run_bundle(args)
+        args.threshold = 0.5 if args.threshold is None else args.threshold
         if args.study_dir or args.overlays:
             if not (args.study_dir and args.overlays):
                 raise PredictError("study mode needs both --study-dir and --overlays")

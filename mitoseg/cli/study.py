@@ -36,7 +36,7 @@ from mitoseg import site as S
 from mitoseg.cli.study_parser import build_study_parser, env_defaults
 from mitoseg.cli_args import invoked_as, missing_extra, say
 from mitoseg.console import fmt_duration, results_table
-from mitoseg.scheduler import detect_scheduler, scheduler_name, submit_study
+from mitoseg.scheduler import RETRY_ENV, detect_scheduler, scheduler_name, submit_study
 from mitoseg.paths import StudyPaths, new_study_dir
 from mitoseg.study_dir import base_grid, create_new_study_dir
 from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SCHEDULER
@@ -119,6 +119,8 @@ def cmd_local(args) -> int:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     jobs = args.jobs or (2 if args.demo else 1)
+    if args.retry_failed:   # read by the runner and passed on to every train_one.py it starts
+        os.environ[RETRY_ENV] = "1"
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)
     if seeds:
         code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds) or code
@@ -213,11 +215,19 @@ def cmd_submit(args) -> int:
     from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
     _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
     code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run, cells_per_gpu=k,
-                   site=profile)
+                   site=profile, retry_failed=args.retry_failed)
     if code == EXIT_OK:
         _print(f"study folder{' (not created: dry run)' if args.dry_run else ''}: {study}\n"
                f"follow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
     return code
+
+
+def cmd_export(args) -> int:
+    from mitoseg.export import export_study
+    if not args.output_dir:
+        raise ValueError("export needs --output-dir BUNDLE (a folder outside the study)")
+    export_study(args.study_dir, args.output_dir, args.arch, overwrite=args.overwrite, log=_print)
+    return EXIT_OK
 
 
 def cmd_verify(args) -> int:
@@ -259,6 +269,8 @@ def main(argv=None) -> int:
                                  cells_per_gpu=args.cells_per_gpu)
         if args.command == "verify":
             return cmd_verify(args)
+        if args.command == "export":
+            return cmd_export(args)
     except KeyboardInterrupt:
         _quiet_stdout()
         print("interrupted (Ctrl-C): cells that were training are recorded as interrupted; the same command "

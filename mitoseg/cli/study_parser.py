@@ -70,6 +70,7 @@ def build_study_parser(description: str):
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     s.add_argument("--jobs", "-j", type=positive_int, help="cells trained at the same time (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
+    _retry_arg(s)
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")
     s.add_argument("--confirm-seeds", type=int, help="after the grid, run the confirmation stage with this many "
                    f"fresh seeds per architecture's winner (default 0; --demo: {C.DEMO_CONFIRM_SEEDS})")
@@ -110,6 +111,7 @@ def build_study_parser(description: str):
     s.add_argument("--study-dir", help="existing study to continue (default: a new one in --output-dir)")
     add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--dry-run", action="store_true", help="print every job line (array, analysis); create nothing")
+    _retry_arg(s)
     _site_arg(s)
     s.add_argument("--cells-per-gpu", type=int,
                    help="K cells trained at once per array element (one GPU; default $CELLS_PER_GPU, else 1); "
@@ -123,8 +125,24 @@ def build_study_parser(description: str):
     add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--cells-per-gpu", type=int, help="K cells at once in this element (default $CELLS_PER_GPU, else 1)")
 
+    _add_export(sub)
     _add_verify(sub)
     return p
+
+
+def _add_export(sub) -> None:
+    s = sub.add_parser("export", help="copy each architecture's chosen model(s) into a self-contained bundle "
+                                      "folder for predict.py --bundle")
+    s.add_argument("--study-dir", required=True)
+    s.add_argument("--arch", action="append", help="only this architecture (repeatable; default: every one)")
+    add_flag(s, "--output-dir", "--out", dest="output_dir",
+             help="bundle folder, outside the study: one subfolder per architecture")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing, different bundle")
+
+
+def _retry_arg(s) -> None:
+    s.add_argument("--retry-failed", action="store_true", help="also retrain cells that failed as often as the "
+                   "retry budget allows (2 attempts, see the results field `attempts`); default: skip them")
 
 
 def _add_verify(sub) -> None:

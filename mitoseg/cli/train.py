@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--synthetic-size", type=positive_int, help="side of the synthetic slices (default 256)")
     add_flag(d, "--output-dir", "--out-dir", dest="out_dir", default="runs", help="parent folder of the exp_ folder in hand mode (default runs/)")
     d.add_argument("--force", action="store_true", help="retrain even if the cell already finished")
+    d.add_argument("--retry-failed", action="store_true", help="train a cell that already failed as often as the "
+                   "retry budget allows (2 attempts; default: $MITOSEG_RETRY_FAILED=1, else skip it)")
     return p
 
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     if args.data_dir:   # recorded in the results JSON: absolute against the folder it was given in
         args.data_dir = G.absolute_path(args.data_dir)
     overrides = {FLAG_TO_FIELD.get(k, k): v for k, v in vars(args).items()
-                 if v is not None and k not in ("study_dir", "task_index", "grid_config", "out_dir", "force")}
+                 if v is not None and k not in ("study_dir", "task_index", "grid_config", "out_dir", "force", "retry_failed")}
     try:
         index = args.task_index if args.task_index is not None else S.task_index_from_env()
         if index is not None or args.study_dir:
@@ -142,7 +144,8 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _, code = run_cell(config, exp_dir, force=args.force, cache_dir=cache_dir)
+    _, code = run_cell(config, exp_dir, force=args.force, cache_dir=cache_dir,
+                       retry_failed=args.retry_failed or S.retry_failed_requested())
     return code
 
 

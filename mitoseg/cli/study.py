@@ -201,10 +201,15 @@ def _planned_study(args, root) -> tuple[Path, G.GridConfig]:
     return Path(args.study_dir).resolve(), G.load_study_grid(args.study_dir) if existing else grid
 
 
-def cmd_submit(args) -> int:
+def _site_and_scheduler(args):
+    """(site profile, scheduler): --scheduler, else the profile's, else the one found on PATH (or None)."""
     profile = _load_site(args)
     chosen = args.scheduler or profile.scheduler
-    scheduler = scheduler_name(chosen) if chosen else detect_scheduler()
+    return profile, scheduler_name(chosen) if chosen else detect_scheduler()
+
+
+def cmd_submit(args) -> int:
+    profile, scheduler = _site_and_scheduler(args)
     if scheduler is None:
         _print(f"error: neither sbatch nor qsub found; use `{invoked_as('mitoseg-study')} local` on one machine")
         return EXIT_SCHEDULER
@@ -235,9 +240,7 @@ def cmd_verify(args) -> int:
         from mitoseg import verify
         return verify.main(args)
     from mitoseg import verify_job
-    profile = _load_site(args)
-    chosen = args.scheduler or profile.scheduler
-    scheduler = scheduler_name(chosen) if chosen else detect_scheduler()
+    profile, scheduler = _site_and_scheduler(args)
     if scheduler is None:
         _print(f"error: neither sbatch nor qsub found; run the check here: {invoked_as('mitoseg-study')} verify")
         return EXIT_SCHEDULER

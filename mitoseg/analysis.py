@@ -24,7 +24,7 @@ def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) ->
             if flag == "--summary_file" and name == SUMMARY_CSV_NAME:
                 continue
             raise SummaryError(f"{flag} {path} is the analysis output {target}: refusing to overwrite an input; "
-                               "choose another --output_dir")
+                               "choose another --output-dir")
 
 
 def confirm_plan(study_dir) -> Optional[dict]:
@@ -61,7 +61,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     outputs = {}
     out_dir = Path(output_dir) if output_dir else Path(study_dir) if study_dir is not None else Path(summary_file).parent
     if out_dir.exists() and not out_dir.is_dir():
-        raise SummaryError(f"--output_dir {out_dir} is a file, not a folder; name a folder")
+        raise SummaryError(f"--output-dir {out_dir} is a file, not a folder; name a folder")
     _refuse_overwriting_inputs(out_dir, summary_file, baseline_summary)
     if study_dir is not None:
         study_dir = Path(study_dir)

@@ -190,7 +190,7 @@ def _open_element_study(root, grid_config: Optional[str], env: dict,
     try:
         requested = base_grid(grid_config, env.get("DATA_DIR"))
         given = grid_config and f"$GRID_CONFIG/--grid-config {grid_config}"
-        # settings only: the data is checked per cell by train_one.py (the host may not see the data folder)
+        # settings only: the data is checked per cell by train_one.py
         grid = open_study(study, requested, given, env.get("DATA_DIR"), create=True, check_data=False)
     except ValueError as err:
         log(f"error: {err}")

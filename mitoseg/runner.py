@@ -203,8 +203,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
               log: Callable[[str], None] = print) -> dict:
     """Train the chosen cells (skipping finished ones unless force) with up to `jobs` train_one.py
     subprocesses at once. A failed cell never stops the others. Returns {index: row}."""
-    study_dir = Path(study_dir).resolve()
-    G.init_study(study_dir, grid)
+    study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study_dir.open_study)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     rows, queue = _skip_finished(study_dir, chosen, force)
     kept = sum(r["state"] not in DONE_STATUSES for r in rows.values())

@@ -37,6 +37,7 @@ from .console import fmt_duration
 from .input_error import DataError
 from .study_dir import base_grid
 from .config import TrainConfig
+from .schedulers import PBSPRO, SLURM, get
 from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -280,8 +281,8 @@ def walltime_limits(site: S.SiteProfile, extra_args: list, scheduler: Optional[s
     scheduler = scheduler or site.scheduler
     kinds = [(k, sc) for k, sc in (("pbs", pbs_script), ("slurm", slurm_script))
              if sc and (scheduler is None or (k == "slurm") == (scheduler == "slurm"))]
-    given = (S.walltime_override(extra_args, scheduler) if scheduler else
-             S.walltime_override(extra_args, "pbspro") or S.walltime_override(extra_args, "slurm"))
+    given = (get(scheduler).walltime_override(extra_args) if scheduler else
+             PBSPRO.walltime_override(extra_args) or SLURM.walltime_override(extra_args))
     if given:
         return [("walltime (-- arguments)", parse_walltime(given), f"given after -- ({given})")]
     if site.walltime:

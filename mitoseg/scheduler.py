@@ -234,7 +234,7 @@ def submit_analysis_from_element(study_dir, env: dict, log: Callable[[str], None
     Its extra arguments: the site profile's and $MITOSEG_ANALYSIS_SBATCH_ARGS / _QSUB_ARGS."""
     dep = dependency_target(env)
     key = array_job_key(env)
-    if dep and key and not env.get(NO_ANALYSIS_ENV) and claim_analysis_submission(study_dir, key):
+    if dep and key and not E.read(NO_ANALYSIS_ENV, env) and claim_analysis_submission(study_dir, key):
         submit_analysis_job(study_dir, dep[0], dep[1], env, log, site)
 
 

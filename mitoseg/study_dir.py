@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from . import env_vars as E
 from . import grid as G
 from .paths import POINTER_DIR, new_study_dir
 from .scheduler import array_job_key
@@ -47,7 +48,7 @@ def resolve_study_dir(root=".", environ=None, now: Optional[_dt.datetime] = None
     """(study folder, how it was chosen). See the module docstring."""
     env = os.environ if environ is None else environ
     root = Path(root)
-    given = env.get("STUDY_DIR")
+    given = E.read("STUDY_DIR", env)
     if given:
         path = Path(given)
         return (path if path.is_absolute() else root / path), "$STUDY_DIR"

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from mitoseg import env_vars as E  # standard library only
 from mitoseg import quiet_tf  # standard library only
 from mitoseg.cli_args import (OneLineParser, add_flag, add_version, missing_extra, positive_float,  # standard library only
                               positive_int)
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     cell.add_argument("--batch-size", type=positive_int, help="batch size (default 16)")
     cell.add_argument("--seed", type=int, help="random seed for Python, numpy, TensorFlow, shuffling (default 42)")
     grid = p.add_argument_group("grid mode")
-    grid.add_argument("--study-dir", default=os.environ.get("STUDY_DIR"),
+    grid.add_argument("--study-dir", default=E.read("STUDY_DIR"),
                       help="study folder holding grid_config.json and the exp_ folders (default $STUDY_DIR)")
     grid.add_argument("--task-index", type=int,
                       help="grid index; default from $PBS_ARRAY_INDEX, $PBS_ARRAYID or $SLURM_ARRAY_TASK_ID")

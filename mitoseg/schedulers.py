@@ -43,7 +43,15 @@ class Scheduler:
     repository's scripts), `index_variable` (the array index an element sees), `array_variables` (an
     element's array variables, never passed on to the analysis job), `analysis_args_env` /
     `analysis_defaults` (the analysis job's own request), `array_only` (options of the array alone),
-    `refused` (site profile key -> why this scheduler has no option for it)."""
+    `refused` (site profile key -> why this scheduler has no option for it), `range_directive`,
+    `script_range`, `script_walltime` (a job script's directive lines, read by `verify`).
+
+    Methods of a batch scheduler: inside a job `in_job(env)`, `array_id(env)`, `array_key(env)`,
+    `own_array_dependency(env)`; `dependency(job_id, array)` and `placeholder_dependency`; a site
+    profile's options `memory(text)`, `queue_options(site)`, `resource_options(site)`,
+    `array_range(first, last, throttle)`, `unsupported_key(site)`; the arguments after `--`:
+    `without_array_options(args)`, `walltime_override(args)`; command lines `array_command`,
+    `analysis_command`, `verify_command`."""
     name = ""
     batch = True
     program = ""
@@ -104,6 +112,10 @@ class Slurm(Scheduler):
     array_only = ("--array", "-a", "--output", "-o", "--error", "-e", "--job-name", "-J")
     refused = {"project": "key 'project' is PBS Pro's -P; on slurm use 'account'"}
     placeholder_dependency = "afterany:ARRAY_ID"   # a dry run's, before there is an array id
+    # The directive lines of a job script: its array range and walltime (checked by `verify`).
+    range_directive = "#SBATCH --array"
+    script_range = re.compile(r"^#SBATCH\s+(?:--array[=\s]|-a\s*)(\d+)-(\d+)\b", re.M)
+    script_walltime = re.compile(r"^#SBATCH\s+(?:--time[=\s]|-t\s*)([\d:-]+)", re.M)
 
     # --- inside a job (also under slurm-wlm-torque's qsub wrapper: the element sees SLURM_* variables)
     def in_job(self, env) -> bool:
@@ -170,6 +182,10 @@ class _Pbs(Scheduler):
     program = "qsub"
     job_script_name, verify_script_name = PBS_JOB, "pbs_setup_verification.sh"
     analysis_args_env = "MITOSEG_ANALYSIS_QSUB_ARGS"
+    # The directive lines of a job script: its array range (-J PBS Pro, -t Torque) and walltime.
+    range_directive = "#PBS -J"
+    script_range = re.compile(r"^#PBS\s+-[Jt]\s+(\d+)-(\d+)\s*$", re.M)
+    script_walltime = re.compile(r"^#PBS\s+-l\s+.*\bwalltime=([\d:]+)", re.M)
 
     # --- inside a job
     def in_job(self, env) -> bool:

@@ -1,11 +1,12 @@
 #!/usr/bin/env python
 """Regenerate the generated parts of the documentation from the code.
 
-    python docs/generate.py           # rewrite docs/cli.md and the results-JSON table in docs/outputs.md
-    python docs/generate.py --check   # exit 1 (naming the file) when either is out of date; writes nothing
+    python docs/generate.py           # rewrite docs/cli.md and the generated tables of docs/outputs.md, docs/cluster.md
+    python docs/generate.py --check   # exit 1 (naming the file) when one is out of date; writes nothing
 
 docs/cli.md is every script's `--help` (and every sub-command's), run as a user runs it; the table
-in docs/outputs.md is `python -m mitoseg.results`. tests/test_docs.py runs the check.
+in docs/outputs.md is `python -m mitoseg.results`, the environment variables of docs/cluster.md
+`python -m mitoseg.env_vars`. tests/test_docs.py runs the check.
 """
 from __future__ import annotations
 
@@ -19,13 +20,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CLI_MD = REPO / "docs" / "cli.md"
 OUTPUTS_MD = REPO / "docs" / "outputs.md"
+CLUSTER_MD = REPO / "docs" / "cluster.md"
 # The user-facing scripts, in the order a study uses them. tests/test_docs.py checks that every
 # top-level script with a `__main__` block is listed here.
 SCRIPTS = ["run_study.py", "train_one.py", "analyze_hyperparameter_results.py", "predict.py", "models.py"]
-TABLE_START = "<!-- generated: python -m mitoseg.results (python docs/generate.py) -->"
 TABLE_END = "<!-- end of generated table -->"
+# file -> the module whose output is its generated table (between its start marker and TABLE_END)
+TABLES = {OUTPUTS_MD: "mitoseg.results", CLUSTER_MD: "mitoseg.env_vars"}
 # Settings that would leak into the help text as defaults; the reference shows the code's own.
 CLEARED_ENV = ("GRID_CONFIG", "DATA_DIR", "STUDY_DIR", "TF_CONTAINER", "MITOSEG_SITE", "CELLS_PER_GPU", "PYTHON")
+
+
+def table_start(module: str) -> str:
+    return f"<!-- generated: python -m {module} (python docs/generate.py) -->"
 
 
 def _env() -> dict:
@@ -81,19 +88,21 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
-def outputs_with_table(current: str) -> str:
-    table = _run(["-m", "mitoseg.results"]).rstrip()
-    pattern = re.compile(re.escape(TABLE_START) + r".*?" + re.escape(TABLE_END), re.S)
+def with_table(path: Path, module: str) -> str:
+    """The text of `path` with its generated table replaced by `python -m module`'s output."""
+    table, start = _run(["-m", module]).rstrip(), table_start(module)
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(TABLE_END), re.S)
+    current = path.read_text()
     if not pattern.search(current):
-        sys.exit(f"error: {OUTPUTS_MD}: the markers {TABLE_START!r} ... {TABLE_END!r} are missing")
-    return pattern.sub(lambda _: f"{TABLE_START}\n{table}\n{TABLE_END}", current)
+        sys.exit(f"error: {path}: the markers {start!r} ... {TABLE_END!r} are missing")
+    return pattern.sub(lambda _: f"{start}\n{table}\n{TABLE_END}", current)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a generated part is out of date")
     args = parser.parse_args(argv)
-    wanted = {CLI_MD: cli_reference(), OUTPUTS_MD: outputs_with_table(OUTPUTS_MD.read_text())}
+    wanted = {CLI_MD: cli_reference(), **{path: with_table(path, module) for path, module in TABLES.items()}}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     for path in stale:
         if args.check:

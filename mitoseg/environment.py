@@ -11,6 +11,7 @@ import platform
 import socket
 from typing import Optional
 
+from . import env_vars as E
 from .version import version_info
 
 # import name -> distribution name (for the version): what a cell and the analysis import
@@ -48,4 +49,4 @@ def environment_info() -> dict:
     return {"code": version_info(), "packages": installed_versions(), "python": platform.python_version(), "host": socket.gethostname(),
             "platform": platform.platform(), "device": ("GPU: " + ", ".join(gpus)) if gpus else "CPU",
             "cpu_count": os.cpu_count(),
-            "scheduler_job_id": os.environ.get("PBS_JOBID") or os.environ.get("SLURM_JOB_ID")}
+            "scheduler_job_id": E.read("PBS_JOBID") or E.read("SLURM_JOB_ID")}

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from . import env_vars as E
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 CONTAINER_ENV = "TF_CONTAINER"          # the TensorFlow image: .sif file, sandbox folder or registry address
 CONTAINER_PYTHON_ENV = "CONTAINER_PYTHON"   # the Python inside the image (default `python`)
@@ -32,7 +34,7 @@ class ContainerError(RuntimeError):
 
 
 def container_runtime(environ=None) -> Optional[str]:
-    path = (os.environ if environ is None else environ).get("PATH")
+    path = E.read("PATH", environ)
     for name in ("apptainer", "singularity"):
         exe = shutil.which(name, path=path)
         if exe:
@@ -56,8 +58,8 @@ def study_binds(data_dir=None, study_dir=None) -> list[str]:
 def container_choice(environ=None, site=None) -> tuple[Optional[str], str]:
     """(image or None, where it was set): $TF_CONTAINER wins over the site profile's `container`."""
     env = os.environ if environ is None else environ
-    if env.get(CONTAINER_ENV):
-        return env[CONTAINER_ENV], f"${CONTAINER_ENV}"
+    if E.read(CONTAINER_ENV, env):
+        return E.read(CONTAINER_ENV, env), f"${CONTAINER_ENV}"
     if site is not None and site.container:
         return site.container, f"site profile {site.path}"
     return None, f"no container set (${CONTAINER_ENV} empty, no site profile container)"
@@ -95,7 +97,8 @@ def launcher(environ=None, binds: Iterable[str] = (), site=None, need_runtime: b
     runtime = check_image(image, where, need_runtime, env)
     binds = list(binds) + [b for b in (site.binds if site is not None else []) if b not in binds]
     bind = ["--bind", ",".join(binds)] if binds else []
-    prefix = [runtime, "exec", "--nv", *bind, image, env.get(CONTAINER_PYTHON_ENV, "python")]
+    python = E.read(CONTAINER_PYTHON_ENV, env)
+    prefix = [runtime, "exec", "--nv", *bind, image, "python" if python is None else python]
     return prefix, f"container {image} (from {where}) via {runtime}"
 
 

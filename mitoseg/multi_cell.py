@@ -11,12 +11,12 @@ Standard library only: this runs with the host Python, before the container.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 from typing import Callable
 
+from . import env_vars as E
 from .launcher import signals_forwarded
 from .status import EXIT_FAILED, EXIT_OK
 
@@ -25,8 +25,7 @@ ENV = "CELLS_PER_GPU"
 
 def cells_per_gpu(value=None, environ=None) -> int:
     """K from the flag, else $CELLS_PER_GPU, else 1. ValueError (one line) unless a positive integer."""
-    env = os.environ if environ is None else environ
-    raw = value if value is not None else env.get(ENV) or 1
+    raw = value if value is not None else E.read(ENV, environ) or 1
     try:
         k = int(raw)
     except (TypeError, ValueError):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
+from . import env_vars as E
 from . import grid as G
 from . import multi_cell
 from . import quiet_tf
@@ -120,7 +121,7 @@ def run_element(index: Optional[int] = None, root=".", grid_config: Optional[str
         log("error: no array index: pass --task-index or run as an array job "
             f"({', '.join('$' + v for v in SCHEDULER_INDEX_VARIABLES)})")
         return EXIT_BAD_INPUT
-    opened = _open_element_study(root, grid_config or env.get("GRID_CONFIG") or None, env, log)
+    opened = _open_element_study(root, grid_config or E.read("GRID_CONFIG", env) or None, env, log)
     if opened is None:
         return EXIT_BAD_INPUT
     study, grid, how = opened
@@ -176,7 +177,7 @@ def _data_source(grid: G.GridConfig, env: dict, new_study: bool) -> str:
     data = grid.fixed.get("data_dir")
     if not data:
         return "built-in synthetic data (the study names no data folder)"
-    if new_study and env.get("DATA_DIR"):
+    if new_study and E.read("DATA_DIR", env):
         return f"{data} (from $DATA_DIR of the submitting shell)"
     return f"{data} (the study's grid_config.json)"
 
@@ -188,10 +189,10 @@ def _open_element_study(root, grid_config: Optional[str], env: dict,
     study, how = resolve_study_dir(root, env)
     study = study.resolve()
     try:
-        requested = base_grid(grid_config, env.get("DATA_DIR"))
+        requested = base_grid(grid_config, E.read("DATA_DIR", env))
         given = grid_config and f"$GRID_CONFIG/--grid-config {grid_config}"
         # settings only: the data is checked per cell by train_one.py
-        grid = open_study(study, requested, given, env.get("DATA_DIR"), create=True, check_data=False)
+        grid = open_study(study, requested, given, E.read("DATA_DIR", env), create=True, check_data=False)
     except ValueError as err:
         log(f"error: {err}")
         return None

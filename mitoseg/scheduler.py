@@ -1,6 +1,6 @@
-"""The batch schedulers (Slurm, PBS Pro, Torque): which one runs us, the ids of an array job, the
-"after the whole array" dependency, and the sbatch/qsub command lines of the array and of its
-dependent analysis job.
+"""Submitting a study to a batch scheduler (Slurm, PBS Pro, Torque: one object each in
+mitoseg/schedulers.py, which holds every scheduler-specific word): which one runs us, the ids of an
+array job, the "after the whole array" dependency, and the array and its dependent analysis job.
 
 The analysis job: the first element of an array that starts (an O_EXCL claim file in the study
 folder, one per array job id) submits `run_analysis.sh` (written into the study folder; rerun it by
@@ -11,7 +11,7 @@ slurm-wlm-torque `qsub` wrapper: the element sees SLURM_* variables), PBS Pro
 `run_study.py submit` (`submit_study`) submits it itself and tells the elements not to
 (MITOSEG_NO_ANALYSIS_JOB=1).
 
-Standard library only (plus mitoseg.grid/io_utils/launcher/multi_cell/paths, stdlib-only too): an
+Standard library only (plus mitoseg.grid/io_utils/launcher/multi_cell/paths/schedulers, stdlib-only too): an
 array element runs it with the *host* Python before it starts the TensorFlow container.
 """
 from __future__ import annotations
@@ -19,23 +19,24 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Callable, Optional
 
+from . import env_vars as E
 from . import grid as G
 from . import site as S
 from .io_utils import atomic_write_text
-from .commands import PBS_JOB, SLURM_JOB, STUDY, job_script, module_command
+from .commands import STUDY, module_command
 from .launcher import REPO_DIR, launcher, study_binds
 from .multi_cell import ENV as K_ENV, array_size
 from .paths import StudyPaths
+from .schedulers import BATCH, INDEX_ORDER, PBSPRO, SLURM, get, parse_job_id, running_under
 
-PBS_SCRIPT = job_script(PBS_JOB)
-SLURM_SCRIPT = job_script(SLURM_JOB)
+PBS_SCRIPT = PBSPRO.job_script
+SLURM_SCRIPT = SLURM.job_script
 NO_ANALYSIS_ENV = "MITOSEG_NO_ANALYSIS_JOB"
 # "1": train_one.py retrains cells that used up their retry budget (`--retry-failed` of local and submit;
 # an environment variable so that it reaches the array elements and the local pool alike).
@@ -43,21 +44,20 @@ RETRY_ENV = "MITOSEG_RETRY_FAILED"
 
 
 def retry_failed_requested(environ=None) -> bool:
-    return (os.environ if environ is None else environ).get(RETRY_ENV) == "1"
+    return E.read(RETRY_ENV, environ) == "1"
+
+
 # The array index of an element: PBS Pro, Torque, Slurm (first one set wins).
-SCHEDULER_INDEX_VARIABLES = ("PBS_ARRAY_INDEX", "PBS_ARRAYID", "SLURM_ARRAY_TASK_ID")
+SCHEDULER_INDEX_VARIABLES = tuple(s.index_variable for s in INDEX_ORDER)
 # The element's own array variables must not leak into the (non-array) analysis job.
-_ARRAY_VARS = frozenset(SCHEDULER_INDEX_VARIABLES) | {"SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_COUNT",
-                                                      "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
-                                                      "SLURM_ARRAY_TASK_STEP", "PBS_ARRAY_ID"}
+_ARRAY_VARS = frozenset(v for s in BATCH for v in s.array_variables)
 
 
 # --- inside a job: the scheduler and the array's ids ---------------------------------------------
 def task_index_from_env(environ=None) -> Optional[int]:
     """PBS Pro's PBS_ARRAY_INDEX, Torque's PBS_ARRAYID or Slurm's SLURM_ARRAY_TASK_ID, else None."""
-    environ = os.environ if environ is None else environ
     for var in SCHEDULER_INDEX_VARIABLES:
-        value = environ.get(var)
+        value = E.read(var, environ)
         if value not in (None, ""):
             try:
                 return int(value)
@@ -68,28 +68,8 @@ def task_index_from_env(environ=None) -> Optional[int]:
 
 def scheduler_of(environ=None) -> Optional[str]:
     """'slurm' (also under slurm-wlm-torque's qsub wrapper), 'torque', 'pbspro' or None."""
-    env = os.environ if environ is None else environ
-    if env.get("SLURM_JOB_ID"):
-        return "slurm"
-    if env.get("PBS_JOBID"):
-        return "torque" if env.get("PBS_ARRAYID") not in (None, "") else "pbspro"
-    return None
-
-
-def _pbs_id_parts(job_id: str) -> tuple[str, str]:
-    """'1234[5].server' / '1234[].server' / '1234.server' -> ('1234', '.server')."""
-    m = re.match(r"^\s*(\d+)(?:\[[^\]]*\])?(\.\S*)?\s*$", job_id or "")
-    if not m:
-        raise ValueError(f"cannot parse PBS job id {job_id!r}")
-    return m.group(1), m.group(2) or ""
-
-
-def _slurm_array_id(env) -> str:
-    return env.get("SLURM_ARRAY_JOB_ID") or env["SLURM_JOB_ID"]   # SLURM_JOB_ID: a non-array job
-
-
-def _pbs_array_id(env) -> Optional[str]:
-    return env.get("PBS_ARRAY_ID") or env.get("PBS_JOBID")
+    found = running_under(os.environ if environ is None else environ)
+    return found.name if found else None
 
 
 def array_job_key(environ=None) -> Optional[str]:
@@ -99,38 +79,21 @@ def array_job_key(environ=None) -> Optional[str]:
     PBS_ARRAY_ID or PBS_JOBID with the element's [index] removed. A server/cluster name is kept
     so ids from two clusters sharing a file system cannot collide."""
     env = os.environ if environ is None else environ
-    if env.get("SLURM_JOB_ID"):
-        cluster = env.get("SLURM_CLUSTER_NAME")
-        return f"slurm_{_slurm_array_id(env)}" + (f".{cluster}" if cluster else "")
-    pbs = _pbs_array_id(env)
-    if pbs:
-        num, server = _pbs_id_parts(pbs)
-        return f"pbs_{num}{server}"
-    return None
+    return (SLURM if SLURM.in_job(env) else PBSPRO).array_key(env)   # PBS Pro and Torque share theirs
 
 
 def dependency_spec(scheduler: str, job_id: str, array: bool = True) -> str:
     """'after every element of job `job_id` ended, whatever its exit status' in the scheduler's
     words: Slurm afterany:<id>; PBS afterany:<num>[].server (PBS Pro) or afteranyarray:<num>[].server
     (Torque) for an array, afterany:<num>.server for a plain job."""
-    if scheduler == "slurm":
-        return f"afterany:{job_id}"
-    num, server = _pbs_id_parts(job_id)
-    if not array:
-        return f"afterany:{num}{server}"
-    return f"afterany:{num}[]{server}" if scheduler == "pbspro" else f"afteranyarray:{num}[]{server}"
+    return get(scheduler).dependency(job_id, array)
 
 
 def dependency_target(environ=None) -> Optional[tuple[str, str]]:
     """(scheduler, dependency spec on the array this job belongs to), or None outside a scheduler."""
     env = os.environ if environ is None else environ
-    sched = scheduler_of(env)
-    if sched is None:
-        return None
-    if sched == "slurm":
-        return sched, dependency_spec(sched, _slurm_array_id(env))
-    job_id = _pbs_array_id(env)
-    return sched, dependency_spec(sched, job_id, array="[" in job_id)
+    sched = running_under(env)
+    return None if sched is None else (sched.name, sched.own_array_dependency(env))
 
 
 # --- command lines ---------------------------------------------------------------------------------
@@ -156,42 +119,29 @@ def scheduler_name(choice: str) -> str:
     return found if found in ("pbspro", "torque") else "pbspro"
 
 
-ANALYSIS_ARGS_ENV = {"slurm": "MITOSEG_ANALYSIS_SBATCH_ARGS", "pbspro": "MITOSEG_ANALYSIS_QSUB_ARGS",
-                     "torque": "MITOSEG_ANALYSIS_QSUB_ARGS"}
-_ANALYSIS_DEFAULTS = {"slurm": "--cpus-per-task=1 --mem=4G --time=02:00:00",
-                      "pbspro": "-l select=1:ncpus=1:mem=8gb -l walltime=02:00:00",
-                      "torque": "-l nodes=1:ppn=1 -l walltime=02:00:00"}
-
-
 def array_submit_command(scheduler: str, first: int, last: int, env_vars: str, extra_args: list[str],
                          site: Optional[S.SiteProfile] = None, study_dir=None, script: Optional[Path] = None) -> list[str]:
     """The array job `first`-`last` of the job script, with `env_vars` ('A=1,B=2') exported, the site
     profile's options (throttle, queue, account, resources, walltime, output into the log folder), then
     `extra_args` (given after `--`: the scheduler takes the last of a repeated option, so they win)."""
-    site = site or S.SiteProfile()
-    logs = [] if study_dir is None else [S.log_dir(site, StudyPaths(Path(study_dir)).logs)]
-    rng = S.array_range_options(scheduler, first, last, site.array_throttle)
-    opts = S.common_options(site, scheduler) + S.resource_options(site, scheduler)
-    if scheduler == "slurm":
-        out = [f"--output={StudyPaths.array_log(logs[0], scheduler)}"] if logs else []
-        return ["sbatch", "--parsable", *rng, f"--export=ALL,{env_vars}", f"--chdir={REPO_DIR}", *out, *opts,
-                *extra_args, str(script or SLURM_SCRIPT)]
-    out = ["-j", "oe", "-o", f"{StudyPaths.array_log(logs[0], scheduler)}/"] if logs else []
-    return ["qsub", "-V", "-v", env_vars, *rng, *out, *opts, *extra_args, str(script or PBS_SCRIPT)]
+    site, sched = site or S.SiteProfile(), get(scheduler)
+    logs = None if study_dir is None else S.log_dir(site, StudyPaths(Path(study_dir)).logs)
+    rng = sched.array_range(first, last, site.array_throttle)
+    opts = S.common_options(site, sched) + sched.resource_options(site)
+    return sched.array_command(rng, env_vars, logs, opts, extra_args, script or sched.job_script)
 
 
 def analysis_submit_command(scheduler: str, dependency: str, script: Path, study_dir,
                             site: Optional[S.SiteProfile] = None, extra_args: Optional[list] = None) -> list[str]:
-    """The dependent analysis job: its own small request (${ANALYSIS_ARGS_ENV} replaces it), the site
-    profile's queue/account/extra_args, then the arguments given after `--` to submit (they win)."""
-    site = site or S.SiteProfile()
-    log = StudyPaths.analysis_log(S.log_dir(site, StudyPaths(Path(study_dir).resolve()).logs), scheduler == "slurm")
-    own = shlex.split(os.environ.get(ANALYSIS_ARGS_ENV[scheduler], _ANALYSIS_DEFAULTS[scheduler]))
-    opts = [*own, *S.common_options(site, scheduler), *S.without_array_options(extra_args or [], scheduler)]
-    if scheduler == "slurm":
-        return ["sbatch", "--parsable", f"--dependency={dependency}", "--kill-on-invalid-dep=yes",
-                "--job-name=mitoseg_analysis", f"--output={log}", f"--chdir={REPO_DIR}", *opts, str(script)]
-    return ["qsub", "-W", f"depend={dependency}", "-N", "mitoseg_analysis", "-j", "oe", "-o", str(log), *opts, str(script)]
+    """The dependent analysis job: its own small request ($MITOSEG_ANALYSIS_SBATCH_ARGS / _QSUB_ARGS
+    replaces it), the site profile's queue/account/extra_args, then the arguments given after `--` to
+    submit (they win)."""
+    site, sched = site or S.SiteProfile(), get(scheduler)
+    log_dir = S.log_dir(site, StudyPaths(Path(study_dir).resolve()).logs)
+    given = E.read(sched.analysis_args_env)   # set but empty: no request of its own
+    own = shlex.split(sched.analysis_defaults if given is None else given)
+    opts = [*own, *S.common_options(site, sched), *sched.without_array_options(extra_args or [])]
+    return sched.analysis_command(dependency, log_dir, opts, script)
 
 
 def module_lines(site: S.SiteProfile) -> str:
@@ -201,7 +151,7 @@ def module_lines(site: S.SiteProfile) -> str:
 def array_job_script(scheduler: str, site: S.SiteProfile, study_dir: Path, write: bool = True) -> Path:
     """The job script of the array: the repository's; with module lines in the site profile, a copy in
     the study with them run before the Python call (written unless `write` is False: a dry run)."""
-    source = SLURM_SCRIPT if scheduler == "slurm" else PBS_SCRIPT
+    source = get(scheduler).job_script
     if not site.modules:
         return source
     target = StudyPaths(study_dir).array_job_script
@@ -212,14 +162,6 @@ def array_job_script(scheduler: str, site: S.SiteProfile, study_dir: Path, write
         atomic_write_text(target, text + "".join(lines[at:]))
         target.chmod(0o755)
     return target
-
-
-def parse_job_id(output: str) -> str:
-    """sbatch --parsable ('12' or '12;cluster') / qsub ('1234.server', '1234[].server')."""
-    lines = [ln.strip() for ln in output.strip().splitlines() if ln.strip()]
-    if not lines:
-        raise ValueError("the scheduler printed no job id")
-    return lines[-1].split(";")[0].split()[-1]
 
 
 # --- the analysis job ------------------------------------------------------------------------------
@@ -292,16 +234,11 @@ def submit_analysis_from_element(study_dir, env: dict, log: Callable[[str], None
     Its extra arguments: the site profile's and $MITOSEG_ANALYSIS_SBATCH_ARGS / _QSUB_ARGS."""
     dep = dependency_target(env)
     key = array_job_key(env)
-    if dep and key and not env.get(NO_ANALYSIS_ENV) and claim_analysis_submission(study_dir, key):
+    if dep and key and not E.read(NO_ANALYSIS_ENV, env) and claim_analysis_submission(study_dir, key):
         submit_analysis_job(study_dir, dep[0], dep[1], env, log, site)
 
 
 # --- submission from a login node ------------------------------------------------------------------
-def _placeholder_dependency(scheduler: str) -> str:
-    """The dependency of a dry run, before there is an array id."""
-    return {"slurm": "afterany:ARRAY_ID", "pbspro": "afterany:ARRAY_ID[]"}.get(scheduler, "afteranyarray:ARRAY_ID[]")
-
-
 def _line(cmd: list[str]) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
 
@@ -327,7 +264,7 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     script = array_job_script(scheduler, site, study_dir, write=False)
     cmd = array_submit_command(scheduler, first, last, env_vars, extra_args, site, study_dir, script)
     if dry_run:
-        acmd = analysis_submit_command(scheduler, _placeholder_dependency(scheduler),
+        acmd = analysis_submit_command(scheduler, get(scheduler).placeholder_dependency,
                                        StudyPaths(study_dir).analysis_script, study_dir, site, extra_args)
         log("dry run: nothing created or submitted")
         log(f"array job ({last - first + 1} elements): {_line(cmd)}")

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
+from . import env_vars as E
 from . import grid as G
 from .identity import check_study
 from .paths import POINTER_DIR, StudyPaths, new_study_dir
@@ -49,7 +50,7 @@ def resolve_study_dir(root=".", environ=None, now: Optional[_dt.datetime] = None
     """(study folder, how it was chosen). See the module docstring."""
     env = os.environ if environ is None else environ
     root = Path(root)
-    given = env.get("STUDY_DIR")
+    given = E.read("STUDY_DIR", env)
     if given:
         path = Path(given)
         return (path if path.is_absolute() else root / path), "$STUDY_DIR"

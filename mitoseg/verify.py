@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import tempfile
@@ -37,6 +36,7 @@ from .console import fmt_duration
 from .input_error import DataError
 from .study_dir import base_grid
 from .config import TrainConfig
+from .schedulers import PBSPRO, SLURM, get
 from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
@@ -232,21 +232,21 @@ def check_output(root, grid: G.GridConfig, params: dict) -> list[Row]:
     return rows
 
 
-_PBS_RANGE = re.compile(r"^#PBS\s+-[Jt]\s+(\d+)-(\d+)\s*$", re.M)
-_SLURM_RANGE = re.compile(r"^#SBATCH\s+(?:--array[=\s]|-a\s*)(\d+)-(\d+)\b", re.M)
+_SCRIPT_KINDS = {"pbs": PBSPRO, "slurm": SLURM}   # the PBS script serves PBS Pro and Torque alike
 
 
 def array_range(script, kind: str) -> Optional[tuple[int, int]]:
     text = Path(script).read_text()
-    m = (_PBS_RANGE if kind == "pbs" else _SLURM_RANGE).search(text)
+    m = _SCRIPT_KINDS[kind].script_range.search(text)
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 def check_array_ranges(grid: G.GridConfig, pbs_script=None, slurm_script=None) -> list[Row]:
     rows = []
-    for kind, script, directive in (("pbs", pbs_script, "#PBS -J"), ("slurm", slurm_script, "#SBATCH --array")):
+    for kind, script in (("pbs", pbs_script), ("slurm", slurm_script)):
         if not script:
             continue
+        directive = _SCRIPT_KINDS[kind].range_directive
         name = f"array range ({Path(script).name})"
         try:
             rng = array_range(script, kind)
@@ -260,16 +260,12 @@ def check_array_ranges(grid: G.GridConfig, pbs_script=None, slurm_script=None) -
         else:
             has = f"{directive} {rng[0]}-{rng[1]}" if rng else f"no '{directive} 0-N' line"
             rows.append(Row(name, PASS, f"run_study.py submit sets the range 0-{grid.size - 1} itself; the script's "
-                                        f"{has} is used only by a plain {'qsub' if kind == 'pbs' else 'sbatch'} of it"))
+                                        f"{has} is used only by a plain {_SCRIPT_KINDS[kind].program} of it"))
     return rows
 
 
-_PBS_WALLTIME = re.compile(r"^#PBS\s+-l\s+.*\bwalltime=([\d:]+)", re.M)
-_SLURM_TIME = re.compile(r"^#SBATCH\s+(?:--time[=\s]|-t\s*)([\d:-]+)", re.M)
-
-
 def script_walltime(script, kind: str) -> Optional[int]:
-    m = (_PBS_WALLTIME if kind == "pbs" else _SLURM_TIME).search(Path(script).read_text())
+    m = _SCRIPT_KINDS[kind].script_walltime.search(Path(script).read_text())
     return parse_walltime(m.group(1)) if m else None
 
 
@@ -280,8 +276,8 @@ def walltime_limits(site: S.SiteProfile, extra_args: list, scheduler: Optional[s
     scheduler = scheduler or site.scheduler
     kinds = [(k, sc) for k, sc in (("pbs", pbs_script), ("slurm", slurm_script))
              if sc and (scheduler is None or (k == "slurm") == (scheduler == "slurm"))]
-    given = (S.walltime_override(extra_args, scheduler) if scheduler else
-             S.walltime_override(extra_args, "pbspro") or S.walltime_override(extra_args, "slurm"))
+    given = (get(scheduler).walltime_override(extra_args) if scheduler else
+             PBSPRO.walltime_override(extra_args) or SLURM.walltime_override(extra_args))
     if given:
         return [("walltime (-- arguments)", parse_walltime(given), f"given after -- ({given})")]
     if site.walltime:

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import site as S
-from .commands import job_script
 from .launcher import REPO_DIR
-from .scheduler import module_lines, parse_job_id
-
-PBS_VERIFY_SCRIPT = job_script("pbs_setup_verification.sh")
-SLURM_VERIFY_SCRIPT = job_script("slurm_setup_verification.sh")
+from .scheduler import module_lines
+from .schedulers import get, parse_job_id
 
 
 def verify_arguments(args, site: S.SiteProfile) -> list[str]:
@@ -43,7 +40,7 @@ def verify_arguments(args, site: S.SiteProfile) -> list[str]:
 
 
 def job_text(scheduler: str, site: S.SiteProfile, verify_args: list[str]) -> str:
-    source = SLURM_VERIFY_SCRIPT if scheduler == "slurm" else PBS_VERIFY_SCRIPT
+    source = get(scheduler).verify_script
     lines = source.read_text().splitlines(keepends=True)
     at = next(i for i, ln in enumerate(lines) if ln.startswith("exec "))
     inserted = module_lines(site) + f"set -- {' '.join(shlex.quote(a) for a in verify_args)}\n"
@@ -51,11 +48,9 @@ def job_text(scheduler: str, site: S.SiteProfile, verify_args: list[str]) -> str
 
 
 def submit_command(scheduler: str, site: S.SiteProfile, logs: Path, extra: list[str]) -> list[str]:
-    resources = S.resource_options(dataclasses.replace(site, walltime=None), scheduler)
-    opts = [*S.common_options(site, scheduler), *resources, *extra]
-    if scheduler == "slurm":
-        return ["sbatch", "--parsable", f"--chdir={REPO_DIR}", f"--output={logs / 'mitoseg_verify_%j.out'}", *opts]
-    return ["qsub", "-V", "-j", "oe", "-o", f"{logs}/", *opts]
+    sched = get(scheduler)
+    resources = sched.resource_options(dataclasses.replace(site, walltime=None))
+    return sched.verify_command(logs, [*S.common_options(site, sched), *resources, *extra])
 
 
 def submit(args, site: S.SiteProfile, scheduler: str, log: Callable[[str], None] = print) -> int:

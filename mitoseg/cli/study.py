@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from mitoseg import confirm as C
+from mitoseg import env_vars as E
 from mitoseg import grid as G
 from mitoseg import runner as R
 from mitoseg import site as S
@@ -37,6 +38,7 @@ from mitoseg.cli.study_parser import build_study_parser, env_defaults
 from mitoseg.cli_args import invoked_as, missing_extra, say
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import RETRY_ENV, detect_scheduler, scheduler_name, submit_study
+from mitoseg.schedulers import get
 from mitoseg.paths import StudyPaths, new_study_dir
 from mitoseg.study_dir import base_grid, create_new_study_dir, open_study
 from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SCHEDULER
@@ -143,13 +145,14 @@ def _scheduler_args(args) -> list[str]:
 def cmd_confirm(args) -> int:
     study = Path(args.study_dir).resolve()
     grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
-    if args.scheduler == "local":
+    scheduler = scheduler_name(args.scheduler)   # pbs: PBS Pro or Torque, as detected
+    if not get(scheduler).batch:   # local: trained here
         return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
                                 args.allow_incomplete, args.folds, args.sesoi)
     plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)
-    code = _submit(study, grid, scheduler_name(args.scheduler), _scheduler_args(args), dry_run=args.dry_run,
+    code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run,
                    indices=(cells[0].index, cells[-1].index), site=_load_site(args))
     if code == EXIT_OK:
         _print(f"follow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
@@ -208,7 +211,7 @@ def cmd_submit(args) -> int:
     from mitoseg.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)   # checked before the study folder is written
     study, grid = _planned_study(args, args.root) if args.dry_run else _open_study(args, args.root)[:2]
-    data, env_data = grid.fixed.get("data_dir"), os.environ.get("DATA_DIR")
+    data, env_data = grid.fixed.get("data_dir"), E.read("DATA_DIR")
     from_env = data and env_data and G.absolute_path(env_data) == data and not args.study_dir
     _print(f"data: {data or 'built-in synthetic data (no data folder)'}" + (" (from $DATA_DIR)" if from_env else ""))
     code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run, cells_per_gpu=k,

@@ -6,10 +6,15 @@ import argparse
 import os
 
 from mitoseg import confirm as C
+from mitoseg import env_vars as E
 from mitoseg import grid as G
 from mitoseg import site as S
 from mitoseg.cli_args import OneLineParser, add_flag, add_version, positive_int
 from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT
+from mitoseg.schedulers import BATCH, LOCAL
+
+# --scheduler pbs: PBS Pro or Torque, as detected (mitoseg.scheduler.scheduler_name)
+BATCH_CHOICES = ("pbs", *(s.name for s in BATCH))
 
 
 def _grid_args(p):
@@ -26,7 +31,7 @@ def env_defaults(args, environ=os.environ) -> list[str]:
     --demo (the demo's grid and data are built in) or the flag given. Returns the lines naming what was used."""
     used = []
     for attr, var, flag in ENV_DEFAULTS:
-        value = environ.get(var)
+        value = E.read(var, environ)
         if not value or not hasattr(args, attr):
             continue
         if getattr(args, "demo", False):
@@ -38,9 +43,10 @@ def env_defaults(args, environ=os.environ) -> list[str]:
             used.append(f"{flag} from ${var}: {value}")
         elif G.absolute_path(given) != G.absolute_path(value):
             raise ValueError(f"{flag} {given} contradicts ${var}={value}; give one of them (or unset {var})")
-    if environ.get("STUDY_DIR") and args.command in ("local", "submit") and not args.study_dir:
-        used.append(f"note: $STUDY_DIR={environ['STUDY_DIR']} is not read by `{args.command}`: a new study folder is "
-                    f"created (give --study-dir {environ['STUDY_DIR']} to continue that study)")
+    study = E.read("STUDY_DIR", environ)
+    if study and args.command in ("local", "submit") and not args.study_dir:
+        used.append(f"note: $STUDY_DIR={study} is not read by `{args.command}`: a new study folder is "
+                    f"created (give --study-dir {study} to continue that study)")
     if getattr(args, "demo", False) and getattr(args, "grid_config", None):
         raise ValueError("--demo and --grid-config contradict each other (the demo has its own grid); give one")
     return used
@@ -87,7 +93,7 @@ def build_study_parser(description: str):
                         "block) to another part of the stack (default 1: the grid's split)")
     s.add_argument("--sesoi", type=float, default=0.01, help="the smallest IoU difference that matters, recorded in the "
                    "plan for the comparison (default 0.01)")
-    s.add_argument("--scheduler", choices=("local", "pbs", "pbspro", "torque", "slurm"), default="local",
+    s.add_argument("--scheduler", choices=(LOCAL.name, *BATCH_CHOICES), default=LOCAL.name,
                    help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
     s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
     s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
@@ -106,8 +112,7 @@ def build_study_parser(description: str):
 
     s = sub.add_parser("submit", help="submit the array job and its dependent analysis job")
     _grid_args(s)
-    s.add_argument("--scheduler", choices=("pbs", "pbspro", "torque", "slurm"),
-                   help="default: detected (pbs: PBS Pro or Torque, as detected)")
+    s.add_argument("--scheduler", choices=BATCH_CHOICES, help="default: detected (pbs: PBS Pro or Torque, as detected)")
     s.add_argument("--study-dir", help="existing study to continue (default: a new one in --output-dir)")
     add_flag(s, "--output-dir", "--root", dest="root", default=".", help="where a new study folder is created (default .)")
     s.add_argument("--dry-run", action="store_true", help="print every job line (array, analysis); create nothing")

@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 
+from mitoseg import env_vars as E  # standard library only
 from mitoseg import quiet_tf  # standard library only
 from mitoseg.cli_args import (OneLineParser, add_flag, add_version, missing_extra, positive_float,  # standard library only
                               positive_int)
@@ -23,65 +24,79 @@ quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real war
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS
+    from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS, TrainConfig
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults = TrainConfig()
+
+    def add(group, *flags, **kw):
+        return _show_default(group.add_argument(*flags, **kw), defaults)
     add_version(p)
     cell = p.add_argument_group("the cell (ignored with --task-index: the grid decides)")
-    cell.add_argument("--arch", choices=ARCHITECTURES, help="architecture (default UNet)")
-    cell.add_argument("--lr", type=positive_float, help="initial Adam learning rate (default 1e-3)")
-    cell.add_argument("--batch-size", type=positive_int, help="batch size (default 16)")
-    cell.add_argument("--seed", type=int, help="random seed for Python, numpy, TensorFlow, shuffling (default 42)")
+    add(cell, "--arch", choices=ARCHITECTURES, help="architecture")
+    add(cell, "--lr", type=positive_float, help="initial Adam learning rate")
+    add(cell, "--batch-size", type=positive_int, help="batch size")
+    add(cell, "--seed", type=int, help="random seed for Python, numpy, TensorFlow, shuffling")
     grid = p.add_argument_group("grid mode")
-    grid.add_argument("--study-dir", default=os.environ.get("STUDY_DIR"),
+    grid.add_argument("--study-dir", default=E.read("STUDY_DIR"),
                       help="study folder holding grid_config.json and the exp_ folders (default $STUDY_DIR)")
     grid.add_argument("--task-index", type=int,
                       help="grid index; default from $PBS_ARRAY_INDEX, $PBS_ARRAYID or $SLURM_ARRAY_TASK_ID")
     grid.add_argument("--grid-config", help="grid JSON that creates --study-dir when it has none yet (without it, "
                       "--study-dir must be a study already)")
     s = p.add_argument_group("fixed settings (defaults: the cluster's full-size run)")
-    s.add_argument("--epochs", type=positive_int, help="maximum epochs (default 30)")
-    s.add_argument("--patch-size", type=positive_int, help="square patch side in pixels (default 256)")
-    s.add_argument("--base-filters", type=positive_int, help="filters of the first level (default 64 -> 1024)")
-    s.add_argument("--depth", type=positive_int, help="resolution levels (default 5)")
-    s.add_argument("--dropout", type=float, help="dropout inside conv blocks (default 0)")
-    s.add_argument("--no-batch-norm", dest="batch_norm", action="store_false", default=None,
+    add(s, "--epochs", type=positive_int, help="maximum epochs")
+    add(s, "--patch-size", type=positive_int, help="square patch side in pixels")
+    add(s, "--base-filters", type=positive_int, help="filters of the first level, doubled at each deeper one")
+    add(s, "--depth", type=positive_int, help="resolution levels")
+    add(s, "--dropout", type=float, help="dropout inside conv blocks")
+    add(s, "--no-batch-norm", dest="batch_norm", action="store_false", default=None,
                    help="build the models without BatchNormalization")
-    s.add_argument("--bn-momentum", type=float, help="BatchNormalization momentum (default 0.9)")
-    s.add_argument("--head", choices=HEADS, help="output head: plain 1x1 conv+sigmoid (default) or the "
-                   "original bn_sigmoid (BatchNorm before the sigmoid)")
-    s.add_argument("--attention-gate", choices=ATTENTION_GATES, help="gate of the attention variants: the "
-                   "original study's (default) or legacy, the lighter one this project used before it rebuilt "
-                   "the original")
-    s.add_argument("--input-channels", type=int, choices=(1, 3), help="1 grey channel (default) or 3 copies")
-    s.add_argument("--early-stopping-patience", type=positive_int, help="default 10")
-    s.add_argument("--reduce-lr-patience", type=positive_int, help="default 5")
-    s.add_argument("--clipnorm", type=positive_float, help="Adam gradient clipping norm (default 1.0)")
-    s.add_argument("--val-fraction", type=float, help="fraction of whole slices held out for validation (default 0.1)")
-    s.add_argument("--test-fraction", type=float, help="when the data has no testing.tif: hold out this "
-                   "fraction of whole slices (a block at the start of the stack) as the test volume (default 0)")
-    s.add_argument("--n-folds", type=positive_int, help="folds of the data split (default 1); with --fold k the "
+    add(s, "--bn-momentum", type=float, help="BatchNormalization momentum")
+    add(s, "--head", choices=HEADS, help="output head: plain 1x1 conv+sigmoid or the original "
+                   "bn_sigmoid (BatchNorm before the sigmoid)")
+    add(s, "--attention-gate", choices=ATTENTION_GATES, help="gate of the attention variants: the "
+                   "original study's or legacy, the lighter one this project used before it rebuilt the original")
+    add(s, "--input-channels", type=int, choices=(1, 3), help="1 grey channel or 3 copies")
+    add(s, "--early-stopping-patience", type=positive_int,
+                   help="epochs without a better validation IoU before training stops")
+    add(s, "--reduce-lr-patience", type=positive_int,
+                   help="epochs without a lower validation loss before the learning rate is reduced")
+    add(s, "--clipnorm", type=positive_float, help="Adam gradient clipping norm")
+    add(s, "--val-fraction", type=float, help="fraction of whole slices held out for validation")
+    add(s, "--test-fraction", type=float, help="when the data has no testing.tif: hold out this "
+                   "fraction of whole slices (a block at the start of the stack) as the test volume")
+    add(s, "--n-folds", type=positive_int, help="folds of the data split; with --fold k the "
                    "validation block (and a --test-fraction block) move to fold k's part of the stack")
-    s.add_argument("--fold", type=int, help="which fold of --n-folds (0 .. n_folds-1; default 0: the unmoved split)")
-    s.add_argument("--augment", action="store_true", default=None, help="random flips and 90-degree rotations")
-    s.add_argument("--tta", dest="test_tta", action="store_true", default=None,
+    add(s, "--fold", type=int, help="which fold of --n-folds (0 .. n_folds-1; 0: the unmoved split)")
+    add(s, "--augment", action="store_true", default=None, help="random flips and 90-degree rotations")
+    add(s, "--tta", dest="test_tta", action="store_true", default=None,
                    help="8-fold flip/rotation test-time augmentation on the held-out test slices")
-    s.add_argument("--mixed-precision", action="store_true", default=None, help="float16 compute (GPU)")
-    s.add_argument("--jit-compile", action="store_true", default=None, help="XLA compilation (GPU)")
-    s.add_argument("--deterministic", action="store_true", default=None,
+    add(s, "--mixed-precision", action="store_true", default=None, help="float16 compute (GPU)")
+    add(s, "--jit-compile", action="store_true", default=None, help="XLA compilation (GPU)")
+    add(s, "--deterministic", action="store_true", default=None,
                    help="TensorFlow op determinism: the same seed gives a bit-identical run (can be slower)")
-    s.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+    add(s, "--no-tensorboard", dest="tensorboard", action="store_false", default=None,
                    help="do not write TensorBoard event files (default: write them under the exp_ folder)")
-    s.add_argument("--save-format", choices=("keras", "hdf5"), help="model file format (default keras)")
+    add(s, "--save-format", choices=("keras", "hdf5"), help="model file format")
     d = p.add_argument_group("data and output")
-    d.add_argument("--data-dir", help="training.tif + training_groundtruth.tif [+ testing*.tif], or images/ + masks/ "
+    add(d, "--data-dir", help="training.tif + training_groundtruth.tif [+ testing*.tif], or images/ + masks/ "
                    "folders; default: built-in synthetic EM data")
-    d.add_argument("--synthetic-slices", type=positive_int, help="slices of the built-in synthetic volume (default 24)")
-    d.add_argument("--synthetic-size", type=positive_int, help="side of the synthetic slices (default 256)")
+    add(d, "--synthetic-slices", type=positive_int, help="slices of the built-in synthetic volume")
+    add(d, "--synthetic-size", type=positive_int, help="side of the synthetic slices")
     add_flag(d, "--output-dir", "--out-dir", dest="out_dir", default="runs", help="parent folder of the exp_ folder in hand mode (default runs/)")
-    d.add_argument("--force", action="store_true", help="retrain even if the cell already finished")
-    d.add_argument("--retry-failed", action="store_true", help="train a cell that already failed as often as the "
+    add(d, "--force", action="store_true", help="retrain even if the cell already finished")
+    add(d, "--retry-failed", action="store_true", help="train a cell that already failed as often as the "
                    "retry budget allows (2 attempts; default: $MITOSEG_RETRY_FAILED=1, else skip it)")
     return p
+
+
+def _show_default(action: argparse.Action, defaults) -> argparse.Action:
+    """Append `defaults`' value (a TrainConfig) to the help of a flag that sets one of its fields (not
+    the on/off switches, whose help says what they change): the values are read, never retyped."""
+    value = getattr(defaults, FLAG_TO_FIELD.get(action.dest, action.dest), None)
+    if action.help and value is not None and not isinstance(value, bool):
+        action.help += f" (default {value:g})" if isinstance(value, float) else f" (default {value})"
+    return action
 
 
 FLAG_TO_FIELD = {"arch": "architecture", "lr": "learning_rate"}

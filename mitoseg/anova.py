@@ -16,7 +16,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from .input_error import first_line
-from .stats import FACTORS, finite
+from .checks import finite
+from .stats import FACTORS
 
 ALPHA = 0.05
 CORRELATION_METRICS = ["score", "best_val_iou", "best_val_jaccard", "test_iou", "final_val_loss", "final_train_loss",

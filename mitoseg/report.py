@@ -20,7 +20,7 @@ from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean
 from .report_cells import cells_sentence
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
-from .stats import finite
+from .checks import finite
 from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 from .version import version_line

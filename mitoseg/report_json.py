@@ -6,14 +6,13 @@ a missing or infinite number null.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 
 from .report_format import cfg_text
+from .results import json_clean
 from .stats import FACTORS
 from .status import DIVERGED, FAILED
 from .study_analysis import StudyAnalysis
@@ -33,25 +32,19 @@ MDD_METHOD = ("the decision rule simulated (mitoseg.decision.simulated_noise: no
               "on their degrees of freedom); the largest over the pairs")
 
 
-def jsonable(x):
-    """x with every container, table and number turned into plain JSON values."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
+def _plain(x):
+    """A table as records, a Series as a dict, a path as text; anything else as it is."""
     if isinstance(x, pd.DataFrame):
-        return [jsonable(r) for r in x.to_dict(orient="records")]
+        return x.to_dict(orient="records")
     if isinstance(x, pd.Series):
-        return jsonable(x.to_dict())
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
+        return x.to_dict()
+    return str(x) if isinstance(x, Path) else x
+
+
+def jsonable(x):
+    """x with every container, table and number turned into plain JSON values (NaN -> null:
+    mitoseg.results.json_clean, the one cleaner)."""
+    return json_clean(x, _plain)
 
 
 def summary_json(res: StudyAnalysis, source: str, expected: int, figures: dict) -> dict:

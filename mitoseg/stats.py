@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .checks import degenerate_reason
+from .checks import degenerate_reason, finite
 from .status import DIVERGED
 
 FACTORS = {"learning_rate": "learning rate", "batch_size": "batch size", "architecture": "architecture"}
@@ -32,13 +32,6 @@ class Metric:
     baseline_column: Optional[str]   # all-foreground IoU on the same slices, or None
     kind: str               # "test" | "val" | "soft"
     note: str               # why this metric was chosen
-
-
-def finite(x) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
 
 
 def choose_metric(df: pd.DataFrame) -> Metric:
@@ -244,7 +237,7 @@ def edge_notes(df: pd.DataFrame, cfg) -> list:
         v = cfg[col]
         if len(levels) < 2:
             notes.append(f"only one {name} ({v:g}) was tried")
-        elif len(levels) >= 2 and math.isclose(v, levels[0]):
+        elif math.isclose(v, levels[0]):
             notes.append(f"the best {name} {v:g} is the smallest in the grid; the optimum may lie below it")
         elif math.isclose(v, levels[-1]):
             notes.append(f"the best {name} {v:g} is the largest in the grid; the optimum may lie above it")

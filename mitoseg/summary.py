@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
-from .checks import degenerate_reason
+from .checks import degenerate_reason, finite_number
 from .grid import STAGES, load_study_grid
 from .membership import study_membership
 from .io_utils import atomic_write_text
@@ -71,13 +71,8 @@ class StudyInventory:
 
 
 def _num(value):
-    if value is None or isinstance(value, bool):
-        return np.nan if value is None else float(value)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return np.nan
-    return value if math.isfinite(value) else np.nan
+    number = finite_number(value)
+    return np.nan if number is None else number
 
 
 def record_to_row(record: dict, exp_dir: str) -> dict:

@@ -36,6 +36,20 @@ def _table(values_by_fold, counts_by_fold=None, names_by_fold=None):
     return out
 
 
+def test_winner_vs_runner_up_is_scipys_welch_test():
+    """The one Welch t-test (mitoseg.anova.compare_runs): scipy's ttest_ind(equal_var=False), NaN runs left out,
+    and "clear" only for a difference in the winner's favour below alpha."""
+    from mitoseg.anova import ALPHA, compare_runs
+    a, b = [0.80, 0.82, 0.81, np.nan], [0.70, 0.74, 0.69, 0.75]
+    got = compare_runs(np.array(a), np.array(b))
+    want = sps.ttest_ind(a[:3], b, equal_var=False)
+    assert got["p"] == pytest.approx(want.pvalue, rel=1e-12) and (got["n_a"], got["n_b"]) == (3, 4)
+    assert got["diff"] == pytest.approx(np.mean(a[:3]) - np.mean(b)) and got["clear"] is bool(want.pvalue < ALPHA)
+    assert compare_runs(np.array(b), np.array(a[:3]))["clear"] is False   # the runner-up above: never clear
+    assert compare_runs(np.array([0.8]), np.array(b))["reason"].startswith("one run per configuration")
+    assert "identical" in compare_runs(np.array([0.8, 0.8]), np.array([0.7, 0.7]))["reason"]
+
+
 def test_combine_is_the_dersimonian_laird_hartung_knapp_model_of_statsmodels():
     from statsmodels.stats.meta_analysis import combine_effects
     d = np.array([0.05, 0.01, 0.04, -0.02])

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import ARCHITECTURES, TrainConfig, value_requirement
+from .input_error import error_line
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, cell_name
 from .status import EXIT_BAD_INPUT, EXIT_OK
@@ -287,7 +288,7 @@ def load_confirm_plan(study_dir) -> Optional[dict]:
         missing = [k for k in PLAN_KEYS if k not in plan]
         plan = {**PLAN_DEFAULTS, **plan}
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a valid confirmation plan ({error_line(err)})") from None
     folds, sesoi = plan["folds"], plan["sesoi"]
     problem = (f"missing {', '.join(missing)}" if missing else
                f"folds must be an integer >= 1, got {folds!r}" if type(folds) is not int or folds < 1 else
@@ -310,7 +311,7 @@ def confirm_cells(study_dir) -> list[Cell]:
                 for r in plan["cells"]]
     except (ValueError, KeyError, TypeError) as err:
         path = StudyPaths(study_dir).confirm_config
-        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a valid confirmation plan ({error_line(err)})") from None
 
 
 def study_cells(study_dir, grid: GridConfig) -> list[Cell]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import quiet_tf
 from .environment import PACKAGES, package_version
-from .input_error import first_line
+from .input_error import error_line
 
 
 def package_versions() -> dict:
@@ -44,16 +44,12 @@ def package_versions() -> dict:
             importlib.import_module(mod)
             found[mod] = {"ok": True, "version": package_version(dist)}
         except Exception as err:  # noqa: BLE001 - reported as a FAIL row
-            found[mod] = {"ok": False, "error": _one_line(err)}
+            found[mod] = {"ok": False, "error": error_line(err)}
     return found
 
 
 def _log(message: str) -> None:
     print(f"[pre-flight] {message}", file=sys.stderr, flush=True)
-
-
-def _one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {first_line(err)}"[:300]
 
 
 def _peak_memory(gpus: list) -> dict:
@@ -149,7 +145,7 @@ def trial(grid_dict: dict) -> dict:
         _log(f"loading the study's data ({cfg.data_dir or 'built-in synthetic'})")
         arrays = _arrays(cfg)
     except BaseException as err:  # noqa: BLE001 - reported, e.g. TensorFlow cannot load
-        out["error"] = _one_line(err)
+        out["error"] = error_line(err)
         traceback.print_exc()
         return out
     for arch in grid.architectures:
@@ -159,7 +155,7 @@ def trial(grid_dict: dict) -> dict:
                                                             min(grid.batch_sizes), out["gpus"])
         except BaseException as err:  # noqa: BLE001 - every failure is that architecture's FAIL row
             traceback.print_exc()
-            out["architectures"][arch] = {"ok": False, "error": _one_line(err)}
+            out["architectures"][arch] = {"ok": False, "error": error_line(err)}
     return out
 
 

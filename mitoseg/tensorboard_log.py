@@ -25,6 +25,8 @@ import math
 from pathlib import Path
 from typing import Optional
 
+from .input_error import error_line
+
 EVENT_FILE_PREFIX = "events.out.tfevents."
 # history column -> TensorBoard tag
 EPOCH_TAGS = {"loss": "loss", "val_loss": "val_loss", "val_iou": "val_iou", "val_dice": "val_dice",
@@ -64,8 +66,8 @@ class CellBoard:
             fn(*args)
         except Exception as err:  # never fail training for its dashboard
             self.disabled = True
-            self.warn(f"warning: TensorBoard logging stopped for this cell ({what}: {type(err).__name__}: "
-                      f"{str(err).strip()[:200]}); training goes on")
+            self.warn(f"warning: TensorBoard logging stopped for this cell ({what}: {error_line(err)}); "
+                      "training goes on")
 
     def start(self, kept_rows: list) -> None:
         self._guard("start", self._start, kept_rows)

@@ -34,7 +34,7 @@ from . import quiet_tf
 from . import site as S
 from .site import parse_walltime
 from .console import fmt_duration
-from .input_error import DataError
+from .input_error import DataError, error_line
 from .study_dir import base_grid
 from .config import TrainConfig
 from .status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
@@ -182,7 +182,7 @@ def check_dataset(grid: G.GridConfig) -> list[Row]:
     except DataError as err:   # missing files, shape mismatch, non-binary masks, empty masks
         return [Row("dataset", FAIL, str(err))]
     except Exception as err:  # noqa: BLE001 - unreadable files and the like
-        return [Row("dataset", FAIL, f"{cfg.data_dir}: {type(err).__name__}: {err}"[:300])]
+        return [Row("dataset", FAIL, f"{cfg.data_dir}: {error_line(err)}"[:300])]
     rows = [Row("dataset files", PASS, train.source + (f"; test: {test.source}" if test else "; no test volume"))]
     z, h, w = train.images.shape
     rows.append(Row("image/mask shapes", PASS, f"{z} slices of {h}x{w}, image and mask shapes agree"

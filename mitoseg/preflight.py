@@ -127,7 +127,6 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
 
 def trial(grid_dict: dict) -> dict:
     """Every architecture of the grid; never raises (errors are recorded)."""
-    os.environ.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.TRIAL_LOG_LEVEL)
     out: dict = {"python": sys.version.split()[0], "executable": sys.executable, "gpus": [],
                  "architectures": {}, "error": None}
     out["packages"] = package_versions()
@@ -160,5 +159,5 @@ def trial(grid_dict: dict) -> dict:
 
 
 if __name__ == "__main__":
-    quiet_tf.install()   # TensorFlow's start-up lines stay out of the check's output; real warnings pass
+    quiet_tf.install(quiet_tf.TRIAL_LOG_LEVEL)   # start-up lines out of the check's output; real warnings pass
     print(json.dumps(trial(json.loads(sys.argv[1]))), flush=True)

@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Optional
 
 from . import grid as G
 from . import multi_cell
-from . import quiet_tf
 from .console import cell_row, progress_line
 from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
@@ -274,7 +273,6 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[
 
 def _pool_env(study_dir: Path, jobs: int) -> dict:
     env = code_env({**os.environ, "STUDY_DIR": str(study_dir)})
-    env.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.CELL_LOG_LEVEL)
     if jobs > 1:   # share the cores instead of every process starting one thread per core
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):

@@ -30,7 +30,6 @@ from typing import Optional
 
 from . import grid as G
 from . import launcher as L
-from . import quiet_tf
 from . import site as S
 from .site import parse_walltime
 from .console import fmt_duration
@@ -63,7 +62,7 @@ def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEO
     except L.ContainerError as err:
         return None, str(err)
     cmd = [*prefix, "-m", "mitoseg.preflight", json.dumps(grid.to_dict())]
-    env = {**(os.environ if environ is None else environ), quiet_tf.LOG_LEVEL_VAR: quiet_tf.TRIAL_LOG_LEVEL}
+    env = dict(os.environ if environ is None else environ)   # the trial sets its own log level (quiet_tf)
     try:   # stderr (progress, tracebacks) goes to the user's terminal / job log as it happens
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=str(L.REPO_DIR), env=env)
     except (OSError, subprocess.SubprocessError) as err:

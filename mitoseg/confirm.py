@@ -164,7 +164,7 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi
             log(f"warning: no finished grid run with a score for {', '.join(missing)}: not confirmed")
         configs = [dict(architecture=r["architecture"], learning_rate=float(r["learning_rate"]),
                         batch_size=int(r["batch_size"]), rank=int(r["rank"]), n_runs=int(r["n_runs"]),
-                        val_iou_mean=float(r["val_iou_mean"])) for _, r in selection.iterrows()]
+                        val_iou_mean=float(r["score_mean"])) for _, r in selection.iterrows()]
         configs.sort(key=lambda c: (grid.architectures.index(c["architecture"])
                                     if c["architecture"] in grid.architectures else 99, c["rank"]))
         new = fresh_seeds(used_seeds(study_dir, grid), seeds)

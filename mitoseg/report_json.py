@@ -117,7 +117,7 @@ def best_per_architecture_json(res: StudyAnalysis) -> list:
     kind = res.metric.kind
     out = []
     for _, r in res.selection.iterrows():
-        val = (r["val_iou_mean"], r["val_iou_std"]) if kind == "val" else (None, None)
+        val = (r["score_mean"], r["score_std"]) if kind == "val" else (None, None)
         test = (r["test_iou_mean"], r["test_iou_std"])
         out.append(dict(architecture=r["architecture"], learning_rate=r["learning_rate"],
                         batch_size=r["batch_size"], selected_on=res.selected_on, n_runs=r["n_runs"],

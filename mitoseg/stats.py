@@ -35,8 +35,9 @@ class Metric:
 
 
 def choose_metric(df: pd.DataFrame) -> Metric:
-    """Thresholded validation IoU whenever the summary has it (selection and every ranking use it;
-    test scores are only shown); test IoU only for a summary without validation IoU; else soft Jaccard."""
+    """Thresholded validation IoU whenever the summary has it (selection and every ranking use it; test
+    scores are then only shown); test IoU only for a summary without validation IoU (then test scores do
+    select, and the report says the score is optimistic); else soft Jaccard."""
     ok = df[df["success"]]
     n_test = int(ok["test_iou"].notna().sum())
     if df["best_val_iou"].notna().any():
@@ -134,21 +135,21 @@ def aggregate_configs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 SELECTION_COLUMN = "best_val_iou"
-SELECTION_COLUMNS = ["architecture", "learning_rate", "batch_size", "rank", "n_runs", "val_iou_mean", "val_iou_std",
-                     "val_iou_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "n_degenerate",
+SELECTION_COLUMNS = ["architecture", "learning_rate", "batch_size", "rank", "n_runs", "score_mean", "score_std",
+                     "score_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "n_degenerate",
                      "n_diverged", "best_run", "best_run_dir", "seeds"]
 
 
 def _selection_row(arch, lr, bs, grp: pd.DataFrame, column: str) -> dict:
     """One configuration's counted runs (counted_runs of `column`) summarised for select_configs."""
-    val = grp["outcome"].to_numpy(float)
+    score = grp["outcome"].to_numpy(float)
     test = counted_runs(grp, "test_iou")["outcome"].to_numpy(float) if "test_iou" in grp else np.array([])
     scored = grp[grp[column].notna() & grp["success"]]
     best_run = scored.loc[scored[column].idxmax()] if len(scored) else grp.iloc[0]
     return dict(
         architecture=arch, learning_rate=float(lr), batch_size=int(bs), n_runs=len(grp),
-        val_iou_mean=float(val.mean()), val_iou_std=float(val.std(ddof=1)) if len(val) >= 2 else np.nan,
-        val_iou_sem=_sem(val), test_iou_mean=float(test.mean()) if len(test) else np.nan,
+        score_mean=float(score.mean()), score_std=float(score.std(ddof=1)) if len(score) >= 2 else np.nan,
+        score_sem=_sem(score), test_iou_mean=float(test.mean()) if len(test) else np.nan,
         test_iou_std=float(test.std(ddof=1)) if len(test) >= 2 else np.nan, n_test=len(test),
         degenerate=not grp["learned"].any(), n_degenerate=int((grp["success"] & grp["degenerate"]).sum()),
         n_diverged=int((grp["status"] == DIVERGED).sum()), best_run=best_run["experiment_id"],
@@ -160,10 +161,13 @@ def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUM
     """THE rule for "best" (the report, the figures, the confirmation stage and predict.py call it).
 
     Per architecture, the `top` configurations (learning rate, batch size) with the highest mean
-    `column` (validation IoU) over the runs that count (counted_runs: every finished run of `stage`,
-    "grid" by default, None = every row; a degenerate run with its own score, a diverged one as
-    DIVERGED_SCORE). `degenerate`: no counted run of the configuration learned. Test scores of the
-    same runs (counted by the same rule) are carried along for display, never used.
+    `column` over the runs that count (counted_runs: every finished run of `stage`, "grid" by default,
+    None = every row; a degenerate run with its own score, a diverged one as DIVERGED_SCORE):
+    score_mean/score_std/score_sem are of `column`. `column` is validation IoU for the confirmation
+    stage and predict.py; the analysis passes its headline metric (choose_metric), which is test IoU
+    only for a summary without validation IoU and soft Jaccard for one with only soft scores.
+    `degenerate`: no counted run of the configuration learned. Test scores of the same runs (counted by
+    the same rule) are carried along (test_iou_*); they select only when `column` is test IoU.
     Ties: more runs first, then the smaller learning rate and batch size."""
     rows = df if stage is None or "stage" not in df.columns else df[df["stage"] == stage]
     rows = counted_runs(rows.dropna(subset=["learning_rate", "batch_size"]), column)
@@ -171,11 +175,11 @@ def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUM
     for arch, runs in rows.groupby("architecture", sort=True):
         ranked = [_selection_row(arch, lr, bs, grp, column)
                   for (lr, bs), grp in runs.groupby(["learning_rate", "batch_size"], sort=True)]
-        ranked.sort(key=lambda r: (-r["val_iou_mean"], -r["n_runs"], r["learning_rate"], r["batch_size"]))
+        ranked.sort(key=lambda r: (-r["score_mean"], -r["n_runs"], r["learning_rate"], r["batch_size"]))
         for rank, r in enumerate(ranked[:max(1, int(top))], start=1):
             out.append(dict(r, rank=rank))
     table = pd.DataFrame(out, columns=SELECTION_COLUMNS)
-    return table.sort_values(["rank", "val_iou_mean"], ascending=[True, False]).reset_index(drop=True)
+    return table.sort_values(["rank", "score_mean"], ascending=[True, False]).reset_index(drop=True)
 
 
 def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
@@ -185,7 +189,7 @@ def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.Da
     rows = []
     for _, sel in selection.iterrows():
         row = configs[config_mask(configs, sel)].iloc[0].to_dict()
-        row.update(score_mean=sel["val_iou_mean"], score_std=sel["val_iou_std"], score_sem=sel["val_iou_sem"],
+        row.update(score_mean=sel["score_mean"], score_std=sel["score_std"], score_sem=sel["score_sem"],
                    n_ok=sel["n_runs"], n_scored=sel["n_runs"], degenerate=sel["degenerate"],
                    best_run=sel["best_run"], best_run_dir=sel["best_run_dir"], test_iou_mean=sel["test_iou_mean"],
                    test_iou_std=sel["test_iou_std"], n_test=sel["n_test"], rank=sel["rank"])

@@ -222,7 +222,7 @@ def best_per_architecture(study_dir):
             rec = load_results(ExperimentPaths(exp_dir).find_results_json())
         except (OSError, ResultsError) as err:
             raise PredictError(f"{exp_dir}: cannot read its results ({err})") from None
-        criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['val_iou_mean']:.4f}"
+        criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['score_mean']:.4f}"
         best[sel["architecture"]] = (rec, exp_dir, criterion)
     if not best:
         raise PredictError(f"{study_dir}: no finished (status ok, not degenerate) cells with scores in exp_*/")

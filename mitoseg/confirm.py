@@ -57,9 +57,8 @@ def grid_selection(study_dir, top: int, allow_incomplete: bool = False):
     """(selection DataFrame, grid summary): the `top` validation-selected configurations per
     architecture; refused while grid cells are unfinished unless allow_incomplete."""
     from .stats import select_configs
-    from .summary import build_summary, normalize_summary
-    df, _ = build_summary(study_dir)
-    df = normalize_summary(df, str(study_dir))
+    from .summary import study_summary
+    _, df, _ = study_summary(study_dir)
     grid_rows = df[df["stage"] == "grid"]
     pending = grid_rows[~grid_rows["status"].isin(DONE_STATUSES)]
     if len(pending) and not allow_incomplete:

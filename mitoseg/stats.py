@@ -18,7 +18,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .checks import degenerate_reason, finite
+from .checks import finite
+from .config import TrainConfig
 from .status import DIVERGED
 
 FACTORS = {"learning_rate": "learning rate", "batch_size": "batch size", "architecture": "architecture"}
@@ -32,6 +33,16 @@ class Metric:
     baseline_column: Optional[str]   # all-foreground IoU on the same slices, or None
     kind: str               # "test" | "val" | "soft"
     note: str               # why this metric was chosen
+    threshold: str = ""     # the probability threshold(s) of the thresholded scores, e.g. "0.5" (thresholds())
+
+
+def thresholds(df: pd.DataFrame) -> str:
+    """The recorded probability thresholds of the successful runs ("0.5", or "0.4, 0.5" for a summary that
+    mixes them); a summary without them (an older CSV): TrainConfig's default, the one threshold before
+    the setting existed."""
+    ok = df[df["success"]]
+    values = sorted({float(t) for t in ok["threshold"].dropna()}) if "threshold" in ok else []
+    return ", ".join(f"{t:g}" for t in values or [TrainConfig.threshold])
 
 
 def choose_metric(df: pd.DataFrame) -> Metric:
@@ -40,38 +51,34 @@ def choose_metric(df: pd.DataFrame) -> Metric:
     select, and the report says the score is optimistic); else soft Jaccard."""
     ok = df[df["success"]]
     n_test = int(ok["test_iou"].notna().sum())
+    at = thresholds(df)
+    words = f"threshold{'s' * (',' in at)} {at}"
     if df["best_val_iou"].notna().any():
         note = "thresholded validation IoU of the best epoch; every selection and ranking uses it"
         if n_test:
             note += (f"; held-out test IoU ({n_test} of {len(ok)} successful cells) is shown for the selected "
                      f"configurations and per cell, never used to select")
-        return Metric("best_val_iou", "validation IoU (threshold 0.5)", "all_foreground_jaccard", "val", note)
+        return Metric("best_val_iou", f"validation IoU ({words})", "all_foreground_jaccard", "val", note, at)
     if df["test_iou"].notna().any():
-        return Metric("test_iou", "test IoU (threshold 0.5, held-out slices)", "test_all_foreground_jaccard", "test",
-                      f"only test scores are present ({n_test} cells)")
+        return Metric("test_iou", f"test IoU ({words}, held-out slices)", "test_all_foreground_jaccard", "test",
+                      f"only test scores are present ({n_test} cells)", at)
     return Metric("best_val_jaccard", "soft validation Jaccard", None, "soft",
                   "the summary holds only soft (probability) Jaccard scores")
 
 
 def add_score(df: pd.DataFrame, metric: Metric) -> pd.DataFrame:
-    """Columns score, baseline (all-foreground IoU on the same slices) and stability; degenerate
-    recomputed against the headline metric's baseline when that is the test set."""
+    """Columns score, baseline (all-foreground IoU on the same slices) and stability (the degenerate flag
+    is the summary's: mitoseg.summary.normalize_summary decides it against the headline's baseline)."""
     df = df.copy()
     df["score"] = df[metric.column].astype(float)
     df["baseline"] = df[metric.baseline_column].astype(float) if metric.baseline_column else np.nan
     df["stability"] = df["val_loss_stability"].astype(float)
-    if metric.kind == "test":
-        reasons = [degenerate_reason(s, b, None) if ok else None
-                   for ok, s, b in zip(df["success"], df["score"], df["baseline"])]
-        val_deg = df["degenerate"].astype(bool)
-        df["degenerate"] = [bool(r) or bool(v) for r, v in zip(reasons, val_deg)]
-        df["degenerate_reason"] = [r or v for r, v in zip(reasons, df["degenerate_reason"])]
     return df
 
 
 # --- the runs that count --------------------------------------------------------------------------
 # A diverged run (NaN loss) finished without a model the pipeline evaluates: it counts as a run that
-# did not learn, with IoU 0 (a NaN output thresholded at 0.5 marks no pixel as foreground).
+# did not learn, with IoU 0 (a NaN probability is above no threshold: no pixel is marked foreground).
 DIVERGED_SCORE = 0.0
 
 

@@ -202,13 +202,12 @@ def best_per_architecture(study_dir):
     its best run by validation IoU. Test scores never choose."""
     from mitoseg.results import ResultsError, load_results
     from mitoseg.stats import select_configs
-    from mitoseg.summary import SummaryError, build_summary, normalize_summary
+    from mitoseg.summary import SummaryError, study_summary
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise PredictError(f"{study_dir}: study folder not found")
     try:
-        df, _ = build_summary(study_dir)
-        df = normalize_summary(df, str(study_dir))
+        _, df, _ = study_summary(study_dir)
     except SummaryError as err:
         raise PredictError(f"no finished cells to draw: {err}") from None
     for _, row in df[df["status"] == UNREADABLE].iterrows():

@@ -93,14 +93,14 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
     import keras
 
     from .models import load_model
-    from .training import build_compiled_model, build_training_state
+    from .training import build_compiled_model, build_fit_variables
     if gpus:
         import tensorflow as tf
         tf.config.experimental.reset_memory_stats("GPU:0")
     keras.utils.set_random_seed(config.seed)
     t0 = time.perf_counter()
     model = build_compiled_model(config)
-    build_training_state(model, arrays["x_train"][:1], arrays["y_train"][:1])
+    build_fit_variables(model, arrays["x_train"][:1], arrays["y_train"][:1])
     build_s = time.perf_counter() - t0
     first, step = _timed_steps(model, arrays["x_train"], arrays["y_train"], config.batch_size)
     steps = {config.batch_size: step}

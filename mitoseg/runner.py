@@ -25,7 +25,7 @@ from .console import cell_row, progress_line
 from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
-from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
+from .paths import REPORT_MD, REPORT_TXT, StudyPaths
 from .results import RETRY_BUDGET, ResultsError, load_results, retry_exhausted
 from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING, STARTED
@@ -350,7 +350,9 @@ def run_analysis_script(study_dir, log: Callable[[str], None] = print) -> int:
 
 
 def report_path(study_dir) -> Optional[Path]:
-    for name in (REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME):
+    """The study's report (Markdown, else text), or None when the analysis wrote none: the summary CSV
+    alone is not a report, and is never printed as one."""
+    for name in (REPORT_MD, REPORT_TXT):
         p = StudyPaths(study_dir).output(name)
         if p.exists():
             return p

@@ -84,7 +84,7 @@ def build_compiled_model(config: TrainConfig):
     return model
 
 
-def build_training_state(model, x_example, y_example) -> None:
+def build_fit_variables(model, x_example, y_example) -> None:
     """Create every variable `fit` would create on its first step (optimizer slots, loss and metric
     trackers), eagerly on one example, then reset the metrics.
 

@@ -11,6 +11,7 @@ from typing import Optional
 
 import pandas as pd
 
+from .report_confirmation import verdict
 from .report_format import cfg_text
 from .results import json_clean
 from .stats import FACTORS
@@ -131,7 +132,7 @@ def comparison_json(conf: Optional[dict]) -> list:
     """The pairwise comparisons of the confirmation runs ([] without confirmation runs)."""
     if conf is None:
         return []
-    return [{k: p[k] for k in PAIR_FIELDS} for p in conf["pairs"]]
+    return [{k: verdict(p) if k == "verdict" else p[k] for k in PAIR_FIELDS} for p in conf["pairs"]]
 
 
 def confirmation_json(conf: Optional[dict]) -> Optional[dict]:

@@ -70,9 +70,8 @@ class GridConfig:
         if comment is not None and not (isinstance(comment, str) or
                                         (isinstance(comment, list) and all(isinstance(c, str) for c in comment))):
             raise GridError([f"{COMMENT_KEY} must be a string or a list of strings"])
-        unknown = _unknown_keys(values)
-        if unknown:
-            raise GridError(unknown)
+        if _unknown_keys(values):   # every problem, as __post_init__ would list them (it cannot run)
+            raise GridError(grid_problems(values))
         return cls(**values)
 
     @classmethod

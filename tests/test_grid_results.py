@@ -139,8 +139,10 @@ def test_grid_axes_follow_the_settings_range_table(axis, value, want):
     assert TrainConfig(**{field: value}).problems()
 
 
-def test_unknown_grid_keys_one_message_however_read(tmp_path):
-    """from_dict and grid_problems (the pre-flight's rows) name an unknown key in the same words."""
+def test_unknown_grid_keys_one_message_however_read():
+    """from_dict and grid_problems (the pre-flight's rows) name an unknown key in the same words, and list
+    every other problem of the file beside it."""
     with pytest.raises(G.GridError) as err:
-        G.GridConfig.from_dict({"seed": [1]})
-    assert err.value.problems == G.grid_problems({"seed": [1]})
+        G.GridConfig.from_dict({"seed": [1], "seeds": [-1]})
+    assert err.value.problems == G.grid_problems({"seed": [1], "seeds": [-1]})
+    assert len(err.value.problems) == 2 and err.value.problems[0].startswith("unknown grid key 'seed'")

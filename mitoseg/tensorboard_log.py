@@ -21,10 +21,10 @@ Logging problems never fail a cell: one warning line, then the cell trains witho
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
+from .checks import finite
 from .input_error import error_line
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
@@ -95,7 +95,7 @@ class CellBoard:
         with self.writer.as_default(step=step):
             for column, tag in EPOCH_TAGS.items():
                 value = row.get(column)
-                if value is not None and math.isfinite(float(value)):
+                if finite(value):
                     tf.summary.scalar(tag, float(value))
         self.writer.flush()
         self.written.add(step)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -215,7 +214,7 @@ def _same_folder_names(rates: list) -> list[str]:
     """Two learning rates that print alike (1e-3 and 0.0010000001 are both lr0.001) would share a cell folder."""
     shown = {}
     for v in rates:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        if value_requirement("learning_rate", v) is None:   # the bad ones are named as such already
             shown.setdefault(f"{v:g}", []).append(v)
     return [f"learning_rates {' and '.join(map(repr, vs))} give the same folder name (lr{k}); write values that "
             "differ in their first 6 significant digits" for k, vs in shown.items() if len(vs) > 1]

@@ -7,5 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup_env.sh
-export TF_CPP_MIN_LOG_LEVEL=3
 exec .venv/bin/python run_study.py local --demo "$@"

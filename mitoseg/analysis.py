@@ -10,7 +10,7 @@ from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from .plots import make_figures
 from .report import render
 from .study_analysis import analyze
-from .summary import SummaryError, build_summary, load_summary, write_summary_csv
+from .summary import SummaryError, load_summary, study_summary, write_summary_csv
 
 
 def _refuse_overwriting_inputs(out_dir: Path, summary_file, baseline_summary) -> None:
@@ -66,7 +66,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     if study_dir is not None:
         study_dir = Path(study_dir)
         log(f"Reading results of {study_dir} ...")
-        df_raw, inv = build_summary(study_dir)
+        df_raw, df, inv = study_summary(study_dir)
         expected = inv.expected
         csv_path = write_summary_csv(df_raw, out_dir / SUMMARY_CSV_NAME, log)
         outputs["summary_csv"] = csv_path
@@ -75,9 +75,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
             log(f"  {inv.confirm_expected} of them are confirmation runs (stage confirm)")
         if inv.foreign_note:
             log(f"  note: {inv.foreign_note}")
-        # the statistics run on the CSV just written, as with --summary_file; only the training-curves
-        # figure reads more of the study (the best runs' history files, under history_root)
-        df = load_summary(csv_path)
+        # only the training-curves figure reads more of the study (the best runs' history files)
         history_root = study_dir
         source = str(study_dir)
     else:

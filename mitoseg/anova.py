@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from .input_error import first_line
-from .stats import FACTORS, finite
+from .input_error import error_line
+from .checks import finite
+from .stats import FACTORS
 
 ALPHA = 0.05
 CORRELATION_METRICS = ["score", "best_val_iou", "best_val_jaccard", "test_iou", "final_val_loss", "final_train_loss",
@@ -87,7 +88,7 @@ def factorial_anova(ok: pd.DataFrame, factors: list, value: str = "score") -> di
             model = ols("y ~ " + " * ".join(terms), data=data).fit()
             table = anova_lm(model, typ=2)
     except Exception as err:  # noqa: BLE001 - statsmodels raises many kinds; report in words
-        res["reason"] = f"statsmodels could not fit the model ({type(err).__name__}: {first_line(err)[:120]})"
+        res["reason"] = f"statsmodels could not fit the model ({error_line(err, 160)})"
         return res
     rename = {f"C(f{i})": FACTORS.get(f, f) for i, f in enumerate(factors)}
     rows = []

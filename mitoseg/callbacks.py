@@ -1,7 +1,7 @@
 """The epoch-end validation of a training cell: one pass over the whole validation set, every score,
 the best model, the history CSV, the state a rerun resumes from, and early stopping.
 
-The training state (`new_training_state`: history, best epoch and scores, patience) is updated here
+The training state (`new_train_state`: history, best epoch and scores, patience) is updated here
 and written to `train_state.json` after each finished epoch; mitoseg/cell.py reads it back on resume.
 The Keras callback class is built lazily (`validation_callback`) so importing this module does not
 import Keras.
@@ -25,8 +25,9 @@ HISTORY_COLUMNS = ["epoch", "loss", "jaccard", "iou", "val_loss", "val_jaccard",
                    "val_precision", "val_recall", "val_predicted_foreground_fraction", "learning_rate", "time_s"]
 
 
-def new_training_state() -> dict:
-    """The state of a cell that has not trained yet (see the module docstring)."""
+def new_train_state() -> dict:
+    """The epoch state of a cell that has not trained yet (see the module docstring; its file is
+    ExperimentPaths.train_state)."""
     return {"history": [], "best_iou": None, "best_epoch": None, "best_scores": None, "wait": 0,
             "training_time_s": 0.0, "stopped_early": False}
 
@@ -96,8 +97,8 @@ def _make_validation_class():
     class _Validation(keras.callbacks.Callback):
         """Once per epoch: predict the val patches once, compute val_loss and every score on the whole
         validation set (not a mean over batches), write them into `logs` for ReduceLROnPlateau, save the
-        best model by thresholded IoU, stop early, append the history CSV and persist the state needed
-        to resume. Runs first in the callback list so the others see its values."""
+        best model by thresholded IoU, stop early, rewrite the history CSV (whole, atomically) and persist
+        the state needed to resume. Runs first in the callback list so the others see its values."""
 
         def __init__(self, x_val, y_val, config, paths, state):
             super().__init__()

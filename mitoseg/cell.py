@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from . import metrics, resume
-from .callbacks import new_training_state, validation_callback
+from .callbacks import new_train_state, validation_callback
 from .cell_data import check_batch_fits, check_patch_fits, load_cell_data, prepare_arrays
 from .cell_log import log, tee_output
 from .cell_record import finish_record, new_record, record_failure
@@ -173,7 +173,7 @@ def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, in
     record = new_record(config, paths, arrays["split"], baselines, started)
     previous = None if force else existing_record(paths)   # --force starts the count again
     record["attempts"] = 1 + (previous["attempts"] if previous is not None else 0)
-    state = new_training_state()
+    state = new_train_state()
     with _sigterm_handled() as stop:
         try:
             return _fit_and_record(config, paths, arrays, test_volume, force, started, record, state, stop)
@@ -206,14 +206,14 @@ def _log_start(config, paths, arrays, test_volume) -> dict:
 def _fit_and_record(config, paths, arrays, test_volume, force, started, record, state, stop) -> tuple[dict, int]:
     """Set-up, resume, fit, test and the final record of the locked cell."""
     from .tensorboard_log import tensorboard_callbacks   # [] when config.tensorboard is off
-    from .training import (build_compiled_model, build_training_state, fit_callbacks, make_train_dataset,
+    from .training import (build_compiled_model, build_fit_variables, fit_callbacks, make_train_dataset,
                            seed_and_policy, start_keras)
     start_keras()
     record["environment"] = environment_info()
     seed_and_policy(config)
     resuming = _resume_or_start_afresh(paths, state, force)
     model = build_compiled_model(config)
-    build_training_state(model, arrays["x_train"][:1], arrays["y_train"][:1])
+    build_fit_variables(model, arrays["x_train"][:1], arrays["y_train"][:1])
     log(f"model: {config.architecture}, {model.count_params():,} parameters, "
         f"device {record['environment']['device']}")
     validation = stop.validation = validation_callback(arrays["x_val"], arrays["y_val"], config, paths, state)

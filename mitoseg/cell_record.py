@@ -15,7 +15,7 @@ import numpy as np
 from .cell_log import log
 from .checks import degenerate_reason
 from .config import TrainConfig
-from .input_error import first_line
+from .input_error import error_line
 from .paths import ExperimentPaths
 from .results import empty_record, save_results
 from .status import FAILED, INTERRUPTED, OK
@@ -46,12 +46,11 @@ def record_failure(record: dict, err: BaseException, paths: ExperimentPaths) -> 
     if isinstance(err, KeyboardInterrupt):
         record.update(status=INTERRUPTED, error="KeyboardInterrupt")
         return
-    kind = type(err).__name__
-    text = first_line(err)
+    text = error_line(err, limit=500)
     disk = isinstance(err, OSError) and err.errno in _DISK_ERRNOS
     if disk and not err.filename:   # Keras' save errors do not name the file: name the folder
-        text += f" (writing into {paths.exp_dir})"
-    record.update(status=FAILED, error=f"{kind}: {text}"[:500])
+        text = f"{text} (writing into {paths.exp_dir})"[:500]
+    record.update(status=FAILED, error=text)
     if not disk:   # a full/read-only disk needs no traceback, just the one line the caller logs
         traceback.print_exc()
 

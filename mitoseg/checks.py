@@ -26,13 +26,23 @@ MIN_FOREGROUND_FRACTION = 0.001
 MAX_FOREGROUND_FRACTION = 0.95
 
 
-def _missing(value) -> bool:
-    if value is None or isinstance(value, bool):
-        return value is None
+def finite_number(value) -> Optional[float]:
+    """THE finite-number test of the project's scores: `value` as a float when it is a finite number (a
+    numpy scalar, a bool as 0/1, a numeric string), else None (None, NaN, inf, anything float() refuses)."""
     try:
-        return not math.isfinite(float(value))
+        number = float(value)
     except (TypeError, ValueError):
-        return True
+        return None
+    return number if math.isfinite(number) else None
+
+
+def finite(value) -> bool:
+    """finite_number as a yes/no."""
+    return finite_number(value) is not None
+
+
+def _missing(value) -> bool:
+    return finite_number(value) is None
 
 
 def required_iou(all_foreground_iou: float) -> float:

@@ -27,7 +27,6 @@ import pandas as pd
 from . import decision as D
 from .anova import ALPHA
 from .status import DIVERGED
-from .report_format import f3, fp
 from .stats import config_mask
 from .stats import counted_runs as stats_counted_runs
 
@@ -232,7 +231,7 @@ def _pair(a: dict, b: dict, m: int, sesoi: float, alpha: float, power: float) ->
                fold_sd=np.nan, min_detectable_difference=None, mdd_range=None, runs_needed=None, reason=None)
     if not common:
         out["reason"] = "the two architectures share no fold"
-        return _with_verdict(out)
+        return out
     e = estimate(a["table"], b["table"])
     out.update(diff_mean=e["estimate"], covers=covers(e), pooled_sd=math.sqrt(e["seed_var"]), seed_df=e["seed_df"],
                fold_differences=e["fold_estimates"], fold_sd=math.sqrt(e["tau2"]))
@@ -244,7 +243,7 @@ def _pair(a: dict, b: dict, m: int, sesoi: float, alpha: float, power: float) ->
         out.update(D.decide(e["estimate"], e["var"], e["df"], m, sesoi, alpha))
         out["significant"] = out["decision"] in (D.A_BETTER, D.B_BETTER)
         out.update(_power(e, m, sesoi, alpha, power))
-    return _with_verdict(out)
+    return out
 
 
 def _power(e: dict, m: int, sesoi: float, alpha: float, power: float) -> dict:
@@ -264,30 +263,3 @@ def _power(e: dict, m: int, sesoi: float, alpha: float, power: float) -> dict:
                   for c in chi]
     return dict(min_detectable_difference=mdd, mdd_range=limits,
                 runs_needed=D.runs_needed(spread, sesoi, k, m, alpha, power))
-
-
-def _with_verdict(p: dict) -> dict:
-    """The pair's verdict sentence: the decision, and why."""
-    a, b, sesoi = p["a"], p["b"], p["sesoi"]
-    if p["reason"]:
-        p["verdict"] = f"{a} vs {b}: undecided, cannot be judged: {p['reason']}."
-        return p
-    ci = (f"{a} - {b} = {f3(p['diff_mean'])}, {100 * p['ci_level']:.1f} % CI {f3(p['ci_low'])} to "
-          f"{f3(p['ci_high'])}, {p['adjustment']}; {fp(p['p'])}, adjusted {fp(p['p_adjusted'])[2:]}; the interval "
-          f"covers {p['covers']}")
-    if p["decision"] in (D.A_BETTER, D.B_BETTER):
-        win, lose = (a, b) if p["decision"] == D.A_BETTER else (b, a)
-        text = f"{win} is better than {lose}: the adjusted interval of the difference excludes 0 ({ci})."
-        if -sesoi <= p["ci_low"] and p["ci_high"] <= sesoi:
-            text += f" The whole interval lies within +-{sesoi:g}, smaller than the difference declared to matter."
-    elif p["decision"] == D.EQUIVALENT:
-        text = (f"{a} and {b} are equivalent within +-{sesoi:g}: the adjusted interval of the difference lies inside "
-                f"+-{sesoi:g} ({ci}).")
-    else:
-        mdd = p["min_detectable_difference"]
-        text = (f"{a} vs {b}: undecided: the adjusted interval of the difference includes 0 and reaches beyond "
-                f"+-{sesoi:g}, so neither a difference nor equivalence is shown ({ci}); these runs would detect a "
-                + (f"difference of {f3(mdd)} with power {POWER:g}." if mdd is not None else
-                   f"difference with power {POWER:g} only if it exceeded 1 IoU, i.e. never."))
-    p["verdict"] = text
-    return p

@@ -172,3 +172,16 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
         return cls(**values)
+
+
+def value_requirement(name: str, value) -> Optional[str]:
+    """What one value of the setting `name` must be (e.g. "an integer > 0"), or None when `value` is fine:
+    TrainConfig's type and range rules for a single value (the grid checks every value of its axes with it)."""
+    kind = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}[name]
+    bad, want = next(((b, w) for n, b, w in _RANGES if n == name), (lambda v: False, ""))
+    if _type_problem(name, kind, value) is None and (value is None or not bad(value)):
+        return None
+    if want.startswith(("a ", "an ", "one of ")):
+        return want
+    words = _TYPE_WORDS.get(kind.replace("Optional[", "").rstrip("]"), kind)
+    return f"{words} {want}".strip()

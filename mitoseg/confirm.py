@@ -58,9 +58,8 @@ def grid_selection(study_dir, top: int, allow_incomplete: bool = False):
     """(selection DataFrame, grid summary): the `top` validation-selected configurations per
     architecture; refused while grid cells are unfinished unless allow_incomplete."""
     from .stats import select_configs
-    from .summary import build_summary, normalize_summary
-    df, _ = build_summary(study_dir)
-    df = normalize_summary(df, str(study_dir))
+    from .summary import study_summary
+    _, df, _ = study_summary(study_dir)
     grid_rows = df[df["stage"] == "grid"]
     pending = grid_rows[~grid_rows["status"].isin(DONE_STATUSES)]
     if len(pending) and not allow_incomplete:
@@ -165,7 +164,7 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi
             log(f"warning: no finished grid run with a score for {', '.join(missing)}: not confirmed")
         configs = [dict(architecture=r["architecture"], learning_rate=float(r["learning_rate"]),
                         batch_size=int(r["batch_size"]), rank=int(r["rank"]), n_runs=int(r["n_runs"]),
-                        val_iou_mean=float(r["val_iou_mean"])) for _, r in selection.iterrows()]
+                        val_iou_mean=float(r["score_mean"])) for _, r in selection.iterrows()]
         configs.sort(key=lambda c: (grid.architectures.index(c["architecture"])
                                     if c["architecture"] in grid.architectures else 99, c["rank"]))
         new = fresh_seeds(used_seeds(study_dir, grid), seeds)

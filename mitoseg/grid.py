@@ -2,22 +2,21 @@
 
 Cells are numbered in a fixed order (architecture, then learning rate, then batch size, then
 seed), so an array index always maps to the same cell and the mapping can be printed
-(`python -m mitoseg.grid`). File and folder names are mitoseg/paths.py's.
+(`run_study.py list`, `list_grid`). File and folder names are mitoseg/paths.py's.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ARCHITECTURES, TrainConfig
+from .config import ARCHITECTURES, TrainConfig, value_requirement
+from .input_error import error_line
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, cell_name
 from .status import EXIT_BAD_INPUT, EXIT_OK
@@ -70,8 +69,7 @@ class GridConfig:
         if comment is not None and not (isinstance(comment, str) or
                                         (isinstance(comment, list) and all(isinstance(c, str) for c in comment))):
             raise GridError([f"{COMMENT_KEY} must be a string or a list of strings"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        if set(values) - known:
+        if _unknown_keys(values):   # every problem, as __post_init__ would list them (it cannot run)
             raise GridError(grid_problems(values))
         return cls(**values)
 
@@ -163,14 +161,16 @@ def check_absolute_data_dir(grid: "GridConfig", where) -> None:
                          "folder it happens to run in; write the absolute path")
 
 
-_AXES = {  # axis -> (the cell field it sets, what each value must be, is_ok(value))
-    "architectures": ("architecture", f"one of {', '.join(ARCHITECTURES)}", lambda v: v in ARCHITECTURES),
-    "learning_rates": ("learning_rate", "a finite number > 0",
-                       lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0),
-    "batch_sizes": ("batch_size", "an integer > 0", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
-    "seeds": ("seed", "an integer in 0 .. 2**32-1",
-              lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2 ** 32),
-}
+# axis -> the cell field it sets; what each value must be is TrainConfig's rule (config.value_requirement)
+_AXES = {"architectures": "architecture", "learning_rates": "learning_rate", "batch_sizes": "batch_size",
+         "seeds": "seed"}
+
+
+def _unknown_keys(values: dict) -> list[str]:
+    """The one check of a grid file's keys: a problem line per key GridConfig does not know."""
+    known = {f.name for f in dataclasses.fields(GridConfig)}
+    return [f"unknown grid key {k!r} (known: {', '.join(sorted(known))})" for k in sorted(set(values) - known)]
+
 
 def grid_problems(values: dict) -> list[str]:
     """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never
@@ -178,17 +178,17 @@ def grid_problems(values: dict) -> list[str]:
     identical cells. The pre-flight check (`run_study.py verify`) lists them as FAIL rows."""
     if not isinstance(values, dict):
         return [f"a grid config must be a JSON object, got {type(values).__name__}"]
-    known = {f.name for f in dataclasses.fields(GridConfig)}
-    problems = [f"unknown grid key {k!r} (known: {', '.join(sorted(known))})" for k in sorted(set(values) - known)]
-    for axis, (_, want, ok) in _AXES.items():
+    problems = _unknown_keys(values)
+    for axis, name in _AXES.items():
         items = values.get(axis, _DEFAULT_AXES[axis])
         if not isinstance(items, list) or not items:
             problems.append(f"{axis} must be a non-empty list, got {items!r}")
             continue
+        wants = [value_requirement(name, v) for v in items]
         problems += [(f"unknown architecture {v!r} in grid; choose from {', '.join(ARCHITECTURES)}"
                       if axis == "architectures" else f"{axis}[{i}] must be {want}, got {v!r}")
-                     for i, v in enumerate(items) if not ok(v)]
-        repeated = sorted({repr(v) for i, v in enumerate(items) if v in items[:i] and ok(v)})
+                     for i, (v, want) in enumerate(zip(items, wants)) if want]
+        repeated = sorted({repr(v) for i, (v, want) in enumerate(zip(items, wants)) if v in items[:i] and not want})
         if repeated:
             problems.append(f"{axis} repeats {', '.join(repeated)} (two identical cells)")
         elif axis == "learning_rates":
@@ -196,7 +196,7 @@ def grid_problems(values: dict) -> list[str]:
     fixed = values.get("fixed", {})
     if not isinstance(fixed, dict):
         return problems + [f"fixed must be a JSON object, got {fixed!r}"]
-    clash = sorted({field for field, _, _ in _AXES.values()} & set(fixed))
+    clash = sorted(set(_AXES.values()) & set(fixed))
     if clash:
         problems.append(f"fixed settings may not set grid axes: {clash}")
     fold_keys = sorted({"fold", "n_folds"} & set(fixed))   # the cell sets them: grid cells fold 0 of 1, confirm the plan's
@@ -214,7 +214,7 @@ def _same_folder_names(rates: list) -> list[str]:
     """Two learning rates that print alike (1e-3 and 0.0010000001 are both lr0.001) would share a cell folder."""
     shown = {}
     for v in rates:
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        if value_requirement("learning_rate", v) is None:   # the bad ones are named as such already
             shown.setdefault(f"{v:g}", []).append(v)
     return [f"learning_rates {' and '.join(map(repr, vs))} give the same folder name (lr{k}); write values that "
             "differ in their first 6 significant digits" for k, vs in shown.items() if len(vs) > 1]
@@ -286,7 +286,7 @@ def load_confirm_plan(study_dir) -> Optional[dict]:
         missing = [k for k in PLAN_KEYS if k not in plan]
         plan = {**PLAN_DEFAULTS, **plan}
     except (OSError, ValueError, TypeError) as err:
-        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a valid confirmation plan ({error_line(err)})") from None
     folds, sesoi = plan["folds"], plan["sesoi"]
     problem = (f"missing {', '.join(missing)}" if missing else
                f"folds must be an integer >= 1, got {folds!r}" if type(folds) is not int or folds < 1 else
@@ -309,7 +309,7 @@ def confirm_cells(study_dir) -> list[Cell]:
                 for r in plan["cells"]]
     except (ValueError, KeyError, TypeError) as err:
         path = StudyPaths(study_dir).confirm_config
-        raise ValueError(f"{path}: not a valid confirmation plan ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a valid confirmation plan ({error_line(err)})") from None
 
 
 def study_cells(study_dir, grid: GridConfig) -> list[Cell]:
@@ -348,7 +348,7 @@ def load_study_grid(study_dir) -> GridConfig:
     return GridConfig.load(path)
 
 
-# --- CLI: print the grid ----------------------------------------------------------------------------
+# --- run_study.py list: print the grid ----------------------------------------------------------------------------
 def _cell_line(cell: Cell) -> str:
     return (f"{cell.index:>5}  {cell.architecture:<18} {cell.learning_rate:>8g} {cell.batch_size:>5} "
             f"{cell.seed:>5}  {cell.name}")
@@ -383,18 +383,3 @@ def list_grid(study_dir=None, grid_config=None, demo: bool = False, size_only: b
         for cell in extra:
             print(_cell_line(cell))
     return EXIT_OK
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mitoseg.grid",
-                                     description="List the study grid: array index -> cell.")
-    parser.add_argument("--study-dir", help="list the grid saved in this study folder")
-    parser.add_argument("--grid-config", help="list the grid in this JSON file")
-    parser.add_argument("--demo", action="store_true", help="list the CPU demo grid")
-    parser.add_argument("--size", action="store_true", help="print only the number of cells")
-    args = parser.parse_args(argv)
-    return list_grid(args.study_dir, args.grid_config, args.demo, args.size)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,6 +23,13 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def error_line(err: BaseException, limit: int = 300) -> str:
+    """THE one-line form of an exception: "<kind>: <first line of its message>" (the kind alone for an empty
+    message), cut to `limit` characters; results JSONs, the pre-flight rows and the report's reasons quote it."""
+    text = first_line(err)
+    return (f"{type(err).__name__}: {text}" if text else type(err).__name__)[:limit]
+
+
 def data_error(where, problem) -> DataError:
     """The DataError "<where>: <problem>" (one line)."""
     return DataError(one_line(f"{where}: {problem}", limit=400))

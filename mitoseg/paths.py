@@ -125,6 +125,7 @@ class ExperimentPaths:
 
     @property
     def train_state(self) -> Path:
+        """The file of a cell's epoch state (mitoseg.callbacks.new_train_state), read back on resume."""
         return self.exp_dir / "train_state.json"
 
     @property

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .input_error import first_line  # noqa: E402
+from .input_error import error_line  # noqa: E402
 from .io_utils import atomic_save  # noqa: E402
 from .paths import ExperimentPaths  # noqa: E402
 from .paths import FIG_BASELINE, FIG_BEST, FIG_COMPREHENSIVE, FIG_CONFIRMATION, FIG_CURVES, FIG_HEATMAPS  # noqa: E402
@@ -379,7 +379,7 @@ def make_figures(res: StudyAnalysis, out_dir: Path, history_root: Optional[Path]
             out[name] = fn(out_dir / name)
         except Exception as err:  # noqa: BLE001 - a figure must never stop the report
             plt.close("all")
-            out[name] = f"figure failed ({type(err).__name__}: {first_line(err)[:100]})"
+            out[name] = f"figure failed ({error_line(err, 140)})"
         if not isinstance(out[name], Path):   # not drawn now: an older PNG of that name would pass for this study's
             (out_dir / name).unlink(missing_ok=True)
     return out

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import quiet_tf
 from .environment import PACKAGES, package_version
-from .input_error import first_line
+from .input_error import error_line
 
 
 def package_versions() -> dict:
@@ -44,16 +44,12 @@ def package_versions() -> dict:
             importlib.import_module(mod)
             found[mod] = {"ok": True, "version": package_version(dist)}
         except Exception as err:  # noqa: BLE001 - reported as a FAIL row
-            found[mod] = {"ok": False, "error": _one_line(err)}
+            found[mod] = {"ok": False, "error": error_line(err)}
     return found
 
 
 def _log(message: str) -> None:
     print(f"[pre-flight] {message}", file=sys.stderr, flush=True)
-
-
-def _one_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {first_line(err)}"[:300]
 
 
 def _peak_memory(gpus: list) -> dict:
@@ -97,14 +93,14 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
     import keras
 
     from .models import load_model
-    from .training import build_compiled_model, build_training_state
+    from .training import build_compiled_model, build_fit_variables
     if gpus:
         import tensorflow as tf
         tf.config.experimental.reset_memory_stats("GPU:0")
     keras.utils.set_random_seed(config.seed)
     t0 = time.perf_counter()
     model = build_compiled_model(config)
-    build_training_state(model, arrays["x_train"][:1], arrays["y_train"][:1])
+    build_fit_variables(model, arrays["x_train"][:1], arrays["y_train"][:1])
     build_s = time.perf_counter() - t0
     first, step = _timed_steps(model, arrays["x_train"], arrays["y_train"], config.batch_size)
     steps = {config.batch_size: step}
@@ -131,7 +127,6 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
 
 def trial(grid_dict: dict) -> dict:
     """Every architecture of the grid; never raises (errors are recorded)."""
-    os.environ.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.TRIAL_LOG_LEVEL)
     out: dict = {"python": sys.version.split()[0], "executable": sys.executable, "gpus": [],
                  "architectures": {}, "error": None}
     out["packages"] = package_versions()
@@ -149,7 +144,7 @@ def trial(grid_dict: dict) -> dict:
         _log(f"loading the study's data ({cfg.data_dir or 'built-in synthetic'})")
         arrays = _arrays(cfg)
     except BaseException as err:  # noqa: BLE001 - reported, e.g. TensorFlow cannot load
-        out["error"] = _one_line(err)
+        out["error"] = error_line(err)
         traceback.print_exc()
         return out
     for arch in grid.architectures:
@@ -159,10 +154,10 @@ def trial(grid_dict: dict) -> dict:
                                                             min(grid.batch_sizes), out["gpus"])
         except BaseException as err:  # noqa: BLE001 - every failure is that architecture's FAIL row
             traceback.print_exc()
-            out["architectures"][arch] = {"ok": False, "error": _one_line(err)}
+            out["architectures"][arch] = {"ok": False, "error": error_line(err)}
     return out
 
 
 if __name__ == "__main__":
-    quiet_tf.install()   # TensorFlow's start-up lines stay out of the check's output; real warnings pass
+    quiet_tf.install(quiet_tf.TRIAL_LOG_LEVEL)   # start-up lines out of the check's output; real warnings pass
     print(json.dumps(trial(json.loads(sys.argv[1]))), flush=True)

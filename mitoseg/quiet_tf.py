@@ -1,5 +1,6 @@
 """Keep TensorFlow's start-up chatter out of the logs, and nothing else; also the one place that
-sets TensorFlow's own C++ log level (`LOG_LEVEL_VAR`) for a cell and for the pre-flight trial.
+sets TensorFlow's own C++ log level (`LOG_LEVEL_VAR`): `install(level)`, called by every process that
+imports TensorFlow (a cell, predict.py, models.py, the pre-flight trial) before it does.
 
 TensorFlow 2.21 logs through absl before `TF_CPP_MIN_LOG_LEVEL` takes effect, so every process
 that imports it prints, on the C-level stderr, even with TF_CPP_MIN_LOG_LEVEL=3:
@@ -35,8 +36,11 @@ KNOWN_NOISE = [re.compile(p) for p in (
     r"^.*TF-TRT Warning: Could not find TensorRT$",
 )]
 ENV_OFF = "MITOSEG_TF_STARTUP_LOG"
-# TensorFlow's own C++ log level, for the lines that come after the start-up: a cell's processes drop
-# INFO and WARNING (errors stay in its log); the pre-flight trial, whose stdout is parsed, errors too.
+# TensorFlow's own C++ log level, for the lines that come after the start-up. A default only: a level
+# already in the environment wins (the user's, or run_tests.sh's 3). At CELL_LOG_LEVEL a cell's log
+# drops TensorFlow's C++ INFO and WARNING lines and keeps its C++ errors; at 3 those errors are dropped
+# too (Python exceptions and tracebacks are not TensorFlow's C++ log and always reach the log). The
+# pre-flight trial drops them as well: its failures are reported as rows, one line each.
 LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
 CELL_LOG_LEVEL = "2"
 TRIAL_LOG_LEVEL = "3"
@@ -104,9 +108,10 @@ class _QuietFinder(importlib.abc.MetaPathFinder):
 _FINDER = _QuietFinder()
 
 
-def install() -> None:
-    """Quiet the first `import tensorflow` of this process (directly or through keras)."""
-    os.environ.setdefault(LOG_LEVEL_VAR, CELL_LOG_LEVEL)   # later C++ INFO/WARNING lines too
+def install(level: str = CELL_LOG_LEVEL) -> None:
+    """Quiet the first `import tensorflow` of this process (directly or through keras), and set TensorFlow's
+    C++ log level to `level` unless the environment already sets one (it is read when TensorFlow loads)."""
+    os.environ.setdefault(LOG_LEVEL_VAR, level)
     if "tensorflow" in sys.modules or os.environ.get(ENV_OFF) == "1" or _FINDER in sys.meta_path:
         return
     sys.meta_path.insert(0, _FINDER)

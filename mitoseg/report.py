@@ -20,8 +20,9 @@ from .report_format import NA, Doc, cfg_text, clean_text, f3, fg, fint, fp, mean
 from .report_cells import cells_sentence
 from .report_json import summary_json
 from .report_statistics import baseline_section, effects_section, statistics_section
-from .stats import finite
+from .checks import finite
 from .status import DIVERGED, FAILED, INTERRUPTED, MISSING, UNREADABLE
+from .stats import thresholds
 from .study_analysis import OVERFIT_RELATIVE_GAP, StudyAnalysis
 from .version import version_line
 
@@ -181,7 +182,7 @@ def definitions(doc: Doc, res: StudyAnalysis):
     doc.h(2, "Metric definitions")
     doc.ul([
         "validation IoU (`best_val_iou`): foreground intersection over union of the best epoch's model on the "
-        "validation slices, probabilities thresholded at 0.5.",
+        f"validation slices, probabilities thresholded at {res.metric.threshold or thresholds(res.df)}.",
         "test IoU (`test_iou`): the same on held-out test slices, when present.",
         "soft Jaccard (`best_val_jaccard`): Jaccard on probabilities with +1 smoothing, as in the original study; "
         "it is not a segmentation score and cannot separate learned from constant models.",

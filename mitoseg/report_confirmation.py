@@ -1,5 +1,5 @@
 """The report's words on the confirmation stage (mitoseg.comparison): the executive summary's opening
-sentence and lines, and the section with every confirmation run. The answer first, then the numbers
+sentence and lines, each pair's verdict sentence, and the section with every confirmation run. The answer first, then the numbers
 behind it.
 """
 from __future__ import annotations
@@ -85,7 +85,7 @@ def confirmation_summary(conf: dict) -> list:
     arms = ["Per architecture: " + "; ".join(scored) + "."] if scored else []
     if conf["reason"]:
         return arms + conf["notes"]
-    lines = [f"`{p['decision']}`: {p['verdict']}" for p in conf["pairs"]] + arms
+    lines = [f"`{p['decision']}`: {verdict(p)}" for p in conf["pairs"]] + arms
     lines += conf["notes"]
     flawed = [f"{a['n_degenerate']} of {a['n_scored']} {a['architecture']}" for a in conf["arms"] if a["n_degenerate"]]
     diverged = [f"{a['n_diverged']} {a['architecture']}" for a in conf["arms"] if a["n_diverged"]]
@@ -169,4 +169,29 @@ def pair_row(p: dict) -> list:
     return [p["a"], p["b"], f3(p["diff_mean"]),
             f"{100 * p['ci_level']:.1f} % CI {f3(p['ci_low'])} to {f3(p['ci_high'])} ({p['adjustment']})",
             ", ".join(f3(x) for x in p["fold_differences"]) or NA, f3(p["fold_sd"]),
-            f"{fp(p['p'])}; {fp(p['p_adjusted'])}", f3(p["min_detectable_difference"]), p["decision"], p["verdict"]]
+            f"{fp(p['p'])}; {fp(p['p_adjusted'])}", f3(p["min_detectable_difference"]), p["decision"], verdict(p)]
+
+
+def verdict(p: dict) -> str:
+    """A pair's verdict sentence (mitoseg.comparison's pair dict): the decision, and why."""
+    a, b, sesoi = p["a"], p["b"], p["sesoi"]
+    if p["reason"]:
+        return f"{a} vs {b}: undecided, cannot be judged: {p['reason']}."
+    ci = (f"{a} - {b} = {f3(p['diff_mean'])}, {100 * p['ci_level']:.1f} % CI {f3(p['ci_low'])} to "
+          f"{f3(p['ci_high'])}, {p['adjustment']}; {fp(p['p'])}, adjusted {fp(p['p_adjusted'])[2:]}; the interval "
+          f"covers {p['covers']}")
+    if p["decision"] in (A_BETTER, B_BETTER):
+        win, lose = (a, b) if p["decision"] == A_BETTER else (b, a)
+        text = f"{win} is better than {lose}: the adjusted interval of the difference excludes 0 ({ci})."
+        if -sesoi <= p["ci_low"] and p["ci_high"] <= sesoi:
+            text += f" The whole interval lies within +-{sesoi:g}, smaller than the difference declared to matter."
+    elif p["decision"] == EQUIVALENT:
+        text = (f"{a} and {b} are equivalent within +-{sesoi:g}: the adjusted interval of the difference lies inside "
+                f"+-{sesoi:g} ({ci}).")
+    else:
+        mdd = p["min_detectable_difference"]
+        text = (f"{a} vs {b}: undecided: the adjusted interval of the difference includes 0 and reaches beyond "
+                f"+-{sesoi:g}, so neither a difference nor equivalence is shown ({ci}); these runs would detect a "
+                + (f"difference of {f3(mdd)} with power {POWER:g}." if mdd is not None else
+                   f"difference with power {POWER:g} only if it exceeded 1 IoU, i.e. never."))
+    return text

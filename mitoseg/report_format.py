@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from .stats import finite
+from .checks import finite
 
 NA = "n/a"
 

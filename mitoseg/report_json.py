@@ -6,14 +6,14 @@ a missing or infinite number null.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import pandas as pd
 
+from .report_confirmation import verdict
 from .report_format import cfg_text
+from .results import json_clean
 from .stats import FACTORS
 from .status import DIVERGED, FAILED
 from .study_analysis import StudyAnalysis
@@ -33,25 +33,19 @@ MDD_METHOD = ("the decision rule simulated (mitoseg.decision.simulated_noise: no
               "on their degrees of freedom); the largest over the pairs")
 
 
-def jsonable(x):
-    """x with every container, table and number turned into plain JSON values."""
-    if isinstance(x, dict):
-        return {str(k): jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [jsonable(v) for v in x]
+def _plain(x):
+    """A table as records, a Series as a dict, a path as text; anything else as it is."""
     if isinstance(x, pd.DataFrame):
-        return [jsonable(r) for r in x.to_dict(orient="records")]
+        return x.to_dict(orient="records")
     if isinstance(x, pd.Series):
-        return jsonable(x.to_dict())
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, (np.bool_, bool)):
-        return bool(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(float(x)) else None
-    return x
+        return x.to_dict()
+    return str(x) if isinstance(x, Path) else x
+
+
+def jsonable(x):
+    """x with every container, table and number turned into plain JSON values (NaN -> null:
+    mitoseg.results.json_clean, the one cleaner)."""
+    return json_clean(x, _plain)
 
 
 def summary_json(res: StudyAnalysis, source: str, expected: int, figures: dict) -> dict:
@@ -124,7 +118,7 @@ def best_per_architecture_json(res: StudyAnalysis) -> list:
     kind = res.metric.kind
     out = []
     for _, r in res.selection.iterrows():
-        val = (r["val_iou_mean"], r["val_iou_std"]) if kind == "val" else (None, None)
+        val = (r["score_mean"], r["score_std"]) if kind == "val" else (None, None)
         test = (r["test_iou_mean"], r["test_iou_std"])
         out.append(dict(architecture=r["architecture"], learning_rate=r["learning_rate"],
                         batch_size=r["batch_size"], selected_on=res.selected_on, n_runs=r["n_runs"],
@@ -138,7 +132,7 @@ def comparison_json(conf: Optional[dict]) -> list:
     """The pairwise comparisons of the confirmation runs ([] without confirmation runs)."""
     if conf is None:
         return []
-    return [{k: p[k] for k in PAIR_FIELDS} for p in conf["pairs"]]
+    return [{k: verdict(p) if k == "verdict" else p[k] for k in PAIR_FIELDS} for p in conf["pairs"]]
 
 
 def confirmation_json(conf: Optional[dict]) -> Optional[dict]:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from .anova import ALPHA
 from .report_format import NA, Doc, f3, fg, fint, fp, mean_sd_n
-from .stats import FACTORS, finite
+from .checks import finite
+from .stats import FACTORS
 from .study_analysis import StudyAnalysis
 
 

@@ -7,7 +7,7 @@ from . import checks
 from .report_cells import cells_sentence, why_none
 from .report_confirmation import CONFIRM_COMMAND, confirmation_summary, headline
 from .report_format import NA, Doc, cfg_text, f3, fint, fp, pct
-from .stats import finite
+from .checks import finite
 from .status import DIVERGED, FAILED, INTERRUPTED
 from .study_analysis import StudyAnalysis
 

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .io_utils import atomic_write_text
 from .status import FAILED, STATUSES
@@ -26,8 +25,8 @@ SLICE_COUNTS = ("tp", "fp", "fn")   # in every test.slices[i] from version 3 on
 _NUM = (int, float, type(None))
 _STR = (str, type(None))
 
-# name, accepted types, description. Scores are computed on the validation slices at threshold 0.5
-# unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
+# name, accepted types, description. Scores are computed on the validation slices, probabilities
+# thresholded at config.threshold, unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
 # A cell whose results say failed this many times is skipped by a resubmission until the user passes
 # --retry-failed: a deterministic failure (a bad setting, a model too big) must not burn GPU hours forever.
 RETRY_BUDGET = 2
@@ -51,8 +50,8 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("epochs_run", (int,), "epochs completed (less than config.epochs after early stopping)"),
     ("best_epoch", (int, type(None)), "1-based epoch with the best val thresholded IoU (the saved model)"),
     ("epochs_to_best", (int, type(None)), "same as best_epoch; kept under the original study's name"),
-    ("best_val_iou", _NUM, "HEADLINE during training: foreground IoU of the best model, threshold 0.5"),
-    ("best_val_dice", _NUM, "foreground Dice of the best model, threshold 0.5"),
+    ("best_val_iou", _NUM, "HEADLINE during training: foreground IoU of the best model at config.threshold"),
+    ("best_val_dice", _NUM, "foreground Dice of the best model at config.threshold"),
     ("best_val_precision", _NUM, "foreground precision of the best model"),
     ("best_val_recall", _NUM, "foreground recall of the best model"),
     ("best_val_jaccard", _NUM, "soft Jaccard (+1 smoothing) of the best model; for comparison with the original study only"),
@@ -88,16 +87,21 @@ class ResultsError(ValueError):
     """A results file that must not be read as a finished cell; str() names the file and the problem."""
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: store them as null so every reader (not just Python's) can parse it."""
+def json_clean(value: Any, plain: Optional[Callable[[Any], Any]] = None) -> Any:
+    """THE NaN -> null cleaner of every JSON the project writes: JSON has no NaN/inf, so they are stored as
+    null and every reader (not just Python's) can parse the file. Containers are cleaned throughout, numpy
+    scalars become Python numbers; `plain` (if given) first turns other objects (tables, paths) into plain
+    values (mitoseg.report_json.jsonable)."""
+    if plain is not None:
+        value = plain(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_clean(v, plain) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_clean(v, plain) for v in value]
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
-        return _clean(value.item())
+        return json_clean(value.item(), plain)
     return value
 
 
@@ -151,7 +155,7 @@ def _validate_test_slices(test, source: str, counts: bool) -> None:
 
 def save_results(path, record: dict) -> None:
     """Validate, then write atomically (temporary file + rename)."""
-    record = _clean(dict(record))
+    record = json_clean(dict(record))
     validate_results(record, str(path))
     atomic_write_text(Path(path), json.dumps(record, indent=2, sort_keys=False) + "\n")
 
@@ -190,17 +194,8 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    if len(sys.argv) > 1:
-        for p in sys.argv[1:]:
-            try:
-                rec = load_results(p)
-                print(f"{p}: {rec['status']} best_val_iou={rec['best_val_iou']}")
-            except ResultsError as e:
-                print(f"error: {e}", file=sys.stderr)
-                sys.exit(1)
-    else:
-        print(markdown_table())
+if __name__ == "__main__":   # docs/generate.py writes this table into docs/outputs.md
+    print(markdown_table())
 
 
 def retry_exhausted(record: Optional[dict], retry_failed: bool = False) -> bool:

@@ -22,13 +22,12 @@ from typing import Callable, Iterable, Optional
 from . import env_vars as E
 from . import grid as G
 from . import multi_cell
-from . import quiet_tf
 from .console import cell_row, progress_line
 from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
 from .cell_state import CellState, read_cell
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
-from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
+from .paths import REPORT_MD, REPORT_TXT, StudyPaths
 from .results import RETRY_BUDGET, retry_exhausted
 from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, STALLED
@@ -259,7 +258,6 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[
 
 def _pool_env(study_dir: Path, jobs: int) -> dict:
     env = code_env({**os.environ, "STUDY_DIR": str(study_dir)})
-    env.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.CELL_LOG_LEVEL)
     if jobs > 1:   # share the cores instead of every process starting one thread per core
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
@@ -338,7 +336,9 @@ def run_analysis_script(study_dir, log: Callable[[str], None] = print) -> int:
 
 
 def report_path(study_dir) -> Optional[Path]:
-    for name in (REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME):
+    """The study's report (Markdown, else text), or None when the analysis wrote none: the summary CSV
+    alone is not a report, and is never printed as one."""
+    for name in (REPORT_MD, REPORT_TXT):
         p = StudyPaths(study_dir).output(name)
         if p.exists():
             return p

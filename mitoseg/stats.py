@@ -18,7 +18,8 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from .checks import degenerate_reason
+from .checks import finite
+from .config import TrainConfig
 from .status import DIVERGED
 
 FACTORS = {"learning_rate": "learning rate", "batch_size": "batch size", "architecture": "architecture"}
@@ -32,52 +33,52 @@ class Metric:
     baseline_column: Optional[str]   # all-foreground IoU on the same slices, or None
     kind: str               # "test" | "val" | "soft"
     note: str               # why this metric was chosen
+    threshold: str = ""     # the probability threshold(s) of the thresholded scores, e.g. "0.5" (thresholds())
 
 
-def finite(x) -> bool:
-    try:
-        return x is not None and math.isfinite(float(x))
-    except (TypeError, ValueError):
-        return False
+def thresholds(df: pd.DataFrame) -> str:
+    """The recorded probability thresholds of the successful runs ("0.5", or "0.4, 0.5" for a summary that
+    mixes them); a summary without them (an older CSV): TrainConfig's default, the one threshold before
+    the setting existed."""
+    ok = df[df["success"]]
+    values = sorted({float(t) for t in ok["threshold"].dropna()}) if "threshold" in ok else []
+    return ", ".join(f"{t:g}" for t in values or [TrainConfig.threshold])
 
 
 def choose_metric(df: pd.DataFrame) -> Metric:
-    """Thresholded validation IoU whenever the summary has it (selection and every ranking use it;
-    test scores are only shown); test IoU only for a summary without validation IoU; else soft Jaccard."""
+    """Thresholded validation IoU whenever the summary has it (selection and every ranking use it; test
+    scores are then only shown); test IoU only for a summary without validation IoU (then test scores do
+    select, and the report says the score is optimistic); else soft Jaccard."""
     ok = df[df["success"]]
     n_test = int(ok["test_iou"].notna().sum())
+    at = thresholds(df)
+    words = f"threshold{'s' * (',' in at)} {at}"
     if df["best_val_iou"].notna().any():
         note = "thresholded validation IoU of the best epoch; every selection and ranking uses it"
         if n_test:
             note += (f"; held-out test IoU ({n_test} of {len(ok)} successful cells) is shown for the selected "
                      f"configurations and per cell, never used to select")
-        return Metric("best_val_iou", "validation IoU (threshold 0.5)", "all_foreground_jaccard", "val", note)
+        return Metric("best_val_iou", f"validation IoU ({words})", "all_foreground_jaccard", "val", note, at)
     if df["test_iou"].notna().any():
-        return Metric("test_iou", "test IoU (threshold 0.5, held-out slices)", "test_all_foreground_jaccard", "test",
-                      f"only test scores are present ({n_test} cells)")
+        return Metric("test_iou", f"test IoU ({words}, held-out slices)", "test_all_foreground_jaccard", "test",
+                      f"only test scores are present ({n_test} cells)", at)
     return Metric("best_val_jaccard", "soft validation Jaccard", None, "soft",
                   "the summary holds only soft (probability) Jaccard scores")
 
 
 def add_score(df: pd.DataFrame, metric: Metric) -> pd.DataFrame:
-    """Columns score, baseline (all-foreground IoU on the same slices) and stability; degenerate
-    recomputed against the headline metric's baseline when that is the test set."""
+    """Columns score, baseline (all-foreground IoU on the same slices) and stability (the degenerate flag
+    is the summary's: mitoseg.summary.normalize_summary decides it against the headline's baseline)."""
     df = df.copy()
     df["score"] = df[metric.column].astype(float)
     df["baseline"] = df[metric.baseline_column].astype(float) if metric.baseline_column else np.nan
     df["stability"] = df["val_loss_stability"].astype(float)
-    if metric.kind == "test":
-        reasons = [degenerate_reason(s, b, None) if ok else None
-                   for ok, s, b in zip(df["success"], df["score"], df["baseline"])]
-        val_deg = df["degenerate"].astype(bool)
-        df["degenerate"] = [bool(r) or bool(v) for r, v in zip(reasons, val_deg)]
-        df["degenerate_reason"] = [r or v for r, v in zip(reasons, df["degenerate_reason"])]
     return df
 
 
 # --- the runs that count --------------------------------------------------------------------------
 # A diverged run (NaN loss) finished without a model the pipeline evaluates: it counts as a run that
-# did not learn, with IoU 0 (a NaN output thresholded at 0.5 marks no pixel as foreground).
+# did not learn, with IoU 0 (a NaN probability is above no threshold: no pixel is marked foreground).
 DIVERGED_SCORE = 0.0
 
 
@@ -141,21 +142,21 @@ def aggregate_configs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 SELECTION_COLUMN = "best_val_iou"
-SELECTION_COLUMNS = ["architecture", "learning_rate", "batch_size", "rank", "n_runs", "val_iou_mean", "val_iou_std",
-                     "val_iou_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "n_degenerate",
+SELECTION_COLUMNS = ["architecture", "learning_rate", "batch_size", "rank", "n_runs", "score_mean", "score_std",
+                     "score_sem", "test_iou_mean", "test_iou_std", "n_test", "degenerate", "n_degenerate",
                      "n_diverged", "best_run", "best_run_dir", "seeds"]
 
 
 def _selection_row(arch, lr, bs, grp: pd.DataFrame, column: str) -> dict:
     """One configuration's counted runs (counted_runs of `column`) summarised for select_configs."""
-    val = grp["outcome"].to_numpy(float)
+    score = grp["outcome"].to_numpy(float)
     test = counted_runs(grp, "test_iou")["outcome"].to_numpy(float) if "test_iou" in grp else np.array([])
     scored = grp[grp[column].notna() & grp["success"]]
     best_run = scored.loc[scored[column].idxmax()] if len(scored) else grp.iloc[0]
     return dict(
         architecture=arch, learning_rate=float(lr), batch_size=int(bs), n_runs=len(grp),
-        val_iou_mean=float(val.mean()), val_iou_std=float(val.std(ddof=1)) if len(val) >= 2 else np.nan,
-        val_iou_sem=_sem(val), test_iou_mean=float(test.mean()) if len(test) else np.nan,
+        score_mean=float(score.mean()), score_std=float(score.std(ddof=1)) if len(score) >= 2 else np.nan,
+        score_sem=_sem(score), test_iou_mean=float(test.mean()) if len(test) else np.nan,
         test_iou_std=float(test.std(ddof=1)) if len(test) >= 2 else np.nan, n_test=len(test),
         degenerate=not grp["learned"].any(), n_degenerate=int((grp["success"] & grp["degenerate"]).sum()),
         n_diverged=int((grp["status"] == DIVERGED).sum()), best_run=best_run["experiment_id"],
@@ -167,10 +168,13 @@ def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUM
     """THE rule for "best" (the report, the figures, the confirmation stage and predict.py call it).
 
     Per architecture, the `top` configurations (learning rate, batch size) with the highest mean
-    `column` (validation IoU) over the runs that count (counted_runs: every finished run of `stage`,
-    "grid" by default, None = every row; a degenerate run with its own score, a diverged one as
-    DIVERGED_SCORE). `degenerate`: no counted run of the configuration learned. Test scores of the
-    same runs (counted by the same rule) are carried along for display, never used.
+    `column` over the runs that count (counted_runs: every finished run of `stage`, "grid" by default,
+    None = every row; a degenerate run with its own score, a diverged one as DIVERGED_SCORE):
+    score_mean/score_std/score_sem are of `column`. `column` is validation IoU for the confirmation
+    stage and predict.py; the analysis passes its headline metric (choose_metric), which is test IoU
+    only for a summary without validation IoU and soft Jaccard for one with only soft scores.
+    `degenerate`: no counted run of the configuration learned. Test scores of the same runs (counted by
+    the same rule) are carried along (test_iou_*); they select only when `column` is test IoU.
     Ties: more runs first, then the smaller learning rate and batch size."""
     rows = df if stage is None or "stage" not in df.columns else df[df["stage"] == stage]
     rows = counted_runs(rows.dropna(subset=["learning_rate", "batch_size"]), column)
@@ -178,11 +182,11 @@ def select_configs(df: pd.DataFrame, top: int = 1, column: str = SELECTION_COLUM
     for arch, runs in rows.groupby("architecture", sort=True):
         ranked = [_selection_row(arch, lr, bs, grp, column)
                   for (lr, bs), grp in runs.groupby(["learning_rate", "batch_size"], sort=True)]
-        ranked.sort(key=lambda r: (-r["val_iou_mean"], -r["n_runs"], r["learning_rate"], r["batch_size"]))
+        ranked.sort(key=lambda r: (-r["score_mean"], -r["n_runs"], r["learning_rate"], r["batch_size"]))
         for rank, r in enumerate(ranked[:max(1, int(top))], start=1):
             out.append(dict(r, rank=rank))
     table = pd.DataFrame(out, columns=SELECTION_COLUMNS)
-    return table.sort_values(["rank", "val_iou_mean"], ascending=[True, False]).reset_index(drop=True)
+    return table.sort_values(["rank", "score_mean"], ascending=[True, False]).reset_index(drop=True)
 
 
 def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.DataFrame:
@@ -192,7 +196,7 @@ def best_from_selection(configs: pd.DataFrame, selection: pd.DataFrame) -> pd.Da
     rows = []
     for _, sel in selection.iterrows():
         row = configs[config_mask(configs, sel)].iloc[0].to_dict()
-        row.update(score_mean=sel["val_iou_mean"], score_std=sel["val_iou_std"], score_sem=sel["val_iou_sem"],
+        row.update(score_mean=sel["score_mean"], score_std=sel["score_std"], score_sem=sel["score_sem"],
                    n_ok=sel["n_runs"], n_scored=sel["n_runs"], degenerate=sel["degenerate"],
                    best_run=sel["best_run"], best_run_dir=sel["best_run_dir"], test_iou_mean=sel["test_iou_mean"],
                    test_iou_std=sel["test_iou_std"], n_test=sel["n_test"], rank=sel["rank"])
@@ -244,7 +248,7 @@ def edge_notes(df: pd.DataFrame, cfg) -> list:
         v = cfg[col]
         if len(levels) < 2:
             notes.append(f"only one {name} ({v:g}) was tried")
-        elif len(levels) >= 2 and math.isclose(v, levels[0]):
+        elif math.isclose(v, levels[0]):
             notes.append(f"the best {name} {v:g} is the smallest in the grid; the optimum may lie below it")
         elif math.isclose(v, levels[-1]):
             notes.append(f"the best {name} {v:g} is the largest in the grid; the optimum may lie above it")

@@ -23,7 +23,8 @@ import numpy as np
 import pandas as pd
 
 from .cell_state import read_cell
-from .checks import degenerate_reason
+from .checks import degenerate_reason, finite_number
+from .config import TrainConfig
 from .grid import STAGES, load_study_grid
 from .membership import study_membership
 from .io_utils import atomic_write_text
@@ -39,18 +40,20 @@ SUMMARY_COLUMNS = [
     "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability", "training_time_s",
     "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
     "degenerate", "degenerate_reason", "test_iou", "test_dice", "test_all_foreground_jaccard",
-    "task_index", "exp_dir", "stage", "test_slice_iou", "fold", "test_slice_counts",
+    "task_index", "exp_dir", "stage", "test_slice_iou", "fold", "test_slice_counts", "threshold",
 ]
 # stage: "grid" (selection) or "confirm" (fresh-seed reruns of the selected configurations; a
 # hand-made CSV without the column is all grid). test_slice_iou: {slice name: IoU} as JSON text
 # (schema 2 results; empty for older ones), for comparisons paired on test slices. fold: the data
 # split's fold (0 when the CSV has no such column). test_slice_counts: [[slice name, tp, fp, fn], ...]
 # in stack order as JSON text (schema 3 results; empty for older ones), for pooled IoU on resamples.
+# threshold: the run's probability -> mask threshold (config.threshold; TrainConfig's default for a
+# record without it), which every thresholded score (IoU, Dice) of the row used.
 NUMERIC_COLUMNS = [
     "learning_rate", "batch_size", "seed", "epochs_run", "epochs_to_best", "best_val_jaccard", "best_val_iou",
     "best_val_dice", "final_val_loss", "final_train_loss", "overfitting_gap", "val_loss_stability",
     "training_time_s", "foreground_fraction", "all_foreground_jaccard", "val_predicted_foreground_fraction",
-    "test_iou", "test_dice", "test_all_foreground_jaccard", "task_index",
+    "test_iou", "test_dice", "test_all_foreground_jaccard", "task_index", "threshold",
 ]
 INTEGER_COLUMNS = ["batch_size", "seed", "epochs_run", "epochs_to_best", "task_index", "fold"]
 REQUIRED_COLUMNS = ["architecture", "learning_rate", "batch_size"]
@@ -71,13 +74,8 @@ class StudyInventory:
 
 
 def _num(value):
-    if value is None or isinstance(value, bool):
-        return np.nan if value is None else float(value)
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return np.nan
-    return value if math.isfinite(value) else np.nan
+    number = finite_number(value)
+    return np.nan if number is None else number
 
 
 def record_to_row(record: dict, exp_dir: str) -> dict:
@@ -95,6 +93,7 @@ def record_to_row(record: dict, exp_dir: str) -> dict:
     with_counts = slices and all(all(k in s for k in ("tp", "fp", "fn")) for s in slices)
     row["test_slice_counts"] = json.dumps([[s["name"], s["tp"], s["fp"], s["fn"]] for s in slices]) if with_counts else None
     row["fold"] = int((record.get("config") or {}).get("fold", 0))
+    row["threshold"] = (record.get("config") or {}).get("threshold", TrainConfig.threshold)
     row["stage"] = "grid"
     row["success"] = record["status"] == OK
     row["degenerate"] = bool(record.get("degenerate"))
@@ -163,6 +162,14 @@ def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:
     return df, inventory
 
 
+def study_summary(study_dir) -> tuple[pd.DataFrame, pd.DataFrame, StudyInventory]:
+    """THE summary of a study folder, the same for the analysis, the confirmation stage and predict.py:
+    (the rows as read, what the summary CSV holds; those rows checked by normalize_summary, what every
+    statistic is computed on; the inventory)."""
+    rows, inventory = build_summary(study_dir)
+    return rows, normalize_summary(rows, str(study_dir)), inventory
+
+
 def write_summary_csv(df: pd.DataFrame, path, say: Optional[Callable[[str], None]] = None) -> Path:
     """Write the summary CSV; a file there that the analysis did not write is kept first (summary_checks)."""
     path = Path(path)
@@ -197,7 +204,8 @@ def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame
     best_val_jaccard). Without `status`, a row is "ok" when `success` says so (or, without `success`,
     when it has a score). `degenerate` is recomputed with mitoseg.checks.degenerate_reason from
     best_val_iou / all_foreground_jaccard / val_predicted_foreground_fraction when those columns exist;
-    otherwise the CSV's own `degenerate` column is kept (False when absent).
+    otherwise the CSV's own `degenerate` column is kept (False when absent), and without any validation
+    IoU the rule also runs on test IoU (_decide_degenerate).
     """
     df = df.copy()
     df.columns = [str(c).strip() for c in df.columns]
@@ -235,14 +243,28 @@ def normalize_summary(df: pd.DataFrame, source: str = "summary") -> pd.DataFrame
         f"{a}_lr{lr:g}_bs{int(bs) if bs == bs else 'NA'}" if lr == lr else f"{a}_row{i}"
         for i, (a, lr, bs) in enumerate(zip(df.loc[no_id, "architecture"], df.loc[no_id, "learning_rate"],
                                             df.loc[no_id, "batch_size"]))]
-    csv_degenerate = _to_bool(df["degenerate"]) if df["degenerate"].notna().any() else pd.Series(False, index=df.index)
+    return _decide_degenerate(df)
+
+
+def _decide_degenerate(df: pd.DataFrame) -> pd.DataFrame:
+    """THE degenerate flag of every summary row (mitoseg.checks.degenerate_reason on the row's numbers; the
+    analysis, the confirmation stage and predict.py all read it from here). Only an ok run can be
+    degenerate. With validation IoU and its all-foreground baseline: the rule on them (and the predicted
+    foreground fraction). Without: the CSV's own flag; and for a summary without any validation IoU, whose
+    headline is test IoU (mitoseg.stats.choose_metric), also the rule on test IoU and its baseline."""
     if df["best_val_iou"].notna().any() and df["all_foreground_jaccard"].notna().any():
         reasons = [degenerate_reason(i, b, f) if ok else None for ok, i, b, f in zip(
             df["success"], df["best_val_iou"], df["all_foreground_jaccard"], df["val_predicted_foreground_fraction"])]
         df["degenerate_reason"] = reasons
         df["degenerate"] = [r is not None for r in reasons]
-    else:
-        df["degenerate"] = csv_degenerate & df["success"]
+        return df
+    csv_degenerate = _to_bool(df["degenerate"]) if df["degenerate"].notna().any() else pd.Series(False, index=df.index)
+    df["degenerate"] = csv_degenerate & df["success"]
+    if df["best_val_iou"].isna().all() and df["test_iou"].notna().any():
+        reasons = [degenerate_reason(s, b, None) if ok else None
+                   for ok, s, b in zip(df["success"], df["test_iou"], df["test_all_foreground_jaccard"])]
+        df["degenerate"] = [bool(r) or bool(v) for r, v in zip(reasons, df["degenerate"])]
+        df["degenerate_reason"] = [r or v for r, v in zip(reasons, df["degenerate_reason"])]
     return df
 
 

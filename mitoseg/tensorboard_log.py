@@ -21,9 +21,11 @@ Logging problems never fail a cell: one warning line, then the cell trains witho
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
+
+from .checks import finite
+from .input_error import error_line
 
 EVENT_FILE_PREFIX = "events.out.tfevents."
 # history column -> TensorBoard tag
@@ -64,8 +66,8 @@ class CellBoard:
             fn(*args)
         except Exception as err:  # never fail training for its dashboard
             self.disabled = True
-            self.warn(f"warning: TensorBoard logging stopped for this cell ({what}: {type(err).__name__}: "
-                      f"{str(err).strip()[:200]}); training goes on")
+            self.warn(f"warning: TensorBoard logging stopped for this cell ({what}: {error_line(err)}); "
+                      "training goes on")
 
     def start(self, kept_rows: list) -> None:
         self._guard("start", self._start, kept_rows)
@@ -93,7 +95,7 @@ class CellBoard:
         with self.writer.as_default(step=step):
             for column, tag in EPOCH_TAGS.items():
                 value = row.get(column)
-                if value is not None and math.isfinite(float(value)):
+                if finite(value):
                     tf.summary.scalar(tag, float(value))
         self.writer.flush()
         self.written.add(step)

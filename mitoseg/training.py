@@ -6,8 +6,6 @@ functions, so importing this module is cheap.
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from . import metrics, quiet_tf, resume
@@ -15,8 +13,9 @@ from .config import TrainConfig
 
 
 def start_keras() -> None:
-    """Import Keras, with TensorFlow's C++ start-up lines kept out of the cell's log."""
-    os.environ.setdefault(quiet_tf.LOG_LEVEL_VAR, quiet_tf.CELL_LOG_LEVEL)
+    """Import Keras, with TensorFlow's C++ start-up lines kept out of the cell's log (quiet_tf: a no-op
+    when train_one.py has installed it already, as it does before anything imports TensorFlow)."""
+    quiet_tf.install()
     import keras  # noqa: F401 - imported here, before anything else of the cell touches TensorFlow
 
 
@@ -85,7 +84,7 @@ def build_compiled_model(config: TrainConfig):
     return model
 
 
-def build_training_state(model, x_example, y_example) -> None:
+def build_fit_variables(model, x_example, y_example) -> None:
     """Create every variable `fit` would create on its first step (optimizer slots, loss and metric
     trackers), eagerly on one example, then reset the metrics.
 

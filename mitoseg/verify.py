@@ -29,11 +29,10 @@ from typing import Optional
 
 from . import grid as G
 from . import launcher as L
-from . import quiet_tf
 from . import site as S
 from .site import parse_walltime
 from .console import fmt_duration
-from .input_error import DataError
+from .input_error import DataError, error_line
 from .study_dir import base_grid
 from .config import TrainConfig
 from .schedulers import PBSPRO, SLURM, get
@@ -63,7 +62,7 @@ def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEO
     except L.ContainerError as err:
         return None, str(err)
     cmd = [*prefix, "-m", "mitoseg.preflight", json.dumps(grid.to_dict())]
-    env = {**(os.environ if environ is None else environ), quiet_tf.LOG_LEVEL_VAR: quiet_tf.TRIAL_LOG_LEVEL}
+    env = dict(os.environ if environ is None else environ)   # the trial sets its own log level (quiet_tf)
     try:   # stderr (progress, tracebacks) goes to the user's terminal / job log as it happens
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout, cwd=str(L.REPO_DIR), env=env)
     except (OSError, subprocess.SubprocessError) as err:
@@ -182,7 +181,7 @@ def check_dataset(grid: G.GridConfig) -> list[Row]:
     except DataError as err:   # missing files, shape mismatch, non-binary masks, empty masks
         return [Row("dataset", FAIL, str(err))]
     except Exception as err:  # noqa: BLE001 - unreadable files and the like
-        return [Row("dataset", FAIL, f"{cfg.data_dir}: {type(err).__name__}: {err}"[:300])]
+        return [Row("dataset", FAIL, f"{cfg.data_dir}: {error_line(err)}"[:300])]
     rows = [Row("dataset files", PASS, train.source + (f"; test: {test.source}" if test else "; no test volume"))]
     z, h, w = train.images.shape
     rows.append(Row("image/mask shapes", PASS, f"{z} slices of {h}x{w}, image and mask shapes agree"

@@ -402,3 +402,28 @@ def test_analysis_does_not_import_tensorflow():
     code = ("import sys, analyze_hyperparameter_results, mitoseg.analysis, mitoseg.summary, mitoseg.checks; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
+
+
+def test_degenerate_is_decided_once_in_the_summary_against_the_headlines_baseline():
+    """A summary without validation IoU: the test-IoU rule flags a run in the summary itself, so the analysis
+    (add_score no longer decides), the confirmation stage and predict.py read one flag, in both stages."""
+    df = normalize_summary(pd.DataFrame(dict(
+        architecture=["UNet"] * 3, learning_rate=[1e-3] * 3, batch_size=[8] * 3, status=["ok", "ok", "failed"],
+        test_iou=[0.80, 0.08, np.nan], test_all_foreground_jaccard=[0.07] * 3, stage=["grid", "confirm", "grid"])))
+    assert list(df["degenerate"]) == [False, True, False]
+    assert df.loc[1, "degenerate_reason"] == degenerate_reason(0.08, 0.07)
+    res = analyze(df)
+    assert res.metric.kind == "test" and list(res.df["degenerate"]) == [False, False]
+
+
+def test_the_report_names_the_recorded_threshold_not_a_fixed_one():
+    """TrainConfig.threshold is a setting: the summary carries each run's, the headline and the definitions name
+    it; a summary without the column (an older CSV) reads as TrainConfig's default 0.5."""
+    rows = dict(architecture=["UNet", "UNet"], learning_rate=[1e-3, 1e-3], batch_size=[8, 8], status=["ok", "ok"],
+                best_val_iou=[0.8, 0.82], all_foreground_jaccard=[0.07, 0.07])
+    res = analyze(normalize_summary(pd.DataFrame(dict(rows, threshold=[0.4, 0.4]))))
+    assert res.metric.label == "validation IoU (threshold 0.4)"
+    md, _, _ = render(res, "s", 2, {})
+    assert "probabilities thresholded at 0.4." in md and "threshold 0.5" not in md
+    assert analyze(normalize_summary(pd.DataFrame(rows))).metric.label == "validation IoU (threshold 0.5)"
+    assert "thresholds 0.4, 0.5" in analyze(normalize_summary(pd.DataFrame(dict(rows, threshold=[0.4, 0.5])))).metric.label

@@ -99,3 +99,18 @@ def test_predict_errors_come_alone(tmp_path):
     assert not [ln for ln in lines if quiet_tf.is_noise(ln)], lines
     assert [ln for ln in lines if ln.startswith("error:")] == [lines[-1]], lines
     assert lines[-1].startswith(f"error: {bad_model}: cannot load model"), lines
+
+
+def test_tensorflows_log_level_is_set_in_one_place_and_an_exported_level_wins():
+    """quiet_tf.install is the one place that sets TF_CPP_MIN_LOG_LEVEL: a default (2: C++ errors stay in a
+    cell's log, 3 for the pre-flight trial) that an exported level overrides (run_tests.sh exports 3)."""
+    code = ("import os, sys; from mitoseg import quiet_tf; quiet_tf.install(*sys.argv[1:]); "
+            "print(os.environ[quiet_tf.LOG_LEVEL_VAR])")
+    env = {k: v for k, v in os.environ.items() if k != quiet_tf.LOG_LEVEL_VAR}
+    got = [subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env={**env, **extra}, text=True,
+                          capture_output=True, check=True).stdout.strip()
+           for args, extra in (([], {}), ([quiet_tf.TRIAL_LOG_LEVEL], {}), ([], {quiet_tf.LOG_LEVEL_VAR: "0"}))]
+    assert got == [quiet_tf.CELL_LOG_LEVEL, quiet_tf.TRIAL_LOG_LEVEL, "0"]
+    setters = [p.relative_to(ROOT).as_posix() for p in (ROOT / "mitoseg").rglob("*.py") if p.name != "quiet_tf.py"
+               and any(name in p.read_text() for name in ("LOG_LEVEL_VAR", "TF_CPP_MIN_LOG_LEVEL"))]
+    assert setters == [], setters

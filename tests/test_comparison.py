@@ -14,6 +14,7 @@ from scipy import stats as sps
 from mitoseg import comparison as K
 from mitoseg import decision as D
 from mitoseg.analysis import REPORT_MD, SUMMARY_JSON, run_analysis
+from mitoseg.report_confirmation import verdict
 from mitoseg.study_analysis import analyze
 from mitoseg.summary import SummaryError, load_summary, normalize_summary
 from tests.fixtures_results import add_confirmation, make_study
@@ -34,6 +35,20 @@ def _table(values_by_fold, counts_by_fold=None, names_by_fold=None):
         counts = counts_by_fold[k] if counts_by_fold else [None] * len(vals)
         out[k] = (np.asarray(vals, float), counts, names_by_fold[k] if names_by_fold else None)
     return out
+
+
+def test_winner_vs_runner_up_is_scipys_welch_test():
+    """The one Welch t-test (mitoseg.anova.compare_runs): scipy's ttest_ind(equal_var=False), NaN runs left out,
+    and "clear" only for a difference in the winner's favour below alpha."""
+    from mitoseg.anova import ALPHA, compare_runs
+    a, b = [0.80, 0.82, 0.81, np.nan], [0.70, 0.74, 0.69, 0.75]
+    got = compare_runs(np.array(a), np.array(b))
+    want = sps.ttest_ind(a[:3], b, equal_var=False)
+    assert got["p"] == pytest.approx(want.pvalue, rel=1e-12) and (got["n_a"], got["n_b"]) == (3, 4)
+    assert got["diff"] == pytest.approx(np.mean(a[:3]) - np.mean(b)) and got["clear"] is bool(want.pvalue < ALPHA)
+    assert compare_runs(np.array(b), np.array(a[:3]))["clear"] is False   # the runner-up above: never clear
+    assert compare_runs(np.array([0.8]), np.array(b))["reason"].startswith("one run per configuration")
+    assert "identical" in compare_runs(np.array([0.8, 0.8]), np.array([0.7, 0.7]))["reason"]
 
 
 def test_combine_is_the_dersimonian_laird_hartung_knapp_model_of_statsmodels():
@@ -293,11 +308,11 @@ def test_built_in_difference_is_called(tmp_path):
     for other in ("UNet", "Attention_ResUNet"):
         p = pairs[("Attention_UNet", other)]
         assert p["decision"] == "a_better" and p["significant"]
-        assert p["verdict"].startswith(f"Attention_UNet is better than {other}: the adjusted interval")
+        assert verdict(p).startswith(f"Attention_UNet is better than {other}: the adjusted interval")
         assert 0 < p["ci_low"] < p["diff_mean"] < p["ci_high"] and p["p_adjusted"] < 0.05
-        assert abs(p["diff_mean"] - 0.06) < 0.03 and p["n_pairs"] == 3 and "Bonferroni over 3 pairs" in p["verdict"]
+        assert abs(p["diff_mean"] - 0.06) < 0.03 and p["n_pairs"] == 3 and "Bonferroni over 3 pairs" in verdict(p)
     null = [p for p in js["architecture_comparison"] if "Attention_UNet" not in (p["a"], p["b"])][0]
-    assert null["decision"] == "undecided" and "power 0.8" in null["verdict"]
+    assert null["decision"] == "undecided" and "power 0.8" in verdict(null)
     assert js["min_detectable_difference"] > 0
     first = _first_paragraph(md)
     assert first.startswith("**On the test IoU of the confirmation runs, 4 runs per architecture on 1 fold, 3 pairs")
@@ -322,8 +337,8 @@ def test_no_difference_is_not_called(tmp_path):
     assert "![Confirmation runs" in md
     assert len(js["architecture_comparison"]) == 3
     for p in js["architecture_comparison"]:
-        assert p["decision"] == "undecided" and " is better than " not in p["verdict"]
-        assert "these runs would detect a difference of" in p["verdict"] and "runs only" in p["covers"]
+        assert p["decision"] == "undecided" and " is better than " not in verdict(p)
+        assert "these runs would detect a difference of" in verdict(p) and "runs only" in p["covers"]
         assert p["ci_low"] < 0 < p["ci_high"] and p["runs_needed"]["runs"] or p["runs_needed"]["reason"]
     first = _first_paragraph(md)
     assert first.startswith("**No architecture is detectably better (test IoU of the confirmation runs")
@@ -339,10 +354,10 @@ def test_identical_runs_and_single_seeds():
     grid = [dict(architecture=a, learning_rate=1e-3, batch_size=8, seed=0, best_val_iou=0.8) for a in ("UNet", "Attention_UNet")]
     res = analyze(normalize_summary(pd.DataFrame(grid + rows)))
     pair = res.confirmation["pairs"][0]
-    assert pair["decision"] == "undecided" and "every run gave the same score" in pair["verdict"]
+    assert pair["decision"] == "undecided" and "every run gave the same score" in verdict(pair)
     one = [r for r in rows if r["seed"] == 1]
     res1 = analyze(normalize_summary(pd.DataFrame(grid + one)))
-    assert "cannot be judged: needs at least 2 runs of each" in res1.confirmation["pairs"][0]["verdict"]
+    assert "cannot be judged: needs at least 2 runs of each" in verdict(res1.confirmation["pairs"][0])
 
 
 def test_confirmation_rows_from_a_hand_made_csv(tmp_path):
@@ -357,7 +372,7 @@ def test_confirmation_rows_from_a_hand_made_csv(tmp_path):
     path = tmp_path / "hand.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     res = analyze(load_summary(path))
-    assert res.n_rows == 3 and res.confirmation["pairs"][0]["verdict"].startswith("Attention_UNet is better than UNet")
+    assert res.n_rows == 3 and verdict(res.confirmation["pairs"][0]).startswith("Attention_UNet is better than UNet")
     out = run_analysis(summary_file=path, output_dir=tmp_path / "out", log=quiet, figures=False)
     assert "Attention_UNet is detectably better than UNet" in _first_paragraph((tmp_path / "out" / REPORT_MD).read_text())
     assert out["result"].best.iloc[0]["learning_rate"] == 1e-3

@@ -64,10 +64,11 @@ def test_init_study_keeps_the_first_grid(tmp_path):
     assert G.load_study_grid(study).size == first.size
 
 
-def test_grid_cli_lists_every_cell(capsys):
-    assert G.main(["--size"]) == 0
+def test_grid_listing_shows_every_cell(capsys):
+    """run_study.py list prints the grid (list_grid; `python -m mitoseg.grid`, its duplicate, is gone)."""
+    assert G.list_grid(size_only=True) == 0
     assert capsys.readouterr().out.strip() == "36"
-    assert G.main([]) == 0
+    assert G.list_grid() == 0
     out = capsys.readouterr().out
     assert "exp_35_Attention_ResUNet_lr0.005_bs32" in out
 
@@ -124,3 +125,24 @@ def test_a_config_recorded_with_the_retired_extra_key_still_matches_its_cell():
     assert config_differences({**current, "epochs": 2}, current) == [f"epochs 2 -> {current['epochs']}"]
     with pytest.raises(ValueError, match="unknown config keys: extra"):
         TrainConfig.from_dict({"extra": {"meant": "something"}})
+
+
+@pytest.mark.parametrize("axis, value, want", [
+    ("learning_rates", 0, "a finite number > 0"), ("learning_rates", float("inf"), "a finite number > 0"),
+    ("batch_sizes", 0, "an integer > 0"), ("batch_sizes", 2.0, "an integer > 0"),
+    ("seeds", 2 ** 32, "an integer in 0 .. 2**32-1"), ("seeds", True, "an integer in 0 .. 2**32-1")])
+def test_grid_axes_follow_the_settings_range_table(axis, value, want):
+    """One range table (config._RANGES): a grid axis refuses exactly what TrainConfig refuses, in its words."""
+    from mitoseg.config import TrainConfig
+    assert f"{axis}[0] must be {want}, got {value!r}" in G.grid_problems({axis: [value]})
+    field = {"learning_rates": "learning_rate", "batch_sizes": "batch_size", "seeds": "seed"}[axis]
+    assert TrainConfig(**{field: value}).problems()
+
+
+def test_unknown_grid_keys_one_message_however_read():
+    """from_dict and grid_problems (the pre-flight's rows) name an unknown key in the same words, and list
+    every other problem of the file beside it."""
+    with pytest.raises(G.GridError) as err:
+        G.GridConfig.from_dict({"seed": [1], "seeds": [-1]})
+    assert err.value.problems == G.grid_problems({"seed": [1], "seeds": [-1]})
+    assert len(err.value.problems) == 2 and err.value.problems[0].startswith("unknown grid key 'seed'")

@@ -54,7 +54,7 @@ def test_a_configuration_that_failed_to_learn_once_does_not_beat_a_steady_one():
     rows += [run("UNet", 5e-3, 9, 0.99, stage="confirm")]                              # not selection data
     sel = select_configs(summary(rows), top=3)
     assert list(sel["learning_rate"]) == [5e-3, 1e-3, 1e-2]
-    means = dict(zip(sel["learning_rate"], sel["val_iou_mean"]))
+    means = dict(zip(sel["learning_rate"], sel["score_mean"]))
     assert means[5e-3] == pytest.approx(0.80)
     assert means[1e-3] == pytest.approx((0.82 + 0.82 + 0.08) / 3)                    # 0.573: the degenerate run counts
     assert means[1e-2] == pytest.approx((0.85 + 0.85 + DIVERGED_SCORE) / 3)          # the diverged run counts as 0
@@ -71,8 +71,8 @@ def test_failed_cells_do_not_count_and_a_configuration_that_never_learned_is_fla
     assert sorted(counted["status"]) == ["diverged", "ok", "ok"]
     assert list(counted.loc[counted["status"] == "diverged", "outcome"]) == [DIVERGED_SCORE]
     sel = select_configs(df, top=2).set_index("learning_rate")
-    assert sel.loc[1e-3, "n_runs"] == 1 and sel.loc[1e-3, "val_iou_mean"] == pytest.approx(0.80)
-    assert sel.loc[5e-3, "degenerate"] and sel.loc[5e-3, "val_iou_mean"] == pytest.approx(0.04)
+    assert sel.loc[1e-3, "n_runs"] == 1 and sel.loc[1e-3, "score_mean"] == pytest.approx(0.80)
+    assert sel.loc[5e-3, "degenerate"] and sel.loc[5e-3, "score_mean"] == pytest.approx(0.04)
 
 
 def test_winner_sentence_numbers_come_from_the_same_runs():

@@ -338,3 +338,16 @@ def test_walltime_signal_is_forwarded_to_the_training_process(tmp_path):
     threading.Thread(target=send, daemon=True).start()
     assert R._run_forwarding_signals([sys.executable, str(child)]) == 3
     assert (tmp_path / "got").read_text() == str(int(signal.SIGTERM))
+
+
+def test_report_path_is_a_report_never_the_summary_csv(tmp_path):
+    """`Report:` lines (local, status, the demo) name the Markdown or text report; a study whose analysis
+    wrote only the summary CSV has no report to name."""
+    from mitoseg.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME
+    from mitoseg.runner import report_path
+    (tmp_path / SUMMARY_CSV_NAME).write_text("x\n")
+    assert report_path(tmp_path) is None
+    (tmp_path / REPORT_TXT).write_text("r\n")
+    assert report_path(tmp_path) == tmp_path / REPORT_TXT
+    (tmp_path / REPORT_MD).write_text("r\n")
+    assert report_path(tmp_path) == tmp_path / REPORT_MD

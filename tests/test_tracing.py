@@ -1,4 +1,4 @@
-"""The train step is traced once per cell: `build_training_state` creates the optimizer, loss and
+"""The train step is traced once per cell: `build_fit_variables` creates the optimizer, loss and
 metric variables before `fit`, so tf.function need not trace the whole step a second time (the
 larger part of a demo cell's start-up; see bench/bench_startup.py). Not a timing test: it counts
 traces, and the control case shows the count can fail."""
@@ -43,10 +43,10 @@ def test_without_prebuild_keras_traces_the_step_twice(batch):
     assert fit_and_count_traces(compiled_tiny_model(), *batch) == 2
 
 
-def test_build_training_state_leaves_one_trace(batch):
-    from mitoseg.training import build_training_state
+def test_build_fit_variables_leaves_one_trace(batch):
+    from mitoseg.training import build_fit_variables
     model = compiled_tiny_model()
-    build_training_state(model, batch[0][:1], batch[1][:1])
+    build_fit_variables(model, batch[0][:1], batch[1][:1])
     assert model.optimizer.built
     assert all(float(np.sum(np.abs(v.numpy()))) == 0 for m in model.metrics for v in m.variables), \
         "metric state from the build example must be reset before fit"
@@ -56,11 +56,11 @@ def test_build_training_state_leaves_one_trace(batch):
 def test_prebuild_does_not_change_training(batch):
     """Same seed, same data: identical weights after one epoch with and without the prebuild (it
     runs the model in inference mode and creates zeroed optimizer slots, nothing else)."""
-    from mitoseg.training import build_training_state
+    from mitoseg.training import build_fit_variables
     plain = compiled_tiny_model()
     plain.fit(*batch, batch_size=4, epochs=1, verbose=0, shuffle=False)
     built = compiled_tiny_model()
-    build_training_state(built, batch[0][:1], batch[1][:1])
+    build_fit_variables(built, batch[0][:1], batch[1][:1])
     built.fit(*batch, batch_size=4, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(plain.get_weights(), built.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

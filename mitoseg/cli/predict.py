@@ -202,13 +202,12 @@ def best_per_architecture(study_dir):
     its best run by validation IoU. Test scores never choose."""
     from mitoseg.cell_state import read_cell
     from mitoseg.stats import select_configs
-    from mitoseg.summary import SummaryError, build_summary, normalize_summary
+    from mitoseg.summary import SummaryError, study_summary
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise PredictError(f"{study_dir}: study folder not found")
     try:
-        df, _ = build_summary(study_dir)
-        df = normalize_summary(df, str(study_dir))
+        _, df, _ = study_summary(study_dir)
     except SummaryError as err:
         raise PredictError(f"no finished cells to draw: {err}") from None
     for _, row in df[df["status"] == UNREADABLE].iterrows():
@@ -222,7 +221,7 @@ def best_per_architecture(study_dir):
         if read.record is None:   # the summary read it a moment ago: the file changed since
             raise PredictError(f"{exp_dir}: cannot read its results ({read.error or 'no results file'})")
         rec = read.record
-        criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['val_iou_mean']:.4f}"
+        criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['score_mean']:.4f}"
         best[sel["architecture"]] = (rec, exp_dir, criterion)
     if not best:
         raise PredictError(f"{study_dir}: no finished (status ok, not degenerate) cells with scores in exp_*/")

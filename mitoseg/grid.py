@@ -226,12 +226,14 @@ def default_grid() -> GridConfig:
 
 
 def demo_grid(data_dir: Optional[str] = None) -> GridConfig:
-    """A CPU-sized study on the built-in synthetic data: all 3 architectures, 2 x 2 nuisance grid.
-    Width 16 (not 8): measured here, width 8 at lr 1e-3 still predicted no foreground after 12
-    epochs, while width 16 passed IoU 0.85 within 2 epochs."""
+    """A CPU-sized study on the built-in synthetic data: all 3 architectures x 2 learning rates at batch 8,
+    5 epochs. Width 16 (not 8): measured here, width 8 at lr 1e-3 still predicted no foreground after 12
+    epochs, while width 16 passed IoU 0.85 within 2 epochs. Batch 16 left out: in 6 epochs it never won an
+    architecture's selection (half the steps of batch 8), and its 6 cells doubled the grid stage
+    (bench/results/demo_workers_2026-12-05.md)."""
     return GridConfig(
-        learning_rates=[1e-3, 5e-3], batch_sizes=[8, 16],
-        fixed=dict(epochs=6, patch_size=64, base_filters=16, depth=4, data_dir=data_dir,
+        learning_rates=[1e-3, 5e-3], batch_sizes=[8],
+        fixed=dict(epochs=5, patch_size=64, base_filters=16, depth=4, data_dir=data_dir,
                    synthetic_slices=20, synthetic_size=192),
     )
 

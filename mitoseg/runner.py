@@ -248,6 +248,39 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     return rows
 
 
+# A CPU cell's peak memory when nothing measured it: the demo cell's worker peaked at 1.0-1.2 GiB RSS
+# (VmHWM, TensorFlow 2.21, bench/results/demo_workers_2026-12-05.md); rounded up for larger settings.
+CELL_MEMORY_ESTIMATE = 1.5 * 2**30
+
+
+def auto_jobs(cores: Optional[int] = None, available: Optional[int] = None,
+              per_cell: float = CELL_MEMORY_ESTIMATE) -> tuple[int, str]:
+    """`--jobs auto`: (cells at once, the one line saying why): one per core, as many as the available
+    memory holds at `per_cell` bytes each (keeping a fifth free), at least 1."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    available = available if available is not None else _available_memory()
+    if available is None:
+        return cores, f"jobs auto: {cores} ({cores} cores; available memory unknown, not considered)"
+    by_memory = max(1, int(available * 0.8 // per_cell))
+    jobs = max(1, min(cores, by_memory))
+    return jobs, (f"jobs auto: {jobs} (the smaller of {cores} cores and {by_memory} cells in memory: 80 % of "
+                  f"{available / 2**30:.1f} GiB available / {per_cell / 2**30:.1f} GiB per cell, an estimate: no "
+                  "pre-flight measurement is recorded)")
+
+
+def _available_memory() -> Optional[int]:
+    """MemAvailable of /proc/meminfo in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[dict, list[G.Cell]]:
     """({index: row} of the finished cells that are skipped, the cells to train)."""
     rows: dict[int, dict] = {}

@@ -102,3 +102,22 @@ def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path,
     pids = dict(line.split() for line in (study / "pids.txt").read_text().splitlines())
     assert pids["0"] == pids["1"] != pids["2"] == pids["3"]   # cells 2, 3 ran in the fresh worker
     assert "half-way through cell 1" in P.StudyPaths(study).local_log(G.cells(grid)[1].name).read_text()
+
+
+def test_jobs_auto_takes_the_smaller_of_cores_and_memory_and_says_why():
+    gib = 2**30
+    jobs, why = R.auto_jobs(cores=8, available=4 * gib, per_cell=1.5 * gib)
+    assert jobs == 2   # 80 % of 4 GiB holds two 1.5 GiB cells, fewer than 8 cores
+    assert why == ("jobs auto: 2 (the smaller of 8 cores and 2 cells in memory: 80 % of 4.0 GiB available / "
+                   "1.5 GiB per cell, an estimate: no pre-flight measurement is recorded)")
+    assert R.auto_jobs(cores=2, available=24 * gib)[0] == 2   # cores bound
+    assert R.auto_jobs(cores=4, available=gib)[0] == 1        # never 0, even when memory holds less than one
+
+
+def test_jobs_flag_takes_auto_or_a_positive_integer():
+    from mitoseg.cli.study_parser import build_study_parser
+    parser = build_study_parser("")
+    assert parser.parse_args(["local", "--jobs", "auto"]).jobs == "auto"
+    assert parser.parse_args(["local", "-j", "3"]).jobs == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["local", "--jobs", "0"])

@@ -119,6 +119,9 @@ def cmd_local(args) -> int:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     jobs = args.jobs or (2 if args.demo else 1)
+    if jobs == "auto":
+        jobs, why = R.auto_jobs()
+        _print(why)
     if args.retry_failed:   # read by the runner and passed on to every train_one.py it starts
         os.environ[RETRY_ENV] = "1"
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)

@@ -1,8 +1,8 @@
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py local --demo               # CPU demo: 12 tiny cells, 12 confirmation runs, analysis
+    python run_study.py local --demo               # CPU demo: 6 tiny cells, 9 confirmation runs, analysis
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
-    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N [--confirm-folds K]]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs N|auto] [--force] [--confirm-seeds N [--confirm-folds K]]
     python run_study.py status --study-dir D
     python run_study.py submit [--site SITE.json] [--scheduler slurm|pbs|pbspro|torque] [--grid-config G.json] [--dry-run] [-- QSUB/SBATCH ARGS]
     python run_study.py confirm --study-dir D --seeds N [--folds K] [--sesoi X] [--top T] [--scheduler local|pbs|slurm]

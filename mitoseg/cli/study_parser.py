@@ -14,7 +14,7 @@ from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT
 
 def _grid_args(p):
     p.add_argument("--grid-config", help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
-    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
+    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr at batch 8, tiny)")
     p.add_argument("--data-dir", help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
 
 

@@ -8,7 +8,8 @@ temporary root that is deleted afterwards; with --baseline, first the same comma
     python bench/bench_demo.py --baseline /tmp/base         # side by side: baseline, then this; the ratio
     python bench/bench_demo.py --jobs 1 --keep
 
-Prints per run the wall time with the load average at its start and end (the machine may be shared:
+Prints per run the wall time and the CPU time (user+sys, less sensitive to other load than the wall
+time) with the load average at its start and end (the machine may be shared:
 compare runs side by side, as a ratio), the cells finished, the median per-cell training and total
 times from the results JSONs, the report's sections and each architecture's mean test IoU against the
 all-foreground baseline (a demo that is fast but learned nothing is no demo).
@@ -38,9 +39,16 @@ def run_demo(repo: Path, jobs, keep: bool) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONDONTWRITEBYTECODE": "1"}
     out = {"repo": str(repo), "cmd": " ".join(cmd[1:]), "load_start": load()}
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=str(repo), capture_output=True, text=True, env=env)
-    out.update(wall=time.perf_counter() - t, load_end=load(), code=proc.returncode,
-               tail=" | ".join(proc.stdout.strip().splitlines()[-2:]), stderr=proc.stderr[-500:])
+    with tempfile.TemporaryFile("w+") as so, tempfile.TemporaryFile("w+") as se:
+        proc = subprocess.Popen(cmd, cwd=str(repo), stdout=so, stderr=se, text=True, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)   # its CPU time with every process it waited for
+        wall = time.perf_counter() - t
+        so.seek(0)
+        se.seek(0)
+        stdout, stderr = so.read(), se.read()
+    out.update(wall=wall, cpu=usage.ru_utime + usage.ru_stime, load_end=load(),
+               code=os.waitstatus_to_exitcode(status), tail=" | ".join(stdout.strip().splitlines()[-2:]),
+               stderr=stderr[-500:])
     try:
         records = [json.loads(p.read_text()) for p in Path(root).rglob("exp_*_results.json")]
         out["cells"] = f"{sum(r.get('status') in ('ok', 'diverged') for r in records)}/{len(records)}"
@@ -70,7 +78,8 @@ def _test_iou(records: list) -> str:
 
 def describe(rep: Report, name: str, r: dict) -> None:
     rep.add(f"**{name}** (`{r['cmd']}` in {r['repo']}) exit {r['code']}: wall **{r['wall']:.0f} s** "
-            f"({r['wall'] / 60:.1f} min); {r.get('cells')} cells finished; {r['load_start']} at start, "
+            f"({r['wall'] / 60:.1f} min), CPU (user+sys of it and its children) {r['cpu']:.0f} s; "
+            f"{r.get('cells')} cells finished; {r['load_start']} at start, "
             f"{r['load_end']} at end; per cell median: total {r.get('total_s', 0):.1f} s, training "
             f"{r.get('train_s', 0):.1f} s")
     rep.add(f"  test IoU: {r.get('test')}")
@@ -94,8 +103,9 @@ def main(argv=None) -> int:
     runs["this checkout"] = run_demo(REPO, args.jobs, args.keep)
     describe(rep, "this checkout", runs["this checkout"])
     if args.baseline:
-        rep.add(f"ratio this / baseline: **{runs['this checkout']['wall'] / runs['baseline']['wall']:.2f}** "
-                f"({runs['this checkout']['wall']:.0f} s / {runs['baseline']['wall']:.0f} s)")
+        new, old = runs["this checkout"], runs["baseline"]
+        rep.add(f"ratio this / baseline: wall **{new['wall'] / old['wall']:.2f}** ({new['wall']:.0f} s / "
+                f"{old['wall']:.0f} s), CPU {new['cpu'] / old['cpu']:.2f} ({new['cpu']:.0f} s / {old['cpu']:.0f} s)")
     rep.save()
     return 0
 

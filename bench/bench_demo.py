@@ -54,7 +54,8 @@ def run_demo(repo: Path, jobs, keep: bool) -> dict:
         out["cells"] = f"{sum(r.get('status') in ('ok', 'diverged') for r in records)}/{len(records)}"
         out["train_s"] = statistics.median([r["training_time_s"] for r in records if r.get("training_time_s")] or [0])
         out["total_s"] = statistics.median([r["total_time_s"] for r in records if r.get("total_time_s")] or [0])
-        out["test"] = _test_iou(records)
+        grid = next(Path(root).rglob("grid_config.json"), None)
+        out["test"] = _test_iou(records, len(_grid_cells(grid)) if grid else 0)
         report = next(Path(root).rglob("hyperparameter_report.md"), None)
         out["sections"] = re.findall(r"^## (.+)$", report.read_text(), re.M) if report else []
     finally:
@@ -65,9 +66,16 @@ def run_demo(repo: Path, jobs, keep: bool) -> dict:
     return out
 
 
-def _test_iou(records: list) -> str:
-    """Mean test IoU per architecture of the confirmation runs (all runs if there are none) vs the baseline."""
-    runs = [r for r in records if r.get("stage") == "confirm" and r.get("test")] or [r for r in records if r.get("test")]
+def _grid_cells(path: Path) -> list:
+    from mitoseg.grid import GridConfig, cells
+    return cells(GridConfig.from_dict(json.loads(path.read_text())))
+
+
+def _test_iou(records: list, grid_size: int) -> str:
+    """Mean test IoU per architecture of the confirmation runs (their indices follow the grid's; all runs if
+    there are none) vs the all-foreground baseline."""
+    runs = [r for r in records if r.get("task_index", -1) >= grid_size and r.get("test")] \
+        or [r for r in records if r.get("test")]
     by_arch: dict = {}
     for r in runs:
         by_arch.setdefault(r["architecture"], []).append(r["test"])

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The main job on its embedded default, on one machine: sets up .venv/, then runs the demo study
-# (all 3 architectures x 2 learning rates x 2 batch sizes, tiny models, built-in synthetic EM data)
-# through the local runner, then its confirmation stage (each architecture's validation-selected
-# configuration with 2 fresh seeds x 2 folds of the data split), then the analysis with the architecture comparison, and
-# prints where the report is.
+# (all 3 architectures x 2 learning rates at batch 8, 5 epochs, tiny models, built-in synthetic EM
+# data) through the local runner (2 worker processes that import TensorFlow once), then its
+# confirmation stage (each architecture's validation-selected configuration with 1 fresh seed x 3
+# folds of the data split), then the analysis with the architecture comparison, and prints where the
+# report is. About 4 min on an idle 2-core machine (bench/results/demo_workers_2026-12-05.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup_env.sh

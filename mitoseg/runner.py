@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,9 @@ from .results import RETRY_BUDGET, retry_exhausted
 from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, STALLED
 from .study_dir import base_grid, open_study, resolve_study_dir
+from .workers import WorkerPool
+
+WORKER_LOG = "workers"   # local_logs/workers.out: what a worker printed outside its cells (start-up)
 
 
 # --- cell state -----------------------------------------------------------------------------------
@@ -201,8 +203,9 @@ def _open_element_study(root, grid_config: Optional[str], env: dict,
 # --- local runner ---------------------------------------------------------------------------------
 def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1, force: bool = False,
               log: Callable[[str], None] = print) -> dict:
-    """Train the chosen cells (skipping finished ones unless force) with up to `jobs` train_one.py
-    subprocesses at once. A failed cell never stops the others. Returns {index: row}."""
+    """Train the chosen cells (skipping finished ones unless force), up to `jobs` at once in as many worker
+    processes (mitoseg/workers.py: each imports TensorFlow once and trains cell after cell). A failed
+    cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study_dir.open_study)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     rows, queue = _skip_finished(study_dir, chosen, force)
@@ -211,31 +214,55 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
         + (f"{kept} failed {RETRY_BUDGET} times and not retried (--retry-failed), " if kept else "")
         + f"{len(queue)} to run, {jobs} at a time")
     progress = _Progress(len(queue), jobs, log)
-    env = _pool_env(study_dir, jobs)
-    running: dict[int, tuple] = {}
-    try:
-        while queue or running:
-            while queue and len(running) < max(1, jobs):
-                cell = queue.pop(0)
-                out = open(StudyPaths(study_dir).local_log(cell.name), "ab")
-                proc = subprocess.Popen(train_command(study_dir, cell.index, [sys.executable], force), stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                        cwd=str(REPO_DIR))
-                running[cell.index] = (cell, proc, out, time.monotonic())
-            time.sleep(0.2)
-            for idx in list(running):
-                cell, proc, out, t0 = running[idx]
-                code = proc.poll()
-                if code is None:
-                    continue
-                out.close()
-                del running[idx]
-                rows[idx] = _ended_row(study_dir, cell, code, time.monotonic() - t0)
-                progress.cell_ended(rows[idx])
-    except KeyboardInterrupt:
-        _stop(running.values())
-        raise
+    paths = StudyPaths(study_dir)
+    with WorkerPool(jobs, TRAIN, _pool_env(study_dir, jobs), str(REPO_DIR), paths.local_log(WORKER_LOG)) as pool:
+        try:
+            while queue or pool.busy:
+                while queue and pool.has_room():
+                    cell = queue.pop(0)
+                    argv = train_command(study_dir, cell.index, force=force)[3:]   # after `python -m TRAIN`
+                    pool.give(cell, argv, paths.local_log(cell.name))
+                time.sleep(0.2)
+                for cell, code, seconds, note in pool.ended():
+                    rows[cell.index] = _ended_row(study_dir, cell, code, seconds, note)
+                    progress.cell_ended(rows[cell.index])
+        except KeyboardInterrupt:
+            pool.stop()
+            raise
     return rows
+
+
+# A CPU cell's peak memory when nothing measured it: the demo cell's worker peaked at 1.0-1.2 GiB RSS
+# (VmHWM, TensorFlow 2.21, bench/results/demo_workers_2026-12-05.md); rounded up for larger settings.
+CELL_MEMORY_ESTIMATE = 1.5 * 2**30
+
+
+def auto_jobs(cores: Optional[int] = None, available: Optional[int] = None,
+              per_cell: float = CELL_MEMORY_ESTIMATE) -> tuple[int, str]:
+    """`--jobs auto`: (cells at once, the one line saying why): one per core, as many as the available
+    memory holds at `per_cell` bytes each (keeping a fifth free), at least 1."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    available = available if available is not None else _available_memory()
+    if available is None:
+        return cores, f"jobs auto: {cores} ({cores} cores; available memory unknown, not considered)"
+    by_memory = max(1, int(available * 0.8 // per_cell))
+    jobs = max(1, min(cores, by_memory))
+    return jobs, (f"jobs auto: {jobs} (the smaller of {cores} cores and {by_memory} cells in memory: 80 % of "
+                  f"{available / 2**30:.1f} GiB available / {per_cell / 2**30:.1f} GiB per cell, an estimate: no "
+                  "pre-flight measurement is recorded)")
+
+
+def _available_memory() -> Optional[int]:
+    """MemAvailable of /proc/meminfo in bytes (Linux), else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[dict, list[G.Cell]]:
@@ -265,8 +292,9 @@ def _pool_env(study_dir: Path, jobs: int) -> dict:
     return env
 
 
-def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float) -> dict:
-    """The row of a cell whose train_one.py exited `code`: its results record, else why it has none."""
+def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float, worker_note: str = "") -> dict:
+    """The row of a cell whose train_one.py exited `code`: its results record, else why it has none
+    (`worker_note`: its worker process died during it)."""
     log_file = StudyPaths(study_dir).local_log(cell.name)
     if code == EXIT_BUSY:
         return cell_row(cell, BUSY, {}, "another process is training it; not started here", seconds, code)
@@ -275,7 +303,7 @@ def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float) -> dict
     state = rec.get("status") or (FAILED if code else STALLED)
     note = rec.get("error") or ("" if code in (0, None) else f"exit {code}; see {log_file}")
     if code and not rec:
-        note = _last_error_line(log_file) or note
+        note = "; ".join(filter(None, (worker_note, _last_error_line(log_file)))) or note
     return cell_row(cell, state, rec, note or "", seconds, code)
 
 
@@ -294,19 +322,6 @@ class _Progress:
         # mean cell time x cells left, spread over the parallel slots
         eta = sum(self.seconds) / done * left / max(1, min(self.jobs, left)) if left else 0.0
         self.log(progress_line(done, self.total, row, time.monotonic() - self.start, eta))
-
-
-def _stop(running: Iterable[tuple]) -> None:
-    """Ctrl-C: SIGTERM to every running cell (it saves its state and exits 3), then wait for it."""
-    running = list(running)
-    for _cell, proc, _out, _ in running:
-        proc.send_signal(signal.SIGTERM)
-    for _cell, proc, out, _ in running:
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out.close()
 
 
 def _last_error_line(path: Path) -> str:

@@ -1,8 +1,8 @@
 """Run a hyperparameter study on a scheduler or on this machine.
 
-    python run_study.py local --demo               # CPU demo: 12 tiny cells, 12 confirmation runs, analysis
+    python run_study.py local --demo               # CPU demo: 6 tiny cells, 9 confirmation runs, analysis
     python run_study.py list [--size] [--demo | --grid-config G.json | --study-dir D]
-    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs 2] [--force] [--confirm-seeds N [--confirm-folds K]]
+    python run_study.py local [--study-dir D] [--cells 0,3-5] [--arch UNet] [--jobs N|auto] [--force] [--confirm-seeds N [--confirm-folds K]]
     python run_study.py status --study-dir D
     python run_study.py submit [--site SITE.json] [--scheduler slurm|pbs|pbspro|torque] [--grid-config G.json] [--dry-run] [-- QSUB/SBATCH ARGS]
     python run_study.py confirm --study-dir D --seeds N [--folds K] [--sesoi X] [--top T] [--scheduler local|pbs|slurm]
@@ -113,6 +113,9 @@ def cmd_local(args) -> int:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     jobs = args.jobs or (2 if args.demo else 1)
+    if jobs == "auto":
+        jobs, why = R.auto_jobs()
+        _print(why)
     if args.retry_failed:   # read by the runner and passed on to every train_one.py it starts
         os.environ[RETRY_ENV] = "1"
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)

@@ -19,7 +19,7 @@ BATCH_CHOICES = ("pbs", *(s.name for s in BATCH))
 
 def _grid_args(p):
     p.add_argument("--grid-config", help="grid JSON for a new study (default $GRID_CONFIG, else the 36-cell default)")
-    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr x 2 bs, tiny)")
+    p.add_argument("--demo", action="store_true", help="the CPU demo grid (3 archs x 2 lr at batch 8, tiny)")
     p.add_argument("--data-dir", help="data folder for a new study (default $DATA_DIR, else built-in synthetic data)")
 
 
@@ -52,6 +52,16 @@ def env_defaults(args, environ=os.environ) -> list[str]:
     return used
 
 
+def _jobs(text):
+    """--jobs N (a positive integer) or auto."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a positive integer nor auto") from None
+
+
 def _site_arg(p):
     p.add_argument("--site", help=f"site profile JSON (default ${S.SITE_ENV}, else ./{S.LOCAL_NAME}, else "
                    "~/.config/mitoseg/site.json; the first found is used and printed)")
@@ -74,7 +84,8 @@ def build_study_parser(description: str):
              help="where a new study folder is created (default ., with --demo demo_study/)")
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
-    s.add_argument("--jobs", "-j", type=positive_int, help="cells trained at the same time (default 1; --demo: 2)")
+    s.add_argument("--jobs", "-j", type=_jobs, help="cells trained at the same time, each in a worker process that "
+                   "imports TensorFlow once; auto: from the cores and the memory (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     _retry_arg(s)
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")

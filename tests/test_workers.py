@@ -1,0 +1,122 @@
+"""The local runner's worker processes (mitoseg/workers.py): a cell trained fourth in a worker records
+exactly what it records trained alone, a worker that dies fails only its cell and is replaced, and
+`--jobs auto` says why it chose its number."""
+import csv
+import os
+import time
+
+import pytest
+
+from mitoseg import grid as G
+from mitoseg import paths as P
+from mitoseg import runner as R
+from mitoseg.commands import TRAIN, code_env
+from mitoseg.results import load_results
+from mitoseg.workers import WorkerPool
+
+# tiny cells: two architectures x two learning rates, 2 epochs of 64x64 patches at width 4
+TINY = dict(epochs=2, patch_size=64, base_filters=4, depth=3, synthetic_slices=16, synthetic_size=128,
+            tensorboard=False)
+
+
+def _grid() -> G.GridConfig:
+    return G.GridConfig(architectures=["UNet", "Attention_UNet"], learning_rates=[1e-3, 5e-3], batch_sizes=[8],
+                        fixed=dict(TINY))
+
+
+def _env(study) -> dict:
+    return code_env({**os.environ, "STUDY_DIR": str(study), "TF_NUM_INTRAOP_THREADS": "1", "OMP_NUM_THREADS": "1",
+                     "TF_CPP_MIN_LOG_LEVEL": "3"})
+
+
+def _train_in_one_worker(study, indices: list) -> tuple[list, set]:
+    """Train the cells one after the other in one pool of one worker: ([(cell, code, s, note)], worker pids)."""
+    grid = G.init_study(study, _grid())
+    paths = P.StudyPaths(study)
+    paths.local_logs.mkdir(exist_ok=True)
+    ended, pids = [], set()
+    with WorkerPool(1, TRAIN, _env(study), str(R.REPO_DIR), paths.local_log("workers")) as pool:
+        for i in indices:
+            cell = G.study_cell_at(study, grid, i)
+            pool.give(cell, R.train_command(study, i)[3:], paths.local_log(cell.name))
+            pids |= {w.proc.pid for w in pool.workers}
+            while not ended or ended[-1][0] is not cell:
+                ended += pool.ended()
+                time.sleep(0.1)
+    return ended, pids
+
+
+def _history(study, index: int) -> list:
+    """The cell's history CSV without its wall-clock column."""
+    cell = G.study_cell_at(study, G.load_study_grid(study), index)
+    with open(P.experiment_paths(study, cell.name).history_csv) as f:
+        return [{k: v for k, v in row.items() if k != "time_s"} for row in csv.DictReader(f)]
+
+
+@pytest.mark.oldest
+def test_a_cell_after_three_others_in_one_worker_records_what_it_records_alone(tmp_path):
+    ended, pids = _train_in_one_worker(tmp_path / "after_three", [0, 1, 2, 3])
+    assert [code for _, code, _, _ in ended] == [0, 0, 0, 0] and len(pids) == 1   # one worker, four cells
+    alone, _ = _train_in_one_worker(tmp_path / "alone", [3])
+    assert alone[0][1] == 0
+    after, first = _history(tmp_path / "after_three", 3), _history(tmp_path / "alone", 3)
+    assert len(after) == 2 and after == first
+    # every cell has its own log and results; the worker's start-up lines are not in a cell's log
+    study = tmp_path / "after_three"
+    for i in range(4):
+        cell = G.study_cell_at(study, G.load_study_grid(study), i)
+        assert load_results(P.experiment_paths(study, cell.name).results_json)["status"] == "ok"
+        assert f"grid cell {i}/3: {cell.name}" in P.StudyPaths(study).local_log(cell.name).read_text()
+
+
+CRASHING_TRAIN = '''
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+from mitoseg import grid as G
+from mitoseg import paths as P
+from mitoseg.results import save_results
+from tests.fixtures_results import record_for
+args = sys.argv[1:]
+study, index = args[args.index("--study-dir") + 1], int(args[args.index("--task-index") + 1])
+with open(os.path.join(study, "pids.txt"), "a") as f:
+    f.write(f"{{index}} {{os.getpid()}}\\n")
+if index == 1:
+    print("half-way through cell 1", flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)   # the worker dies mid-cell
+cell = G.study_cell_at(study, G.load_study_grid(study), index)
+os.makedirs(os.path.join(study, cell.name), exist_ok=True)
+save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell, iou=0.5))
+'''
+
+
+def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path, monkeypatch):
+    (tmp_path / "crashing_train.py").write_text(CRASHING_TRAIN.format(repo=str(R.REPO_DIR)))
+    monkeypatch.setattr(R, "TRAIN", "crashing_train")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    study = tmp_path / "study"
+    grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 5e-3], batch_sizes=[8, 16], fixed=dict(TINY))
+    rows = R.run_local(study, grid, G.cells(grid), jobs=1, log=lambda line: None)
+    assert [rows[i]["state"] for i in range(4)] == ["ok", "failed", "ok", "ok"]
+    assert "worker process died (signal 9)" in rows[1]["note"]
+    pids = dict(line.split() for line in (study / "pids.txt").read_text().splitlines())
+    assert pids["0"] == pids["1"] != pids["2"] == pids["3"]   # cells 2, 3 ran in the fresh worker
+    assert "half-way through cell 1" in P.StudyPaths(study).local_log(G.cells(grid)[1].name).read_text()
+
+
+def test_jobs_auto_takes_the_smaller_of_cores_and_memory_and_says_why():
+    gib = 2**30
+    jobs, why = R.auto_jobs(cores=8, available=4 * gib, per_cell=1.5 * gib)
+    assert jobs == 2   # 80 % of 4 GiB holds two 1.5 GiB cells, fewer than 8 cores
+    assert why == ("jobs auto: 2 (the smaller of 8 cores and 2 cells in memory: 80 % of 4.0 GiB available / "
+                   "1.5 GiB per cell, an estimate: no pre-flight measurement is recorded)")
+    assert R.auto_jobs(cores=2, available=24 * gib)[0] == 2   # cores bound
+    assert R.auto_jobs(cores=4, available=gib)[0] == 1        # never 0, even when memory holds less than one
+
+
+def test_jobs_flag_takes_auto_or_a_positive_integer():
+    from mitoseg.cli.study_parser import build_study_parser
+    parser = build_study_parser("")
+    assert parser.parse_args(["local", "--jobs", "auto"]).jobs == "auto"
+    assert parser.parse_args(["local", "-j", "3"]).jobs == 3
+    with pytest.raises(SystemExit):
+        parser.parse_args(["local", "--jobs", "0"])

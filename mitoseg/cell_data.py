@@ -1,9 +1,12 @@
 """One cell's data: its train and test volumes (read, or synthesised, through the study cache), the
-held-out test slices, the train/val patch arrays with the split's record, and the check that the
-patch fits the slices. Numpy only (no TensorFlow), so predict.py and the pre-flight can rebuild a
+held-out test slices, the train/val patch arrays with the split's record, and the checks that the
+patch and the batch fit. `prepare_cell_data` hands a cell all of it as one `CellData`. Numpy only (no TensorFlow), so predict.py and the pre-flight can rebuild a
 cell's data cheaply; the stacks themselves are read by mitoseg.data.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -11,9 +14,39 @@ from . import data
 from .cache import cached_arrays, cached_volumes
 from .cell_log import log
 from .config import TrainConfig
+from .identity import data_fingerprint
 from .input_error import DataError
 from .patches import fold_split, split_slices, tile_patches
 from .synthetic import synthetic_volumes
+
+
+@dataclass
+class CellData:
+    """What one cell trains, validates and tests on, checked and prepared: the train/val patch arrays
+    (the train ones memory maps when cached), the held-out test volume (None without one) and `split`,
+    the record's "data" field (the cell adds the test volume's source to it once it has tested)."""
+    train_volume: data.Volume
+    test_volume: Optional[data.Volume]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    split: dict
+
+
+def prepare_cell_data(config: TrainConfig, cache_dir=None) -> CellData:
+    """The cell's data in one call, every check done: DataError on bad input, before the cell writes
+    anything. `cache_dir` as for `load_cell_data`."""
+    train_volume, test_volume = load_cell_data(config, cache_dir)
+    for volume in (train_volume, test_volume):
+        check_patch_fits(volume, config.patch_size)
+    arrays = prepare_arrays(train_volume, config, cache_dir)
+    split = arrays["split"]
+    split["data_fingerprint"] = data_fingerprint(config.data_dir)
+    split["warnings"] = data.mask_warnings(train_volume, test_volume)
+    check_batch_fits(split, config.batch_size)
+    return CellData(train_volume, test_volume, arrays["x_train"], arrays["y_train"], arrays["x_val"],
+                    arrays["y_val"], split)
 
 
 def load_cell_data(config: TrainConfig, cache_dir=None):

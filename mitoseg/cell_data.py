@@ -11,10 +11,10 @@ from typing import Optional
 import numpy as np
 
 from . import data
-from .cache import cached_arrays, cached_volumes
+from .cache import cached_arrays, cached_volumes, config_sources
 from .cell_log import log
 from .config import TrainConfig
-from .identity import data_fingerprint
+from .identity import files_fingerprint
 from .input_error import DataError
 from .patches import fold_split, split_slices, tile_patches
 from .synthetic import synthetic_volumes
@@ -36,24 +36,27 @@ class CellData:
 
 def prepare_cell_data(config: TrainConfig, cache_dir=None) -> CellData:
     """The cell's data in one call, every check done: DataError on bad input, before the cell writes
-    anything. `cache_dir` as for `load_cell_data`."""
-    train_volume, test_volume = load_cell_data(config, cache_dir)
+    anything. `cache_dir` as for `load_cell_data`. The data folder is listed once (layout.source_files),
+    for both cache entries' check and the recorded fingerprint."""
+    sources = config_sources(config)
+    train_volume, test_volume = load_cell_data(config, cache_dir, sources)
     for volume in (train_volume, test_volume):
         check_patch_fits(volume, config.patch_size)
-    arrays = prepare_arrays(train_volume, config, cache_dir)
+    arrays = prepare_arrays(train_volume, config, cache_dir, sources)
     split = arrays["split"]
-    split["data_fingerprint"] = data_fingerprint(config.data_dir)
+    split["data_fingerprint"] = files_fingerprint(sources) if config.data_dir is not None else None
     split["warnings"] = data.mask_warnings(train_volume, test_volume)
     check_batch_fits(split, config.batch_size)
     return CellData(train_volume, test_volume, arrays["x_train"], arrays["y_train"], arrays["x_val"],
                     arrays["y_val"], split)
 
 
-def load_cell_data(config: TrainConfig, cache_dir=None):
+def load_cell_data(config: TrainConfig, cache_dir=None, sources=None):
     """(train Volume, test Volume or None). DataError on bad input, before anything is written.
 
     With `cache_dir` (a study's `StudyPaths.cache_dir`) the decoded volumes are
-    cached there once per study and memory-mapped by later cells (see mitoseg/cache.py)."""
+    cached there once per study and memory-mapped by later cells (see mitoseg/cache.py); `sources`
+    (cache.config_sources(config)) is listed here when not given."""
     def load():
         if config.data_dir is None:
             return synthetic_volumes(config.synthetic_slices, config.synthetic_size)
@@ -64,7 +67,7 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
 
     if cache_dir is None:
         return load()
-    return cached_volumes(cache_dir, config, load, log=log)
+    return cached_volumes(cache_dir, config, load, config_sources(config) if sources is None else sources, log=log)
 
 
 def hold_out_test_slices(volume, config: TrainConfig):
@@ -95,10 +98,10 @@ def _ranges(indices) -> str:
     return ", ".join(f"{a}..{b}" for a, b in runs)
 
 
-def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
+def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None, sources=None) -> dict:
     """Split whole slices, cut patches. Returns arrays (N, p, p, C) and the split's record.
 
-    With `cache_dir` the arrays are cached once per study; the train arrays then come back as
+    With `cache_dir` the arrays are cached once per study (`sources` as for load_cell_data); the train arrays then come back as
     read-only memory maps (fed by `training.make_train_dataset` batch by batch), the val arrays in memory."""
     def prepare():
         train_idx, val_idx = train_val_slices(train_volume, config)
@@ -120,7 +123,8 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
 
     if cache_dir is None:
         return prepare()
-    return cached_arrays(cache_dir, train_volume, config, prepare, log=log)
+    return cached_arrays(cache_dir, train_volume, config, prepare,
+                         config_sources(config) if sources is None else sources, log=log)
 
 
 def train_val_slices(train_volume, config: TrainConfig):

@@ -318,14 +318,13 @@ def _judge(record: dict, state: dict, diverged_epoch: Optional[int]) -> None:
 def _evaluate_test(run: CellRun) -> None:
     """Score the best model on the held-out test slices, tiled whole, at a threshold chosen on validation."""
     from .models import load_model
-    from .inference import evaluate_volume
+    from .inference import Tiling, evaluate_volume
     config, record, data, test_volume = run.config, run.record, run.data, run.data.test_volume
     best = load_model(run.paths.model(config.save_format))
     val_probs = np.asarray(best.predict(data.x_val, batch_size=config.batch_size, verbose=0))
     val_thr, _ = metrics.best_threshold(data.y_val, val_probs)
-    record["test"] = evaluate_volume(best, test_volume.images, test_volume.masks, config.patch_size, config.threshold,
-                                     val_threshold=val_thr, tta=config.test_tta,
-                                     batch_size=config.batch_size, channels=config.input_channels,
+    tiling = Tiling(config.patch_size, config.threshold, config.test_tta, config.batch_size, config.input_channels)
+    record["test"] = evaluate_volume(best, test_volume.images, test_volume.masks, tiling, val_threshold=val_thr,
                                      slice_names=test_volume.slice_names)
     split = data.split   # the record's "data"
     split["test_source"] = test_volume.source

@@ -1,7 +1,8 @@
 """One cell's data: its train and test volumes (read, or synthesised, through the study cache), the
 held-out test slices, the train/val patch arrays with the split's record, and the checks that the
-patch and the batch fit. `prepare_cell_data` hands a cell all of it as one `CellData`. Numpy only (no TensorFlow), so predict.py and the pre-flight can rebuild a
-cell's data cheaply; the stacks themselves are read by mitoseg.data.
+patch and the batch fit. `prepare_cell_data` hands a cell all of it as one `CellData`. Numpy only
+(no TensorFlow), so predict.py and the pre-flight can rebuild a cell's data cheaply; the stacks
+themselves are read by mitoseg.data.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """One grid cell's life cycle: check -> data -> lock -> set-up -> resume -> fit -> test -> record.
 `train_one.py` calls `run_cell`. Read top to bottom: `run_cell` checks the config, takes the cell's data
 from one call (cell_data.prepare_cell_data) and locks the folder; from there one `CellRun` (config,
-paths, data, record, epoch state) is handed down `_train` -> `_fit_and_record` -> `_build` / `_fit` /
-`_evaluate_test`, and `finish_record` writes the results JSON.
+paths, data, record, epoch state, SIGTERM handler) is handed down: `_train` opens the record,
+`_fit_and_record` builds (`_build`), fits, judges (`_judge`), tests (`_evaluate_test`) and writes the
+results JSON (cell_record.finish_record).
 
 Order of work is chosen so bad input loses nothing: the config and the data are checked before the
 exp_ folder is touched; every file is written atomically (except the appended training_log.txt and

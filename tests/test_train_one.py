@@ -1,9 +1,6 @@
 """train_one.py end to end: a real (tiny) training run, its files and JSON, skip-if-done, bad input."""
 import csv
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,38 +9,17 @@ import pytest
 from mitoseg.checks import degenerate_reason
 from mitoseg.results import load_results
 from mitoseg.version import version_info
+from tests.fixtures_train import TINY_CELL_ARGS, TINY_CELL_NAME, TINY_TRAIN_ARGS as TINY, run_train_one as run
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "lucchi_pp_subset"
-TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",
-        "--synthetic-slices", "10", "--synthetic-size", "64"]
 
 
-def run(args, cwd=ROOT, env=None):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "train_one.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=600)
-
-
-SMOKE = ["--arch", "Attention_UNet", "--lr", "1e-3", "--batch-size", "4", "--seed", "3", "--deterministic", *TINY]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One real run shared by the smoke, reload, skip and determinism tests (each trained cell costs
-    ~10 s, twice: this module also runs in the oldest stack). --deterministic so that
-    test_deterministic_flag_gives_identical_runs needs one more run only."""
-    out = tmp_path_factory.mktemp("runs")
-    proc = run([*SMOKE, "--out-dir", str(out)])
-    return out, proc
-
-
-def test_smoke_run_writes_every_file(trained):
-    out, proc = trained
+def test_smoke_run_writes_every_file(tiny_cell):
+    proc, exp = tiny_cell.proc, tiny_cell.exp
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
     name = exp.name
     for f in ["training_log.txt", f"{name}_history.csv", f"{name}_model.keras", f"{name}_results.json"]:
         assert (exp / f).is_file(), f
@@ -82,19 +58,17 @@ def test_smoke_run_writes_every_file(trained):
     assert after_header and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S", ln) for ln in after_header), after_header
 
 
-def test_saved_model_reloads_and_predicts(trained):
+def test_saved_model_reloads_and_predicts(tiny_cell):
     import models
-    out, _ = trained
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+    exp = tiny_cell.exp
     model = models.load_model(exp / f"{exp.name}_model.keras")
     assert model.predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0).shape == (1, 32, 32, 1)
 
 
-def test_second_run_is_skipped(trained):
-    out, _ = trained
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+def test_second_run_is_skipped(tiny_cell):
+    exp = tiny_cell.exp
     before = (exp / f"{exp.name}_results.json").read_text()
-    proc = run([*SMOKE, "--out-dir", str(out)])
+    proc = run([*TINY_CELL_ARGS, "--out-dir", str(tiny_cell.out)])   # skipped: writes nothing
     assert proc.returncode == 0
     assert "already finished" in proc.stdout
     assert (exp / f"{exp.name}_results.json").read_text() == before
@@ -145,7 +119,7 @@ def test_real_subset_trains_one_epoch(tmp_path):
 
 
 def _run_fingerprint(out: Path):
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+    exp = out / TINY_CELL_NAME
     record = load_results(exp / f"{exp.name}_results.json")
     assert record["config"]["deterministic"] is True
     history = (exp / f"{exp.name}_history.csv").read_text().splitlines()
@@ -153,13 +127,12 @@ def _run_fingerprint(out: Path):
     return without_time, record["test"], record["best_val_iou"]
 
 
-def test_deterministic_flag_gives_identical_runs(trained, tmp_path):
+def test_deterministic_flag_gives_identical_runs(tiny_cell, tmp_path):
     """--deterministic (TensorFlow op determinism) is recorded, and a second run of the same cell and
     seed (in another process) produces the same history and the same held-out scores, bit for bit."""
-    first, _ = trained
-    proc = run([*SMOKE, "--out-dir", str(tmp_path)])
+    proc = run([*TINY_CELL_ARGS, "--out-dir", str(tmp_path)])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert _run_fingerprint(first) == _run_fingerprint(tmp_path)
+    assert _run_fingerprint(tiny_cell.out) == _run_fingerprint(tmp_path)
 
 
 @pytest.fixture(scope="module")

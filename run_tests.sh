@@ -20,4 +20,4 @@ export TF_CPP_MIN_LOG_LEVEL=3
 export MITOSEG_OLDEST_PYTHON="$PWD/.venv-oldest/bin/python"   # the stand-in container's Python
 .venv/bin/python -m pytest -q -ra --durations=15 tests "$@"
 echo "=== oldest supported stack: $(.venv-oldest/bin/python --version), tests marked 'oldest' ==="
-.venv-oldest/bin/python -m pytest -q -ra -m oldest tests "$@"
+.venv-oldest/bin/python -m pytest -q -ra --durations=15 -m oldest tests "$@"

@@ -166,6 +166,8 @@ def scored(members: list[dict]) -> dict:
 
 def tensorflow_missing() -> Optional[str]:
     """Why the models cannot be run here, or None."""
+    from . import quiet_tf
+    quiet_tf.install()   # the analysis log stays free of TensorFlow's start-up lines
     try:
         import keras  # noqa: F401
         import tensorflow  # noqa: F401

@@ -166,6 +166,23 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
                "degenerate", "error"], rows)
 
 
+def ensemble_arm_text(a: dict) -> str:
+    """One architecture's ensemble: its number beside the single runs', or why there is none; the runs left out."""
+    notes = [f"{g['test_set']}: {f3(g['ensemble_iou'])} vs {f3(g['single_iou_mean'])} ({len(g['members'])} runs)"
+             for g in a.get("groups") or [] if len(a["groups"]) > 1]
+    if a["left_out"]:
+        notes.append("excluded: " + ", ".join(f"{x['cell']} ({x['why']})" for x in a["left_out"]))
+    if a["reason"]:
+        text = f"{a['architecture']}: {a['reason']}"
+    else:
+        ci = (f"95 % CI {f3(a['single_ci_low'])} to {f3(a['single_ci_high'])}" if a["single_ci_low"] is not None
+              else "no interval")
+        text = (f"{a['architecture']}: ensemble of {len(a['members'])} runs: test IoU {f3(a['ensemble_iou'])} vs "
+                f"single runs {f3(a['single_iou_mean'])} ({ci}; the same runs), at threshold {a['threshold']:g}; "
+                f"{a['covers']}")
+    return text + "".join(f"; {x}" for x in notes)
+
+
 def ensemble_lines(ens) -> list:
     """The ensemble of each architecture's confirmation runs (mitoseg.ensemble), or why it was not scored."""
     if ens is None:
@@ -173,23 +190,10 @@ def ensemble_lines(ens) -> list:
     head = "Ensemble of the confirmation runs (mean probability of the members; not part of the comparison above)"
     if ens["reason"]:
         return [f"{head}: not scored: {ens['reason']}."]
-    if all(a["reason"] for a in ens["architectures"]):   # one line, not one per architecture, when none has a number
-        return [f"{head}: not scored: " + "; ".join(f"{a['architecture']}: {a['reason']}" for a in ens["architectures"])
-                + "."]
-    lines = [f"{head}:"]
-    for a in ens["architectures"]:
-        out = [f"{g['test_set']}: {f3(g['ensemble_iou'])} vs {f3(g['single_iou_mean'])} ({len(g['members'])} runs)"
-               for g in a.get("groups") or [] if len(a["groups"]) > 1]
-        out += [f"excluded: {', '.join(x['cell'] + ' (' + x['why'] + ')' for x in a['left_out'])}"] if a["left_out"] else []
-        if a["reason"]:
-            lines.append(f"{a['architecture']}: not scored: {a['reason']}" + "".join(f"; {x}" for x in out) + ".")
-            continue
-        ci = (f"95 % CI {f3(a['single_ci_low'])} to {f3(a['single_ci_high'])}" if a["single_ci_low"] is not None
-              else "no interval")
-        lines.append(f"{a['architecture']}: ensemble of {len(a['members'])} runs: test IoU {f3(a['ensemble_iou'])} vs "
-                     f"single runs {f3(a['single_iou_mean'])} ({ci}; the same runs), at threshold {a['threshold']:g}; "
-                     f"{a['covers']}" + "".join(f"; {x}" for x in out) + ".")
-    return lines
+    arms = ens["architectures"]
+    if all(a["reason"] for a in arms):   # one line, not one per architecture, when none has a number
+        return [f"{head}: not scored: " + "; ".join(ensemble_arm_text(a) for a in arms) + "."]
+    return [f"{head}:"] + [("not scored: " if a["reason"] else "") + ensemble_arm_text(a) + "." for a in arms]
 
 
 def pair_row(p: dict) -> list:

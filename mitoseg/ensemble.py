@@ -69,7 +69,8 @@ def split_members(rows: pd.DataFrame) -> tuple[list[str], list[dict]]:
 
 
 def read_member(study: Path, exp_dir: str) -> dict:
-    """A member's identity: cell, fold, seed, model path and checksum, recorded test IoU and test set."""
+    """A member's identity: cell, fold, seed, model (relative to the study) and its checksum, recorded test IoU
+    and test set; `path` and `config` for the prediction (not recorded)."""
     from .results import ResultsError, load_results
     paths = StudyPaths(study).exp(exp_dir)
     try:
@@ -85,7 +86,8 @@ def read_member(study: Path, exp_dir: str) -> dict:
     except OSError:
         raise EnsembleError(f"the model of {exp_dir} is missing ({model})") from None
     data = record.get("data") or {}
-    return dict(cell=exp_dir, fold=int(record["config"].get("fold", 0)), seed=record["seed"], model=str(model),
+    return dict(cell=exp_dir, fold=int(record["config"].get("fold", 0)), seed=record["seed"],
+                model=f"{exp_dir}/{name}", path=model,
                 model_sha256=digest, test_iou=(record.get("test") or {}).get("iou"),
                 test_set=[data.get("test_source"), data.get("test_slice_names")], config=record["config"])
 
@@ -115,7 +117,7 @@ def score_group(members: list[dict]) -> dict:
     def probabilities(member):
         c = member["config"]
         try:
-            model = load_trained_model(member["model"])
+            model = load_trained_model(member["path"])
         except PredictError as err:
             raise EnsembleError(str(err)) from None
         return predict_slices(model, test.images, c["patch_size"], batch_size=c["batch_size"], tta=c["test_tta"],
@@ -188,7 +190,7 @@ def previous(summary_json: Path) -> dict:
 
 def public(arm: dict) -> dict:
     """The entry as analysis_summary.json records it (the members without their full config)."""
-    return dict(arm, members=[{k: v for k, v in m.items() if k != "config"} for m in arm["members"]])
+    return dict(arm, members=[{k: v for k, v in m.items() if k not in ("config", "path")} for m in arm["members"]])
 
 
 def ensemble_scores(study_dir, confirm: pd.DataFrame, plan: Optional[dict], cache_file,

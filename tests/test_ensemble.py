@@ -46,6 +46,8 @@ def study(tmp_path_factory):
     r = run("run_study.py", "local", "--grid-config", "grid.json", "--study-dir", "study", "--confirm-seeds", "2",
             cwd=root)
     assert r.returncode == 0, r.stdout + r.stderr
+    # `local` ends with the analysis: the ensemble is scored there, later analyses reuse it
+    assert "scoring the ensemble of UNet's 2 confirmation runs" in r.stdout, r.stdout
     return root
 
 
@@ -83,22 +85,22 @@ def test_the_ensemble_is_the_iou_of_the_members_mean_probability(study):
     assert arm["single_iou_mean"] == pytest.approx(np.mean(own))
     assert arm["covers"].startswith("one ensemble of all members") and len(arm["groups"]) == 1
     assert f"UNet: ensemble of 2 runs: test IoU {arm['ensemble_iou']:.3f} vs single runs {np.mean(own):.3f}" in report
-    assert "scoring the ensemble of UNet's 2 confirmation runs" in log
+    assert "ensemble of UNet: members unchanged, the earlier result is kept" in log
 
 
 @pytest.mark.oldest
 def test_a_rerun_reuses_the_score_and_a_missing_model_is_said(study):
     _, first, _ = analyse(study)
     log, again, _ = analyse(study)
-    assert "ensemble of UNet: members unchanged, the earlier result is kept" in log and again == first
+    assert "ensemble of UNet: members unchanged" in log and "scoring" not in log and again == first
     member = first["architectures"][0]["members"][1]
-    away = study / "moved_away.keras"
-    shutil.move(member["model"], away)
+    model, away = study / "study" / member["model"], study / "moved_away.keras"
+    shutil.move(model, away)
     try:
         log, ens, report = analyse(study)
     finally:
-        shutil.move(away, member["model"])
-    reason = f"the model of {member['cell']} is missing ({member['model']})"
+        shutil.move(away, model)
+    reason = f"the model of {member['cell']} is missing (study/{member['model']})"
     assert ens["architectures"][0]["reason"] == reason and "scoring" not in log
     assert f"not part of the comparison above): not scored: UNet: {reason}." in report
 

@@ -20,6 +20,7 @@ from typing import Any, Optional
 from .config import ARCHITECTURES, TrainConfig
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, cell_name
+from .results import valid_budget
 from .status import EXIT_BAD_INPUT, EXIT_OK
 
 COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not saved into the study
@@ -50,6 +51,9 @@ class GridConfig:
     seeds: list = field(default_factory=lambda: list(_DEFAULT_AXES["seeds"]))
     # Fixed settings shared by every cell (any TrainConfig field except the four above).
     fixed: dict = field(default_factory=dict)
+    # Failures after which a resubmission stops retraining a cell (None: the site's, else 2; see
+    # mitoseg.results.retry_budget). Not a training setting: no cell's identity depends on it.
+    retry_budget: Optional[int] = None
 
     def __post_init__(self):
         problems = grid_problems(dataclasses.asdict(self))
@@ -61,7 +65,10 @@ class GridConfig:
         return len(self.architectures) * len(self.learning_rates) * len(self.batch_sizes) * len(self.seeds)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        if values["retry_budget"] is None:   # unset: grid files stay as they were before the key existed
+            del values["retry_budget"]
+        return values
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GridConfig":
@@ -193,6 +200,10 @@ def grid_problems(values: dict) -> list[str]:
             problems.append(f"{axis} repeats {', '.join(repeated)} (two identical cells)")
         elif axis == "learning_rates":
             problems += _same_folder_names(items)
+    budget = values.get("retry_budget")
+    if budget is not None and not valid_budget(budget):
+        problems.append(f"retry_budget must be an integer >= 1 (failures before a resubmission stops retrying a cell), "
+                        f"got {budget!r}")
     fixed = values.get("fixed", {})
     if not isinstance(fixed, dict):
         return problems + [f"fixed must be a JSON object, got {fixed!r}"]

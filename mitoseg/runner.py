@@ -27,7 +27,7 @@ from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
-from .results import RETRY_BUDGET, ResultsError, load_results, retry_exhausted
+from .results import RETRY_BUDGET_ENV, ResultsError, load_results, retry_budget, retry_exhausted
 from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING, STARTED
 from .study_dir import base_grid, resolve_study_dir
@@ -221,13 +221,14 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     study_dir = Path(study_dir).resolve()
     G.init_study(study_dir, grid)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
-    rows, queue = _skip_finished(study_dir, chosen, force)
+    budget, _ = retry_budget(study_dir)
+    rows, queue = _skip_finished(study_dir, chosen, force, budget)
     kept = sum(r["state"] not in DONE_STATUSES for r in rows.values())
     log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(rows) - kept} already finished, "
-        + (f"{kept} failed {RETRY_BUDGET} times and not retried (--retry-failed), " if kept else "")
+        + (f"{kept} failed {budget} times and not retried (--retry-failed), " if kept else "")
         + f"{len(queue)} to run, {jobs} at a time")
     progress = _Progress(len(queue), jobs, log)
-    env = _pool_env(study_dir, jobs)
+    env = {**_pool_env(study_dir, jobs), RETRY_BUDGET_ENV: str(budget)}   # its train_one.py processes agree
     running: dict[int, tuple] = {}
     try:
         while queue or running:
@@ -254,8 +255,11 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     return rows
 
 
-def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[dict, list[G.Cell]]:
-    """({index: row} of the finished cells that are skipped, the cells to train)."""
+def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool,
+                   budget: Optional[int] = None) -> tuple[dict, list[G.Cell]]:
+    """({index: row} of the finished cells that are skipped, the cells to train); budget: the retry
+    budget (None: the study's, mitoseg.results.retry_budget)."""
+    budget = retry_budget(study_dir)[0] if budget is None else budget
     rows: dict[int, dict] = {}
     todo = []
     retry = force or retry_failed_requested()
@@ -264,9 +268,9 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool) -> tuple[
         record = read_cell_record(study_dir, cell)
         if state in DONE_STATUSES and not force:
             rows[cell.index] = cell_row(cell, state, record or {}, "finished earlier, skipped")
-        elif retry_exhausted(record, retry):
+        elif retry_exhausted(record, retry, budget):
             rows[cell.index] = cell_row(cell, state, record, f"failed {record['attempts']} times (budget "
-                                        f"{RETRY_BUDGET}), not retried; --retry-failed trains it again")
+                                        f"{budget}), not retried; --retry-failed trains it again")
         else:
             todo.append(cell)
     return rows, todo

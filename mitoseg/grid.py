@@ -20,7 +20,7 @@ from typing import Any, Optional
 from .config import ARCHITECTURES, TrainConfig
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, cell_name
-from .results import valid_budget
+from .results import budget_problems
 from .status import EXIT_BAD_INPUT, EXIT_OK
 
 COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not saved into the study
@@ -37,8 +37,7 @@ class GridError(ValueError):
         super().__init__(self.problems[0] + more)
 
 
-_DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3],
-                 "batch_sizes": [8, 16, 32], "seeds": [42]}
+_DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3], "batch_sizes": [8, 16, 32], "seeds": [42]}
 
 
 @dataclass
@@ -49,11 +48,8 @@ class GridConfig:
     learning_rates: list = field(default_factory=lambda: list(_DEFAULT_AXES["learning_rates"]))
     batch_sizes: list = field(default_factory=lambda: list(_DEFAULT_AXES["batch_sizes"]))
     seeds: list = field(default_factory=lambda: list(_DEFAULT_AXES["seeds"]))
-    # Fixed settings shared by every cell (any TrainConfig field except the four above).
-    fixed: dict = field(default_factory=dict)
-    # Failures after which a resubmission stops retraining a cell (None: the site's, else 2; see
-    # mitoseg.results.retry_budget). Not a training setting: no cell's identity depends on it.
-    retry_budget: Optional[int] = None
+    fixed: dict = field(default_factory=dict)   # settings shared by every cell (any TrainConfig field but the four above)
+    retry_budget: Optional[int] = None   # mitoseg.results.retry_budget; not a training setting (None: unset)
 
     def __post_init__(self):
         problems = grid_problems(dataclasses.asdict(self))
@@ -65,10 +61,7 @@ class GridConfig:
         return len(self.architectures) * len(self.learning_rates) * len(self.batch_sizes) * len(self.seeds)
 
     def to_dict(self) -> dict[str, Any]:
-        values = dataclasses.asdict(self)
-        if values["retry_budget"] is None:   # unset: grid files stay as they were before the key existed
-            del values["retry_budget"]
-        return values
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "retry_budget" or v is not None}   # unset: unsaved
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GridConfig":
@@ -180,13 +173,13 @@ _AXES = {  # axis -> (the cell field it sets, what each value must be, is_ok(val
 }
 
 def grid_problems(values: dict) -> list[str]:
-    """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never
-    coerced: "false" is not false, 4.9 is not a batch size, and a repeated value would make two
-    identical cells. The pre-flight check (`run_study.py verify`) lists them as FAIL rows."""
+    """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never coerced: "false"
+    is not false, 4.9 is not a batch size, a repeated value would make two identical cells. `verify` lists them as FAIL rows."""
     if not isinstance(values, dict):
         return [f"a grid config must be a JSON object, got {type(values).__name__}"]
     known = {f.name for f in dataclasses.fields(GridConfig)}
     problems = [f"unknown grid key {k!r} (known: {', '.join(sorted(known))})" for k in sorted(set(values) - known)]
+    problems += budget_problems(values.get("retry_budget"))
     for axis, (_, want, ok) in _AXES.items():
         items = values.get(axis, _DEFAULT_AXES[axis])
         if not isinstance(items, list) or not items:
@@ -200,10 +193,6 @@ def grid_problems(values: dict) -> list[str]:
             problems.append(f"{axis} repeats {', '.join(repeated)} (two identical cells)")
         elif axis == "learning_rates":
             problems += _same_folder_names(items)
-    budget = values.get("retry_budget")
-    if budget is not None and not valid_budget(budget):
-        problems.append(f"retry_budget must be an integer >= 1 (failures before a resubmission stops retrying a cell), "
-                        f"got {budget!r}")
     fixed = values.get("fixed", {})
     if not isinstance(fixed, dict):
         return problems + [f"fixed must be a JSON object, got {fixed!r}"]

@@ -206,8 +206,11 @@ if __name__ == "__main__":
         print(markdown_table())
 
 
-def valid_budget(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+def budget_problems(value) -> list[str]:
+    """[] for an unset (None) or valid retry_budget of a grid file, else the one problem."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return []
+    return [f"retry_budget must be an integer >= 1 (failures before a resubmission stops retrying a cell), got {value!r}"]
 
 
 def retry_budget(study_dir=None, environ=None, site=None, grid=None) -> tuple[int, str]:

@@ -39,13 +39,14 @@ class EnsembleError(Exception):
 
 
 def single_run_interval(values) -> tuple[float, Optional[float], Optional[float]]:
-    """Mean of the members' own test IoU and its 95 % t-interval (None, None with fewer than 2)."""
+    """Mean of the members' own test IoU and its 95 % t-interval clipped to [0, 1], as the comparison's
+    (None, None with fewer than 2)."""
     from scipy import stats as st
     values = np.asarray(values, dtype=float)
     if len(values) < 2:
         return float(values.mean()), None, None
     low, high = st.t.interval(0.95, len(values) - 1, loc=values.mean(), scale=st.sem(values))
-    return float(values.mean()), float(low), float(high)
+    return float(values.mean()), max(0.0, float(low)), min(1.0, float(high))
 
 
 def plan_rows(confirm: pd.DataFrame, config: dict) -> pd.DataFrame:
@@ -217,5 +218,7 @@ def ensemble_scores(study_dir, confirm: pd.DataFrame, plan: Optional[dict], cach
         else:
             log(f"  scoring the ensemble of {arm['architecture']}'s {len(arm['members'])} confirmation runs ...")
             arm = dict(arm, **scored(arm["members"]), inputs=arm_inputs(arm))
+        if arm["reason"]:
+            log(f"  ensemble of {arm['architecture']}: not scored: {arm['reason']}")
         out.append(public(arm))
     return dict(reason=None, architectures=out)

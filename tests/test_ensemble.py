@@ -140,3 +140,22 @@ def test_a_summary_csv_analysis_says_why_there_is_no_ensemble(tmp_path):
     out = run_analysis(summary_file=study / SUMMARY_CSV_NAME, output_dir=tmp_path / "out",
                        log=lambda _: None, figures=False)
     assert "not scored: the analysis read a summary CSV, not a study folder" in out["outputs"]["report_md"].read_text()
+
+
+def test_members_on_different_test_slices_are_ensembled_per_fold(monkeypatch):
+    """An ensemble averages models on the same images: with held-out slices per fold, one per fold."""
+    from mitoseg import ensemble as E
+
+    def member(cell, fold, iou):
+        return dict(cell=cell, test_iou=iou, test_set=["train.tif", [f"z={fold}"]], config={"threshold": 0.5})
+    members = [member("a", 0, 0.5), member("b", 0, 0.7), member("c", 1, 0.6), member("d", 1, 0.8)]
+    seen = []
+
+    def fake_group(group):
+        seen.append([m["cell"] for m in group])
+        return dict(ensemble_iou={"a": 0.65, "c": 0.75}[group[0]["cell"]], members=[m["cell"] for m in group])
+    monkeypatch.setattr(E, "score_group", fake_group)
+    out = E.scored(members)
+    assert seen == [["a", "b"], ["c", "d"]] and out["covers"] == E.COVERS_FOLDS
+    assert out["ensemble_iou"] == pytest.approx(0.70) and out["single_iou_mean"] == pytest.approx(0.65)
+    assert 0 <= out["single_ci_low"] < 0.65 < out["single_ci_high"] <= 1

@@ -93,17 +93,18 @@ def read_member(study: Path, exp_dir: str) -> dict:
                 test_set=[data.get("test_source"), data.get("test_slice_names")], config=record["config"])
 
 
-def test_volume(config: dict, names):
+def test_volume(member: dict):
     """The test slices the member was scored on (rebuilt from its config), checked against the record."""
     from .cell_data import load_cell_data
     from .config import TrainConfig
     from .input_error import DataError
+    names = member["test_set"][1]
     try:
-        _, test = load_cell_data(TrainConfig.from_dict(config))
-    except (DataError, ValueError, TypeError) as err:
-        raise EnsembleError(f"its test data cannot be rebuilt ({err})") from None
+        _, test = load_cell_data(TrainConfig.from_dict(member["config"]))
+    except (DataError, ValueError, TypeError, OSError) as err:
+        raise EnsembleError(f"the test data of {member['cell']} cannot be rebuilt ({err})") from None
     if test is None or (names is not None and list(test.slice_names) != list(names)):
-        raise EnsembleError("its test slices are no longer the ones it was scored on")
+        raise EnsembleError(f"the test slices of {member['cell']} are no longer the ones it was scored on")
     return test
 
 
@@ -112,22 +113,20 @@ def score_group(members: list[dict]) -> dict:
     from .cli.predict import PredictError, load_trained_model
     from .inference import mean_probabilities, predict_slices
     from .metrics import score_all
-    config = members[0]["config"]
-    test = test_volume(config, members[0]["test_set"][1])
+    test = test_volume(members[0])
 
     def probabilities(member):
         c = member["config"]
         try:
-            model = load_trained_model(member["path"])
-        except PredictError as err:
-            raise EnsembleError(str(err)) from None
-        return predict_slices(model, test.images, c["patch_size"], batch_size=c["batch_size"], tta=c["test_tta"],
-                              channels=c["input_channels"])
+            return predict_slices(load_trained_model(member["path"]), test.images, c["patch_size"],
+                                  batch_size=c["batch_size"], tta=c["test_tta"], channels=c["input_channels"])
+        except (PredictError, ValueError) as err:
+            raise EnsembleError(f"{member['cell']}: {err}") from None
 
     probs = mean_probabilities(probabilities(m) for m in members)
     single = [m["test_iou"] for m in members]
     return dict(test_set=test.source, n_slices=int(len(test.images)), members=[m["cell"] for m in members],
-                ensemble_iou=score_all(test.masks, probs, config["threshold"])["iou"],
+                ensemble_iou=score_all(test.masks, probs, members[0]["config"]["threshold"])["iou"],
                 single_iou_mean=float(np.mean(single)))
 
 

@@ -87,11 +87,13 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
 
 
 def existing_record(paths: ExperimentPaths) -> Optional[dict]:
-    """The cell's readable results JSON, or None when there is none (an unreadable one: said so)."""
-    if not paths.results_json.exists():
+    """The cell's readable results JSON, or None when there is none (an unreadable one: said so). Found by
+    the readers' one lookup rule (ExperimentPaths.find_results_json)."""
+    path = paths.find_results_json()
+    if not path.exists():
         return None
     try:
-        return load_results(paths.results_json)
+        return load_results(path)
     except ResultsError as err:
         log(f"warning: {err}; the cell will be rerun")
         return None
@@ -249,9 +251,10 @@ def _resume_or_start_afresh(paths: ExperimentPaths, state: dict, force: bool) ->
     resuming = paths.backup_dir.exists() and paths.train_state.exists() and not force
     if force:
         # A forced rerun overwrites the model and history: drop the old results first, so a rerun
-        # killed half-way can never leave an old "ok" JSON beside a new, unfinished model.
-        with contextlib.suppress(FileNotFoundError):
-            paths.results_json.unlink()
+        # killed half-way can never leave an old "ok" JSON beside a new, unfinished model (every
+        # *_results.json: the readers' lookup rule would take any of them for the cell's).
+        for old in paths.results_files():
+            old.unlink(missing_ok=True)
     if resuming:
         try:
             loaded = json.loads(paths.train_state.read_text())

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import grid as G
+from .cell_state import read_cell
 from .io_utils import atomic_write_text
 from .paths import StudyPaths
 from .status import DONE_STATUSES
@@ -37,12 +38,12 @@ DEMO_CONFIRM_FOLDS = 2
 def used_seeds(study_dir, grid: G.GridConfig) -> set:
     """Every seed the study has used or planned: the grid's, the plan's and those recorded in the
     results of any exp_ folder (hand-run cells included)."""
-    from .results import ResultsError, load_results
     seeds = {int(s) for s in grid.seeds} | {c.seed for c in G.confirm_cells(study_dir)}
-    for path in StudyPaths(study_dir).results_files():
+    for exp_dir in StudyPaths(study_dir).exp_dirs():
+        record = read_cell(exp_dir).record
         try:
-            seeds.add(int(load_results(path)["seed"]))
-        except (ResultsError, TypeError, ValueError):
+            seeds.add(int(record["seed"]))
+        except (TypeError, ValueError):   # no readable record, or no integer seed in it
             continue
     return seeds
 

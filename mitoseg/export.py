@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from . import grid as G
 from .paths import BUNDLE_JSON, SUMMARY_JSON, StudyPaths
-from .results import ResultsError, load_results
+from .cell_state import read_cell
 from .status import OK
 from .version import version_info
 
@@ -44,13 +44,9 @@ def confirmed_members(study: Path, arch: str) -> tuple[Optional[dict], list[tupl
         if (cell.architecture, cell.learning_rate, cell.batch_size) != (arch, config["learning_rate"],
                                                                       config["batch_size"]):
             continue
-        paths = StudyPaths(study).exp(cell.name)
-        try:
-            record = load_results(paths.results_json)
-        except (OSError, ResultsError):
-            continue   # not trained (yet), or unreadable: not a finished run
-        if record["status"] == OK:
-            members.append((cell.name, record))
+        read = read_cell(StudyPaths(study).exp(cell.name).exp_dir)   # not trained (yet) or unreadable: no run
+        if read.state == OK:
+            members.append((cell.name, read.record))
     return config, members
 
 

@@ -23,10 +23,9 @@ from typing import Iterable, Optional
 
 from . import grid as G
 from .config import TrainConfig
+from .cell_state import read_cell
 from .layout import source_files
-from .paths import ExperimentPaths, StudyPaths
-from .results import ResultsError, load_results
-from .status import DONE_STATUSES
+from .paths import StudyPaths
 
 _UNSET = "(unset)"
 
@@ -98,20 +97,15 @@ def check_study(study_dir, grid, retrain: Iterable[int] = (), fingerprint: Optio
         fingerprint = data_fingerprint(grid.fixed.get("data_dir"))
     where = StudyPaths(study_dir).grid_config
     G.check_absolute_data_dir(grid, where)
-    for path in StudyPaths(study_dir).results_files():
-        if path != ExperimentPaths(path.parent).results_json:
-            continue   # a stray file: the cell's own results file is named after its folder
-        try:
-            record = load_results(path)
-        except ResultsError:
-            continue   # rerun anyway
-        if record["status"] not in DONE_STATUSES:
+    for exp_dir in StudyPaths(study_dir).exp_dirs():
+        read = read_cell(exp_dir)   # unfinished or unreadable: rerun anyway
+        if not read.finished:
             continue
-        cell = by_name.get(path.parent.name)
-        if cell is None and copy_of(path.parent.name, record, by_name):
+        record, cell = read.record, by_name.get(exp_dir.name)
+        if cell is None and copy_of(exp_dir.name, record, by_name):
             continue   # a copy of a cell ("exp_01_... (copy)"): listed as a duplicate, never run or counted
         if cell is None:
-            raise ValueError(f"{where}: the finished cell {path.parent.name} is no cell of this grid (was the grid "
+            raise ValueError(f"{where}: the finished cell {exp_dir.name} is no cell of this grid (was the grid "
                              "edited?); restore the grid, or start a new study")
         if cell.index in retrain:
             continue

@@ -22,8 +22,8 @@ from typing import Optional
 
 from . import grid as G
 from .identity import config_differences, copy_of, data_fingerprint
-from .paths import ExperimentPaths, StudyPaths
-from .results import ResultsError, load_results
+from .cell_state import read_cell
+from .paths import StudyPaths
 
 
 @dataclass
@@ -39,16 +39,6 @@ class Membership:
         more = f"; and {len(items) - limit} more" if len(items) > limit else ""
         return (f"{len(items)} exp_ folder(s) are not this study's cells and are not counted: "
                 + "; ".join(items[:limit]) + more)
-
-
-def _record(exp_dir: Path) -> Optional[dict]:
-    path = ExperimentPaths(exp_dir).find_results_json()
-    if not path.exists():
-        return None
-    try:
-        return load_results(path)
-    except ResultsError:
-        return None   # the summary reports it as unreadable
 
 
 def _settings_differences(record: dict, cell: G.Cell, grid: G.GridConfig) -> list[str]:
@@ -84,7 +74,7 @@ def study_membership(study_dir, grid: G.GridConfig) -> Membership:
     prints = {}
     for exp_dir in StudyPaths(study_dir).exp_dirs():
         name = exp_dir.name
-        record = _record(exp_dir)
+        record = read_cell(exp_dir).record   # None when unreadable: the summary reports it
         if name not in cells:
             copy = copy_of(name, record, cells)
             out.foreign[name] = f"a duplicate of {copy}" if copy else "no cell of this study"

@@ -106,9 +106,9 @@ class ExperimentPaths:
         return sorted(self.exp_dir.glob("*_results.json")) if self.exp_dir.is_dir() else []
 
     def find_results_json(self) -> Path:
-        """The results file to REPORT on: the one named after the folder, else any *_results.json in it
-        (a folder renamed by hand), else the expected name (which does not exist). Whether a cell is
-        finished is decided by `results_json` alone (train_one.py, the runners, `status`)."""
+        """The one lookup rule of every reader (mitoseg/cell_state.py): the results file named after the
+        folder (`results_json`, the one a cell writes), else the folder's first *_results.json (a folder
+        renamed by hand keeps its files' names), else the expected name (which does not exist)."""
         if not self.results_json.exists() and self.results_files():
             return self.results_files()[0]
         return self.results_json
@@ -218,9 +218,6 @@ class StudyPaths:
     def exp_dirs(self) -> list[Path]:
         return sorted(p for p in self.root.glob(f"{EXP_PREFIX}*") if p.is_dir())
 
-    def results_files(self) -> list[Path]:
-        """The results file of every exp_ folder, whatever its name (hand-run cells included)."""
-        return sorted(self.root.glob(f"{EXP_PREFIX}*/*_results.json"))
 
 
 def written_digest(path) -> Path:

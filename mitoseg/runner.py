@@ -25,32 +25,19 @@ from . import quiet_tf
 from .console import cell_row, progress_line
 from . import site
 from .commands import ANALYZE, TRAIN, code_env, module_command
+from .cell_state import CellState, read_cell
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, StudyPaths
-from .results import RETRY_BUDGET_ENV, ResultsError, load_results, retry_budget, retry_exhausted
+from .results import RETRY_BUDGET_ENV, retry_budget, retry_exhausted
 from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
-from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, MISSING, STARTED
-from .study_dir import base_grid, resolve_study_dir
+from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, STALLED
+from .study_dir import base_grid, open_study, resolve_study_dir
 
 
 # --- cell state -----------------------------------------------------------------------------------
-def read_cell_record(study_dir, cell: G.Cell) -> Optional[dict]:
-    path = StudyPaths(study_dir).exp(cell.name).results_json   # the cell's own file, as train_one.py reads it
-    if not path.exists():
-        return None
-    try:
-        return load_results(path)
-    except ResultsError:
-        return None
-
-
-def cell_state(study_dir, cell: G.Cell) -> str:
-    """ok | diverged | failed | interrupted (from the results JSON), started (files but no
-    results: running, or killed hard), missing (nothing yet)."""
-    record = read_cell_record(study_dir, cell)
-    if record is not None:
-        return record["status"]
-    return STARTED if StudyPaths(study_dir).exp(cell.name).exp_dir.exists() else MISSING
+def read_study_cell(study_dir, cell: G.Cell) -> CellState:
+    """The cell's state and record, read by the one reader (mitoseg/cell_state.py)."""
+    return read_cell(StudyPaths(study_dir).exp(cell.name).exp_dir)
 
 
 def parse_cells(spec: str, size: int, extra: Iterable[int] = ()) -> list[int]:
@@ -196,17 +183,15 @@ def _data_source(grid: G.GridConfig, env: dict, new_study: bool) -> str:
 
 def _open_element_study(root, grid_config: Optional[str], env: dict,
                         log: Callable[[str], None]) -> Optional[tuple[Path, G.GridConfig, str]]:
-    """(study folder, its grid, how the folder was chosen), or None after a one-line error: the
-    requested grid or data contradicts the study's."""
+    """(study folder, its grid, how the folder was chosen), or None after the one-line error of
+    mitoseg.study_dir.open_study."""
     study, how = resolve_study_dir(root, env)
     study = study.resolve()
     try:
         requested = base_grid(grid_config, env.get("DATA_DIR"))
-        G.check_flags_against_study(study, requested, grid_config and f"$GRID_CONFIG/--grid-config {grid_config}",
-                                    env.get("DATA_DIR"))
-        grid = G.init_study(study, requested)
-        from .identity import check_study   # settings only: the data is checked per cell by train_one.py
-        check_study(study, grid)
+        given = grid_config and f"$GRID_CONFIG/--grid-config {grid_config}"
+        # settings only: the data is checked per cell by train_one.py
+        grid = open_study(study, requested, given, env.get("DATA_DIR"), create=True, check_data=False)
     except ValueError as err:
         log(f"error: {err}")
         return None
@@ -218,8 +203,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
               log: Callable[[str], None] = print) -> dict:
     """Train the chosen cells (skipping finished ones unless force) with up to `jobs` train_one.py
     subprocesses at once. A failed cell never stops the others. Returns {index: row}."""
-    study_dir = Path(study_dir).resolve()
-    G.init_study(study_dir, grid)
+    study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study_dir.open_study)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     budget, _ = retry_budget(study_dir)
     rows, queue = _skip_finished(study_dir, chosen, force, budget)
@@ -264,10 +248,10 @@ def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool,
     todo = []
     retry = force or retry_failed_requested()
     for cell in chosen:
-        state = cell_state(study_dir, cell)
-        record = read_cell_record(study_dir, cell)
-        if state in DONE_STATUSES and not force:
-            rows[cell.index] = cell_row(cell, state, record or {}, "finished earlier, skipped")
+        read = read_study_cell(study_dir, cell)
+        state, record = read.state, read.record
+        if read.finished and not force:
+            rows[cell.index] = cell_row(cell, state, record, "finished earlier, skipped")
         elif retry_exhausted(record, retry, budget):
             rows[cell.index] = cell_row(cell, state, record, f"failed {record['attempts']} times (budget "
                                         f"{budget}), not retried; --retry-failed trains it again")
@@ -291,8 +275,9 @@ def _ended_row(study_dir: Path, cell: G.Cell, code: int, seconds: float) -> dict
     log_file = StudyPaths(study_dir).local_log(cell.name)
     if code == EXIT_BUSY:
         return cell_row(cell, BUSY, {}, "another process is training it; not started here", seconds, code)
-    rec = read_cell_record(study_dir, cell) or {}
-    state = rec.get("status") or (FAILED if code else cell_state(study_dir, cell))
+    rec = read_study_cell(study_dir, cell).record or {}
+    # no record: the process has ended, so nothing trains the cell (STALLED), unless it exited with an error
+    state = rec.get("status") or (FAILED if code else STALLED)
     note = rec.get("error") or ("" if code in (0, None) else f"exit {code}; see {log_file}")
     if code and not rec:
         note = _last_error_line(log_file) or note

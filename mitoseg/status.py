@@ -3,8 +3,8 @@ the exit codes of every command, train_one.py's included (read by the runners, w
 numpy: stdlib only).
 
 A finished cell ("ok" or "diverged": a NaN loss is a result, not an accident) is never retrained
-unless asked; "failed" and "interrupted" cells are rerun by every runner. The summary adds two
-statuses of its own for cells without a readable results file.
+unless asked; "failed" and "interrupted" cells are rerun by every runner. The states of a cell without a
+readable results file, and the words `status` and `local` print, follow them.
 """
 OK = "ok"
 DIVERGED = "diverged"
@@ -13,15 +13,19 @@ INTERRUPTED = "interrupted"
 STATUSES = (OK, DIVERGED, FAILED, INTERRUPTED)   # every status a results JSON may hold
 DONE_STATUSES = (OK, DIVERGED)                   # finished: no runner trains the cell again (the others: rerun)
 
-MISSING = "missing"         # summary rows: no results file (never ran, or still running)
-UNREADABLE = "unreadable"   # summary rows: a results file that could not be read
-
-# A cell as the runners and `run_study.py status` see it from outside, besides the statuses above
-STARTED = "started"             # an exp_ folder without a results file: running, or killed hard
-RUNNING = "running"             # status: training, its history growing
-STALLED = "stalled"             # status: no write for longer than an epoch should take
-FINISHED = "finished"           # status: ok or diverged
-FOREIGN = "foreign"             # status: the cell's folder holds another cell's results (mitoseg/membership.py)
+# A cell as read from its exp_ folder (mitoseg/cell_state.read_cell), besides the statuses above. One word per
+# state: a cell without a result is STARTED (an exp_ folder) or MISSING (none) when read; `status` tells a
+# STARTED cell RUNNING or STALLED by the clock, `local` says STALLED (its process ended without a record), and the
+# report, which reads results and not progress, says MISSING for every cell without one.
+UNREADABLE = "unreadable"   # a results file that load_results refuses
+STARTED = "started"         # an exp_ folder without a results file: the files alone cannot say if a process trains it
+MISSING = "missing"         # no exp_ folder (never started); in the report: no result at all
+RUNNING = "running"         # status: started, a file written within the stall limit (a live lock on another node
+                            # cannot be seen from here, and probing one could make a starting cell exit busy)
+STALLED = "stalled"         # started, nothing training it: status: no write within the stall limit; local: its
+                            # process ended without a results file
+FINISHED = "finished"       # status: ok or diverged
+FOREIGN = "foreign"         # status: the cell's folder holds another cell's results (mitoseg/membership.py)
 BUSY = "running elsewhere"      # train_one.py exited EXIT_BUSY: another process holds the cell's lock
 
 

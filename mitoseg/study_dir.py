@@ -1,5 +1,6 @@
-"""Which study a run works in: the folder every element of one submission agrees on, and the grid
-a new study is created with.
+"""Which study a run works in: the folder every element of one submission agrees on, the grid a new
+study is created with, and `open_study`, the one way every entry point opens a study (create or
+reopen, with the checks each one asks for by name).
 
 How one submission agrees on one study folder (`resolve_study_dir`):
 
@@ -12,7 +13,7 @@ How one submission agrees on one study folder (`resolve_study_dir`):
    element of the same array reads the same name; a loser removes the folder it made;
 3. outside a scheduler: a new timestamped folder.
 
-Standard library only (plus mitoseg.grid/paths/scheduler): an array element runs it with the
+Standard library only (plus mitoseg.grid/identity/paths/scheduler): an array element runs it with the
 *host* Python before it starts the TensorFlow container.
 """
 from __future__ import annotations
@@ -21,10 +22,11 @@ import datetime as _dt
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 from . import grid as G
-from .paths import POINTER_DIR, new_study_dir
+from .identity import check_study
+from .paths import POINTER_DIR, StudyPaths, new_study_dir
 from .scheduler import array_job_key
 
 
@@ -87,5 +89,30 @@ def base_grid(grid_config: Optional[str] = None, data_dir: Optional[str] = None,
         raise ValueError(f"--data-dir/$DATA_DIR {G.absolute_path(data_dir)} contradicts data_dir "
                          f"{grid.fixed['data_dir']} in {grid_config}; give only one")
     if data_dir and not grid.fixed.get("data_dir"):   # absolute: cells run in another folder
-        grid = G.GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed, "data_dir": G.absolute_path(data_dir)}})
+        grid = G.with_absolute_paths(G.GridConfig.from_dict({**grid.to_dict(), "fixed": {**grid.fixed,
+                                                                                           "data_dir": data_dir}}),
+                                     base=os.getcwd())
+    return grid
+
+
+def open_study(study_dir, requested: Optional[G.GridConfig] = None, given: Optional[str] = None,
+               data_dir: Optional[str] = None, *, create: bool, check_cells: bool = True, check_data: bool = False,
+               retrain: Iterable[int] = ()) -> G.GridConfig:
+    """The grid of the study in `study_dir`; every refusal is a ValueError of one line, which each entry
+    point prints as `error: ...`:
+    - `requested` (the grid of --grid-config/--demo/$GRID_CONFIG, named by `given`) and `data_dir` must
+      agree with an existing study (mitoseg.grid.check_flags_against_study);
+    - a folder without grid_config.json becomes a study with `requested` only when `create` (else, or
+      without `requested`, it is refused as no study folder): an existing grid always wins;
+    - the study's data_dir must be absolute;
+    - `check_cells`: every finished cell must still be a cell of the grid, with its settings and, with
+      `check_data`, its data (mitoseg.identity.check_study; cells in `retrain` are exempt)."""
+    if requested is not None:
+        G.check_flags_against_study(study_dir, requested, given, data_dir)
+    if create and requested is not None:
+        G.init_study(study_dir, requested)
+    grid = G.load_study_grid(study_dir)
+    G.check_absolute_data_dir(grid, StudyPaths(study_dir).grid_config)
+    if check_cells:
+        check_study(study_dir, grid, retrain=retrain, check_data=check_data)
     return grid

@@ -26,11 +26,13 @@ from typing import Optional
 
 from . import grid as G
 from .paths import StudyPaths
-from .results import ResultsError, load_results, retry_budget, retry_exhausted
+from .results import retry_budget, retry_exhausted
+from .cell_state import read_cell
 from .console import fmt_duration, fmt_score
 from .membership import study_membership
 from .status import (DONE_STATUSES, EXIT_FAILED, EXIT_OK, FAILED, FINISHED, FOREIGN, INTERRUPTED, MISSING, RUNNING,
-                     STALLED)
+                     STALLED, UNREADABLE)
+from .study_dir import open_study
 from .version import version_info
 
 RERUN_MARGIN_S = 30.0
@@ -84,16 +86,14 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int, budget: int) -> di
     row["latest_iou"] = ious[-1] if ious else None
     row["best_iou"] = max(ious) if ious else None
     row["last_write"] = last_write(paths.exp_dir)
-    record = None
-    if paths.results_json.exists():
-        try:
-            record = load_results(paths.results_json)
-        except ResultsError as err:
-            row["note"] = f"unreadable results ({err})"[:120]
+    read = read_cell(paths.exp_dir)
+    record = read.record
+    if read.state == UNREADABLE:
+        row["note"] = f"unreadable results ({read.error})"[:120]
     if record is not None:
         row["attempts"] = record["attempts"]
         row["kept"] = retry_exhausted(record, budget=budget)   # a resubmission skips it: no part of the ETA
-        json_time = paths.results_json.stat().st_mtime
+        json_time = read.path.stat().st_mtime
         rerun = record["status"] not in DONE_STATUSES and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
         if not rerun:
             row["state"] = FINISHED if record["status"] in DONE_STATUSES else record["status"]
@@ -107,7 +107,7 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int, budget: int) -> di
                 row["note"] = _attempts_note(record, budget) + (record.get("error") or "")
             return row
         row["note"] = f"rerun of a {record['status']} cell"
-    row["state"] = RUNNING   # decided against the stall limit in `status_rows`
+    row["state"] = RUNNING   # STARTED (or unreadable, or a rerun on): RUNNING or STALLED by the clock in `status_rows`
     return row
 
 
@@ -218,7 +218,7 @@ def show(study_dir, log=print, as_json: bool = False) -> int:
     """Print the table (or the JSON). EXIT_FAILED when at least one cell failed (its results JSON
     records an error to look at), else EXIT_OK, also while cells are running, stalled, interrupted
     or missing: those are states of progress, which a resubmission resumes or reruns."""
-    grid = G.load_study_grid(study_dir)
+    grid = open_study(study_dir, create=False, check_cells=False)   # shows foreign cells, never refuses them
     members = study_membership(study_dir, grid)
     rows = status_rows(study_dir, grid, members=members)
     log(status_json(study_dir, rows) if as_json else render(rows))

@@ -22,13 +22,13 @@ from typing import Callable, Optional
 import numpy as np
 import pandas as pd
 
+from .cell_state import read_cell
 from .checks import degenerate_reason
 from .grid import STAGES, load_study_grid
 from .membership import study_membership
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, parse_cell_name
-from .results import ResultsError, load_results
-from .status import FAILED, MISSING, OK, UNREADABLE
+from .status import FAILED, MISSING, OK, STARTED, UNREADABLE
 from .summary_checks import CsvProblem, keep_hand_edits, read_checked, record_written
 
 # Columns of hyperparameter_summary.csv, in order. Field names as in mitoseg.results.RESULT_FIELDS
@@ -117,18 +117,19 @@ def _placeholder_row(name: str, status: str, error: str, cell=None) -> dict:
     return row
 
 
+_NO_RESULT = {STARTED: "folder exists, no results file yet (still running, or killed)",
+              MISSING: "no folder (not started yet)"}
+
+
 def _read_cell(study_dir: Path, name: str, cell=None) -> dict:
-    paths = StudyPaths(study_dir).exp(name)
-    json_path = paths.find_results_json()
-    if not json_path.exists():
-        where = "folder exists, no results file yet (still running, or killed)" if paths.exp_dir.is_dir() \
-            else "no folder (not started yet)"
-        return _placeholder_row(name, MISSING, where, cell)
-    try:
-        record = load_results(json_path)
-    except ResultsError as err:
-        return _placeholder_row(name, UNREADABLE, str(err).replace("\n", " "), cell)
-    return record_to_row(record, name)
+    """The cell's summary row, read by the one reader (mitoseg/cell_state.py); the report reads results, not
+    progress, so every cell without a result is MISSING."""
+    read = read_cell(StudyPaths(study_dir).exp(name).exp_dir)
+    if read.state in _NO_RESULT:
+        return _placeholder_row(name, MISSING, _NO_RESULT[read.state], cell)
+    if read.state == UNREADABLE:
+        return _placeholder_row(name, UNREADABLE, read.error, cell)
+    return record_to_row(read.record, name)
 
 
 def build_summary(study_dir) -> tuple[pd.DataFrame, StudyInventory]:

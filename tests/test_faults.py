@@ -388,9 +388,12 @@ def test_read_only_output_disk_is_one_clear_error(tmp_path):
     errors = [l for l in (out + err).splitlines() if l.startswith("error:")]
     assert len(errors) == 1 and "Read-only file system" in errors[0]
     assert str(tmp_path / "mnt" / "runs") in errors[0]
-    # Grid mode: creating the study folder already fails, with the path in the line.
+    # Grid mode: creating the study folder (from the --grid-config given) already fails, with the path in the line.
     (tmp_path / "g").mkdir()
-    code, out, err, found = _in_private_mount(tmp_path / "g", "ro", ["--study-dir", "MNT/study", "--task-index", "0"])
+    from mitoseg import grid as G
+    G.demo_grid().save(tmp_path / "grid.json")
+    code, out, err, found = _in_private_mount(tmp_path / "g", "ro", ["--study-dir", "MNT/study", "--task-index", "0",
+                                                                     "--grid-config", str(tmp_path / "grid.json")])
     errors = [l for l in (out + err).splitlines() if l.startswith("error:")]
     assert code == 2 and found == {} and len(errors) == 1 and "Read-only file system" in errors[0]
     assert "study" in errors[0]

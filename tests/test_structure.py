@@ -135,7 +135,7 @@ STDLIB_ONLY = ["mitoseg.paths", "mitoseg.status", "mitoseg.config", "mitoseg.gri
                "mitoseg.identity", "mitoseg.io_utils", "mitoseg.cli_args", "mitoseg.scheduler", "mitoseg.launcher",
                "mitoseg.study_dir", "mitoseg.site", "mitoseg.verify_job", "mitoseg.runner", "mitoseg.console",
                "mitoseg.verify", "mitoseg.multi_cell", "mitoseg.study_status", "mitoseg.confirm", "mitoseg.layout",
-               "mitoseg.version", "mitoseg.commands", "mitoseg.cli.study", "mitoseg.cli.study_parser", "mitoseg.cli.train",
+               "mitoseg.version", "mitoseg.commands", "mitoseg.cell_state", "mitoseg.cli.study", "mitoseg.cli.study_parser", "mitoseg.cli.train",
                "mitoseg.cli.models",
                "run_study", "train_one"]
 BLOCK = '''

@@ -200,7 +200,7 @@ def best_per_architecture(study_dir):
     """{arch: (record, exp_dir, criterion)}: each architecture's selected configuration (the one rule,
     mitoseg.stats.select_configs: highest mean validation IoU over its grid runs that count) and
     its best run by validation IoU. Test scores never choose."""
-    from mitoseg.results import ResultsError, load_results
+    from mitoseg.cell_state import read_cell
     from mitoseg.stats import select_configs
     from mitoseg.summary import SummaryError, build_summary, normalize_summary
     study_dir = Path(study_dir)
@@ -218,10 +218,10 @@ def best_per_architecture(study_dir):
         if sel["degenerate"]:
             continue
         exp_dir = study_dir / str(sel["best_run_dir"])
-        try:
-            rec = load_results(ExperimentPaths(exp_dir).find_results_json())
-        except (OSError, ResultsError) as err:
-            raise PredictError(f"{exp_dir}: cannot read its results ({err})") from None
+        read = read_cell(exp_dir)
+        if read.record is None:   # the summary read it a moment ago: the file changed since
+            raise PredictError(f"{exp_dir}: cannot read its results ({read.error or 'no results file'})")
+        rec = read.record
         criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['val_iou_mean']:.4f}"
         best[sel["architecture"]] = (rec, exp_dir, criterion)
     if not best:

@@ -38,7 +38,7 @@ from mitoseg.cli_args import invoked_as, missing_extra, say
 from mitoseg.console import fmt_duration, results_table
 from mitoseg.scheduler import RETRY_ENV, detect_scheduler, scheduler_name, submit_study
 from mitoseg.paths import StudyPaths, new_study_dir
-from mitoseg.study_dir import base_grid, create_new_study_dir
+from mitoseg.study_dir import base_grid, create_new_study_dir, open_study
 from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SCHEDULER
 
 
@@ -56,17 +56,10 @@ def cmd_list(args) -> int:
 
 def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
     """The study to run and the cells chosen: the whole command is checked (flags against an existing
-    study, --cells/--arch, the confirmation flags) before anything is written; then finished cells its
-    grid no longer describes are one-line errors before anything runs (mitoseg/identity.py)."""
-    from mitoseg.identity import check_study
+    study, --cells/--arch, the confirmation flags) before anything is written; then the study is opened
+    with every check, its data included (mitoseg.study_dir.open_study)."""
     from mitoseg.membership import study_membership
-    from mitoseg.paths import StudyPaths
-    grid = base_grid(args.grid_config, args.data_dir, args.demo)
-    if args.study_dir:
-        given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo" if args.demo else None
-        G.check_flags_against_study(args.study_dir, grid, given, args.data_dir)
-        if StudyPaths(args.study_dir).grid_config.exists():
-            grid = G.load_study_grid(args.study_dir)   # an existing study's grid wins (mitoseg.grid.init_study)
+    _, grid = _planned_study(args, root)
     chosen = R.select_cells(grid, getattr(args, "cells", None), getattr(args, "arch", None), args.study_dir)
     for flag in ("confirm_seeds", "confirm_folds"):
         value = getattr(args, flag, None)
@@ -77,9 +70,8 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
         folds = args.confirm_folds or (C.DEMO_CONFIRM_FOLDS if args.demo else 1)
         C.check_against_plan(args.study_dir, args.confirm_seeds, folds=folds)   # not only after the grid has trained
     study = Path(args.study_dir) if args.study_dir else create_new_study_dir(root)
-    grid = G.init_study(study, grid)
     retrain = [c.index for c in chosen] if getattr(args, "force", False) else []
-    check_study(study, grid, retrain=retrain, check_data=True)
+    grid = open_study(study, grid, create=True, check_data=True, retrain=retrain)
     note = study_membership(study, grid).note()
     if note:
         _print(f"note: {note}")
@@ -150,7 +142,7 @@ def _scheduler_args(args) -> list[str]:
 
 def cmd_confirm(args) -> int:
     study = Path(args.study_dir).resolve()
-    grid = G.load_study_grid(study)
+    grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
     if args.scheduler == "local":
         return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
                                 args.allow_incomplete, args.folds, args.sesoi)

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="study folder holding grid_config.json and the exp_ folders (default $STUDY_DIR)")
     grid.add_argument("--task-index", type=int,
                       help="grid index; default from $PBS_ARRAY_INDEX, $PBS_ARRAYID or $SLURM_ARRAY_TASK_ID")
-    grid.add_argument("--grid-config", help="grid JSON used to create --study-dir if it has none yet")
+    grid.add_argument("--grid-config", help="grid JSON that creates --study-dir when it has none yet (without it, "
+                      "--study-dir must be a study already)")
     s = p.add_argument_group("fixed settings (defaults: the cluster's full-size run)")
     s.add_argument("--epochs", type=positive_int, help="maximum epochs (default 30)")
     s.add_argument("--patch-size", type=positive_int, help="square patch side in pixels (default 256)")
@@ -94,6 +95,7 @@ def main(argv=None) -> int:
     from mitoseg import scheduler as S
     from mitoseg.config import ConfigError, TrainConfig
     from mitoseg.paths import StudyPaths, cell_name
+    from mitoseg.study_dir import open_study
     from mitoseg.status import EXIT_BAD_INPUT
     try:
         from mitoseg.cell import run_cell
@@ -114,11 +116,12 @@ def main(argv=None) -> int:
             given = [f"--{k.replace('_', '-')}" for k in CELL_FLAGS if getattr(args, k) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} cannot be combined with --task-index: the grid sets the cell")
-            base = G.load_user_grid(args.grid_config) if args.grid_config else G.default_grid()
-            if args.grid_config:
-                G.check_flags_against_study(args.study_dir, base, f"--grid-config {args.grid_config}")
-            grid = G.init_study(args.study_dir, base)
-            G.check_absolute_data_dir(grid, StudyPaths(args.study_dir).grid_config)
+            # A study is created only from the grid it was given (--grid-config), never from a default one
+            # its cells may not belong to. The other cells are not this process's to check: run_cell checks
+            # this cell's own finished record against its settings and data.
+            requested = G.load_user_grid(args.grid_config) if args.grid_config else None
+            grid = open_study(args.study_dir, requested, args.grid_config and f"--grid-config {args.grid_config}",
+                              create=requested is not None, check_cells=False)
             cell = G.study_cell_at(args.study_dir, grid, index)   # a grid or a confirmation cell
             config = cell.train_config(grid)
             contradicting = [f"--{flag.replace('_', '-')} {value!r} (the grid's {flag}: {getattr(config, flag)!r})"

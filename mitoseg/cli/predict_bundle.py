@@ -65,22 +65,23 @@ def scaled_input(raw, member: dict, where: str):
 
 
 def ensemble_probabilities(args, manifest: dict, models: list):
-    import numpy as np
+    from mitoseg.inference import mean_probabilities
     from mitoseg.input_error import DataError
     try:
         raw = _read(args.input, "image")
     except DataError as err:
         raise PredictError(str(err)) from None
-    total = None
-    for member, path in zip(manifest["members"], models):
-        images = scaled_input(raw, member, str(args.input))
-        model = load_trained_model(path)
-        patch, channels = resolve_tiling(model, args.patch_size)
-        probs = predict_stack(model, images, patch, channels, tta=args.tta, batch_size=args.batch_size,
-                              overlap=args.overlap, quiet=args.quiet).astype(np.float64)
-        total = probs if total is None else total + probs
-        print(f"member {member['cell']}: tiles {patch}", flush=True)
-    return total / len(models)
+
+    def member_probabilities():
+        for member, path in zip(manifest["members"], models):
+            images = scaled_input(raw, member, str(args.input))
+            model = load_trained_model(path)
+            patch, channels = resolve_tiling(model, args.patch_size)
+            yield predict_stack(model, images, patch, channels, tta=args.tta, batch_size=args.batch_size,
+                                overlap=args.overlap, quiet=args.quiet)
+            print(f"member {member['cell']}: tiles {patch}", flush=True)
+
+    return mean_probabilities(member_probabilities())
 
 
 def run_bundle(args) -> int:

@@ -110,7 +110,7 @@ def test_volume(member: dict):
 
 def score_group(members: list[dict]) -> dict:
     """The ensemble IoU of members that share one test set (mean probability, the members' own tiling)."""
-    from .cli.predict import PredictError, load_trained_model
+    from .predict.model import PredictError, load_trained_model
     from .inference import mean_probabilities, predict_slices
     from .metrics import score_all
     test = test_volume(members[0])

@@ -1,4 +1,5 @@
-"""`predict.py --bundle BUNDLE`: the mean probability of a bundle's member models (run_study.py export).
+"""A bundle (run_study.py export) as prediction reads it: its manifest and member models checked, each
+member's input on its own recorded scale, the mean probability of the members.
 
 Each member sees the input on its own recorded training scale (bundle.json, not a results JSON beside
 the model: the bundle is self-contained); the tiles are each model's own input side, as for --model.
@@ -7,13 +8,11 @@ the model: the bundle is self-contained); the tiles are each model's own input s
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
-from mitoseg.cli.predict import (PredictError, _read, check_model_file, check_outputs, load_trained_model,
-                                 predict_stack, read_mask_stack, resolve_tiling, write_tiff)
 from mitoseg.paths import BUNDLE_JSON
-from mitoseg.status import EXIT_OK
+from mitoseg.predict.files import read_image_noted
+from mitoseg.predict.model import PredictError, check_model_file, load_trained_model, predict_stack, resolve_tiling
 
 
 def load_bundle(folder) -> tuple[dict, list[Path]]:
@@ -68,7 +67,7 @@ def ensemble_probabilities(args, manifest: dict, models: list):
     from mitoseg.inference import mean_probabilities
     from mitoseg.input_error import DataError
     try:
-        raw = _read(args.input, "image")
+        raw = read_image_noted(args.input, "image")
     except DataError as err:
         raise PredictError(str(err)) from None
 
@@ -82,39 +81,3 @@ def ensemble_probabilities(args, manifest: dict, models: list):
             print(f"member {member['cell']}: tiles {patch}", flush=True)
 
     return mean_probabilities(member_probabilities())
-
-
-def run_bundle(args) -> int:
-    import numpy as np
-    given = [flag for flag in ("model", "overlay", "study_dir", "overlays") if getattr(args, flag)]
-    if given:
-        raise PredictError(f"--bundle cannot be combined with --{given[0].replace('_', '-')}")
-    missing = [f"--{n}" for n in ("input", "output") if not getattr(args, n)]
-    if missing:
-        raise PredictError(f"--bundle needs {' and '.join(missing)}")
-    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
-        raise PredictError(f"{args.output}: output must be a .tif/.tiff file")
-    manifest, models = load_bundle(args.bundle)
-    threshold = float(manifest["threshold"]) if args.threshold is None else args.threshold
-    if not 0 < threshold < 1:
-        raise PredictError(f"--threshold must be in (0, 1), got {threshold}")
-    inputs = {"--input": args.input, "--ground-truth": args.ground_truth,
-              **{f"--bundle member {p.name}": p for p in models}}
-    check_outputs({"--output": args.output}, inputs, args.overwrite)
-    masks = read_mask_stack(args.ground_truth) if args.ground_truth else None
-    print(f"bundle {args.bundle}: {manifest['architecture']}, {len(models)} member(s) ({manifest.get('source')}); "
-          f"threshold {threshold:.3f}" + (" (--threshold)" if args.threshold is not None else " (the bundle's)"))
-    probs = ensemble_probabilities(args, manifest, models)
-    if masks is not None and masks.shape != probs.shape:
-        raise PredictError(f"{args.ground_truth}: shape {masks.shape} does not match the input {probs.shape}")
-    out = (probs >= threshold).astype(np.uint8) * 255 if args.mask else probs.astype(np.float32)
-    write_tiff(args.output, out)
-    kind = f"uint8 0/255 mask (mean p >= {threshold:.3f})" if args.mask else "float32 mean probabilities"
-    print(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} x {out.shape[2]} {kind} of {len(models)} "
-          f"model(s); TTA {'on' if args.tta else 'off'}")
-    if masks is not None:
-        from mitoseg import metrics
-        s = metrics.score_all(masks, probs, threshold)
-        print(f"vs {args.ground_truth}: IoU {s['iou']:.4f}  Dice {s['dice']:.4f}  precision {s['precision']:.4f}  "
-              f"recall {s['recall']:.4f}", file=sys.stdout)
-    return EXIT_OK

@@ -7,11 +7,17 @@
 # Also installs Debian's slurm-wlm for the real-scheduler tests. Extra arguments go to both pytest runs.
 set -euo pipefail
 cd "$(dirname "$0")"
-bash setup_env.sh
-VENV=.venv-oldest REQUIREMENTS=requirements-oldest.txt PYTHON="$(bash .ci/oldest_python.sh)" bash setup_env.sh
-bash .ci/install_slurm.sh
+# The three installs are independent and mostly wait for downloads and unpacking: run them side by
+# side, then fail (after all have ended) if any failed; each prints its own error.
+pids=()
+bash setup_env.sh & pids+=($!)
+VENV=.venv-oldest REQUIREMENTS=requirements-oldest.txt PYTHON="$(bash .ci/oldest_python.sh)" bash setup_env.sh & pids+=($!)
+bash .ci/install_slurm.sh & pids+=($!)
+failed=0
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+if [ "$failed" != 0 ]; then echo "error: setting up the test environment failed (see above)" >&2; exit 1; fi
 export TF_CPP_MIN_LOG_LEVEL=3
 export MITOSEG_OLDEST_PYTHON="$PWD/.venv-oldest/bin/python"   # the stand-in container's Python
 .venv/bin/python -m pytest -q -ra --durations=15 tests "$@"
 echo "=== oldest supported stack: $(.venv-oldest/bin/python --version), tests marked 'oldest' ==="
-.venv-oldest/bin/python -m pytest -q -ra -m oldest tests "$@"
+.venv-oldest/bin/python -m pytest -q -ra --durations=15 -m oldest tests "$@"

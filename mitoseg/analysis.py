@@ -1,10 +1,12 @@
 """The analysis pipeline: study folder or summary CSV -> summary CSV, figures, reports (no TensorFlow)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Optional
 
 from .comparison import DEFAULT_SESOI
+from .ensemble import ensemble_scores
 from .io_utils import atomic_write_text, same_file
 from .paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
 from .plots import make_figures
@@ -97,6 +99,7 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     # the plan's ranks (fixed when it was made) choose each architecture's representative under --top K
     res = analyze(df, baseline, sesoi, plan["configs"] if plan else None)
     log(f"  headline metric: {res.metric.label}")
+    res = dataclasses.replace(res, ensemble=ensemble_scores(study_dir, res.confirm_df, plan, out_dir / SUMMARY_JSON, log))
     if figures:
         log(f"Drawing figures into {out_dir} ...")
         figures = make_figures(res, out_dir, history_root)

@@ -39,7 +39,7 @@ from .environment import environment_info
 from .identity import data_fingerprint, finished_cell_differences
 from .input_error import DataError
 from .paths import ExperimentPaths
-from .results import RETRY_BUDGET, ResultsError, load_results, retry_exhausted
+from .results import ResultsError, load_results, retry_budget, retry_exhausted
 from .scaling import log_scaling
 from .status import (DIVERGED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, INTERRUPTED, OK,
                      is_done)
@@ -64,7 +64,7 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
              retry_failed: bool = False) -> tuple[dict | None, int]:
     """Train one cell into `exp_dir`. Returns (results record or None, exit code).
     `cache_dir` (grid mode: the study's) shares decoded stacks and patches between cells. A cell that
-    failed RETRY_BUDGET times is not retrained unless `retry_failed` (or `force`)."""
+    failed retry_budget() times is not retrained unless `retry_failed` (or `force`)."""
     started = time.time()
     exp_dir = Path(exp_dir)
     paths = ExperimentPaths(exp_dir)
@@ -125,8 +125,13 @@ def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool, ret
     one refusal line when it finished with others (--force retrains it), or failed its retry budget
     (--retry-failed retrains it); None when it has to run."""
     record = existing_record(paths)
-    if retry_exhausted(record, retry_failed or force):
-        log(f"{paths.name}: failed {record['attempts']} times (budget {RETRY_BUDGET}), last error: "
+    try:
+        budget, _ = retry_budget(paths.exp_dir.parent)   # the study's, when the cell is in one
+    except ValueError as err:
+        log(f"error: {err}")
+        return None, EXIT_BAD_INPUT
+    if retry_exhausted(record, retry_failed or force, budget):
+        log(f"{paths.name}: failed {record['attempts']} times (budget {budget}), last error: "
             f"{record.get('error')}; not retried. Pass --retry-failed to train it again.")
         return record, EXIT_FAILED
     status = None if record is None else record["status"]

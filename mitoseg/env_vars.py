@@ -44,6 +44,9 @@ USER_ROWS = (
     (("MITOSEG_RETRY_FAILED",), "the elements (`train_one.py`)",
      "`1`: retrain a cell that failed its retry budget (`submit --retry-failed` sets it; always exported, empty "
      "otherwise)"),
+    (("MITOSEG_RETRY_BUDGET",), "`local`, `submit`, the elements (`train_one.py`)",
+     "failures after which a resubmission stops retraining a cell; wins over the grid's and the site profile's "
+     "`retry_budget` (default 2); `submit` and `local` pass the number they resolved to their cells"),
 )
 _SHOWN = {"MITOSEG_NO_ANALYSIS_JOB": "MITOSEG_NO_ANALYSIS_JOB=1"}   # the value that matters, in the docs
 VARIABLES: dict[str, Variable] = {name: Variable(read_by, meaning) for names, read_by, meaning in USER_ROWS

@@ -52,7 +52,8 @@ def confirmed_members(study: Path, arch: str) -> tuple[Optional[dict], list[tupl
 
 def selected_member(study: Path) -> dict:
     """{arch: (cell name, record)} of the grid's selection (no confirmation stage)."""
-    from .cli.predict import PredictError, best_per_architecture
+    from .predict.best_runs import best_per_architecture
+    from .predict.model import PredictError
     try:
         best = best_per_architecture(study)
     except PredictError as err:

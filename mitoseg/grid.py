@@ -19,6 +19,7 @@ from .config import ARCHITECTURES, TrainConfig, value_requirement
 from .input_error import error_line
 from .io_utils import atomic_write_text
 from .paths import StudyPaths, cell_name
+from .results import budget_problems
 from .status import EXIT_BAD_INPUT, EXIT_OK
 
 COMMENT_KEY = "_comment"    # free text in a grid JSON (examples/); ignored, not saved into the study
@@ -35,8 +36,7 @@ class GridError(ValueError):
         super().__init__(self.problems[0] + more)
 
 
-_DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3],
-                 "batch_sizes": [8, 16, 32], "seeds": [42]}
+_DEFAULT_AXES = {"architectures": list(ARCHITECTURES), "learning_rates": [1e-4, 5e-4, 1e-3, 5e-3], "batch_sizes": [8, 16, 32], "seeds": [42]}
 
 
 @dataclass
@@ -47,8 +47,8 @@ class GridConfig:
     learning_rates: list = field(default_factory=lambda: list(_DEFAULT_AXES["learning_rates"]))
     batch_sizes: list = field(default_factory=lambda: list(_DEFAULT_AXES["batch_sizes"]))
     seeds: list = field(default_factory=lambda: list(_DEFAULT_AXES["seeds"]))
-    # Fixed settings shared by every cell (any TrainConfig field except the four above).
-    fixed: dict = field(default_factory=dict)
+    fixed: dict = field(default_factory=dict)   # settings shared by every cell (any TrainConfig field but the four above)
+    retry_budget: Optional[int] = None   # mitoseg.results.retry_budget; not a training setting (None: unset)
 
     def __post_init__(self):
         problems = grid_problems(dataclasses.asdict(self))
@@ -60,7 +60,7 @@ class GridConfig:
         return len(self.architectures) * len(self.learning_rates) * len(self.batch_sizes) * len(self.seeds)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "retry_budget" or v is not None}   # unset: unsaved
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GridConfig":
@@ -173,12 +173,12 @@ def _unknown_keys(values: dict) -> list[str]:
 
 
 def grid_problems(values: dict) -> list[str]:
-    """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never
-    coerced: "false" is not false, 4.9 is not a batch size, and a repeated value would make two
-    identical cells. The pre-flight check (`run_study.py verify`) lists them as FAIL rows."""
+    """Every problem of a grid (as read from JSON), one line each; [] for a valid grid. Types are never coerced: "false"
+    is not false, 4.9 is not a batch size, a repeated value would make two identical cells. `verify` lists them as FAIL rows."""
     if not isinstance(values, dict):
         return [f"a grid config must be a JSON object, got {type(values).__name__}"]
     problems = _unknown_keys(values)
+    problems += budget_problems(values.get("retry_budget"))
     for axis, name in _AXES.items():
         items = values.get(axis, _DEFAULT_AXES[axis])
         if not isinstance(items, list) or not items:

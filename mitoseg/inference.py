@@ -130,6 +130,19 @@ def predict_slices(model, images: np.ndarray, patch_size: int, batch_size: int =
     return out / weight[None]
 
 
+def mean_probabilities(probabilities) -> np.ndarray:
+    """The mean of an ensemble's probability maps (an iterable: one model's map in memory at a time).
+    The one averaging of predict.py --bundle and the analysis' ensemble score."""
+    total, n = None, 0
+    for probs in probabilities:
+        probs = np.asarray(probs, dtype=np.float64)
+        total = probs if total is None else total + probs
+        n += 1
+    if n == 0:
+        raise ValueError("an ensemble needs at least one member")
+    return total / n
+
+
 def slice_scores(masks, probs, threshold=0.5, slice_names=None) -> list:
     """[{name, iou, dice, tp, fp, fn}] for every slice: the `test.slices` of the results JSON, so two
     models scored on the same slices can be compared slice by slice, and pooled IoU (sum tp over sum

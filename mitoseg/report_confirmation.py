@@ -153,6 +153,8 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
         doc.table(["A", "B", "mean A - B", "adjusted CI", "per-fold A - B", "fold SD", "p (raw; x pairs)",
                    f"detectable (power {POWER:g})", "decision", "verdict"], [pair_row(p) for p in conf["pairs"]])
         doc.p(power_text(conf))
+    for line in ensemble_lines(res.ensemble):
+        doc.p(line)
     rows = []
     for _, r in res.confirm_df.sort_values(["architecture", "seed"], na_position="last").iterrows():
         rows.append([str(r["experiment_id"]), r["architecture"], fg(r["learning_rate"]), fint(r["batch_size"]),
@@ -162,6 +164,36 @@ def confirmation_section(doc: Doc, res: StudyAnalysis):
     doc.p("Every confirmation run:")
     doc.table(["experiment", "architecture", "lr", "batch", "fold", "seed", "status", "test IoU", "val IoU",
                "degenerate", "error"], rows)
+
+
+def ensemble_arm_text(a: dict) -> str:
+    """One architecture's ensemble: its number beside the single runs', or why there is none; the runs left out."""
+    notes = [f"{g['test_set']}: {f3(g['ensemble_iou'])} vs {f3(g['single_iou_mean'])} ({len(g['members'])} runs)"
+             for g in a.get("groups") or [] if len(a["groups"]) > 1]
+    if a["left_out"]:
+        notes.append("excluded: " + ", ".join(f"{x['cell']} ({x['why']})" for x in a["left_out"]))
+    if a["reason"]:
+        text = f"{a['architecture']}: {a['reason']}"
+    else:
+        ci = (f"95 % CI {f3(a['single_ci_low'])} to {f3(a['single_ci_high'])}, clipped to [0, 1]" if a["single_ci_low"] is not None
+              else "no interval")
+        text = (f"{a['architecture']}: ensemble of {len(a['members'])} runs: test IoU {f3(a['ensemble_iou'])} vs "
+                f"single runs {f3(a['single_iou_mean'])} ({ci}; the same runs), at threshold {a['threshold']:g}; "
+                f"{a['covers']}")
+    return text + "".join(f"; {x}" for x in notes)
+
+
+def ensemble_lines(ens) -> list:
+    """The ensemble of each architecture's confirmation runs (mitoseg.ensemble), or why it was not scored."""
+    if ens is None:
+        return []
+    head = "Ensemble of the confirmation runs (mean probability of the members; not part of the comparison above)"
+    if ens["reason"]:
+        return [f"{head}: not scored: {ens['reason']}."]
+    arms = ens["architectures"]
+    if all(a["reason"] for a in arms):   # one line, not one per architecture, when none has a number
+        return [f"{head}: not scored: " + "; ".join(ensemble_arm_text(a) for a in arms) + "."]
+    return [f"{head}:"] + [("not scored: " if a["reason"] else "") + ensemble_arm_text(a) + "." for a in arms]
 
 
 def pair_row(p: dict) -> list:

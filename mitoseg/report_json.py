@@ -70,6 +70,7 @@ def summary_json(res: StudyAnalysis, source: str, expected: int, figures: dict) 
         architecture_comparison=comparison_json(conf),
         min_detectable_difference=None if conf is None else conf["min_detectable_difference"],
         confirmation=confirmation_json(conf),
+        ensemble=res.ensemble,
         figures={k: (str(v.name) if isinstance(v, Path) else f"not produced: {v}") for k, v in figures.items()},
     )
     return jsonable(out)

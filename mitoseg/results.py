@@ -29,7 +29,9 @@ _STR = (str, type(None))
 # thresholded at config.threshold, unless named otherwise; "soft" scores use probabilities (the original study's jacard_coef).
 # A cell whose results say failed this many times is skipped by a resubmission until the user passes
 # --retry-failed: a deterministic failure (a bad setting, a model too big) must not burn GPU hours forever.
+# The budget is a setting (retry_budget): see retry_budget() for where it is read; this is its default.
 RETRY_BUDGET = 2
+RETRY_BUDGET_ENV = "MITOSEG_RETRY_BUDGET"
 
 RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("schema_version", (int,), f"{SCHEMA_VERSION} (versions 1, without test.slices, and 2, without their tp/fp/fn, "
@@ -77,8 +79,8 @@ RESULT_FIELDS: list[tuple[str, tuple, str]] = [
     ("environment", (dict,), "code (version, git commit, modified), package versions, Python, host name, device"),
     ("files", (dict,), "file names (relative to the exp_ folder) of the log, history CSV and model"),
     ("attempts", (int,), "runs of this cell that wrote this file (a resumed or retried run adds 1, --force starts "
-                         f"again at 1; older files without it read as 1); a cell failed {RETRY_BUDGET} times is not "
-                         "retried by a resubmission without --retry-failed"),
+                         f"again at 1; older files without it read as 1); a cell failed retry_budget times (default "
+                         f"{RETRY_BUDGET}) is not retried by a resubmission without --retry-failed"),
 ]
 FIELD_NAMES = [name for name, _, _ in RESULT_FIELDS]
 
@@ -198,8 +200,43 @@ if __name__ == "__main__":   # docs/generate.py writes this table into docs/outp
     print(markdown_table())
 
 
-def retry_exhausted(record: Optional[dict], retry_failed: bool = False) -> bool:
-    """True when a resubmission must not retrain this cell: it failed RETRY_BUDGET times and the user
-    did not pass --retry-failed."""
+def budget_problems(value) -> list[str]:
+    """[] for an unset (None) or valid retry_budget of a grid file, else the one problem."""
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return []
+    return [f"retry_budget must be an integer >= 1 (failures before a resubmission stops retrying a cell), got {value!r}"]
+
+
+def retry_budget(study_dir=None, environ=None, site=None, grid=None) -> tuple[int, str]:
+    """(failures after which a resubmission stops retraining a cell, where that number comes from).
+
+    The most specific setting wins: $MITOSEG_RETRY_BUDGET (this command; `submit` passes the number it
+    resolved to its elements) > the study's grid file key retry_budget (this study) > the site profile's
+    retry_budget (this cluster; `site`, else the profile found as `submit` finds it) > RETRY_BUDGET.
+    `grid`: the study's grid when it is at hand (a new study has no grid file yet).
+    ValueError (one line) for a bad environment value."""
+    from .env_vars import read
+    text = (read(RETRY_BUDGET_ENV, environ) or "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"${RETRY_BUDGET_ENV} must be an integer >= 1, got {text!r}")
+        return int(text), f"${RETRY_BUDGET_ENV}"
+    from .paths import StudyPaths
+    if grid is None and study_dir is not None and StudyPaths(study_dir).grid_config.exists():
+        from .grid import load_study_grid
+        grid = load_study_grid(study_dir)
+    if grid is not None and grid.retry_budget is not None:
+        return grid.retry_budget, "the grid's retry_budget"
+    if site is None:
+        from .site import load_site
+        site = load_site(None, environ)
+    if site.retry_budget is not None:
+        return site.retry_budget, f"site profile {site.path}"
+    return RETRY_BUDGET, "default"
+
+
+def retry_exhausted(record: Optional[dict], retry_failed: bool = False, budget: int = RETRY_BUDGET) -> bool:
+    """True when a resubmission must not retrain this cell: it failed `budget` times (retry_budget()) and
+    the user did not pass --retry-failed."""
     return (not retry_failed and record is not None and record.get("status") == FAILED
-            and record.get("attempts", 1) >= RETRY_BUDGET)
+            and record.get("attempts", 1) >= budget)

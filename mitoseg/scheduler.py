@@ -34,6 +34,7 @@ from .launcher import REPO_DIR, launcher, study_binds
 from .multi_cell import ENV as K_ENV, array_size
 from .paths import StudyPaths
 from .schedulers import BATCH, INDEX_ORDER, PBSPRO, SLURM, get, parse_job_id, running_under
+from .results import RETRY_BUDGET_ENV, retry_budget
 
 PBS_SCRIPT = PBSPRO.job_script
 SLURM_SCRIPT = SLURM.job_script
@@ -259,8 +260,10 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
     first, last = indices or (0, array_size(grid.size, cells_per_gpu) - 1)
     # The study fixes the grid and the data: a GRID_CONFIG/DATA_DIR of the login shell (exported with the
     # rest of it) must neither replace nor contradict them in the elements.
+    budget, budget_from = retry_budget(study_dir, site=site, grid=grid)   # resolved here: every element uses this number
     env_vars = (f"STUDY_DIR={study_dir},{NO_ANALYSIS_ENV}=1,{K_ENV}={cells_per_gpu},GRID_CONFIG=,"
-                f"DATA_DIR={grid.fixed.get('data_dir') or ''},{RETRY_ENV}={'1' if retry_failed else ''}") + (f",{S.SITE_ENV}={site.path}" if site.path else "")
+                f"DATA_DIR={grid.fixed.get('data_dir') or ''},{RETRY_ENV}={'1' if retry_failed else ''},"
+                f"{RETRY_BUDGET_ENV}={budget}") + (f",{S.SITE_ENV}={site.path}" if site.path else "")
     script = array_job_script(scheduler, site, study_dir, write=False)
     cmd = array_submit_command(scheduler, first, last, env_vars, extra_args, site, study_dir, script)
     if dry_run:
@@ -268,6 +271,8 @@ def submit_study(study_dir: Path, grid: G.GridConfig, scheduler: str, extra_args
                                        StudyPaths(study_dir).analysis_script, study_dir, site, extra_args)
         log("dry run: nothing created or submitted")
         log(f"array job ({last - first + 1} elements): {_line(cmd)}")
+        log(f"  retry budget: {budget} (from {budget_from}): a cell failed {budget} times is not retrained "
+            "without --retry-failed")
         if site.modules:
             log(f"  ({script} = {Path(array_job_script(scheduler, S.SiteProfile(), study_dir)).name} with the "
                 f"module lines {site.modules} before the Python call)")

@@ -60,6 +60,7 @@ _RULES = {  # key -> (is_ok(value), what it must be)
     "container": (_text, "a .sif file, a sandbox folder or a docker:// / oras:// / library:// address"),
     "binds": (_text_list, "a list of host folders to bind into the container"),
     "extra_args": (_text_list, "a list of extra qsub/sbatch arguments for every job"),
+    "retry_budget": (_count(1), "an integer >= 1 (failures before a resubmission stops retrying a cell)"),
 }
 
 
@@ -82,6 +83,7 @@ class SiteProfile:
     container: Optional[str] = None
     binds: list = field(default_factory=list)
     extra_args: list = field(default_factory=list)
+    retry_budget: Optional[int] = None   # mitoseg.results.retry_budget: below a grid file's, above the default
 
     def describe(self) -> str:
         if self.path is None:

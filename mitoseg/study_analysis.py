@@ -61,6 +61,7 @@ class StudyAnalysis:
     selected_on: str                 # the data the selection used, in words
     confirm_df: pd.DataFrame         # the confirmation rows (stage "confirm"), maybe none
     confirmation: Optional[dict]     # compare_architectures of them, None without confirmation rows
+    ensemble: Optional[dict] = None  # mitoseg.ensemble.ensemble_scores (set by the pipeline: it reads the models)
 
 
 def split_stages(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

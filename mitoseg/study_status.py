@@ -26,7 +26,7 @@ from typing import Optional
 
 from . import grid as G
 from .paths import StudyPaths
-from .results import RETRY_BUDGET, retry_exhausted
+from .results import retry_budget, retry_exhausted
 from .cell_state import read_cell
 from .console import fmt_duration, fmt_score
 from .membership import study_membership
@@ -73,10 +73,10 @@ def last_write(exp_dir: Path) -> Optional[float]:
     return newest
 
 
-def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
+def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int, budget: int) -> dict:
     paths = StudyPaths(study_dir).exp(cell.name)
     row = dict(cell=cell, state=MISSING, epoch=0, epochs_max=epochs_max, latest_iou=None, best_iou=None,
-               epoch_times=[], overhead_s=None, last_write=None, note="", attempts=None, kept=False)
+               epoch_times=[], overhead_s=None, last_write=None, note="", attempts=None, kept=False, budget=budget)
     if not paths.exp_dir.is_dir():
         return row
     history = read_history(paths.history_csv)
@@ -92,7 +92,7 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
         row["note"] = f"unreadable results ({read.error})"[:120]
     if record is not None:
         row["attempts"] = record["attempts"]
-        row["kept"] = retry_exhausted(record)   # a resubmission skips it: no part of the ETA
+        row["kept"] = retry_exhausted(record, budget=budget)   # a resubmission skips it: no part of the ETA
         json_time = read.path.stat().st_mtime
         rerun = record["status"] not in DONE_STATUSES and (row["last_write"] or 0) > json_time + RERUN_MARGIN_S
         if not rerun:
@@ -104,19 +104,19 @@ def scan_cell(study_dir: Path, cell: G.Cell, epochs_max: int) -> dict:
                 if record.get("total_time_s") is not None and record.get("training_time_s") is not None:
                     row["overhead_s"] = max(0.0, record["total_time_s"] - record["training_time_s"])
             else:
-                row["note"] = _attempts_note(record) + (record.get("error") or "")
+                row["note"] = _attempts_note(record, budget) + (record.get("error") or "")
             return row
         row["note"] = f"rerun of a {record['status']} cell"
     row["state"] = RUNNING   # STARTED (or unreadable, or a rerun on): RUNNING or STALLED by the clock in `status_rows`
     return row
 
 
-def _attempts_note(record: dict) -> str:
+def _attempts_note(record: dict, budget: int) -> str:
     """How often a failed cell was tried, and whether a resubmission retries it."""
     if record["status"] != FAILED:
         return ""
-    kept = " (not retried without --retry-failed)" if retry_exhausted(record) else ""
-    return f"attempt {record['attempts']}/{RETRY_BUDGET}{kept}: "
+    kept = " (not retried without --retry-failed)" if retry_exhausted(record, budget=budget) else ""
+    return f"attempt {record['attempts']}/{budget}{kept}: "
 
 
 def expected_epoch_s(row: dict, rows: list[dict]) -> Optional[float]:
@@ -135,7 +135,8 @@ def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None, memb
     study_dir = Path(study_dir)
     now = time.time() if now is None else now
     members = members or study_membership(study_dir, grid)
-    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs) for cell in members.cells.values()]
+    budget, _ = retry_budget(study_dir)
+    rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs, budget) for cell in members.cells.values()]
     for row in rows:
         why = members.foreign.get(row["cell"].name)
         if why:   # another cell's results in this cell's folder: not run, as far as this study is concerned
@@ -187,7 +188,7 @@ def render(rows: list[dict], now: Optional[float] = None) -> str:
     eta, parallel = eta_seconds(rows)
     kept = sum(r["kept"] for r in rows)
     if eta == 0.0 and not parallel:
-        lines.append("every cell finished" + (f", except {kept} failed {RETRY_BUDGET} times: a resubmission retries "
+        lines.append("every cell finished" + (f", except {kept} failed {rows[0]['budget']} times: a resubmission retries "
                                                "them only with --retry-failed" if kept else ""))
     elif eta is None:
         lines.append("ETA: unknown until a first epoch has been measured")

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures_train import TINY_CELL_ARGS, TINY_CELL_NAME, TinyCell, run_train_one
+
 
 @pytest.fixture(scope="session")
 def oldest_python() -> str:
@@ -18,3 +20,14 @@ def oldest_python() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cell(tmp_path_factory) -> TinyCell:
+    """A synthetic-data Attention_UNet cell trained for 2 epochs (deterministic ops) by a real
+    train_one.py process: its results JSON, history, log, model and TensorBoard events. Built once
+    per session, on first use (a run costs ~10 s of this 2-core machine, more under load); read-only:
+    a test that changes the folder copies it first (shutil.copytree)."""
+    out = tmp_path_factory.mktemp("tiny_cell")
+    proc = run_train_one([*TINY_CELL_ARGS, "--out-dir", str(out)])
+    return TinyCell(out=out, exp=out / TINY_CELL_NAME, proc=proc)

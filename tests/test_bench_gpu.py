@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_bench_gpu_runs_tiny_on_this_machine(tmp_path):
     cmd = [sys.executable, str(ROOT / "bench" / "bench_gpu.py"), "--tiny", "--arch", "UNet", "--modes", "float32",
-           "--batch-sizes", "2,4", "--max-batch", "8", "--k", "1,2", "--steps", "2", "--warmup", "1",
+           "--batch-sizes", "2", "--max-batch", "4", "--k", "1,2", "--steps", "2", "--warmup", "1",
            "--results-dir", str(tmp_path)]
     proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
                           capture_output=True, text=True, timeout=900)
@@ -21,11 +21,9 @@ def test_bench_gpu_runs_tiny_on_this_machine(tmp_path):
     assert "patch 32x32, width 4, depth 3" in lines[0]
     out = proc.stdout
     rows = [ln for ln in lines if ln.startswith("| UNet | float32 |")]
-    assert len(rows) == 3   # batch 2, batch 4, and the largest-batch row
-    for row in rows[:2]:
-        images_s = float(row.split("|")[4])
-        assert images_s > 0
-    assert "| UNet | float32 | 8 (stopped at the --max-batch cap 8) |" in out
+    assert len(rows) == 2   # batch 2, and the largest-batch row (one measured size: each costs a trace)
+    assert float(rows[0].split("|")[4]) > 0   # images/s
+    assert "| UNet | float32 | 4 (stopped at the --max-batch cap 4) |" in out   # doubled 2 -> 4, then capped
     share = [ln for ln in lines if ln.startswith("| UNet | 1 |") or ln.startswith("| UNet | 2 |")]
     assert len(share) == 2 and "failed" not in "".join(share)
     saved = list(tmp_path.glob("bench_gpu_*.md"))

@@ -13,6 +13,8 @@ import tifffile
 
 from mitoseg.synthetic import make_synthetic_em
 
+pytestmark = pytest.mark.oldest   # trains, exports and predicts: also run in the oldest supported stack (run_tests.sh)
+
 REPO = Path(__file__).resolve().parents[1]
 GRID = {"architectures": ["UNet"], "learning_rates": [0.001], "batch_sizes": [8], "seeds": [1],
         "fixed": {"epochs": 1, "base_filters": 4, "depth": 3, "patch_size": 64, "synthetic_slices": 16,

@@ -2,6 +2,8 @@
 train_one.py of an array element) until --retry-failed; `attempts` is in the results and in status."""
 import json
 
+import pytest
+
 from mitoseg import grid as G
 from mitoseg import runner as R
 from mitoseg import study_status as SS
@@ -53,6 +55,7 @@ def test_runner_retries_a_cell_below_its_budget(tmp_path, monkeypatch):
     assert [c.index for c in R._skip_finished(study, cells, force=False)[1]] == [1]
 
 
+@pytest.mark.oldest   # the cell module (training code) in the oldest stack
 def test_train_one_gate(tmp_path):
     """The check train_one.py (every array element) runs before loading any data."""
     from mitoseg.cell import _finished_cell
@@ -81,6 +84,7 @@ def test_status_shows_attempts(tmp_path):
     assert SS.eta_seconds(rows)[0] == 0.0   # the kept cell is not part of what remains
 
 
+@pytest.mark.oldest
 def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):
     """_train records attempts = previous + 1 (a --force run starts at 1); training itself is replaced by an
     exception, which is how an OOM reaches the record."""
@@ -117,3 +121,65 @@ def test_submit_passes_retry_failed_to_the_elements(tmp_path):
         submit_study(study, grid, "slurm", [], log=lines.append, dry_run=True, retry_failed=retry)
         array = next(line for line in lines if line.startswith("array job"))
         assert re.search(rf"[ ,]{RETRY_ENV}={value}[ ,]", array), array
+
+
+def _set_grid_budget(study, budget):
+    from mitoseg.paths import StudyPaths
+    path = StudyPaths(study).grid_config
+    path.write_text(json.dumps({**json.loads(path.read_text()), "retry_budget": budget}))
+
+
+def test_the_budget_is_a_setting_with_stated_precedence(tmp_path, monkeypatch):
+    """$MITOSEG_RETRY_BUDGET > the grid's retry_budget > the site profile's > 2."""
+    from mitoseg.results import RETRY_BUDGET_ENV, retry_budget
+    monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)
+    monkeypatch.delenv("MITOSEG_SITE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no_config"))
+    monkeypatch.chdir(tmp_path)
+    study, cells, _ = _study(tmp_path, 2)
+    assert retry_budget(study) == (2, "default")
+    (tmp_path / "site.json").write_text(json.dumps({"retry_budget": 4}))
+    monkeypatch.setenv("MITOSEG_SITE", str(tmp_path / "site.json"))
+    assert retry_budget(study) == (4, f"site profile {tmp_path / 'site.json'}")
+    _set_grid_budget(study, 3)
+    assert retry_budget(study) == (3, "the grid's retry_budget")
+    monkeypatch.setenv(RETRY_BUDGET_ENV, "5")
+    assert retry_budget(study) == (5, f"${RETRY_BUDGET_ENV}")
+    monkeypatch.setenv(RETRY_BUDGET_ENV, "0")
+    with pytest.raises(ValueError, match=r"\$MITOSEG_RETRY_BUDGET must be an integer >= 1, got '0'"):
+        retry_budget(study)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "2", 2.0, True])
+def test_a_bad_budget_is_refused_in_grid_and_site(tmp_path, bad):
+    from mitoseg.site import SiteError, read_profile
+    with pytest.raises(G.GridError) as err:
+        G.GridConfig.from_dict({"architectures": ["UNet"], "retry_budget": bad})
+    assert any("retry_budget must be an integer >= 1" in p for p in err.value.problems)
+    (tmp_path / "site.json").write_text(json.dumps({"retry_budget": bad}))
+    with pytest.raises(SiteError, match="key 'retry_budget' must be an integer >= 1"):
+        read_profile(tmp_path / "site.json")
+    with pytest.raises(G.GridError, match="unknown grid key 'retry_budgets'"):
+        G.GridConfig.from_dict({"retry_budgets": 3})
+
+
+def test_a_grid_budget_reaches_runner_status_and_submit(tmp_path, monkeypatch):
+    import re
+    from mitoseg.results import RETRY_BUDGET_ENV
+    from mitoseg.scheduler import submit_study
+    monkeypatch.delenv(RETRY_ENV, raising=False)
+    monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)
+    monkeypatch.delenv("MITOSEG_SITE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no_config"))
+    study, cells, _ = _study(tmp_path, 2)
+    _set_grid_budget(study, 3)
+    assert [c.index for c in R._skip_finished(study, cells, force=False)[1]] == [1]   # 2 of 3 failures: retried
+    grid = G.load_study_grid(study)
+    rows = SS.status_rows(study, grid)
+    assert "attempt 2/3: " in rows[1]["note"] and not rows[1]["kept"]
+    lines = []
+    submit_study(study, grid, "slurm", [], log=lines.append, dry_run=True)
+    array = next(line for line in lines if line.startswith("array job"))
+    assert re.search(rf"[ ,]{RETRY_BUDGET_ENV}=3[ ,]", array), array
+    assert "  retry budget: 3 (from the grid's retry_budget): a cell failed 3 times is not retrained without --retry-failed" in lines
+    assert "retry_budget" not in G.GridConfig(architectures=["UNet"]).to_dict()   # unset: grid files unchanged

@@ -43,13 +43,9 @@ def raw_steps(log_dir):
     return pairs
 
 
-def test_a_trained_cell_writes_every_scalar_and_its_hparams(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    proc = subprocess.run([sys.executable, str(ROOT / "train_one.py"), "--arch", "UNet", "--lr", "2e-3",
-                           "--seed", "5", "--out-dir", str(tmp_path), *TINY],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+def test_a_trained_cell_writes_every_scalar_and_its_hparams(tiny_cell):
+    proc, exp = tiny_cell.proc, tiny_cell.exp   # the session's shared run (tests/conftest.py)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exp = tmp_path / "exp_UNet_lr0.002_bs4_seed5"
     scalars, hparams, _ = read_board(exp / "tensorboard")
     for tag in EPOCH_TAGS.values():
         assert [s for s, _ in scalars[tag]] == [1, 2], tag
@@ -62,8 +58,8 @@ def test_a_trained_cell_writes_every_scalar_and_its_hparams(tmp_path):
     import csv
     rows = list(csv.DictReader(open(exp / f"{exp.name}_history.csv")))
     assert [v for _, v in scalars["val_iou"]] == pytest.approx([float(r["val_iou"]) for r in rows], abs=1e-6)
-    assert hparams["architecture"] == "UNet" and hparams["learning_rate"] == pytest.approx(2e-3)
-    assert hparams["batch_size"] == 4 and hparams["seed"] == 5 and hparams["data_dir"] == "synthetic"
+    assert hparams["architecture"] == "Attention_UNet" and hparams["learning_rate"] == pytest.approx(1e-3)
+    assert hparams["batch_size"] == 4 and hparams["seed"] == 3 and hparams["data_dir"] == "synthetic"
     assert len(raw_steps(exp / "tensorboard")) == len(set(raw_steps(exp / "tensorboard")))
 
 

@@ -26,41 +26,41 @@ def fit_and_count_traces(model, x, y) -> int:
         traces.append(1)
         return original(data)
     model.train_step = counting_train_step
-    model.fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False)   # 4 steps
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False)   # 2 steps
     return len(traces)
 
 
 @pytest.fixture(scope="module")
-def batch():
+def fitted():
+    """The same seed and data fitted for one epoch without and with the prebuild: each a model build,
+    a trace and a fit, shared by the three tests below (this module also runs in the oldest stack)."""
+    from mitoseg.training import build_fit_variables
     rng = np.random.default_rng(0)
     x = rng.random((8, 32, 32, 1), dtype=np.float32)
     y = (rng.random((8, 32, 32, 1)) > 0.8).astype(np.float32)
-    return x, y
+    plain = compiled_tiny_model()
+    plain_traces = fit_and_count_traces(plain, x, y)
+    built = compiled_tiny_model()
+    build_fit_variables(built, x[:1], y[:1])
+    state = dict(optimizer_built=built.optimizer.built,
+                 metric_sum=sum(float(np.sum(np.abs(v.numpy()))) for m in built.metrics for v in m.variables))
+    built_traces = fit_and_count_traces(built, x, y)
+    return dict(plain=plain, plain_traces=plain_traces, built=built, built_traces=built_traces, **state)
 
 
-def test_without_prebuild_keras_traces_the_step_twice(batch):
+def test_without_prebuild_keras_traces_the_step_twice(fitted):
     # The control: if Keras ever builds these variables itself, this fails and the helper can go.
-    assert fit_and_count_traces(compiled_tiny_model(), *batch) == 2
+    assert fitted["plain_traces"] == 2
 
 
-def test_build_fit_variables_leaves_one_trace(batch):
-    from mitoseg.training import build_fit_variables
-    model = compiled_tiny_model()
-    build_fit_variables(model, batch[0][:1], batch[1][:1])
-    assert model.optimizer.built
-    assert all(float(np.sum(np.abs(v.numpy()))) == 0 for m in model.metrics for v in m.variables), \
-        "metric state from the build example must be reset before fit"
-    assert fit_and_count_traces(model, *batch) == 1
+def test_build_fit_variables_leaves_one_trace(fitted):
+    assert fitted["optimizer_built"]
+    assert fitted["metric_sum"] == 0, "metric state from the build example must be reset before fit"
+    assert fitted["built_traces"] == 1
 
 
-def test_prebuild_does_not_change_training(batch):
+def test_prebuild_does_not_change_training(fitted):
     """Same seed, same data: identical weights after one epoch with and without the prebuild (it
     runs the model in inference mode and creates zeroed optimizer slots, nothing else)."""
-    from mitoseg.training import build_fit_variables
-    plain = compiled_tiny_model()
-    plain.fit(*batch, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    built = compiled_tiny_model()
-    build_fit_variables(built, batch[0][:1], batch[1][:1])
-    built.fit(*batch, batch_size=4, epochs=1, verbose=0, shuffle=False)
-    for a, b in zip(plain.get_weights(), built.get_weights()):
+    for a, b in zip(fitted["plain"].get_weights(), fitted["built"].get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -1,9 +1,6 @@
 """train_one.py end to end: a real (tiny) training run, its files and JSON, skip-if-done, bad input."""
 import csv
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,33 +9,17 @@ import pytest
 from mitoseg.checks import degenerate_reason
 from mitoseg.results import load_results
 from mitoseg.version import version_info
+from tests.fixtures_train import TINY_CELL_ARGS, TINY_CELL_NAME, TINY_TRAIN_ARGS as TINY, run_train_one as run
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "data" / "lucchi_pp_subset"
-TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",
-        "--synthetic-slices", "10", "--synthetic-size", "64"]
 
 
-def run(args, cwd=ROOT, env=None):
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    return subprocess.run([sys.executable, str(ROOT / "train_one.py"), *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=600)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    proc = run(["--arch", "Attention_UNet", "--lr", "1e-3", "--batch-size", "4", "--seed", "3",
-                "--out-dir", str(out), *TINY])
-    return out, proc
-
-
-def test_smoke_run_writes_every_file(trained):
-    out, proc = trained
+def test_smoke_run_writes_every_file(tiny_cell):
+    proc, exp = tiny_cell.proc, tiny_cell.exp
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
     name = exp.name
     for f in ["training_log.txt", f"{name}_history.csv", f"{name}_model.keras", f"{name}_results.json"]:
         assert (exp / f).is_file(), f
@@ -59,6 +40,7 @@ def test_smoke_run_writes_every_file(trained):
     assert record["degenerate"] == (reason is not None) and record["degenerate_reason"] == reason
     assert record["config"]["bn_momentum"] == 0.9 and record["config"]["head"] == "plain"
     assert record["config"]["attention_gate"] == "original"
+    assert record["config"]["mixed_precision"] is False and record["config"]["jit_compile"] is False   # defaults
     split = record["data"]
     assert not set(split["train_slices"]) & set(split["val_slices"])
     assert split["val_slices"] == list(range(split["val_slices"][0], split["val_slices"][-1] + 1))
@@ -76,20 +58,17 @@ def test_smoke_run_writes_every_file(trained):
     assert after_header and all(re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S", ln) for ln in after_header), after_header
 
 
-def test_saved_model_reloads_and_predicts(trained):
+def test_saved_model_reloads_and_predicts(tiny_cell):
     import models
-    out, _ = trained
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+    exp = tiny_cell.exp
     model = models.load_model(exp / f"{exp.name}_model.keras")
     assert model.predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0).shape == (1, 32, 32, 1)
 
 
-def test_second_run_is_skipped(trained):
-    out, _ = trained
-    exp = out / "exp_Attention_UNet_lr0.001_bs4_seed3"
+def test_second_run_is_skipped(tiny_cell):
+    exp = tiny_cell.exp
     before = (exp / f"{exp.name}_results.json").read_text()
-    proc = run(["--arch", "Attention_UNet", "--lr", "1e-3", "--batch-size", "4", "--seed", "3",
-                "--out-dir", str(out), *TINY])
+    proc = run([*TINY_CELL_ARGS, "--out-dir", str(tiny_cell.out)])   # skipped: writes nothing
     assert proc.returncode == 0
     assert "already finished" in proc.stdout
     assert (exp / f"{exp.name}_results.json").read_text() == before
@@ -139,35 +118,44 @@ def test_real_subset_trains_one_epoch(tmp_path):
     assert record["test"] is None      # the subset has no testing.tif
 
 
-def test_deterministic_flag_gives_identical_runs(tmp_path):
-    """--deterministic (TensorFlow op determinism) is recorded, and two runs of the same cell and
-    seed produce the same history and the same held-out scores, bit for bit."""
-    runs = []
-    for name in ("a", "b"):
-        out = tmp_path / name
-        proc = run(["--seed", "5", "--batch-size", "4", "--deterministic", "--out-dir", str(out), *TINY])
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        exp = out / "exp_UNet_lr0.001_bs4_seed5"
-        record = load_results(exp / f"{exp.name}_results.json")
-        assert record["config"]["deterministic"] is True
-        history = (exp / f"{exp.name}_history.csv").read_text().splitlines()
-        without_time = [",".join(line.split(",")[:-1]) for line in history]   # time_s is the last column
-        runs.append((without_time, record["test"], record["best_val_iou"]))
-    assert runs[0] == runs[1]
-
-
-@pytest.mark.parametrize("flag, field", [("--mixed-precision", "mixed_precision"), ("--jit-compile", "jit_compile")])
-def test_gpu_options_run_on_cpu_and_are_recorded(tmp_path, flag, field):
-    """The cluster's GPU options still train (slowly) on a CPU, are saved in the results JSON,
-    and under mixed precision the model still outputs float32 probabilities."""
-    import models
-    proc = run([flag, "--batch-size", "4", "--out-dir", str(tmp_path), *TINY])
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    exp = tmp_path / "exp_UNet_lr0.001_bs4_seed42"
+def _run_fingerprint(out: Path):
+    exp = out / TINY_CELL_NAME
     record = load_results(exp / f"{exp.name}_results.json")
+    assert record["config"]["deterministic"] is True
+    history = (exp / f"{exp.name}_history.csv").read_text().splitlines()
+    without_time = [",".join(line.split(",")[:-1]) for line in history]   # time_s is the last column
+    return without_time, record["test"], record["best_val_iou"]
+
+
+def test_deterministic_flag_gives_identical_runs(tiny_cell, tmp_path):
+    """--deterministic (TensorFlow op determinism) is recorded, and a second run of the same cell and
+    seed (in another process) produces the same history and the same held-out scores, bit for bit."""
+    proc = run([*TINY_CELL_ARGS, "--out-dir", str(tmp_path)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert _run_fingerprint(tiny_cell.out) == _run_fingerprint(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def gpu_options_run(tmp_path_factory):
+    """One run with both GPU options (one process: jit-compiling costs most of a run)."""
+    out = tmp_path_factory.mktemp("gpu_options")
+    proc = run(["--mixed-precision", "--jit-compile", "--batch-size", "4", "--out-dir", str(out), *TINY])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    exp = out / "exp_UNet_lr0.001_bs4_seed42"
+    return exp, load_results(exp / f"{exp.name}_results.json")
+
+
+@pytest.mark.parametrize("field", ["mixed_precision", "jit_compile"])
+def test_gpu_options_run_on_cpu_and_are_recorded(gpu_options_run, field):
+    """The cluster's GPU options still train (slowly) on a CPU and are saved in the results JSON
+    (their default False is checked in the smoke run)."""
+    _, record = gpu_options_run
     assert record["status"] == "ok" and record["config"][field] is True
-    other = {"mixed_precision", "jit_compile"} - {field}
-    assert record["config"][other.pop()] is False
+
+
+def test_mixed_precision_model_still_outputs_float32(gpu_options_run):
+    import models
+    exp, _ = gpu_options_run
     probs = models.load_model(exp / f"{exp.name}_model.keras").predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
     assert probs.dtype == np.float32
 

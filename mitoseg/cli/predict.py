@@ -33,224 +33,14 @@ from pathlib import Path
 from mitoseg import quiet_tf  # standard library only
 from mitoseg.cli_args import OneLineParser, add_flag, add_version, missing_extra  # standard library only
 from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
-from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK, UNREADABLE
+from mitoseg.predict.best_runs import best_per_architecture, overlay_slices
+from mitoseg.predict.bundle import ensemble_probabilities, load_bundle
+from mitoseg.predict.files import check_outputs, read_mask_stack, read_stack, write_tiff
+from mitoseg.predict.model import (PredictError, check_model_file, load_trained_model, predict_stack,
+                                   recorded_scaling, resolve_tiling)
+from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
-
-
-class PredictError(Exception):
-    """A one-line, user-facing error."""
-
-
-MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
-_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def check_model_file(path) -> None:
-    """One line naming the file when it cannot be a saved Keras model (before Keras says "File not found"
-    about a file that exists): a .keras model is a zip archive, a .h5/.hdf5 one an HDF5 file."""
-    import zipfile
-    path = Path(path)
-    if not path.is_file():
-        raise PredictError(f"{path}: model file not found" if not path.exists() else f"{path}: not a file")
-    suffix = path.suffix.lower()
-    if suffix not in MODEL_SUFFIXES:
-        raise PredictError(f"{path}: not a model file (expected {', '.join(MODEL_SUFFIXES)})")
-    try:
-        if suffix == ".keras" and not zipfile.is_zipfile(path):
-            raise PredictError(f"{path}: not a Keras model (a .keras model is a zip archive; this file is not one)")
-        if suffix != ".keras":
-            with open(path, "rb") as handle:
-                if handle.read(8) != _HDF5_SIGNATURE:
-                    raise PredictError(f"{path}: not a Keras model (a {suffix} model is an HDF5 file; this file is not one)")
-    except OSError as err:
-        raise PredictError(f"{path}: cannot read ({err.strerror or err})") from None
-
-
-def load_trained_model(path):
-    path = Path(path)
-    check_model_file(path)
-    from mitoseg.input_error import first_line
-    from mitoseg.models import load_model
-    try:
-        return load_model(path)
-    except Exception as err:  # keras raises many types for bad files
-        text = first_line(err) or type(err).__name__
-        raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
-
-
-def check_outputs(outputs: dict, inputs: dict, overwrite: bool) -> None:
-    """Refuse, before anything is computed, an output that is one of the command's inputs, two outputs
-    naming one file, a folder, or an existing file without --overwrite. `outputs`/`inputs`: {flag: path}."""
-    from mitoseg.io_utils import same_file
-    seen: dict = {}
-    for flag, path in outputs.items():
-        for in_flag, in_path in inputs.items():
-            if in_path is not None and same_file(path, in_path):
-                raise PredictError(f"{flag} {path} is the same file as {in_flag} {in_path}: refusing to overwrite an input")
-        for other_flag, other in seen.items():
-            if same_file(path, other):
-                raise PredictError(f"{flag} {path} and {other_flag} {other} name the same file")
-        seen[flag] = path
-        if Path(path).is_dir():
-            raise PredictError(f"{flag} {path} is a folder, not a file")
-        if Path(path).exists() and not overwrite:
-            raise PredictError(f"{flag} {path} already exists; add --overwrite to replace it")
-
-
-def resolve_tiling(model, patch_size=None):
-    """(tile side, channels) for a model; a fixed-input model only accepts its own side."""
-    from mitoseg.inference import model_channels, model_patch_size
-    try:
-        native = model_patch_size(model, default=0)
-    except ValueError as err:
-        raise PredictError(str(err)) from None
-    if patch_size is None:
-        patch = native or 256
-    elif native and patch_size != native:
-        raise PredictError(f"--patch-size {patch_size} does not fit the model, whose input is {native}x{native}")
-    else:
-        patch = patch_size
-    return patch, model_channels(model)
-
-
-def recorded_scaling(model_path):
-    """(scaling, results JSON path) the model's cell recorded for its training images, or (None, reason):
-    the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
-    from mitoseg.results import ResultsError, load_results
-    model_path = Path(model_path)
-    for path in ExperimentPaths(model_path.parent).results_files():
-        try:
-            record = load_results(path)
-        except ResultsError:
-            continue
-        if (record.get("files") or {}).get("model") == model_path.name:
-            scaling = (record.get("data") or {}).get("scaling")
-            if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
-                return scaling, path
-            return None, f"{path.name} records no image scaling (written before scalings were recorded)"
-    from mitoseg.cli.predict_bundle import bundle_scaling   # a model copied into an exported bundle
-    return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
-
-
-def _read(path, what):
-    """(z, y, x) of a file read as training reads its files (mitoseg.image_files: by what the file declares),
-    with one line per conversion it needed."""
-    from mitoseg.image_files import read_image, summarise_notes
-    notes: list = []
-    raw = read_image(path, what, notes)
-    for line in summarise_notes(notes):
-        print(f"reading: {line}")
-    return raw
-
-
-def read_stack(path, reference=None, reference_name="the model's training images"):
-    """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
-    refused when it cannot be), else by its own values. Returns (images, scaling)."""
-    from mitoseg.input_error import DataError
-    from mitoseg.scaling import apply_scaling, common_scaling, image_scaling
-    try:
-        raw = _read(path, "image")
-        scaling = (image_scaling(raw, str(path)) if reference is None
-                   else common_scaling(raw, reference, str(path), reference_name))
-        return apply_scaling(raw, scaling), scaling
-    except DataError as err:
-        raise PredictError(str(err)) from None
-
-
-def read_mask_stack(path):
-    """{0, 1} masks of a ground-truth TIFF; a warning line when they are more foreground than background."""
-    from mitoseg.data import inverted_mask_warning
-    from mitoseg.input_error import DataError
-    from mitoseg.scaling import scale_mask
-    try:
-        masks = scale_mask(_read(path, "mask"), str(path))
-    except DataError as err:
-        raise PredictError(str(err)) from None
-    warning = inverted_mask_warning(masks, path)
-    if warning:
-        print(f"warning: {warning}", file=sys.stderr)
-    return masks
-
-
-def write_tiff(path, array):
-    import tifffile
-
-    from mitoseg.io_utils import atomic_save
-    path = Path(path)
-    try:
-        # minisblack: tifffile would declare a 3- or 4-slice stack RGB(A) planes (read back as refused)
-        atomic_save(path, lambda tmp: tifffile.imwrite(tmp, array, photometric="minisblack"))
-    except OSError as err:
-        raise PredictError(f"{path}: cannot write ({err.strerror or err})") from None
-
-
-def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False):
-    from mitoseg.inference import predict_slices
-    progress = None if quiet else (lambda d, t: print(f"  slice {d}/{t}", file=sys.stderr, flush=True))
-    try:
-        return predict_slices(model, images, patch, batch_size=batch_size, overlap=overlap, tta=tta,
-                              channels=channels, progress=progress)
-    except ValueError as err:
-        raise PredictError(str(err)) from None
-
-
-# --- overlays of a study's best models ---------------------------------------------------------------
-def best_per_architecture(study_dir):
-    """{arch: (record, exp_dir, criterion)}: each architecture's selected configuration (the one rule,
-    mitoseg.stats.select_configs: highest mean validation IoU over its grid runs that count) and
-    its best run by validation IoU. Test scores never choose."""
-    from mitoseg.cell_state import read_cell
-    from mitoseg.stats import select_configs
-    from mitoseg.summary import SummaryError, study_summary
-    study_dir = Path(study_dir)
-    if not study_dir.is_dir():
-        raise PredictError(f"{study_dir}: study folder not found")
-    try:
-        _, df, _ = study_summary(study_dir)
-    except SummaryError as err:
-        raise PredictError(f"no finished cells to draw: {err}") from None
-    for _, row in df[df["status"] == UNREADABLE].iterrows():
-        print(f"warning: skipped {row['error']}", file=sys.stderr)
-    best = {}
-    for _, sel in select_configs(df).iterrows():
-        if sel["degenerate"]:
-            continue
-        exp_dir = study_dir / str(sel["best_run_dir"])
-        read = read_cell(exp_dir)
-        if read.record is None:   # the summary read it a moment ago: the file changed since
-            raise PredictError(f"{exp_dir}: cannot read its results ({read.error or 'no results file'})")
-        rec = read.record
-        criterion = f"val IoU, mean of {sel['n_runs']} run(s) {sel['score_mean']:.4f}"
-        best[sel["architecture"]] = (rec, exp_dir, criterion)
-    if not best:
-        raise PredictError(f"{study_dir}: no finished (status ok, not degenerate) cells with scores in exp_*/")
-    return best
-
-
-def overlay_slices(record, data_dir=None):
-    """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
-    from mitoseg.cell_data import load_cell_data
-    from mitoseg.config import TrainConfig
-    from mitoseg.input_error import DataError
-    from mitoseg.patches import split_slices
-    from mitoseg.scaling import describe_scaling
-    values = dict(record.get("config") or {})
-    if data_dir is not None:
-        values["data_dir"] = str(data_dir)
-    try:
-        config = TrainConfig.from_dict(values)
-        train, test = load_cell_data(config)
-    except (DataError, ValueError, TypeError) as err:
-        raise PredictError(f"{record['experiment_id']}: cannot load its data ({err})") from None
-    recorded = (record.get("data") or {}).get("scaling")
-    if isinstance(recorded, dict) and train.scaling and recorded.get("divisor") != train.scaling["divisor"]:
-        raise PredictError(f"{record['experiment_id']}: its data are now scaled as {describe_scaling(train.scaling)}, "
-                           f"but the model was trained on {describe_scaling(recorded)}")
-    if test is not None:
-        return test.images, test.masks, list(test.slice_names), "held-out test"
-    _, val_idx = split_slices(len(train.images), config.val_fraction, config.val_position, config.fold, config.n_folds)
-    return (train.images[val_idx], train.masks[val_idx], [train.slice_names[i] for i in val_idx], "validation")
 
 
 def run_overlays(args) -> int:
@@ -331,13 +121,49 @@ def run_predict(args) -> int:
     return EXIT_OK
 
 
+def run_bundle(args) -> int:
+    import numpy as np
+    given = [flag for flag in ("model", "overlay", "study_dir", "overlays") if getattr(args, flag)]
+    if given:
+        raise PredictError(f"--bundle cannot be combined with --{given[0].replace('_', '-')}")
+    missing = [f"--{n}" for n in ("input", "output") if not getattr(args, n)]
+    if missing:
+        raise PredictError(f"--bundle needs {' and '.join(missing)}")
+    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
+        raise PredictError(f"{args.output}: output must be a .tif/.tiff file")
+    manifest, models = load_bundle(args.bundle)
+    threshold = float(manifest["threshold"]) if args.threshold is None else args.threshold
+    if not 0 < threshold < 1:
+        raise PredictError(f"--threshold must be in (0, 1), got {threshold}")
+    inputs = {"--input": args.input, "--ground-truth": args.ground_truth,
+              **{f"--bundle member {p.name}": p for p in models}}
+    check_outputs({"--output": args.output}, inputs, args.overwrite)
+    masks = read_mask_stack(args.ground_truth) if args.ground_truth else None
+    print(f"bundle {args.bundle}: {manifest['architecture']}, {len(models)} member(s) ({manifest.get('source')}); "
+          f"threshold {threshold:.3f}" + (" (--threshold)" if args.threshold is not None else " (the bundle's)"))
+    probs = ensemble_probabilities(args, manifest, models)
+    if masks is not None and masks.shape != probs.shape:
+        raise PredictError(f"{args.ground_truth}: shape {masks.shape} does not match the input {probs.shape}")
+    out = (probs >= threshold).astype(np.uint8) * 255 if args.mask else probs.astype(np.float32)
+    write_tiff(args.output, out)
+    kind = f"uint8 0/255 mask (mean p >= {threshold:.3f})" if args.mask else "float32 mean probabilities"
+    print(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} x {out.shape[2]} {kind} of {len(models)} "
+          f"model(s); TTA {'on' if args.tta else 'off'}")
+    if masks is not None:
+        from mitoseg import metrics
+        s = metrics.score_all(masks, probs, threshold)
+        print(f"vs {args.ground_truth}: IoU {s['iou']:.4f}  Dice {s['dice']:.4f}  precision {s['precision']:.4f}  "
+              f"recall {s['recall']:.4f}", file=sys.stdout)
+    return EXIT_OK
+
+
 def build_parser():
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_version(p)
     one = p.add_argument_group("one model on one stack")
     one.add_argument("--model", help="trained model (.keras or .hdf5)")
     one.add_argument("--bundle", help="instead of --model: a bundle folder of run_study.py export; the mean "
-                     "probability of its models (mitoseg/cli/predict_bundle.py)")
+                     "probability of its models (mitoseg/predict/bundle.py)")
     one.add_argument("--input", help="image stack (TIFF; a 2D TIFF is one slice)")
     one.add_argument("--output", help="output TIFF: float32 probabilities, or with --mask uint8 0/255")
     one.add_argument("--mask", action="store_true", help="write a 0/255 mask instead of probabilities")
@@ -374,7 +200,6 @@ def main(argv=None) -> int:
         if args.batch_size < 1:
             raise PredictError(f"--batch-size must be positive, got {args.batch_size}")
         if args.bundle:
-            from mitoseg.cli.predict_bundle import run_bundle
             return run_bundle(args)
         args.threshold = 0.5 if args.threshold is None else args.threshold
         if args.study_dir or args.overlays:

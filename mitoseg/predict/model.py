@@ -1,0 +1,100 @@
+"""A trained model file as prediction uses it: checked before Keras reads it (one line naming the file),
+loaded, its tiling (the model's own input side) and the input scaling its cell recorded; a stack
+predicted with it. PredictError: the one-line, user-facing error of prediction."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mitoseg.paths import ExperimentPaths
+
+
+class PredictError(Exception):
+    """A one-line, user-facing error."""
+
+
+
+MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def check_model_file(path) -> None:
+    """One line naming the file when it cannot be a saved Keras model (before Keras says "File not found"
+    about a file that exists): a .keras model is a zip archive, a .h5/.hdf5 one an HDF5 file."""
+    import zipfile
+    path = Path(path)
+    if not path.is_file():
+        raise PredictError(f"{path}: model file not found" if not path.exists() else f"{path}: not a file")
+    suffix = path.suffix.lower()
+    if suffix not in MODEL_SUFFIXES:
+        raise PredictError(f"{path}: not a model file (expected {', '.join(MODEL_SUFFIXES)})")
+    try:
+        if suffix == ".keras" and not zipfile.is_zipfile(path):
+            raise PredictError(f"{path}: not a Keras model (a .keras model is a zip archive; this file is not one)")
+        if suffix != ".keras":
+            with open(path, "rb") as handle:
+                if handle.read(8) != _HDF5_SIGNATURE:
+                    raise PredictError(f"{path}: not a Keras model (a {suffix} model is an HDF5 file; this file is not one)")
+    except OSError as err:
+        raise PredictError(f"{path}: cannot read ({err.strerror or err})") from None
+
+
+
+def load_trained_model(path):
+    path = Path(path)
+    check_model_file(path)
+    from mitoseg.input_error import first_line
+    from mitoseg.models import load_model
+    try:
+        return load_model(path)
+    except Exception as err:  # keras raises many types for bad files
+        text = first_line(err) or type(err).__name__
+        raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
+
+
+
+def resolve_tiling(model, patch_size=None):
+    """(tile side, channels) for a model; a fixed-input model only accepts its own side."""
+    from mitoseg.inference import model_channels, model_patch_size
+    try:
+        native = model_patch_size(model, default=0)
+    except ValueError as err:
+        raise PredictError(str(err)) from None
+    if patch_size is None:
+        patch = native or 256
+    elif native and patch_size != native:
+        raise PredictError(f"--patch-size {patch_size} does not fit the model, whose input is {native}x{native}")
+    else:
+        patch = patch_size
+    return patch, model_channels(model)
+
+
+
+def recorded_scaling(model_path):
+    """(scaling, results JSON path) the model's cell recorded for its training images, or (None, reason):
+    the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
+    from mitoseg.results import ResultsError, load_results
+    model_path = Path(model_path)
+    for path in ExperimentPaths(model_path.parent).results_files():
+        try:
+            record = load_results(path)
+        except ResultsError:
+            continue
+        if (record.get("files") or {}).get("model") == model_path.name:
+            scaling = (record.get("data") or {}).get("scaling")
+            if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
+                return scaling, path
+            return None, f"{path.name} records no image scaling (written before scalings were recorded)"
+    from mitoseg.predict.bundle import bundle_scaling   # a model copied into an exported bundle
+    return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
+
+
+
+def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False):
+    from mitoseg.inference import predict_slices
+    progress = None if quiet else (lambda d, t: print(f"  slice {d}/{t}", file=sys.stderr, flush=True))
+    try:
+        return predict_slices(model, images, patch, batch_size=batch_size, overlap=overlap, tta=tta,
+                              channels=channels, progress=progress)
+    except ValueError as err:
+        raise PredictError(str(err)) from None

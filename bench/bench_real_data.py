@@ -81,7 +81,7 @@ def train_one_arch(arch, args, train_imgs, train_masks, val_imgs, val_masks, tes
 
     from mitoseg import metrics
     from mitoseg.patches import tile_patches
-    from mitoseg.inference import evaluate_volume
+    from mitoseg.inference import Tiling, evaluate_volume
     from mitoseg.models import build_model
 
     keras.utils.set_random_seed(args.seed)
@@ -153,7 +153,7 @@ def train_one_arch(arch, args, train_imgs, train_masks, val_imgs, val_masks, tes
     results = {}
     for tta in ([False, True] if args.tta else [False]):
         te = time.time()
-        r = evaluate_volume(infer, test_imgs, test_masks, e, 0.5, val_threshold=val_thr, tta=tta, batch_size=4)
+        r = evaluate_volume(infer, test_imgs, test_masks, Tiling(e, 0.5, tta=tta, batch_size=4), val_threshold=val_thr)
         r["eval_s"] = time.time() - te
         r["load_after"] = load()
         results["tta" if tta else "plain"] = r

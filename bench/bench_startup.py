@@ -11,7 +11,7 @@ reading it (every later cell).
 
 Each measurement is a fresh `train_one.py` process (run one after the other, never two at once).
 The child runs train_one.main() unchanged except for timing wrappers around
-cell.load_cell_data / prepare_arrays (as mitoseg.cell uses them) / mitoseg.models.build_model and a probe on the first training
+cell_data.load_cell_data / prepare_arrays (as cell_data.prepare_cell_data calls them) / mitoseg.models.build_model and a probe on the first training
 batch; with a cache it passes cache_dir to the two data functions, which is what run_cell does in
 grid mode once it forwards the study's cache folder.
 """
@@ -39,9 +39,9 @@ def child(args) -> int:
     events = {"python_start": float(os.environ.get("BENCH_SPAWN_TIME", T0)), "script_start": T0}
     sys.path.insert(0, str(REPO))
     from mitoseg.cli import train as train_one
-    from mitoseg import cell
+    from mitoseg import cell_data
     events["imported_train_one"] = time.time()
-    load_cell_data, prepare_arrays = cell.load_cell_data, cell.prepare_arrays
+    load_cell_data, prepare_arrays = cell_data.load_cell_data, cell_data.prepare_arrays
     cache_dir = args.cache_dir
 
     def timed_load(config, run_cell_cache=None):   # the bench's --cache-dir stands in for the study's
@@ -55,7 +55,7 @@ def child(args) -> int:
         out = prepare_arrays(volume, config, cache_dir or run_cell_cache)
         events["patch_end"] = time.time()
         return out
-    cell.load_cell_data, cell.prepare_arrays = timed_load, timed_prepare
+    cell_data.load_cell_data, cell_data.prepare_arrays = timed_load, timed_prepare   # as prepare_cell_data calls them
 
     import keras
     events["imported_keras"] = time.time()   # train_one imports it in the cell's set-up: counted as imports

@@ -247,8 +247,10 @@ def load_or_build(cache_dir, kind: str, key: dict, sources: list[dict], build: C
 
 
 # --- the two entry kinds used by cell_data.py ---------------------------------------------------------
-def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[str], None] = _default_log):
-    """Cached `load()` -> (train Volume, test Volume or None), volumes memory-mapped on a hit."""
+def cached_volumes(cache_dir, config, load: Callable[[], tuple], sources: list[dict],
+                   log: Callable[[str], None] = _default_log):
+    """Cached `load()` -> (train Volume, test Volume or None), volumes memory-mapped on a hit. `sources`:
+    config_sources(config), listed once by the caller."""
 
     def build():
         train, test = load()
@@ -260,7 +262,7 @@ def cached_volumes(cache_dir, config, load: Callable[[], tuple], log: Callable[[
             info["test"] = {"slice_names": list(test.slice_names), "source": test.source, "scaling": test.scaling}
         return arrays, info
 
-    arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), config_sources(config), build, log)
+    arrays, info, _ = load_or_build(cache_dir, "volumes", _data_key(config), sources, build, log)
     train = Volume(arrays["train_images"], arrays["train_masks"], info["train"]["slice_names"],
                    info["train"]["source"], info["train"].get("scaling"), val_slices=info["train"].get("val_slices"))
     test = None
@@ -277,10 +279,11 @@ def volume_identity(volume) -> dict:
             "slice_names": names}
 
 
-def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict],
+def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict], sources: list[dict],
                   log: Callable[[str], None] = _default_log) -> dict:
     """Cached `prepare()` -> {"x_train", "y_train", "x_val", "y_val", "split"}. The train arrays are
-    memory-mapped (read-only); the validation arrays are loaded into memory (scored every epoch)."""
+    memory-mapped (read-only); the validation arrays are loaded into memory (scored every epoch).
+    `sources`: config_sources(config), listed once by the caller."""
     key = {**_data_key(config), "volume": volume_identity(train_volume), "patch_size": int(config.patch_size),
            "val_fraction": float(config.val_fraction), "val_position": config.val_position,
            "input_channels": int(config.input_channels), "fold": int(config.fold), "n_folds": int(config.n_folds)}
@@ -289,6 +292,6 @@ def cached_arrays(cache_dir, train_volume, config, prepare: Callable[[], dict],
         out = prepare()
         return {k: out[k] for k in ("x_train", "y_train", "x_val", "y_val")}, {"split": out["split"]}
 
-    arrays, info, _ = load_or_build(cache_dir, "patches", key, config_sources(config), build, log)
+    arrays, info, _ = load_or_build(cache_dir, "patches", key, sources, build, log)
     return {"x_train": arrays["x_train"], "y_train": arrays["y_train"],
             "x_val": np.array(arrays["x_val"]), "y_val": np.array(arrays["y_val"]), "split": info["split"]}

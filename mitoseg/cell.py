@@ -1,13 +1,18 @@
 """One grid cell's life cycle: check -> data -> lock -> set-up -> resume -> fit -> test -> record.
-`train_one.py` calls `run_cell`.
+`train_one.py` calls `run_cell`. Read top to bottom: `run_cell` checks the config, takes the cell's data
+from one call (cell_data.prepare_cell_data) and locks the folder; from there one `CellRun` (config,
+paths, data, record, epoch state, SIGTERM handler) is handed down: `_train` opens the record,
+`_fit_and_record` builds (`_build`), fits, judges (`_judge`), tests (`_evaluate_test`) and writes the
+results JSON (cell_record.finish_record).
 
 Order of work is chosen so bad input loses nothing: the config and the data are checked before the
 exp_ folder is touched; every file is written atomically (except the appended training_log.txt and
 TensorBoard's event stream); the results JSON comes last, so its
 presence with status ok means the cell is finished. A cell stopped by SIGTERM (walltime) keeps a
 backup of its last finished epoch and records `interrupted`; the next run continues from there.
-The Keras side (input pipeline, model, callbacks) is mitoseg/training.py and mitoseg/callbacks.py;
-the results record is mitoseg/cell_record.py.
+The Keras side (input pipeline, model, callbacks) is mitoseg/training.py; the per-epoch work (validate,
+history, best model, backup, early stop) is the callback of mitoseg/callbacks.py; the results record
+is mitoseg/cell_record.py.
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import json
 import shutil
 import signal
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +30,11 @@ import numpy as np
 
 from . import metrics, resume
 from .callbacks import new_train_state, validation_callback
-from .cell_data import check_batch_fits, check_patch_fits, load_cell_data, prepare_arrays
+from .cell_data import CellData, prepare_cell_data
 from .cell_log import log, tee_output
 from .cell_record import finish_record, new_record, record_failure
 from .cell_lock import try_lock
 from .config import TrainConfig
-from .data import mask_warnings
 from .environment import environment_info
 from .identity import data_fingerprint, finished_cell_differences
 from .input_error import DataError
@@ -38,6 +43,21 @@ from .results import ResultsError, load_results, retry_budget, retry_exhausted
 from .scaling import log_scaling
 from .status import (DIVERGED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, INTERRUPTED, OK,
                      is_done)
+
+
+@dataclass
+class CellRun:
+    """One locked cell's run, handed down from step to step: what it trains (config, data), where it
+    writes (paths), how it was started (force, start time), what it has so far (the results record,
+    the epoch state that the validation callback keeps, the SIGTERM handler)."""
+    config: TrainConfig
+    paths: ExperimentPaths
+    data: CellData
+    force: bool
+    started: float
+    record: dict = field(default_factory=dict)
+    state: dict = field(default_factory=new_train_state)
+    stop: Optional["_StopSignal"] = None
 
 
 def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
@@ -58,13 +78,7 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
         return finished
 
     try:
-        train_volume, test_volume = load_cell_data(config, cache_dir)
-        for volume in (train_volume, test_volume):
-            check_patch_fits(volume, config.patch_size)
-        arrays = prepare_arrays(train_volume, config, cache_dir)
-        arrays["split"]["data_fingerprint"] = data_fingerprint(config.data_dir)
-        arrays["split"]["warnings"] = mask_warnings(train_volume, test_volume)
-        check_batch_fits(arrays["split"], config.batch_size)
+        cell_data = prepare_cell_data(config, cache_dir)
     except DataError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
@@ -83,7 +97,8 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
         finished = _finished_cell(paths, config, force, retry_failed)   # it may have finished while we loaded the data
         if finished is not None:
             return finished
-        return _run_locked(config, paths, arrays, test_volume, force, started)
+        return _run_locked(CellRun(config, paths, cell_data, force, started))
+
 
 
 def existing_record(paths: ExperimentPaths) -> Optional[dict]:
@@ -133,14 +148,14 @@ def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool, ret
     return record, EXIT_OK
 
 
-def _run_locked(config, paths, arrays, test_volume, force, started):
-    for stale in paths.exp_dir.glob(".*.tmp*"):   # temporary files of a run SIGKILLed mid-write (io_utils names)
+def _run_locked(run: CellRun) -> tuple[dict, int]:
+    for stale in run.paths.exp_dir.glob(".*.tmp*"):   # temporary files of a run SIGKILLed mid-write (io_utils names)
         with contextlib.suppress(OSError):
             if stale.is_file():
                 stale.unlink()
 
-    with tee_output(paths.log):
-        return _train(config, paths, arrays, test_volume, force, started)
+    with tee_output(run.paths.log):
+        return _train(run)
 
 
 class _StopSignal:
@@ -172,32 +187,33 @@ def _sigterm_handled():
             signal.signal(signal.SIGTERM, previous_handler)
 
 
-def _train(config, paths, arrays, test_volume, force, started) -> tuple[dict, int]:
+def _train(run: CellRun) -> tuple[dict, int]:
     """Train the locked cell; every outcome, an exception included, ends in a results JSON."""
-    baselines = _log_start(config, paths, arrays, test_volume)
-    record = new_record(config, paths, arrays["split"], baselines, started)
-    previous = None if force else existing_record(paths)   # --force starts the count again
+    paths = run.paths
+    baselines = _log_start(run)
+    record = run.record = new_record(run.config, paths, run.data.split, baselines, run.started)
+    previous = None if run.force else existing_record(paths)   # --force starts the count again
     record["attempts"] = 1 + (previous["attempts"] if previous is not None else 0)
-    state = new_train_state()
     with _sigterm_handled() as stop:
+        run.stop = stop
         try:
-            return _fit_and_record(config, paths, arrays, test_volume, force, started, record, state, stop)
+            return _fit_and_record(run)
         except BaseException as err:  # OOM (ResourceExhaustedError) and everything else -> failed, recorded
             record_failure(record, err, paths)
             try:
-                finish_record(record, state, config, paths, started)
+                finish_record(record, run.state, run.config, paths, run.started)
             except Exception as save_err:  # e.g. disk full: say so; nothing reads as success
                 log(f"error: could not write {paths.results_json}: {save_err}")
             log(f"{paths.name}: {record['status']}: {record['error']}")
             return record, (EXIT_INTERRUPTED if record["status"] == INTERRUPTED else EXIT_FAILED)
 
 
-def _log_start(config, paths, arrays, test_volume) -> dict:
+def _log_start(run: CellRun) -> dict:
     """The cell's first log lines (name, config, data split, scalings); returns the trivial baselines."""
-    log(f"=== {paths.name} ({_dt.datetime.now().isoformat(timespec='seconds')}) ===")
+    config, split, test_volume = run.config, run.data.split, run.data.test_volume
+    log(f"=== {run.paths.name} ({_dt.datetime.now().isoformat(timespec='seconds')}) ===")
     log("config: " + json.dumps(config.to_dict(), sort_keys=True))
-    split = arrays["split"]
-    baselines = metrics.trivial_baselines(arrays["y_val"])
+    baselines = metrics.trivial_baselines(run.data.y_val)
     fold = f" (fold {config.fold} of {config.n_folds})" if config.n_folds > 1 else ""
     log(f"data{fold}: {split['source']}; train slices {len(split['train_slices'])} ({split['n_train_patches']} patches), "
         f"val slices {split['val_slices'][0]}..{split['val_slices'][-1]} ({split['n_val_patches']} patches); "
@@ -208,25 +224,10 @@ def _log_start(config, paths, arrays, test_volume) -> dict:
     return baselines
 
 
-def _fit_and_record(config, paths, arrays, test_volume, force, started, record, state, stop) -> tuple[dict, int]:
-    """Set-up, resume, fit, test and the final record of the locked cell."""
-    from .tensorboard_log import tensorboard_callbacks   # [] when config.tensorboard is off
-    from .training import (build_compiled_model, build_fit_variables, fit_callbacks, make_train_dataset,
-                           seed_and_policy, start_keras)
-    start_keras()
-    record["environment"] = environment_info()
-    seed_and_policy(config)
-    resuming = _resume_or_start_afresh(paths, state, force)
-    model = build_compiled_model(config)
-    build_fit_variables(model, arrays["x_train"][:1], arrays["y_train"][:1])
-    log(f"model: {config.architecture}, {model.count_params():,} parameters, "
-        f"device {record['environment']['device']}")
-    validation = stop.validation = validation_callback(arrays["x_val"], arrays["y_val"], config, paths, state)
-    validation.interrupted = bool(stop.received)
-    callbacks = fit_callbacks(validation, config, paths.backup_dir)
-    dataset = make_train_dataset(arrays["x_train"], arrays["y_train"], config)
-    callbacks += tensorboard_callbacks(config, paths, state, log)
-    initial_epoch = _restore_backup(model, paths, state) if resuming else 0
+def _fit_and_record(run: CellRun) -> tuple[dict, int]:
+    """Build (or resume), fit, judge, test and write the final record of the locked cell."""
+    config, paths, record, state, stop = run.config, run.paths, run.record, run.state, run.stop
+    model, validation, callbacks, dataset, initial_epoch = _build(run)
     if state.get("stopped_early"):
         log("this cell already stopped early; finishing its results")
     elif not stop.received:
@@ -234,15 +235,40 @@ def _fit_and_record(config, paths, arrays, test_volume, force, started, record, 
                   verbose=0, shuffle=False)
     if stop.received:
         record.update(status=INTERRUPTED, error="stopped by SIGTERM (walltime or preemption); rerun to resume")
-        return finish_record(record, state, config, paths, started), EXIT_INTERRUPTED
+        return finish_record(record, state, config, paths, run.started), EXIT_INTERRUPTED
     _judge(record, state, validation.diverged_epoch)
-    if state["best_epoch"] is not None and test_volume is not None:
-        _evaluate_test(record, config, paths, arrays, test_volume)
+    if state["best_epoch"] is not None and run.data.test_volume is not None:
+        _evaluate_test(run)
     code = EXIT_OK if is_done(record["status"]) else EXIT_FAILED
-    record = finish_record(record, state, config, paths, started)
+    record = finish_record(record, state, config, paths, run.started)
     if is_done(record["status"]):
         shutil.rmtree(paths.backup_dir, ignore_errors=True)
     return record, code
+
+
+def _build(run: CellRun):
+    """Keras set-up of the locked cell: seed, resume or start afresh, the compiled model, the validation
+    callback (the per-epoch work, mitoseg/callbacks.py) and the other callbacks, the train dataset.
+    Returns (model, validation callback, callbacks, dataset, epoch to start from)."""
+    from .tensorboard_log import tensorboard_callbacks   # [] when config.tensorboard is off
+    from .training import (build_compiled_model, build_fit_variables, fit_callbacks, make_train_dataset,
+                           seed_and_policy, start_keras)
+    config, paths, data, state, stop = run.config, run.paths, run.data, run.state, run.stop
+    start_keras()
+    run.record["environment"] = environment_info()
+    seed_and_policy(config)
+    resuming = _resume_or_start_afresh(paths, state, run.force)
+    model = build_compiled_model(config)
+    build_fit_variables(model, data.x_train[:1], data.y_train[:1])
+    log(f"model: {config.architecture}, {model.count_params():,} parameters, "
+        f"device {run.record['environment']['device']}")
+    validation = stop.validation = validation_callback(data.x_val, data.y_val, config, paths, state)
+    validation.interrupted = bool(stop.received)
+    callbacks = fit_callbacks(validation, config, paths.backup_dir)
+    dataset = make_train_dataset(data.x_train, data.y_train, config)
+    callbacks += tensorboard_callbacks(config, paths, state, log)
+    initial_epoch = _restore_backup(model, paths, state) if resuming else 0
+    return model, validation, callbacks, dataset, initial_epoch
 
 
 def _resume_or_start_afresh(paths: ExperimentPaths, state: dict, force: bool) -> bool:
@@ -295,18 +321,18 @@ def _judge(record: dict, state: dict, diverged_epoch: Optional[int]) -> None:
         record["status"] = OK
 
 
-def _evaluate_test(record: dict, config: TrainConfig, paths: ExperimentPaths, arrays: dict, test_volume) -> None:
+def _evaluate_test(run: CellRun) -> None:
     """Score the best model on the held-out test slices, tiled whole, at a threshold chosen on validation."""
     from .models import load_model
-    from .inference import evaluate_volume
-    best = load_model(paths.model(config.save_format))
-    val_probs = np.asarray(best.predict(arrays["x_val"], batch_size=config.batch_size, verbose=0))
-    val_thr, _ = metrics.best_threshold(arrays["y_val"], val_probs)
-    record["test"] = evaluate_volume(best, test_volume.images, test_volume.masks, config.patch_size, config.threshold,
-                                     val_threshold=val_thr, tta=config.test_tta,
-                                     batch_size=config.batch_size, channels=config.input_channels,
+    from .inference import Tiling, evaluate_volume
+    config, record, data, test_volume = run.config, run.record, run.data, run.data.test_volume
+    best = load_model(run.paths.model(config.save_format))
+    val_probs = np.asarray(best.predict(data.x_val, batch_size=config.batch_size, verbose=0))
+    val_thr, _ = metrics.best_threshold(data.y_val, val_probs)
+    tiling = Tiling(config.patch_size, config.threshold, config.test_tta, config.batch_size, config.input_channels)
+    record["test"] = evaluate_volume(best, test_volume.images, test_volume.masks, tiling, val_threshold=val_thr,
                                      slice_names=test_volume.slice_names)
-    split = arrays["split"]   # the record's "data"
+    split = data.split   # the record's "data"
     split["test_source"] = test_volume.source
     split["test_scaling"] = test_volume.scaling
     split["test_slice_names"] = list(test_volume.slice_names)

@@ -1,26 +1,63 @@
 """One cell's data: its train and test volumes (read, or synthesised, through the study cache), the
-held-out test slices, the train/val patch arrays with the split's record, and the check that the
-patch fits the slices. Numpy only (no TensorFlow), so predict.py and the pre-flight can rebuild a
-cell's data cheaply; the stacks themselves are read by mitoseg.data.
+held-out test slices, the train/val patch arrays with the split's record, and the checks that the
+patch and the batch fit. `prepare_cell_data` hands a cell all of it as one `CellData`. Numpy only
+(no TensorFlow), so predict.py and the pre-flight can rebuild a cell's data cheaply; the stacks
+themselves are read by mitoseg.data.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from . import data
-from .cache import cached_arrays, cached_volumes
+from .cache import cached_arrays, cached_volumes, config_sources
 from .cell_log import log
 from .config import TrainConfig
+from .identity import files_fingerprint
 from .input_error import DataError
 from .patches import fold_split, split_slices, tile_patches
 from .synthetic import synthetic_volumes
 
 
-def load_cell_data(config: TrainConfig, cache_dir=None):
+@dataclass
+class CellData:
+    """What one cell trains, validates and tests on, checked and prepared: the train/val patch arrays
+    (the train ones memory maps when cached), the held-out test volume (None without one) and `split`,
+    the record's "data" field (the cell adds the test volume's source to it once it has tested)."""
+    train_volume: data.Volume
+    test_volume: Optional[data.Volume]
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    split: dict
+
+
+def prepare_cell_data(config: TrainConfig, cache_dir=None) -> CellData:
+    """The cell's data in one call, every check done: DataError on bad input, before the cell writes
+    anything. `cache_dir` as for `load_cell_data`. The data folder is listed once (layout.source_files),
+    for both cache entries' check and the recorded fingerprint."""
+    sources = config_sources(config)
+    train_volume, test_volume = load_cell_data(config, cache_dir, sources)
+    for volume in (train_volume, test_volume):
+        check_patch_fits(volume, config.patch_size)
+    arrays = prepare_arrays(train_volume, config, cache_dir, sources)
+    split = arrays["split"]
+    split["data_fingerprint"] = files_fingerprint(sources) if config.data_dir is not None else None
+    split["warnings"] = data.mask_warnings(train_volume, test_volume)
+    check_batch_fits(split, config.batch_size)
+    return CellData(train_volume, test_volume, arrays["x_train"], arrays["y_train"], arrays["x_val"],
+                    arrays["y_val"], split)
+
+
+def load_cell_data(config: TrainConfig, cache_dir=None, sources=None):
     """(train Volume, test Volume or None). DataError on bad input, before anything is written.
 
     With `cache_dir` (a study's `StudyPaths.cache_dir`) the decoded volumes are
-    cached there once per study and memory-mapped by later cells (see mitoseg/cache.py)."""
+    cached there once per study and memory-mapped by later cells (see mitoseg/cache.py); `sources`
+    (cache.config_sources(config)) is listed here when not given."""
     def load():
         if config.data_dir is None:
             return synthetic_volumes(config.synthetic_slices, config.synthetic_size)
@@ -31,7 +68,7 @@ def load_cell_data(config: TrainConfig, cache_dir=None):
 
     if cache_dir is None:
         return load()
-    return cached_volumes(cache_dir, config, load, log=log)
+    return cached_volumes(cache_dir, config, load, config_sources(config) if sources is None else sources, log=log)
 
 
 def hold_out_test_slices(volume, config: TrainConfig):
@@ -62,10 +99,10 @@ def _ranges(indices) -> str:
     return ", ".join(f"{a}..{b}" for a, b in runs)
 
 
-def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
+def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None, sources=None) -> dict:
     """Split whole slices, cut patches. Returns arrays (N, p, p, C) and the split's record.
 
-    With `cache_dir` the arrays are cached once per study; the train arrays then come back as
+    With `cache_dir` the arrays are cached once per study (`sources` as for load_cell_data); the train arrays then come back as
     read-only memory maps (fed by `training.make_train_dataset` batch by batch), the val arrays in memory."""
     def prepare():
         train_idx, val_idx = train_val_slices(train_volume, config)
@@ -87,7 +124,8 @@ def prepare_arrays(train_volume, config: TrainConfig, cache_dir=None) -> dict:
 
     if cache_dir is None:
         return prepare()
-    return cached_arrays(cache_dir, train_volume, config, prepare, log=log)
+    return cached_arrays(cache_dir, train_volume, config, prepare,
+                         config_sources(config) if sources is None else sources, log=log)
 
 
 def train_val_slices(train_volume, config: TrainConfig):

@@ -49,7 +49,12 @@ def data_fingerprint(data_dir: Optional[str]) -> Optional[dict]:
     """{"files": n, "sha256": ...} over what the loader reads in data_dir; None for the synthetic data."""
     if data_dir is None:
         return None
-    files = [{k: f[k] for k in ("real", "size", "mtime_ns")} for f in source_files(data_dir)]
+    return files_fingerprint(source_files(data_dir))
+
+
+def files_fingerprint(files: list[dict]) -> dict:
+    """data_fingerprint of the files `layout.source_files` listed (a cell lists its data folder once)."""
+    files = [{k: f[k] for k in ("real", "size", "mtime_ns")} for f in files]
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:16]
     return {"files": len(files), "sha256": digest}
 

@@ -10,9 +10,25 @@ TTA averages the 8 dihedral transforms (4 rotations x optional flip), each undon
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from . import metrics
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How `evaluate_volume` predicts and scores whole slices: tiles of `patch_size` overlapping by
+    `overlap`, `batch_size` tiles per predict call, grey values repeated to `channels`, optional 8-fold
+    TTA, foreground at probability >= `threshold`. A cell's: Tiling(config.patch_size, config.threshold,
+    config.test_tta, config.batch_size, config.input_channels)."""
+    patch_size: int
+    threshold: float = 0.5
+    tta: bool = False
+    batch_size: int = 8
+    channels: int = 1
+    overlap: float = 0.5
 
 
 def _starts(size: int, patch: int, stride: int) -> list[int]:
@@ -145,17 +161,18 @@ def slice_scores(masks, probs, threshold=0.5, slice_names=None) -> list:
     return out
 
 
-def evaluate_volume(model, images, masks, patch_size, threshold=0.5, val_threshold=None, tta=False,
-                    batch_size=8, channels=1, overlap=0.5, return_probs=False, slice_names=None):
-    """Scores of whole-slice tiled prediction: the `test` field of the results JSON, with the
+def evaluate_volume(model, images, masks, tiling: Tiling, val_threshold=None, slice_names=None,
+                    return_probs=False):
+    """Scores of whole-slice tiled prediction (`tiling`): the `test` field of the results JSON, with the
     per-slice IoU and Dice in `slices` (named by `slice_names`, default z=<index>).
 
     `val_threshold` must come from validation data (never from these masks). With
     `return_probs=True` returns (scores, probabilities) instead of the scores alone."""
     if np.asarray(images).shape != np.asarray(masks).shape:
         raise ValueError(f"images {np.asarray(images).shape} and masks {np.asarray(masks).shape} differ in shape")
-    probs = predict_slices(model, images, patch_size, batch_size=batch_size, tta=tta, channels=channels,
-                           overlap=overlap)
+    patch_size, threshold, tta, overlap = tiling.patch_size, tiling.threshold, tiling.tta, tiling.overlap
+    probs = predict_slices(model, images, patch_size, batch_size=tiling.batch_size, tta=tta,
+                           channels=tiling.channels, overlap=overlap)
     scores = metrics.score_all(masks, probs, threshold)
     base = metrics.trivial_baselines(masks)
     result = {

@@ -28,8 +28,9 @@ def _config(data_dir, **kw):
 
 def _cached(config, cache_dir, messages=None):
     log = (messages.append if messages is not None else lambda m: None)
-    train, test = cache.cached_volumes(cache_dir, config, lambda: load_cell_data(config), log=log)
-    arrays = cache.cached_arrays(cache_dir, train, config, lambda: prepare_arrays(train, config), log=log)
+    sources = cache.config_sources(config)
+    train, test = cache.cached_volumes(cache_dir, config, lambda: load_cell_data(config), sources, log=log)
+    arrays = cache.cached_arrays(cache_dir, train, config, lambda: prepare_arrays(train, config), sources, log=log)
     return train, test, arrays
 
 
@@ -210,3 +211,22 @@ def test_bad_data_still_raises_and_unwritable_cache_falls_back(tmp_path, data_di
     train, _, arrays = _cached(config, blocker / P.CACHE_DIR_NAME, messages)
     assert any("not used" in m for m in messages)
     _assert_same(arrays, prepare_arrays(load_cell_data(config)[0], config))
+
+
+def test_a_cell_lists_its_data_folder_once(data_dir, tmp_path, monkeypatch):
+    """prepare_cell_data walks the data folder once (layout.source_files) for both cache entries' check and
+    the recorded fingerprint, which equals identity.data_fingerprint's (what a finished cell is compared with)."""
+    from mitoseg import cell_data
+    from mitoseg.identity import data_fingerprint
+    from mitoseg import layout
+    calls = []
+
+    def counted(folder):
+        calls.append(folder)
+        return layout.source_files(folder)
+    monkeypatch.setattr(cache, "source_files", counted)
+    config = _config(data_dir)
+    prepared = cell_data.prepare_cell_data(config, tmp_path / "cache")
+    assert len(calls) == 1
+    assert prepared.split["data_fingerprint"] == data_fingerprint(config.data_dir) is not None
+    assert (tmp_path / "cache").is_dir() and len(list((tmp_path / "cache").glob("*-*"))) == 2   # volumes + patches

@@ -193,13 +193,13 @@ def test_evaluate_volume_records_every_slice_with_its_name():
     masks[2] = 0
     images[2] = 0.1          # empty truth, empty prediction: IoU 1 by the metrics' rule
     names = ["a.tif[z=0]", "a.tif[z=1]", "a.tif[z=2]"]
-    res = inference.evaluate_volume(Threshold(), images, masks, 16, slice_names=names)
+    res = inference.evaluate_volume(Threshold(), images, masks, inference.Tiling(16), slice_names=names)
     assert [s["name"] for s in res["slices"]] == names
     for s, m, im in zip(res["slices"], masks, images):
         assert s["iou"] == pytest.approx(metrics.foreground_iou(m, im))
         assert s["dice"] == pytest.approx(metrics.foreground_dice(m, im))
     assert res["slices"][2]["iou"] == 1.0
-    assert [s["name"] for s in inference.evaluate_volume(Threshold(), images, masks, 16)["slices"]] == \
+    assert [s["name"] for s in inference.evaluate_volume(Threshold(), images, masks, inference.Tiling(16))["slices"]] == \
         ["z=0", "z=1", "z=2"]
     rec = empty_record(experiment_id="x", status="ok", architecture="UNet", learning_rate=1e-3, batch_size=8, seed=1,
                        started_at="t", finished_at="t", test=res)

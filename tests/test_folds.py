@@ -278,7 +278,7 @@ def test_slice_counts_agree_with_the_recorded_iou():
     masks = (rng.random((4, 40, 40)) > 0.6).astype(np.uint8)
     masks[2], images[2] = 0, 0.1        # nothing to find, nothing found: IoU 1 by the metrics' rule
     masks[3] = 0                        # nothing to find, something found: IoU 0
-    res = inference.evaluate_volume(Threshold(), images, masks, 16)
+    res = inference.evaluate_volume(Threshold(), images, masks, inference.Tiling(16))
     for s, m, im in zip(res["slices"], masks, images):
         assert all(type(s[k]) is int for k in ("tp", "fp", "fn"))
         assert (s["tp"], s["fp"], s["fn"]) == metrics.confusion_counts(m, im, 0.5)

@@ -125,7 +125,7 @@ def test_evaluate_volume_fields_and_values():
     rng = np.random.default_rng(0)
     masks = (rng.random((2, 40, 56)) < 0.2).astype(np.uint8)
     # "images" that are the masks: an identity model is then a perfect segmenter
-    res = inf.evaluate_volume(Identity(), masks.astype(np.float32), masks, 16, val_threshold=0.3)
+    res = inf.evaluate_volume(Identity(), masks.astype(np.float32), masks, inf.Tiling(16), val_threshold=0.3)
     for key in ("iou", "dice", "precision", "recall", "soft_jaccard", "predicted_foreground_fraction",
                 "val_threshold", "iou_at_val_threshold", "all_foreground_jaccard", "foreground_fraction",
                 "n_slices", "tta", "threshold", "patch_size", "overlap"):
@@ -135,17 +135,17 @@ def test_evaluate_volume_fields_and_values():
     assert res["n_slices"] == 2 and res["tta"] is False and res["val_threshold"] == 0.3
     assert res["all_foreground_jaccard"] == pytest.approx(metrics.trivial_baselines(masks)["all_foreground_jaccard"])
     # all-foreground model scores exactly the baseline; without val threshold the field is None
-    allfg = inf.evaluate_volume(Constant(0.9), masks.astype(np.float32), masks, 16)
+    allfg = inf.evaluate_volume(Constant(0.9), masks.astype(np.float32), masks, inf.Tiling(16))
     assert allfg["iou"] == pytest.approx(allfg["all_foreground_jaccard"])
     assert allfg["iou_at_val_threshold"] is None and allfg["predicted_foreground_fraction"] == 1.0
-    scores, probs = inf.evaluate_volume(Constant(0.1), masks.astype(np.float32), masks, 16, tta=True,
+    scores, probs = inf.evaluate_volume(Constant(0.1), masks.astype(np.float32), masks, inf.Tiling(16, tta=True),
                                         return_probs=True)
     assert probs.shape == masks.shape and scores["iou"] == 0.0 and scores["tta"] is True
 
 
 def test_evaluate_volume_shape_mismatch():
     with pytest.raises(ValueError, match="differ in shape"):
-        inf.evaluate_volume(Identity(), np.zeros((1, 32, 32)), np.zeros((1, 32, 16)), 16)
+        inf.evaluate_volume(Identity(), np.zeros((1, 32, 32)), np.zeros((1, 32, 16)), inf.Tiling(16))
 
 
 def test_model_patch_size_and_channels():

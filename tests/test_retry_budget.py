@@ -90,6 +90,7 @@ def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):
     exception, which is how an OOM reaches the record."""
     import time
     from mitoseg import cell as C
+    from mitoseg.cell_data import CellData
     from mitoseg.config import TrainConfig
     from mitoseg.paths import ExperimentPaths
 
@@ -103,7 +104,8 @@ def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):
     config = TrainConfig()
     seen = []
     for force in (False, False, True):
-        record, _ = C._train(config, paths, {"split": {}}, None, force, time.time())
+        data = CellData(None, None, None, None, None, None, split={})
+        record, _ = C._train(C.CellRun(config, paths, data, force, time.time()))
         seen.append((record["status"], load_results(paths.results_json)["attempts"]))
     assert seen == [("failed", 1), ("failed", 2), ("failed", 1)]
 

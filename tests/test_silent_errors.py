@@ -299,7 +299,8 @@ def test_cache_follows_symlinked_folders(tmp_path, em):
     for z, sl in enumerate(changed):
         tifffile.imwrite(real / "masks" / f"s{z}.tif", sl)
     from mitoseg import cache as C
-    again, _ = C.cached_volumes(cache, config, lambda: D.load_dataset(data), log=messages.append)
+    again, _ = C.cached_volumes(cache, config, lambda: D.load_dataset(data), C.config_sources(config),
+                                log=messages.append)
     assert any("source files changed" in m for m in messages), messages
     np.testing.assert_array_equal(again.masks, changed // 255)
 

@@ -321,7 +321,7 @@ def test_summary_has_the_fold_and_the_slice_counts(tmp_path):
     add_confirmation(study, 1, val_fn=lambda c: 0.8, test_fn=lambda c: 0.8)
     plan_path = StudyPaths(study).confirm_config
     df, _ = build_summary(study)
-    assert df.columns[-2:].tolist() == ["fold", "test_slice_counts"] and (df["fold"] == 0).all()
+    assert df.columns[-3:].tolist() == ["fold", "test_slice_counts", "threshold"] and (df["fold"] == 0).all()
     counts = json.loads(df["test_slice_counts"].iloc[0])
     iou = json.loads(df["test_slice_iou"].iloc[0])
     assert [c[0] for c in counts] == list(iou)

@@ -542,7 +542,7 @@ def test_data_dir_that_is_a_file_says_so(tmp_path, em):
 
 
 @pytest.mark.parametrize("script, args, expected", [
-    ("run_study.py", ["local", "--jobs", "0"], "argument --jobs/-j: '0' must be a positive integer"),
+    ("run_study.py", ["local", "--jobs", "0"], "argument --jobs/-j: '0' is neither a positive integer nor auto"),
     ("predict.py", ["--model", "m.keras", "--input", "a.tif", "--output", "b.tif", "--overlap", "1"],
      "--overlap must be in [0, 1), got 1.0"),
     ("predict.py", ["--threshold", "abc"], "argument --threshold: invalid float value: 'abc'"),

@@ -95,6 +95,7 @@ def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path,
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     study = tmp_path / "study"
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3, 5e-3], batch_sizes=[8, 16], fixed=dict(TINY))
+    G.init_study(study, grid)   # run_local trains a study its caller opened
     rows = R.run_local(study, grid, G.cells(grid), jobs=1, log=lambda line: None)
     assert [rows[i]["state"] for i in range(4)] == ["ok", "failed", "ok", "ok"]
     assert "worker process died (signal 9)" in rows[1]["note"]

@@ -61,10 +61,11 @@ class CellRun:
 
 
 def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
-             retry_failed: bool = False) -> tuple[dict | None, int]:
+             retry_failed: bool = False, budget: Optional[int] = None) -> tuple[dict | None, int]:
     """Train one cell into `exp_dir`. Returns (results record or None, exit code).
     `cache_dir` (grid mode: the study's) shares decoded stacks and patches between cells. A cell that
-    failed retry_budget() times is not retrained unless `retry_failed` (or `force`)."""
+    failed `budget` times (the caller resolves it with the site profile, mitoseg.site.resolved_retry_budget; None:
+    mitoseg.results.retry_budget without one) is not retrained unless `retry_failed` (or `force`)."""
     started = time.time()
     exp_dir = Path(exp_dir)
     paths = ExperimentPaths(exp_dir)
@@ -73,7 +74,7 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
     except ValueError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT
-    finished = _finished_cell(paths, config, force, retry_failed)
+    finished = _finished_cell(paths, config, force, retry_failed, budget)
     if finished is not None:
         return finished
 
@@ -94,7 +95,7 @@ def run_cell(config: TrainConfig, exp_dir, force: bool = False, cache_dir=None,
         log(f"{paths.name}: another process is training this cell ({holder}); moving on")
         return None, EXIT_BUSY
     with lock:
-        finished = _finished_cell(paths, config, force, retry_failed)   # it may have finished while we loaded the data
+        finished = _finished_cell(paths, config, force, retry_failed, budget)   # it may have finished while we loaded the data
         if finished is not None:
             return finished
         return _run_locked(CellRun(config, paths, cell_data, force, started))
@@ -120,13 +121,14 @@ def existing_status(paths: ExperimentPaths) -> Optional[str]:
     return None if record is None else record["status"]
 
 
-def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool, retry_failed: bool = False):
+def _finished_cell(paths: ExperimentPaths, config: TrainConfig, force: bool, retry_failed: bool = False,
+                   budget: Optional[int] = None):
     """(record, exit code) when the cell is finished with the settings and data of `config` (skip it), or
     one refusal line when it finished with others (--force retrains it), or failed its retry budget
     (--retry-failed retrains it); None when it has to run."""
     record = existing_record(paths)
     try:
-        budget, _ = retry_budget(paths.exp_dir.parent)   # the study's, when the cell is in one
+        budget = retry_budget(paths.exp_dir.parent)[0] if budget is None else budget   # the study's, when in one
     except ValueError as err:
         log(f"error: {err}")
         return None, EXIT_BAD_INPUT

@@ -212,7 +212,7 @@ def retry_budget(study_dir=None, environ=None, site=None, grid=None) -> tuple[in
 
     The most specific setting wins: $MITOSEG_RETRY_BUDGET (this command; `submit` passes the number it
     resolved to its elements) > the study's grid file key retry_budget (this study) > the site profile's
-    retry_budget (this cluster; `site`, else the profile found as `submit` finds it) > RETRY_BUDGET.
+    retry_budget (this cluster: `site`, the profile its caller found, mitoseg.site.resolved_retry_budget) > RETRY_BUDGET.
     `grid`: the study's grid when it is at hand (a new study has no grid file yet).
     ValueError (one line) for a bad environment value."""
     from .env_vars import read
@@ -227,10 +227,7 @@ def retry_budget(study_dir=None, environ=None, site=None, grid=None) -> tuple[in
         grid = load_study_grid(study_dir)
     if grid is not None and grid.retry_budget is not None:
         return grid.retry_budget, "the grid's retry_budget"
-    if site is None:
-        from .site import load_site
-        site = load_site(None, environ)
-    if site.retry_budget is not None:
+    if site is not None and site.retry_budget is not None:
         return site.retry_budget, f"site profile {site.path}"
     return RETRY_BUDGET, "default"
 

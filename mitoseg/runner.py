@@ -27,7 +27,7 @@ from .commands import ANALYZE, TRAIN, code_env, module_command
 from .cell_state import CellState, read_cell
 from .launcher import REPO_DIR, ContainerError, launcher, probe_container, signals_forwarded, study_binds
 from .paths import REPORT_MD, REPORT_TXT, StudyPaths
-from .results import RETRY_BUDGET_ENV, retry_budget, retry_exhausted
+from .results import RETRY_BUDGET_ENV, retry_exhausted
 from .scheduler import SCHEDULER_INDEX_VARIABLES, retry_failed_requested, submit_analysis_from_element, task_index_from_env
 from .status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_BUSY, FAILED, STALLED
 from .study_dir import base_grid, open_study, resolve_study_dir
@@ -208,7 +208,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study_dir.open_study)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
-    budget, _ = retry_budget(study_dir)
+    budget, _ = site.resolved_retry_budget(study_dir)
     rows, queue = _skip_finished(study_dir, chosen, force, budget)
     kept = sum(r["state"] not in DONE_STATUSES for r in rows.values())
     log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(rows) - kept} already finished, "
@@ -270,8 +270,8 @@ def _available_memory() -> Optional[int]:
 def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool,
                    budget: Optional[int] = None) -> tuple[dict, list[G.Cell]]:
     """({index: row} of the finished cells that are skipped, the cells to train); budget: the retry
-    budget (None: the study's, mitoseg.results.retry_budget)."""
-    budget = retry_budget(study_dir)[0] if budget is None else budget
+    budget (None: the study's, mitoseg.site.resolved_retry_budget)."""
+    budget = site.resolved_retry_budget(study_dir)[0] if budget is None else budget
     rows: dict[int, dict] = {}
     todo = []
     retry = force or retry_failed_requested()

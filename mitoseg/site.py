@@ -177,3 +177,9 @@ def parse_walltime(text: str) -> int:
         parts.insert(0, 0)
     h, m, sec = parts
     return (int(days) if days else 0) * 86400 + h * 3600 + m * 60 + sec
+
+
+def resolved_retry_budget(study_dir=None, environ=None, grid=None, site: Optional[SiteProfile] = None) -> tuple[int, str]:
+    """mitoseg.results.retry_budget with the site profile found as `submit` finds it (when not given)."""
+    from .results import retry_budget
+    return retry_budget(study_dir, environ, site if site is not None else load_site(None, environ), grid)

@@ -26,7 +26,8 @@ from typing import Optional
 
 from . import grid as G
 from .paths import StudyPaths
-from .results import retry_budget, retry_exhausted
+from .results import retry_exhausted
+from .site import resolved_retry_budget
 from .cell_state import read_cell
 from .console import fmt_duration, fmt_score
 from .membership import study_membership
@@ -135,7 +136,7 @@ def status_rows(study_dir, grid: G.GridConfig, now: Optional[float] = None, memb
     study_dir = Path(study_dir)
     now = time.time() if now is None else now
     members = members or study_membership(study_dir, grid)
-    budget, _ = retry_budget(study_dir)
+    budget, _ = resolved_retry_budget(study_dir)
     rows = [scan_cell(study_dir, cell, cell.train_config(grid).epochs, budget) for cell in members.cells.values()]
     for row in rows:
         why = members.foreign.get(row["cell"].name)

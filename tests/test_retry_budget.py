@@ -131,7 +131,8 @@ def _set_grid_budget(study, budget):
 
 def test_the_budget_is_a_setting_with_stated_precedence(tmp_path, monkeypatch):
     """$MITOSEG_RETRY_BUDGET > the grid's retry_budget > the site profile's > 2."""
-    from mitoseg.results import RETRY_BUDGET_ENV, retry_budget
+    from mitoseg.results import RETRY_BUDGET_ENV
+    from mitoseg.site import resolved_retry_budget as retry_budget
     monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)
     monkeypatch.delenv("MITOSEG_SITE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no_config"))

@@ -128,11 +128,11 @@ def test_the_analysis_job_gets_the_profile_its_env_args_and_the_dash_dash_args(t
 
 
 @pytest.mark.parametrize("scheduler, extra, expected", [
-    ("slurm", ["--qos=high"], ["--array=0-11%3", "--partition=gpuq", "--account=lab", "--cpus-per-task=6",
+    ("slurm", ["--qos=high"], ["--array=0-5%3", "--partition=gpuq", "--account=lab", "--cpus-per-task=6",
                                "--mem=48G", "--gres=gpu:1", "--time=03:00:00", "--qos=high"]),
-    ("pbspro", ["-l", "place=excl"], ["-J 0-11", "-W max_run_subjobs=3", "-q gpuq", "-A lab",
+    ("pbspro", ["-l", "place=excl"], ["-J 0-5", "-W max_run_subjobs=3", "-q gpuq", "-A lab",
                                       "-l select=1:ncpus=6:ngpus=1:mem=48gb", "-l walltime=03:00:00", "-l place=excl"]),
-    ("torque", ["-l", "place=excl"], ["-t 0-11%3", "-q gpuq", "-A lab", "-l nodes=1:ppn=6:gpus=1", "-l mem=48gb",
+    ("torque", ["-l", "place=excl"], ["-t 0-5%3", "-q gpuq", "-A lab", "-l nodes=1:ppn=6:gpus=1", "-l mem=48gb",
                                       "-l walltime=03:00:00", "-l place=excl"]),
 ])
 def test_dry_run_prints_every_job_line_with_the_profile_and_creates_nothing(tmp_path, scheduler, extra, expected):
@@ -145,7 +145,7 @@ def test_dry_run_prints_every_job_line_with_the_profile_and_creates_nothing(tmp_
     assert r.returncode == 0, r.stdout + r.stderr
     lines = r.stdout.splitlines()
     assert lines[0] == f"site profile: {profile} (--site)"
-    array = next(ln for ln in lines if ln.startswith("array job (12 elements): "))
+    array = next(ln for ln in lines if ln.startswith("array job (6 elements): "))
     analysis = next(ln for ln in lines if ln.startswith("analysis job (after the whole array): "))
     for opt in expected:
         assert opt in array, (opt, array)
@@ -178,7 +178,7 @@ def test_submit_gives_the_profile_to_both_jobs_and_the_logs_go_into_the_study(tm
     array, analysis = log.read_text().splitlines()
     study = next(root.glob(P.STUDY_PREFIX + "*"))
     paths = P.StudyPaths(study)
-    assert "--array=0-11%2" in array and f"--output={paths.logs}/mitoseg_hpo_%A_%a.out" in array
+    assert "--array=0-5%2" in array and f"--output={paths.logs}/mitoseg_hpo_%A_%a.out" in array
     assert "--time=03:00:00 --qos=x" in array and array.endswith(str(paths.array_job_script))
     job = paths.array_job_script.read_text()
     assert "#SBATCH --job-name=mitoseg_hpo" in job and job.index("module load apptainer/1.3") < job.index("exec ")

@@ -162,8 +162,14 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from mitoseg.site import resolved_retry_budget
+    try:   # the study's budget with the site profile's (the cell itself does not read profiles)
+        budget, _ = resolved_retry_budget(os.path.dirname(os.path.abspath(exp_dir)))
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     _, code = run_cell(config, exp_dir, force=args.force, cache_dir=cache_dir,
-                       retry_failed=args.retry_failed or S.retry_failed_requested())
+                       retry_failed=args.retry_failed or S.retry_failed_requested(), budget=budget)
     return code
 
 

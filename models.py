@@ -3,7 +3,7 @@
 the `mitoseg-models` command), which prints each architecture's parameter count beside the
 original study's at its setting (mitoseg/cli/models.py).
 
-The builders, the registry and model loading are mitoseg/models.py (design notes there).
+The builders, the registry and model loading are mitoseg/cell/models.py (design notes there).
 """
 import sys
 
@@ -12,5 +12,5 @@ if __name__ == "__main__":   # the command first: its --help imports no TensorFl
     sys.exit(main())
 
 from mitoseg.cli.models import ORIGINAL_PARAMETERS, ORIGINAL_SETTING, dropped_biases, main  # noqa: E402,F401
-from mitoseg.models import (MODEL_REGISTRY, Attention_ResUNet, Attention_UNet, UNet, build_model,  # noqa: E402,F401
-                            custom_objects, load_model)
+from mitoseg.cell.models import (MODEL_REGISTRY, Attention_ResUNet, Attention_UNet, UNet, build_model, custom_objects,  # noqa: E402,F401
+                                 load_model)  # noqa: E402,F401

@@ -1,7 +1,7 @@
 """Build step pyproject.toml cannot express: a wheel carries the job scripts (which live at the top
 of the clone, where users `qsub` them) in mitoseg/jobs/, so `mitoseg-study submit` and `verify`
-work from an installed package (mitoseg/commands.py), and the git commit it was built from in
-mitoseg/build_info.json (mitoseg/version.py reads it when the code is not in a checkout)."""
+work from an installed package (mitoseg/study/commands.py), and the git commit it was built from in
+mitoseg/build_info.json (mitoseg/core/version.py reads it when the code is not in a checkout)."""
 import importlib.util
 import json
 import shutil
@@ -16,7 +16,7 @@ JOB_SCRIPTS = ("pbs_hyperparameter_optimization.sh", "slurm_hyperparameter_optim
 
 
 def _version_module():
-    """mitoseg/version.py loaded from this source tree (the build may not import the package)."""
+    """mitoseg/core/version.py loaded from this source tree (the build may not import the package)."""
     spec = importlib.util.spec_from_file_location("mitoseg_version", HERE / "mitoseg" / "version.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

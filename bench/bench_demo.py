@@ -67,7 +67,7 @@ def run_demo(repo: Path, jobs, keep: bool) -> dict:
 
 
 def _grid_cells(path: Path) -> list:
-    from mitoseg.grid import GridConfig, cells
+    from mitoseg.core.grid import GridConfig, cells
     return cells(GridConfig.from_dict(json.loads(path.read_text())))
 
 

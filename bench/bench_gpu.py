@@ -53,7 +53,7 @@ def _emit(**values) -> None:
 
 
 def _tf():
-    from mitoseg import quiet_tf
+    from mitoseg.cell import quiet_tf
     quiet_tf.install()
     import tensorflow as tf
     return tf
@@ -74,8 +74,8 @@ def _model_and_batch(args, batch, mode):
     import keras
     import numpy as np
 
-    from mitoseg.config import TrainConfig
-    from mitoseg.training import build_compiled_model
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.cell.keras_setup import build_compiled_model
     keras.utils.set_random_seed(1)
     config = TrainConfig(architecture=args.arch, patch_size=args.patch, base_filters=args.width, depth=args.depth,
                          batch_size=batch, mixed_precision=mode == "mixed_float16", jit_compile=mode == "xla")

@@ -43,9 +43,9 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from mitoseg import data
-    from mitoseg.inference import _starts, predict_slices
-    from mitoseg.models import build_model
+    from mitoseg.data import stacks as data
+    from mitoseg.cell.inference import _starts, predict_slices
+    from mitoseg.cell.models import build_model
 
     volume, _ = data.load_dataset(args.data_dir)
     images = np.asarray(volume.images[: args.slices + 1])

@@ -19,7 +19,7 @@ validation thresholded IoU) with three changes that only make sense under a wall
     t = elapsed wall time), the time-based version of the usual fixed-epoch cosine schedule.
 Test: the best (by val IoU) weights are copied into the same architecture built for
 `--eval-tile` tiles (fully convolutional, so the weights fit), whole test slices are predicted with
-overlapping Hann-blended tiles (mitoseg.inference.evaluate_volume), optionally with 8-fold TTA,
+overlapping Hann-blended tiles (mitoseg.cell.inference.evaluate_volume), optionally with 8-fold TTA,
 and scored at threshold 0.5 and at the threshold chosen on validation.
 
 Prints one line per architecture: held-out IoU beside the all-foreground baseline, and writes a
@@ -79,10 +79,10 @@ def train_one_arch(arch, args, train_imgs, train_masks, val_imgs, val_masks, tes
     import keras
     from focal_loss import BinaryFocalLoss
 
-    from mitoseg import metrics
-    from mitoseg.patches import tile_patches
-    from mitoseg.inference import Tiling, evaluate_volume
-    from mitoseg.models import build_model
+    from mitoseg.cell import metrics
+    from mitoseg.data.patches import tile_patches
+    from mitoseg.cell.inference import Tiling, evaluate_volume
+    from mitoseg.cell.models import build_model
 
     keras.utils.set_random_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -148,7 +148,7 @@ def train_one_arch(arch, args, train_imgs, train_masks, val_imgs, val_masks, tes
     if args.save_models:
         out = Path(args.save_models)
         out.mkdir(parents=True, exist_ok=True)
-        from mitoseg.io_utils import atomic_save
+        from mitoseg.core.io_utils import atomic_save
         atomic_save(out / f"{arch}_best.keras", lambda tmp: infer.save(tmp))
     results = {}
     for tta in ([False, True] if args.tta else [False]):
@@ -193,7 +193,7 @@ def write_record(path: Path, args, command, split, rows, started_load, finished_
         lines.append(f"- {r['arch']}: " + ", ".join(f"{h['val_iou']:.3f} ({h['elapsed_s'] / 60:.1f})" for h in r["history"]))
     lines += ["", "Raw figures:", "", "```json", json.dumps(rows, indent=1, default=float)[:20000], "```", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
-    from mitoseg.io_utils import atomic_write_text
+    from mitoseg.core.io_utils import atomic_write_text
     atomic_write_text(path, "\n".join(lines))
 
 
@@ -213,7 +213,7 @@ def conv_macs(model) -> int:
 
 def count_flops(args) -> int:
     """Print parameters and forward GMAC per patch (training step ~ 6 FLOP per MAC) and exit."""
-    from mitoseg.models import build_model
+    from mitoseg.cell.models import build_model
     for arch in args.archs:
         m = build_model(arch, (args.patch_size, args.patch_size, 1), base_filters=args.base_filters, depth=args.depth)
         macs = conv_macs(m)
@@ -253,10 +253,10 @@ def main(argv=None) -> int:
     if args.count_flops:
         return count_flops(args)
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(__file__, ROOT)] + list(argv if argv is not None else sys.argv[1:]))
-    from mitoseg import data
-    from mitoseg.cell_data import hold_out_test_slices
-    from mitoseg.input_error import DataError
-    from mitoseg.patches import split_slices
+    from mitoseg.data import stacks as data
+    from mitoseg.cell.inputs import hold_out_test_slices
+    from mitoseg.core.errors import DataError
+    from mitoseg.data.patches import split_slices
     try:
         volume, test = data.load_dataset(args.data_dir)
         if test is None:

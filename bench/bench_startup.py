@@ -11,7 +11,7 @@ reading it (every later cell).
 
 Each measurement is a fresh `train_one.py` process (run one after the other, never two at once).
 The child runs train_one.main() unchanged except for timing wrappers around
-cell_data.load_cell_data / prepare_arrays (as cell_data.prepare_cell_data calls them) / mitoseg.models.build_model and a probe on the first training
+cell_data.load_cell_data / prepare_arrays (as cell_data.prepare_cell_data calls them) / mitoseg.cell.models.build_model and a probe on the first training
 batch; with a cache it passes cache_dir to the two data functions, which is what run_cell does in
 grid mode once it forwards the study's cache folder.
 """
@@ -39,7 +39,7 @@ def child(args) -> int:
     events = {"python_start": float(os.environ.get("BENCH_SPAWN_TIME", T0)), "script_start": T0}
     sys.path.insert(0, str(REPO))
     from mitoseg.cli import train as train_one
-    from mitoseg import cell_data
+    from mitoseg.cell import inputs as cell_data
     events["imported_train_one"] = time.time()
     load_cell_data, prepare_arrays = cell_data.load_cell_data, cell_data.prepare_arrays
     cache_dir = args.cache_dir
@@ -59,7 +59,7 @@ def child(args) -> int:
 
     import keras
     events["imported_keras"] = time.time()   # train_one imports it in the cell's set-up: counted as imports
-    from mitoseg import models
+    from mitoseg.cell import models
     build = models.build_model
 
     def timed_build(*a, **kw):
@@ -144,7 +144,7 @@ def cluster_cell(rep: Report, data_dir: str, root: str) -> None:
     base = ["--data-dir", data_dir]
     run_child([*base, "--epochs", "1", "--output-dir", os.path.join(root, "warm")], cache, stop_after_steps=1)
     ev = run_child([*base, "--output-dir", os.path.join(root, "out")], cache, stop_after_steps=CLUSTER_STEPS)
-    from mitoseg.config import TrainConfig
+    from mitoseg.core.config import TrainConfig
     defaults = TrainConfig()
     ph = phases(ev)
     steps = [b - a for a, b in zip(ev["step_ends"], ev["step_ends"][1:])]

@@ -7,7 +7,7 @@ from in-memory numpy arrays (model.fit(x, y)). Target: pipeline >= 95 % of in-me
     python bench/bench_throughput.py --cluster-step        # + a few steps at the cluster default (256, width 64, depth 5, batch 8)
     python bench/bench_throughput.py --arch UNet --steps 20 --rounds 2
 
-Data: the real subset's patches (via mitoseg.cache, built once in a temporary folder). One child
+Data: the real subset's patches (via mitoseg.data.cache, built once in a temporary folder). One child
 process per architecture (so peak RSS is per architecture), run one after the other. Inside a child
 the two feeds alternate for --rounds rounds of --steps timed steps (the first 3 batches of every
 fit call are not timed) so a change of machine load hits both; the median round is reported.
@@ -35,13 +35,13 @@ ARCHS = ("UNet", "Attention_UNet", "Attention_ResUNet")
 
 
 def _config(args, arch):
-    from mitoseg.config import TrainConfig
+    from mitoseg.core.config import TrainConfig
     return TrainConfig(architecture=arch, data_dir=args.data_dir, patch_size=args.patch, base_filters=args.width,
                        depth=args.depth, batch_size=args.batch, seed=1)
 
 
 def _arrays(args, arch):
-    from mitoseg import cell_data
+    from mitoseg.cell import inputs as cell_data
     config = _config(args, arch)
     train, _ = cell_data.load_cell_data(config, cache_dir=args.cache_dir)
     return config, cell_data.prepare_arrays(train, config, cache_dir=args.cache_dir)
@@ -50,7 +50,7 @@ def _arrays(args, arch):
 def _model(config):
     import keras
 
-    from mitoseg.training import build_compiled_model
+    from mitoseg.cell.keras_setup import build_compiled_model
     keras.utils.set_random_seed(config.seed)
     return build_compiled_model(config)   # the model and compile settings of a real cell
 
@@ -75,7 +75,7 @@ def child(args) -> int:
     config, arrays = _arrays(args, args.arch)
     import numpy as np
 
-    from mitoseg.training import make_train_dataset
+    from mitoseg.cell.keras_setup import make_train_dataset
     model = _model(config)
     x, y = arrays["x_train"], arrays["y_train"]
     x_mem, y_mem = None, None
@@ -114,7 +114,7 @@ def child(args) -> int:
 def child_cluster_step(args) -> int:
     """A few steps at the cluster default through the train_one.py pipeline: s/step on this CPU."""
     config, arrays = _arrays(args, args.arch)
-    from mitoseg.training import make_train_dataset
+    from mitoseg.cell.keras_setup import make_train_dataset
     t = time.perf_counter()
     model = _model(config)
     build_s = time.perf_counter() - t
@@ -144,7 +144,7 @@ def run_child(args, arch, extra) -> dict:
 
 def data_path_memory(args, rep) -> None:
     """tracemalloc peak (numpy buffers) of loading + patching: without the cache vs a cache hit."""
-    from mitoseg import cell_data
+    from mitoseg.cell import inputs as cell_data
     config = _config(args, "UNet")
     rows = []
     for label, cdir in (("no cache", None), ("cache hit", args.cache_dir)):
@@ -187,7 +187,7 @@ def main(argv=None) -> int:
     rep = Report("bench_throughput", "training throughput and peak memory")
     try:
         sys.path.insert(0, str(REPO))
-        from mitoseg import cell_data
+        from mitoseg.cell import inputs as cell_data
         t = time.perf_counter()
         cell_data.prepare_arrays(cell_data.load_cell_data(_config(args, "UNet"), cache_dir=args.cache_dir)[0],
                                 _config(args, "UNet"), cache_dir=args.cache_dir)

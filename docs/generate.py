@@ -5,8 +5,8 @@
     python docs/generate.py --check   # exit 1 (naming the file) when one is out of date; writes nothing
 
 docs/cli.md is every script's `--help` (and every sub-command's), run as a user runs it; the table
-in docs/outputs.md is `python -m mitoseg.results`, the environment variables of docs/cluster.md
-`python -m mitoseg.env_vars`. tests/test_docs.py runs the check.
+in docs/outputs.md is `python -m mitoseg.core.results`, the environment variables of docs/cluster.md
+`python -m mitoseg.core.env_vars`. tests/test_docs.py runs the check.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ CLUSTER_MD = REPO / "docs" / "cluster.md"
 SCRIPTS = ["run_study.py", "train_one.py", "analyze_hyperparameter_results.py", "predict.py", "models.py"]
 TABLE_END = "<!-- end of generated table -->"
 # file -> the module whose output is its generated table (between its start marker and TABLE_END)
-TABLES = {OUTPUTS_MD: "mitoseg.results", CLUSTER_MD: "mitoseg.env_vars"}
+TABLES = {OUTPUTS_MD: "mitoseg.core.results", CLUSTER_MD: "mitoseg.core.env_vars"}
 # Settings that would leak into the help text as defaults; the reference shows the code's own.
 CLEARED_ENV = ("GRID_CONFIG", "DATA_DIR", "STUDY_DIR", "TF_CONTAINER", "MITOSEG_SITE", "CELLS_PER_GPU", "PYTHON")
 

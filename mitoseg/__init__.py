@@ -14,3 +14,10 @@ if sys.version_info < MIN_PYTHON:
     sys.stderr.write("error: mitoseg-hpo needs Python >= %d.%d (this is %s at %s)\n" % (
         MIN_PYTHON + (".".join(str(n) for n in sys.version_info[:3]), sys.executable)))
     sys.exit(2)
+
+# The layers, bottom to top: one folder each, and a module imports only its own layer and the ones
+# before it (each folder's __init__ says what it owns; tests/test_structure.py checks the imports).
+LAYERS = ("core", "data", "cell", "analysis", "predict", "report", "study", "cli")
+# The layers a login node's Python without numpy imports (submit, status, an array element before
+# its container, the commands' --help).
+STANDARD_LIBRARY_LAYERS = ("core", "study", "cli")

@@ -1,4 +1,4 @@
-"""Synthetic datasets on disk, in either layout mitoseg.data reads (EPFL stacks or image/mask
+"""Synthetic datasets on disk, in either layout mitoseg.data.stacks reads (EPFL stacks or image/mask
 folders), for the tests that need real files."""
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mitoseg.input_error import data_error
-from mitoseg.io_utils import atomic_save
-from mitoseg.synthetic import make_synthetic_em
+from mitoseg.core.errors import data_error
+from mitoseg.core.io_utils import atomic_save
+from mitoseg.data.synthetic import make_synthetic_em
 
 TEST_SEED_OFFSET = 10_000  # the test stack must not share a seed with any small train seed
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mitoseg.grid import GridConfig, cells
-from mitoseg.paths import GRID_CONFIG_NAME, experiment_paths
-from mitoseg.results import empty_record, save_results
+from mitoseg.core.grid import GridConfig, cells
+from mitoseg.core.paths import GRID_CONFIG_NAME, experiment_paths
+from mitoseg.core.results import empty_record, save_results
 
 ALL_FG = 0.07  # all-foreground IoU of the fixture validation slices (as in the original data)
 ARCH_EFFECT = {"UNet": 0.0, "Attention_UNet": 0.05, "Attention_ResUNet": 0.02}
@@ -44,7 +44,7 @@ def record_for(cell, status="ok", iou=None, all_fg=ALL_FG, pred_fg=0.08, test=No
                    total_time_s=120.0 + cell.index, test=test)
         reason = None
         if degenerate is None:
-            from mitoseg.checks import degenerate_reason
+            from mitoseg.core.scores import degenerate_reason
             reason = degenerate_reason(iou, all_fg, pred_fg)
         rec.update(degenerate=reason is not None, degenerate_reason=reason)
     elif status == "diverged":
@@ -137,8 +137,8 @@ def add_confirmation(study: Path, seeds: int, val_fn, test_fn, top: int = 1, spe
     """Plan the confirmation stage of a fixture study (the real planner) and write a results file for
     each of its cells: validation IoU val_fn(cell), test IoU test_fn(cell). `special` maps a cell
     name to "failed" | "missing"."""
-    from mitoseg.confirm import plan_confirmation
-    from mitoseg.grid import confirm_cells
+    from mitoseg.study.confirm import plan_confirmation
+    from mitoseg.core.grid import confirm_cells
     special = special or {}
     plan = plan_confirmation(study, seeds, top, allow_incomplete=allow_incomplete, log=lambda _: None)
     for cell in confirm_cells(study):

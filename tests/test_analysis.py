@@ -12,12 +12,12 @@ from scipy import stats as sps
 
 from mitoseg.cli import analyze as cli
 from tests.fixtures_results import ALL_FG, make_study, name_of
-from mitoseg.analysis import run_analysis
-from mitoseg.checks import degenerate_reason, required_iou
-from mitoseg.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
-from mitoseg.report import render
-from mitoseg.study_analysis import analyze
-from mitoseg.summary import SUMMARY_COLUMNS, SummaryError, build_summary, load_summary, normalize_summary
+from mitoseg.report.write import run_analysis
+from mitoseg.core.scores import degenerate_reason, required_iou
+from mitoseg.core.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME, SUMMARY_JSON
+from mitoseg.report.document import render
+from mitoseg.analysis.study_analysis import analyze
+from mitoseg.analysis.summary import SUMMARY_COLUMNS, SummaryError, build_summary, load_summary, normalize_summary
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
@@ -399,7 +399,7 @@ def test_cli_prints_progress_and_report_path(tmp_path, capsys):
 def test_analysis_does_not_import_tensorflow():
     import subprocess
     import sys
-    code = ("import sys, analyze_hyperparameter_results, mitoseg.analysis, mitoseg.summary, mitoseg.checks; "
+    code = ("import sys, analyze_hyperparameter_results, mitoseg.report.write, mitoseg.analysis.summary, mitoseg.core.scores; "
             "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 

@@ -16,12 +16,12 @@ import pytest
 import tifffile
 
 from tests.fixtures_data import write_synthetic_dataset
-from mitoseg import scheduler as S
-from mitoseg import paths as P
-from mitoseg import synthetic as SYN
-from mitoseg import grid as G
-from mitoseg.results import SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
-from mitoseg.summary import build_summary
+from mitoseg.study import submit as S
+from mitoseg.core import paths as P
+from mitoseg.data import synthetic as SYN
+from mitoseg.core import grid as G
+from mitoseg.core.results import SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
+from mitoseg.analysis.summary import build_summary
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",
@@ -224,13 +224,13 @@ def test_results_json_of_other_schema_or_hand_edited(tmp_path, mutate, expected)
         load_results(paths.results_json)
     assert expected in str(info.value) and str(paths.results_json) in str(info.value)
     # The cell reruns (never "already finished") ...
-    from mitoseg.cell import existing_status
+    from mitoseg.cell.run import existing_status
     assert existing_status(paths) is None
     # ... the analysis lists it as unreadable, not as a success ...
     df, inventory = build_summary(study)
     assert list(df["status"]) == ["unreadable"] and not df["success"].any() and expected in df["error"][0]
     # ... and the command-line reader says so in one line with a non-zero exit.
-    proc = subprocess.run([sys.executable, "-m", "mitoseg.results", str(paths.results_json)], cwd=ROOT, env=ENV,
+    proc = subprocess.run([sys.executable, "-m", "mitoseg.core.results", str(paths.results_json)], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and expected in the_error_line(proc)
 

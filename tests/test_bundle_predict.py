@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from mitoseg.synthetic import make_synthetic_em
+from mitoseg.data.synthetic import make_synthetic_em
 
 pytestmark = pytest.mark.oldest   # trains, exports and predicts: also run in the oldest supported stack (run_tests.sh)
 

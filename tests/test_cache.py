@@ -1,4 +1,4 @@
-"""The study-level data cache (mitoseg/cache.py): hits are identical, stale or corrupt entries are
+"""The study-level data cache (mitoseg/data/cache.py): hits are identical, stale or corrupt entries are
 rebuilt, concurrent builders end with one valid entry. numpy only (no TensorFlow): a few seconds."""
 import multiprocessing as mp
 import os
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mitoseg import paths as P
-from mitoseg import cache
-from mitoseg.config import TrainConfig
-from mitoseg.cell_data import load_cell_data, prepare_arrays
-from mitoseg.input_error import DataError
+from mitoseg.core import paths as P
+from mitoseg.data import cache
+from mitoseg.core.config import TrainConfig
+from mitoseg.cell.inputs import load_cell_data, prepare_arrays
+from mitoseg.core.errors import DataError
 from tests.fixtures_data import write_synthetic_dataset
 
 
@@ -83,7 +83,7 @@ def test_synthetic_sources_list_every_module_whose_code_prepares_the_data():
     cache.SYNTHETIC_DATA_CODE: a module missing there would let its changed code reuse stale entries."""
     import sys
 
-    from mitoseg.config import TrainConfig
+    from mitoseg.core.config import TrainConfig
     package = Path(cache.__file__).parent
     config = TrainConfig(synthetic_slices=6, synthetic_size=64, patch_size=32, val_fraction=0.2)
     ran = set()
@@ -216,9 +216,9 @@ def test_bad_data_still_raises_and_unwritable_cache_falls_back(tmp_path, data_di
 def test_a_cell_lists_its_data_folder_once(data_dir, tmp_path, monkeypatch):
     """prepare_cell_data walks the data folder once (layout.source_files) for both cache entries' check and
     the recorded fingerprint, which equals identity.data_fingerprint's (what a finished cell is compared with)."""
-    from mitoseg import cell_data
-    from mitoseg.identity import data_fingerprint
-    from mitoseg import layout
+    from mitoseg.cell import inputs as cell_data
+    from mitoseg.core.identity import data_fingerprint
+    from mitoseg.core import layout
     calls = []
 
     def counted(folder):

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import paths as P
-from mitoseg import grid as G
-from mitoseg import multi_cell as M
-from mitoseg import runner as R
-from mitoseg.results import load_results
+from mitoseg.core import paths as P
+from mitoseg.core import grid as G
+from mitoseg.study import multi_cell as M
+from mitoseg.study import runner as R
+from mitoseg.core.results import load_results
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(epochs=1, patch_size=32, base_filters=4, depth=3, synthetic_slices=10, synthetic_size=64)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mitoseg import quiet_tf
+from mitoseg.cell import quiet_tf
 
 ROOT = Path(__file__).resolve().parents[1]
 NOISE = ["ran out of data", "absl", "oneDNN", "cudart_stub", "cuda drivers", "cpu_feature_guard",
@@ -22,7 +22,7 @@ def epfl_dir(tmp_path_factory):
     """A small stack in the EPFL layout (training.tif + training_groundtruth.tif)."""
     import tifffile
 
-    from mitoseg.synthetic import make_synthetic_em
+    from mitoseg.data.synthetic import make_synthetic_em
     folder = tmp_path_factory.mktemp("epfl")
     images, masks = make_synthetic_em(8, 64, 64, seed=7)
     tifffile.imwrite(folder / "training.tif", images)
@@ -50,8 +50,8 @@ def test_the_augmented_dataset_states_its_length():
     of the data every epoch. The dataset now has a known length, the same number of batches."""
     import tensorflow as tf
 
-    from mitoseg.config import TrainConfig
-    from mitoseg.training import make_train_dataset
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.cell.keras_setup import make_train_dataset
     x = np.zeros((10, 8, 8, 1), np.float32)
     y = np.zeros((10, 8, 8, 1), np.float32)
     for augment in (False, True):

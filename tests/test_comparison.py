@@ -1,4 +1,4 @@
-"""The architecture decision (mitoseg/decision.py, mitoseg/comparison.py): its statistics against
+"""The architecture decision (mitoseg/analysis/decision.py, mitoseg/analysis/comparison.py): its statistics against
 scipy/statsmodels where a closed form exists, the decision rule calibrated by simulated studies with
 known answers (item 9 of issue 25), and fake studies and hand-made CSVs through the whole analysis."""
 from __future__ import annotations
@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mitoseg import comparison as K
-from mitoseg import decision as D
-from mitoseg.analysis import REPORT_MD, SUMMARY_JSON, run_analysis
-from mitoseg.report_confirmation import verdict
-from mitoseg.study_analysis import analyze
-from mitoseg.summary import SummaryError, load_summary, normalize_summary
+from mitoseg.analysis import comparison as K
+from mitoseg.analysis import decision as D
+from mitoseg.report.write import REPORT_MD, SUMMARY_JSON, run_analysis
+from mitoseg.report.confirmation import verdict
+from mitoseg.analysis.study_analysis import analyze
+from mitoseg.analysis.summary import SummaryError, load_summary, normalize_summary
 from tests.fixtures_results import add_confirmation, make_study
 
 GRID3 = dict(architectures=["UNet", "Attention_UNet", "Attention_ResUNet"], learning_rates=[1e-3, 5e-3],
@@ -29,7 +29,7 @@ def quiet(_):
 
 # --- the statistics against the libraries ---------------------------------------------------------
 def _table(values_by_fold, counts_by_fold=None, names_by_fold=None):
-    """A fold table (mitoseg.comparison.fold_table's shape) from plain lists."""
+    """A fold table (mitoseg.analysis.comparison.fold_table's shape) from plain lists."""
     out = {}
     for k, vals in values_by_fold.items():
         counts = counts_by_fold[k] if counts_by_fold else [None] * len(vals)
@@ -38,9 +38,9 @@ def _table(values_by_fold, counts_by_fold=None, names_by_fold=None):
 
 
 def test_winner_vs_runner_up_is_scipys_welch_test():
-    """The one Welch t-test (mitoseg.anova.compare_runs): scipy's ttest_ind(equal_var=False), NaN runs left out,
+    """The one Welch t-test (mitoseg.analysis.anova.compare_runs): scipy's ttest_ind(equal_var=False), NaN runs left out,
     and "clear" only for a difference in the winner's favour below alpha."""
-    from mitoseg.anova import ALPHA, compare_runs
+    from mitoseg.analysis.anova import ALPHA, compare_runs
     a, b = [0.80, 0.82, 0.81, np.nan], [0.70, 0.74, 0.69, 0.75]
     got = compare_runs(np.array(a), np.array(b))
     want = sps.ttest_ind(a[:3], b, equal_var=False)

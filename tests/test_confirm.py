@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mitoseg import confirm as C
-from mitoseg import grid as G
-from mitoseg import inference, metrics
-from mitoseg import runner as R
-from mitoseg import study_status
-from mitoseg.scheduler import NO_ANALYSIS_ENV
-from mitoseg.results import ResultsError, empty_record, load_results, save_results
-from mitoseg.summary import build_summary
+from mitoseg.study import confirm as C
+from mitoseg.core import grid as G
+from mitoseg.cell import inference, metrics
+from mitoseg.study import runner as R
+from mitoseg.study import status_view as study_status
+from mitoseg.study.submit import NO_ANALYSIS_ENV
+from mitoseg.core.results import ResultsError, empty_record, load_results, save_results
+from mitoseg.analysis.summary import build_summary
 from tests.fixtures_results import add_confirmation, make_study, record_for
 from tests.test_runner import _fake_trainer
 

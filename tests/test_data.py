@@ -1,4 +1,4 @@
-"""Tests for the input data modules (mitoseg.data, .scaling, .patches, .synthetic): validation messages,
+"""Tests for the input data modules (mitoseg.data.stacks, .scaling, .patches, .synthetic): validation messages,
 pairing, scaling, tiling, splitting, synthetic EM."""
 import hashlib
 import re
@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.ndimage import gaussian_filter
 
-from mitoseg.input_error import DataError
-from mitoseg.data import Volume, load_dataset, load_folder_pairs, load_stack_pair, read_tiff
-from mitoseg.patches import split_slices, tile_patches
-from mitoseg.scaling import apply_scaling, image_scaling, scale_mask
-from mitoseg.synthetic import make_synthetic_em
+from mitoseg.core.errors import DataError
+from mitoseg.data.stacks import Volume, load_dataset, load_folder_pairs, load_stack_pair, read_tiff
+from mitoseg.data.patches import split_slices, tile_patches
+from mitoseg.data.scaling import apply_scaling, image_scaling, scale_mask
+from mitoseg.data.synthetic import make_synthetic_em
 from tests.fixtures_data import write_synthetic_dataset
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared/data/lucchi_pp_subset"

@@ -22,7 +22,7 @@ def _generator():
 
 
 def test_generated_docs_are_current():
-    """docs/cli.md = every script's --help; the results table of docs/outputs.md = `python -m mitoseg.results`."""
+    """docs/cli.md = every script's --help; the results table of docs/outputs.md = `python -m mitoseg.core.results`."""
     proc = subprocess.run([sys.executable, str(GENERATE), "--check"], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr + proc.stdout

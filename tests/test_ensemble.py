@@ -1,4 +1,4 @@
-"""The analysis scores the ensemble of each architecture's confirmation runs (mitoseg/ensemble.py).
+"""The analysis scores the ensemble of each architecture's confirmation runs (mitoseg/predict/ensemble.py).
 
 Real processes: a tiny study with a confirmation stage of 2 seeds (run_study.py local), then the analysis
 (analyze_hyperparameter_results.py); the ensemble's test IoU must equal the IoU of the mean of the members'
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mitoseg import grid as G
-from mitoseg.paths import REPORT_MD, SUMMARY_CSV_NAME, SUMMARY_JSON, experiment_paths
-from mitoseg.results import load_results, save_results
+from mitoseg.core import grid as G
+from mitoseg.core.paths import REPORT_MD, SUMMARY_CSV_NAME, SUMMARY_JSON, experiment_paths
+from mitoseg.core.results import load_results, save_results
 from tests.fixtures_results import add_confirmation, make_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +58,10 @@ def iou(masks, probs, threshold):
 
 @pytest.mark.oldest
 def test_the_ensemble_is_the_iou_of_the_members_mean_probability(study):
-    from mitoseg.cell_data import load_cell_data
-    from mitoseg.config import TrainConfig
-    from mitoseg.inference import predict_slices
-    from mitoseg.models import load_model
+    from mitoseg.cell.inputs import load_cell_data
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.cell.inference import predict_slices
+    from mitoseg.cell.models import load_model
     log, ens, report = analyse(study)
     assert ens["reason"] is None and len(ens["architectures"]) == 1
     arm = ens["architectures"][0]
@@ -107,8 +107,8 @@ def test_a_rerun_reuses_the_score_and_a_missing_model_is_said(study):
 
 def test_failed_and_diverged_runs_are_left_out_and_named(tmp_path, monkeypatch):
     """Without TensorFlow the reason is said; the runs that are not members are named either way."""
-    from mitoseg import ensemble as E
-    from mitoseg.analysis import run_analysis
+    from mitoseg.predict import ensemble as E
+    from mitoseg.report.write import run_analysis
     study = make_study(tmp_path / "s", architectures=("UNet",), learning_rates=(1e-3,), batch_sizes=(8,),
                        seeds=(1,), test=True)
     add_confirmation(study, 4, lambda c: 0.8, lambda c: 0.7 + 0.01 * c.seed)
@@ -132,7 +132,7 @@ def test_failed_and_diverged_runs_are_left_out_and_named(tmp_path, monkeypatch):
 
 
 def test_a_summary_csv_analysis_says_why_there_is_no_ensemble(tmp_path):
-    from mitoseg.analysis import run_analysis
+    from mitoseg.report.write import run_analysis
     study = make_study(tmp_path / "s", architectures=("UNet",), learning_rates=(1e-3,), batch_sizes=(8,),
                        seeds=(1,), test=True)
     add_confirmation(study, 2, lambda c: 0.8, lambda c: 0.7)
@@ -144,7 +144,7 @@ def test_a_summary_csv_analysis_says_why_there_is_no_ensemble(tmp_path):
 
 def test_members_on_different_test_slices_are_ensembled_per_fold(monkeypatch):
     """An ensemble averages models on the same images: with held-out slices per fold, one per fold."""
-    from mitoseg import ensemble as E
+    from mitoseg.predict import ensemble as E
 
     def member(cell, fold, iou):
         return dict(cell=cell, test_iou=iou, test_set=["train.tif", [f"z={fold}"]], config={"threshold": 0.5})

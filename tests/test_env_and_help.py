@@ -1,4 +1,4 @@
-"""One reader of the environment (mitoseg/env_vars.py) and train_one.py's help defaults read from
+"""One reader of the environment (mitoseg/core/env_vars.py) and train_one.py's help defaults read from
 TrainConfig. Pure: no TensorFlow, no training."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import env_vars as E
-from mitoseg import schedulers as X
+from mitoseg.core import env_vars as E
+from mitoseg.study import schedulers as X
 from mitoseg.cli import train
-from mitoseg.config import TrainConfig
+from mitoseg.core.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 # Modules that still touch os.environ directly, and why (reading goes through env_vars.read).
@@ -78,8 +78,8 @@ def test_train_help_shows_trainconfig_defaults_once():
 
 
 def test_train_help_follows_a_changed_default(monkeypatch):
-    import mitoseg.config
+    import mitoseg.core.config
     changed = dataclasses.replace(TrainConfig(), epochs=7, learning_rate=0.02)
-    monkeypatch.setattr(mitoseg.config, "TrainConfig", lambda: changed)
+    monkeypatch.setattr(mitoseg.core.config, "TrainConfig", lambda: changed)
     shown = _helps()
     assert shown["--epochs"].endswith("(default 7)") and shown["--lr"].endswith("(default 0.02)")

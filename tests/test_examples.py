@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import paths as P
-from mitoseg import grid as G
-from mitoseg.config import TrainConfig
+from mitoseg.core import paths as P
+from mitoseg.core import grid as G
+from mitoseg.core.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.json") if not p.name.startswith("site_"))

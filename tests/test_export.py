@@ -3,11 +3,11 @@ import json
 
 import pytest
 
-from mitoseg import grid as G
+from mitoseg.core import grid as G
 from mitoseg.cli.study import main as study_main
-from mitoseg.export import ExportError, export_study
-from mitoseg.paths import experiment_paths
-from mitoseg.results import load_results, save_results
+from mitoseg.study.export import ExportError, export_study
+from mitoseg.core.paths import experiment_paths
+from mitoseg.core.results import load_results, save_results
 from tests.fixtures_results import add_confirmation, make_study
 
 GRID = dict(architectures=("UNet", "Attention_UNet"), learning_rates=(1e-3, 1e-2), batch_sizes=(8,), seeds=(1, 2))

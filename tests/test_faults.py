@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import scheduler as S
-from mitoseg import paths as P
-from mitoseg import grid as G
-from mitoseg import resume
-from mitoseg.results import ResultsError, empty_record, load_results, save_results
-from mitoseg.summary import build_summary
+from mitoseg.study import submit as S
+from mitoseg.core import paths as P
+from mitoseg.core import grid as G
+from mitoseg.cell import resume
+from mitoseg.core.results import ResultsError, empty_record, load_results, save_results
+from mitoseg.analysis.summary import build_summary
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
@@ -134,7 +134,7 @@ def study(tmp_path_factory):
     leftover = p0.exp_dir / f".{p0.results_json.name}.k1ll3d.tmp"
     leftover.write_text(text)
     ev["truncated_summary"] = summary_snapshot(study)
-    from mitoseg.cell import existing_status
+    from mitoseg.cell.run import existing_status
     ev["truncated_existing_status"] = existing_status(p0)
 
     # 5. The rerun must resume (never skip the cell as finished) and finish the cell.
@@ -353,7 +353,7 @@ def _can_mount() -> bool:
     return probe.returncode == 0
 
 
-CHECK = ("import json, sys, pathlib; from mitoseg.results import load_results, ResultsError\n"
+CHECK = ("import json, sys, pathlib; from mitoseg.core.results import load_results, ResultsError\n"
          "found = {}\n"
          "for p in pathlib.Path(sys.argv[1]).rglob('*_results.json'):\n"
          "    try: found[p.name] = load_results(p)['status']\n"
@@ -390,7 +390,7 @@ def test_read_only_output_disk_is_one_clear_error(tmp_path):
     assert str(tmp_path / "mnt" / "runs") in errors[0]
     # Grid mode: creating the study folder (from the --grid-config given) already fails, with the path in the line.
     (tmp_path / "g").mkdir()
-    from mitoseg import grid as G
+    from mitoseg.core import grid as G
     G.demo_grid().save(tmp_path / "grid.json")
     code, out, err, found = _in_private_mount(tmp_path / "g", "ro", ["--study-dir", "MNT/study", "--task-index", "0",
                                                                      "--grid-config", str(tmp_path / "grid.json")])
@@ -436,7 +436,7 @@ def test_full_output_disk_fallback_enospc_on_every_atomic_write(tmp_path):
     assert "No space left on device" in proc.stdout.strip().splitlines()[-1]
 
 
-# --- the resume backup itself (mitoseg.resume: weights + optimizer state per finished epoch) ----------
+# --- the resume backup itself (mitoseg.cell.resume: weights + optimizer state per finished epoch) ----------
 BACKUP_SCRIPT = r'''
 import json, sys
 from pathlib import Path
@@ -512,7 +512,7 @@ def test_backup_restores_epoch_counter_skips_partial_epochs_and_survives_torn_ch
 
 def test_leftover_temp_files_alone_are_not_results(tmp_path):
     """SIGKILL after the temporary file was written but before os.replace: only the temp files exist."""
-    from mitoseg.cell import existing_status
+    from mitoseg.cell.run import existing_status
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4])
     G.init_study(tmp_path, grid)
     paths = P.ExperimentPaths(tmp_path / G.cells(grid)[0].name)

@@ -15,18 +15,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mitoseg import confirm as C
-from mitoseg import grid as G
-from mitoseg import inference, metrics
-from mitoseg.cell_data import hold_out_test_slices, train_val_slices
-from mitoseg.config import ConfigError, TrainConfig
-from mitoseg.data import Volume
-from mitoseg.identity import check_study
-from mitoseg.input_error import DataError
-from mitoseg.patches import fold_split, split_slices
-from mitoseg.paths import StudyPaths, cell_name, parse_cell_name
-from mitoseg.results import ResultsError, empty_record, load_results, save_results
-from mitoseg.summary import build_summary, normalize_summary, SummaryError
+from mitoseg.study import confirm as C
+from mitoseg.core import grid as G
+from mitoseg.cell import inference, metrics
+from mitoseg.cell.inputs import hold_out_test_slices, train_val_slices
+from mitoseg.core.config import ConfigError, TrainConfig
+from mitoseg.data.stacks import Volume
+from mitoseg.core.identity import check_study
+from mitoseg.core.errors import DataError
+from mitoseg.data.patches import fold_split, split_slices
+from mitoseg.core.paths import StudyPaths, cell_name, parse_cell_name
+from mitoseg.core.results import ResultsError, empty_record, load_results, save_results
+from mitoseg.analysis.summary import build_summary, normalize_summary, SummaryError
 from tests.fixtures_results import add_confirmation, make_study, record_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from mitoseg.input_error import DataError
-from mitoseg import data as D
-from mitoseg.scaling import apply_scaling, image_scaling, scale_mask
-from mitoseg.results import FIELD_NAMES, SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
-from mitoseg.summary import SummaryError, load_summary
+from mitoseg.core.errors import DataError
+from mitoseg.data import stacks as D
+from mitoseg.data.scaling import apply_scaling, image_scaling, scale_mask
+from mitoseg.core.results import FIELD_NAMES, SCHEMA_VERSION, ResultsError, empty_record, load_results, save_results
+from mitoseg.analysis.summary import SummaryError, load_summary
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TMP = Path(tempfile.mkdtemp(prefix="mitoseg_fuzz_"))

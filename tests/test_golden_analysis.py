@@ -6,7 +6,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mitoseg.analysis import run_analysis
+from mitoseg.report.write import run_analysis
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 PLACEHOLDER = "<STUDY>"
@@ -26,7 +26,7 @@ def numbers(summary_json: str) -> dict:
 def run_golden_analysis(tmp: Path, edit=None, keys=("summary_csv", "summary_json")) -> tuple:
     """Analyse a copy of the fixed study (after edit(copy), if given); the texts of the outputs
     `keys` (default: summary CSV, analysis_summary.json) with the copy's path replaced by a
-    placeholder and the reports' time stamp and code version (mitoseg/version.py) by others."""
+    placeholder and the reports' time stamp and code version (mitoseg/core/version.py) by others."""
     study = tmp / "study".ljust(STUDY_PATH_LENGTH - len(str(tmp)) - 1, "_")
     assert len(str(study)) == STUDY_PATH_LENGTH, f"temporary folder {tmp} too long for the fixed study path"
     shutil.copytree(GOLDEN / "study", study)

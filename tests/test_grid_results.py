@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from mitoseg import scheduler as S
-from mitoseg import grid as G
-from mitoseg import results as R
+from mitoseg.study import submit as S
+from mitoseg.core import grid as G
+from mitoseg.core import results as R
 
 
 def test_default_grid_is_36_cells_in_a_fixed_order():
@@ -65,7 +65,7 @@ def test_init_study_keeps_the_first_grid(tmp_path):
 
 
 def test_grid_listing_shows_every_cell(capsys):
-    """run_study.py list prints the grid (list_grid; `python -m mitoseg.grid`, its duplicate, is gone)."""
+    """run_study.py list prints the grid (list_grid; `python -m mitoseg.core.grid`, its duplicate, is gone)."""
     assert G.list_grid(size_only=True) == 0
     assert capsys.readouterr().out.strip() == "36"
     assert G.list_grid() == 0
@@ -118,8 +118,8 @@ def test_save_refuses_invalid_record(tmp_path):
 
 def test_a_config_recorded_with_the_retired_extra_key_still_matches_its_cell():
     # results JSONs written before TrainConfig.extra was removed hold "extra": {}
-    from mitoseg.config import TrainConfig
-    from mitoseg.identity import config_differences
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.core.identity import config_differences
     current = G.cells(G.default_grid())[0].train_config(G.default_grid()).to_dict()
     assert config_differences({**current, "extra": {}}, current) == []
     assert config_differences({**current, "epochs": 2}, current) == [f"epochs 2 -> {current['epochs']}"]
@@ -133,7 +133,7 @@ def test_a_config_recorded_with_the_retired_extra_key_still_matches_its_cell():
     ("seeds", 2 ** 32, "an integer in 0 .. 2**32-1"), ("seeds", True, "an integer in 0 .. 2**32-1")])
 def test_grid_axes_follow_the_settings_range_table(axis, value, want):
     """One range table (config._RANGES): a grid axis refuses exactly what TrainConfig refuses, in its words."""
-    from mitoseg.config import TrainConfig
+    from mitoseg.core.config import TrainConfig
     assert f"{axis}[0] must be {want}, got {value!r}" in G.grid_problems({axis: [value]})
     field = {"learning_rates": "learning_rate", "batch_sizes": "batch_size", "seeds": "seed"}[axis]
     assert TrainConfig(**{field: value}).problems()

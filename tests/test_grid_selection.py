@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mitoseg import plots
-from mitoseg.analysis import run_analysis
-from mitoseg.paths import FIG_BEST, FIG_HEATMAPS, REPORT_MD
-from mitoseg.report import render
-from mitoseg.stats import DIVERGED_SCORE, counted_runs, select_configs
-from mitoseg.study_analysis import analyze
-from mitoseg.summary import normalize_summary
+from mitoseg.report import figures as plots
+from mitoseg.report.write import run_analysis
+from mitoseg.core.paths import FIG_BEST, FIG_HEATMAPS, REPORT_MD
+from mitoseg.report.document import render
+from mitoseg.analysis.stats import DIVERGED_SCORE, counted_runs, select_configs
+from mitoseg.analysis.study_analysis import analyze
+from mitoseg.analysis.summary import normalize_summary
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 

@@ -1,5 +1,5 @@
-"""Images read by what their files declare (issue 21, mitoseg/image_files.py), one data layout per
-folder (mitoseg/layout.py), masks named as probably inverted, the degenerate rule at high foreground,
+"""Images read by what their files declare (issue 21, mitoseg/data/image_files.py), one data layout per
+folder (mitoseg/core/layout.py), masks named as probably inverted, the degenerate rule at high foreground,
 and a batch larger than the training patches. Synthetic TIFF/PNG files written with tifffile/Pillow;
 one tiny training run (`test_a_cell_logs_and_records_what_it_converted_and_warned`)."""
 from __future__ import annotations
@@ -15,12 +15,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from mitoseg import data as D
-from mitoseg.checks import degenerate_reason, required_iou
-from mitoseg.image_files import read_image, read_tiff
-from mitoseg.input_error import DataError
-from mitoseg.layout import detect_layout, source_files
-from mitoseg.synthetic import make_synthetic_em
+from mitoseg.data import stacks as D
+from mitoseg.core.scores import degenerate_reason, required_iou
+from mitoseg.data.image_files import read_image, read_tiff
+from mitoseg.core.errors import DataError
+from mitoseg.core.layout import detect_layout, source_files
+from mitoseg.data.synthetic import make_synthetic_em
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -86,7 +86,7 @@ def test_test_stack_stored_miniswhite_reads_as_the_same_grey_values(tmp_path, em
                                        "to the grey a viewer shows"]
     assert "reading" not in train.scaling
     lines = []
-    from mitoseg.scaling import log_scaling
+    from mitoseg.data.scaling import log_scaling
     log_scaling(train.scaling, test.scaling, lines.append)
     assert lines[1].startswith(f"reading (test): {d / 'testing.tif'}: MINISWHITE"), lines
 
@@ -332,8 +332,8 @@ def test_a_cell_logs_and_records_what_it_converted_and_warned(tmp_path):
 
 
 def test_verify_fails_a_grid_whose_batch_exceeds_the_training_patches(tmp_path, em):
-    from mitoseg import grid as G
-    from mitoseg import verify as V
+    from mitoseg.core import grid as G
+    from mitoseg.study import verify as V
     d = stack_folder(tmp_path / "d", em[0], em[1])      # 6 slices of 64x64: 5 train slices x 4 patches of 32
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[8, 64],
                         fixed={"data_dir": str(d), "patch_size": 32, "depth": 3})

@@ -1,4 +1,4 @@
-"""Tiled whole-slice prediction (mitoseg.inference): blending, edges, TTA, the `test` scores.
+"""Tiled whole-slice prediction (mitoseg.cell.inference): blending, edges, TTA, the `test` scores.
 
 Stub models (objects with .predict) keep these fast and free of TensorFlow; the same blending with a
 real tiny Keras model is tested in tests/test_predict.py.
@@ -6,8 +6,8 @@ real tiny Keras model is tested in tests/test_predict.py.
 import numpy as np
 import pytest
 
-from mitoseg import inference as inf
-from mitoseg import metrics
+from mitoseg.cell import inference as inf
+from mitoseg.cell import metrics
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from mitoseg import metrics
+from mitoseg.cell import metrics
 
 TRUTH = np.array([[1, 1, 0, 0],
                   [1, 0, 0, 0]])

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import models
-from mitoseg import models as design   # the builders; `models` is the interface users import
+from mitoseg.cell import models as design  # the builders; `models` is the interface users import
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
 
@@ -62,7 +62,7 @@ def test_bad_arguments():
 def test_save_and_load_with_focal_loss(tmp_path, suffix):
     import keras
     from focal_loss import BinaryFocalLoss
-    from mitoseg.metrics import keras_soft_jaccard
+    from mitoseg.cell.metrics import keras_soft_jaccard
     model = models.build_model("Attention_UNet", (32, 32, 1), base_filters=4, depth=3)
     model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=1.0), loss=BinaryFocalLoss(gamma=2),
                   metrics=[keras_soft_jaccard])
@@ -147,10 +147,10 @@ def test_cli_prints_the_originals_counts_beside_ours(capsys):
 
 
 def test_gate_is_recorded_and_old_records_still_load(tmp_path):
-    from mitoseg.config import TrainConfig
-    from mitoseg.grid import GridConfig, cells
-    from mitoseg.results import load_results, save_results
-    from mitoseg.summary import build_summary
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.core.grid import GridConfig, cells
+    from mitoseg.core.results import load_results, save_results
+    from mitoseg.analysis.summary import build_summary
     from tests.fixtures_results import make_study, record_for
     assert TrainConfig().to_dict()["attention_gate"] == "original"
     with pytest.raises(ValueError, match="attention_gate"):

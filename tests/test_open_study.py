@@ -1,4 +1,4 @@
-"""One study opener (mitoseg.study_dir.open_study) and one exp_-folder reader (mitoseg.cell_state.read_cell):
+"""One study opener (mitoseg.study.open.open_study) and one exp_-folder reader (mitoseg.core.cell_state.read_cell):
 every entry point refuses a folder that is no study with the same one line, train_one.py never creates a
 study from a grid it was not given, and every state of a cell folder has one word. No training here."""
 import subprocess
@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import grid as G
-from mitoseg import runner as R
-from mitoseg.cell_state import read_cell
-from mitoseg.results import save_results
-from mitoseg.status import MISSING, OK, STALLED, STARTED, UNREADABLE
-from mitoseg.study_dir import open_study
+from mitoseg.core import grid as G
+from mitoseg.study import runner as R
+from mitoseg.core.cell_state import read_cell
+from mitoseg.core.results import save_results
+from mitoseg.core.status import MISSING, OK, STALLED, STARTED, UNREADABLE
+from mitoseg.study.open import open_study
 from tests.fixtures_results import record_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""A study holds only its own cells (mitoseg/membership.py): a copy made by hand, a cell copied in from
+"""A study holds only its own cells (mitoseg/core/membership.py): a copy made by hand, a cell copied in from
 another study and a cell trained with other settings are listed once and never counted or ranked, by
 the analysis, `status` and the confirmation planner alike; a study left with its confirmation cells
 alone is analysed from them."""
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import grid as G
-from mitoseg.membership import study_membership
-from mitoseg.paths import REPORT_MD, SUMMARY_CSV_NAME, StudyPaths
-from mitoseg.results import load_results, save_results
-from mitoseg.summary import build_summary
+from mitoseg.core import grid as G
+from mitoseg.core.membership import study_membership
+from mitoseg.core.paths import REPORT_MD, SUMMARY_CSV_NAME, StudyPaths
+from mitoseg.core.results import load_results, save_results
+from mitoseg.analysis.summary import build_summary
 from tests.fixtures_results import add_confirmation, make_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_local_lists_a_copy_once_and_trains_nothing_for_it(study):
 
 
 def test_a_cell_of_an_edited_grid_is_no_copy():
-    from mitoseg.identity import copy_of
+    from mitoseg.core.identity import copy_of
     cells = ["exp_00_UNet_lr0.001_bs8"]
     assert copy_of("exp_00_UNet_lr0.001_bs8 (copy)", None, cells) == cells[0]
     assert copy_of("exp_00_UNet_lr0.001_bs8_seed5", None, cells) is None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg.version import version_info, version_line
+from mitoseg.core.version import version_info, version_line
 from tests.test_structure import BLOCK
 
 REPO = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def venv38(wheel, tmp_path_factory) -> Path:
 
 
 def _demo_study(path: Path) -> Path:
-    from mitoseg import grid as G
+    from mitoseg.core import grid as G
     G.init_study(path, G.demo_grid())
     return path
 

@@ -11,9 +11,9 @@ tifffile = pytest.importorskip("tifffile")
 keras = pytest.importorskip("keras")
 
 from mitoseg.cli import predict  # noqa: E402
-from mitoseg import inference  # noqa: E402
-from mitoseg.config import TrainConfig  # noqa: E402
-from mitoseg.results import empty_record, save_results  # noqa: E402
+from mitoseg.cell import inference  # noqa: E402
+from mitoseg.core.config import TrainConfig  # noqa: E402
+from mitoseg.core.results import empty_record, save_results  # noqa: E402
 from models import build_model  # noqa: E402
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
@@ -229,7 +229,7 @@ def test_study_without_finished_cells(tmp_path, capsys):
 
 
 def test_real_keras_model_blends_without_seams():
-    """(mitoseg.inference with a real Keras model; here because this file imports Keras anyway.)
+    """(mitoseg.cell.inference with a real Keras model; here because this file imports Keras anyway.)
     A tiny Keras model whose output is a per-pixel function of its input (1x1 conv, fixed
     weights, sigmoid): tiled prediction must equal the same function applied to the whole slice."""
     inp = keras.Input((16, 16, 1))
@@ -256,7 +256,7 @@ def _cell_with_scaling(tmp_path, model_path, scaling):
 
 
 def test_same_grey_values_in_any_container_give_the_same_prediction(model_path, tmp_path, capsys):
-    from mitoseg import scaling
+    from mitoseg.data import scaling
     grey = np.random.default_rng(1).integers(0, 256, (2, 40, 40)).astype(np.uint8)
     model = _cell_with_scaling(tmp_path, model_path, scaling.image_scaling(grey))
     outs = []
@@ -272,7 +272,7 @@ def test_same_grey_values_in_any_container_give_the_same_prediction(model_path, 
 
 
 def test_input_that_cannot_share_the_models_scale_is_refused(model_path, tmp_path, capsys):
-    from mitoseg import scaling
+    from mitoseg.data import scaling
     twelve_bit = scaling.image_scaling(np.array([0, 4000], np.uint16))
     model = _cell_with_scaling(tmp_path, model_path, twelve_bit)
     tifffile.imwrite(tmp_path / "u8.tif", np.full((1, 40, 40), 200, np.uint8))

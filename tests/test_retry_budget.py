@@ -4,12 +4,12 @@ import json
 
 import pytest
 
-from mitoseg import grid as G
-from mitoseg import runner as R
-from mitoseg import study_status as SS
-from mitoseg.paths import experiment_paths
-from mitoseg.results import RETRY_BUDGET, load_results, save_results
-from mitoseg.scheduler import RETRY_ENV
+from mitoseg.core import grid as G
+from mitoseg.study import runner as R
+from mitoseg.study import status_view as SS
+from mitoseg.core.paths import experiment_paths
+from mitoseg.core.results import RETRY_BUDGET, load_results, save_results
+from mitoseg.study.submit import RETRY_ENV
 from tests.fixtures_results import make_study, record_for
 
 
@@ -58,10 +58,10 @@ def test_runner_retries_a_cell_below_its_budget(tmp_path, monkeypatch):
 @pytest.mark.oldest   # the cell module (training code) in the oldest stack
 def test_train_one_gate(tmp_path):
     """The check train_one.py (every array element) runs before loading any data."""
-    from mitoseg.cell import _finished_cell
-    from mitoseg.config import TrainConfig
-    from mitoseg.paths import ExperimentPaths
-    from mitoseg.status import EXIT_FAILED
+    from mitoseg.cell.run import _finished_cell
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.core.paths import ExperimentPaths
+    from mitoseg.core.status import EXIT_FAILED
     study, cells, _ = _study(tmp_path, RETRY_BUDGET)
     paths = ExperimentPaths(experiment_paths(study, cells[1].name).exp_dir)
     config = TrainConfig()
@@ -89,10 +89,10 @@ def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):
     """_train records attempts = previous + 1 (a --force run starts at 1); training itself is replaced by an
     exception, which is how an OOM reaches the record."""
     import time
-    from mitoseg import cell as C
-    from mitoseg.cell_data import CellData
-    from mitoseg.config import TrainConfig
-    from mitoseg.paths import ExperimentPaths
+    from mitoseg.cell import run as C
+    from mitoseg.cell.inputs import CellData
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.core.paths import ExperimentPaths
 
     def boom(*a, **k):
         raise RuntimeError("out of memory")
@@ -112,7 +112,7 @@ def test_each_failed_run_adds_an_attempt(tmp_path, monkeypatch):
 
 def test_submit_passes_retry_failed_to_the_elements(tmp_path):
     """The array's exported variables carry the choice (an empty value: the login shell's does not leak)."""
-    from mitoseg.scheduler import submit_study
+    from mitoseg.study.submit import submit_study
     study, _, _ = _study(tmp_path, RETRY_BUDGET)
     grid = G.load_study_grid(study)
     import re
@@ -124,15 +124,15 @@ def test_submit_passes_retry_failed_to_the_elements(tmp_path):
 
 
 def _set_grid_budget(study, budget):
-    from mitoseg.paths import StudyPaths
+    from mitoseg.core.paths import StudyPaths
     path = StudyPaths(study).grid_config
     path.write_text(json.dumps({**json.loads(path.read_text()), "retry_budget": budget}))
 
 
 def test_the_budget_is_a_setting_with_stated_precedence(tmp_path, monkeypatch):
     """$MITOSEG_RETRY_BUDGET > the grid's retry_budget > the site profile's > 2."""
-    from mitoseg.results import RETRY_BUDGET_ENV
-    from mitoseg.site import resolved_retry_budget as retry_budget
+    from mitoseg.core.results import RETRY_BUDGET_ENV
+    from mitoseg.study.site import resolved_retry_budget as retry_budget
     monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)
     monkeypatch.delenv("MITOSEG_SITE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no_config"))
@@ -153,7 +153,7 @@ def test_the_budget_is_a_setting_with_stated_precedence(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("bad", [0, -1, "2", 2.0, True])
 def test_a_bad_budget_is_refused_in_grid_and_site(tmp_path, bad):
-    from mitoseg.site import SiteError, read_profile
+    from mitoseg.study.site import SiteError, read_profile
     with pytest.raises(G.GridError) as err:
         G.GridConfig.from_dict({"architectures": ["UNet"], "retry_budget": bad})
     assert any("retry_budget must be an integer >= 1" in p for p in err.value.problems)
@@ -166,8 +166,8 @@ def test_a_bad_budget_is_refused_in_grid_and_site(tmp_path, bad):
 
 def test_a_grid_budget_reaches_runner_status_and_submit(tmp_path, monkeypatch):
     import re
-    from mitoseg.results import RETRY_BUDGET_ENV
-    from mitoseg.scheduler import submit_study
+    from mitoseg.core.results import RETRY_BUDGET_ENV
+    from mitoseg.study.submit import submit_study
     monkeypatch.delenv(RETRY_ENV, raising=False)
     monkeypatch.delenv(RETRY_BUDGET_ENV, raising=False)
     monkeypatch.delenv("MITOSEG_SITE", raising=False)

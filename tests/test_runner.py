@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import paths as P
-from mitoseg import grid as G
-from mitoseg import launcher as L
-from mitoseg import runner as R
-from mitoseg import scheduler as Sched
-from mitoseg.console import results_table
-from mitoseg.study_dir import resolve_study_dir
-from mitoseg.results import save_results
+from mitoseg.core import paths as P
+from mitoseg.core import grid as G
+from mitoseg.study import launcher as L
+from mitoseg.study import runner as R
+from mitoseg.study import submit as Sched
+from mitoseg.study.console import results_table
+from mitoseg.study.open import resolve_study_dir
+from mitoseg.core.results import save_results
 from tests.fixtures_results import record_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -176,7 +176,7 @@ import json, sys, os
 sys.path.insert(0, {repo!r})
 from mitoseg import grid as G
 from mitoseg import paths as P
-from mitoseg.results import save_results
+from mitoseg.core.results import save_results
 from tests.fixtures_results import record_for
 args = sys.argv[1:]
 study, index = args[args.index("--study-dir") + 1], int(args[args.index("--task-index") + 1])
@@ -290,7 +290,7 @@ def test_job_scripts_are_directives_and_one_python_call(name):
 
 
 def test_job_script_array_ranges_match_the_default_grid():
-    from mitoseg.verify import array_range
+    from mitoseg.study.verify import array_range
     n = G.default_grid().size
     assert array_range(REPO / "pbs_hyperparameter_optimization.sh", "pbs") == (0, n - 1)
     assert array_range(REPO / "slurm_hyperparameter_optimization.sh", "slurm") == (0, n - 1)
@@ -343,8 +343,8 @@ def test_walltime_signal_is_forwarded_to_the_training_process(tmp_path):
 def test_report_path_is_a_report_never_the_summary_csv(tmp_path):
     """`Report:` lines (local, status, the demo) name the Markdown or text report; a study whose analysis
     wrote only the summary CSV has no report to name."""
-    from mitoseg.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME
-    from mitoseg.runner import report_path
+    from mitoseg.core.paths import REPORT_MD, REPORT_TXT, SUMMARY_CSV_NAME
+    from mitoseg.study.runner import report_path
     (tmp_path / SUMMARY_CSV_NAME).write_text("x\n")
     assert report_path(tmp_path) is None
     (tmp_path / REPORT_TXT).write_text("r\n")

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import paths as P
-from mitoseg import grid as G
-from mitoseg.results import load_results
+from mitoseg.core import paths as P
+from mitoseg.core import grid as G
+from mitoseg.core.results import load_results
 from tests.slurm_cluster import slurm_cluster  # noqa: F401  (pytest fixture)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -223,7 +223,7 @@ def test_confirm_stage_on_slurm(slurm_cluster, tmp_path):  # noqa: F811
     """`run_study.py confirm --scheduler slurm`: an array over the confirmation indices only (after
     the grid's), through the same job script and element code; then the dependent analysis."""
     from tests.fixtures_results import record_for
-    from mitoseg.results import save_results
+    from mitoseg.core.results import save_results
     sub, extra_env = _submit_dir(tmp_path)
     env = {**slurm_cluster.env, **extra_env}
     study = sub / "study"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import grid as G
+from mitoseg.core import grid as G
 from tests.fixtures_results import add_confirmation, make_study
 
 REPO = Path(__file__).resolve().parents[1]

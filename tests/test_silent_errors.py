@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from mitoseg import scheduler as S
-from mitoseg.input_error import DataError
-from mitoseg import paths as P
-from mitoseg import data as D
-from mitoseg.synthetic import make_synthetic_em
-from mitoseg import grid as G
+from mitoseg.study import submit as S
+from mitoseg.core.errors import DataError
+from mitoseg.core import paths as P
+from mitoseg.data import stacks as D
+from mitoseg.data.synthetic import make_synthetic_em
+from mitoseg.core import grid as G
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
@@ -246,7 +246,7 @@ def test_bad_grid_values_are_one_line_before_anything_is_created(tmp_path, grid,
     assert str(path) in line and expected in line
     assert not (tmp_path / "root").exists() or not any((tmp_path / "root").iterdir())
     # The pre-flight check lists the same problem as a FAIL row, before anything is queued.
-    from mitoseg import verify
+    from mitoseg.study import verify
     rows = verify.check_grid_values(str(path))
     assert any(r.status == verify.FAIL and expected in r.detail for r in rows), rows
 
@@ -276,9 +276,9 @@ def test_bad_flag_values_name_the_flag(tmp_path, args, expected):
 
 # --- the cache fingerprints what is read ----------------------------------------------------------------
 def test_cache_follows_symlinked_folders(tmp_path, em):
-    from mitoseg.layout import source_files
-    from mitoseg.config import TrainConfig
-    from mitoseg.cell_data import load_cell_data
+    from mitoseg.core.layout import source_files
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.cell.inputs import load_cell_data
     images, masks = em
     real = tmp_path / "real"
     for sub, stack in (("images", images), ("masks", masks)):
@@ -298,7 +298,7 @@ def test_cache_follows_symlinked_folders(tmp_path, em):
     changed[:, :8, :8] = 255                      # the masks change behind the symlink
     for z, sl in enumerate(changed):
         tifffile.imwrite(real / "masks" / f"s{z}.tif", sl)
-    from mitoseg import cache as C
+    from mitoseg.data import cache as C
     again, _ = C.cached_volumes(cache, config, lambda: D.load_dataset(data), C.config_sources(config),
                                 log=messages.append)
     assert any("source files changed" in m for m in messages), messages
@@ -306,7 +306,7 @@ def test_cache_follows_symlinked_folders(tmp_path, em):
 
 
 # --- one runner per cell ----------------------------------------------------------------------------
-HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); from mitoseg.cell_lock import try_lock\n"
+HOLD = ("import sys, time; sys.path.insert(0, sys.argv[2]); from mitoseg.cell.lock import try_lock\n"
         "lock, _ = try_lock(sys.argv[1]); print('HELD' if lock else 'BUSY', flush=True); time.sleep(600)\n")
 
 
@@ -318,7 +318,7 @@ def _holder(exp_dir: Path) -> subprocess.Popen:
 
 
 def test_cell_lock_is_exclusive_and_freed_by_a_kill(tmp_path):
-    from mitoseg.cell_lock import try_lock
+    from mitoseg.cell.lock import try_lock
     exp = tmp_path / "exp_x"
     holder = _holder(exp)
     lock, who = try_lock(exp)
@@ -426,7 +426,7 @@ def test_force_retrains_a_cell_with_other_settings(hand_cell):
 
 def test_old_results_without_new_fields_still_load_and_skip(tmp_path, hand_cell):
     import shutil
-    from mitoseg.results import load_results
+    from mitoseg.core.results import load_results
     out = tmp_path / "runs"
     shutil.copytree(hand_cell["out"], out)
     rec_path = next(out.glob("exp_*/*_results.json"))
@@ -504,7 +504,7 @@ def test_flags_contradicting_an_existing_study_are_refused(local_study, tmp_path
 
 def test_analysis_never_overwrites_its_input_csvs(tmp_path):
     from tests.fixtures_results import record_for
-    from mitoseg.results import save_results
+    from mitoseg.core.results import save_results
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-4, 1e-3], batch_sizes=[8])
     study = tmp_path / "study"
     G.init_study(study, grid)
@@ -555,7 +555,7 @@ def test_bad_runner_and_predict_flags_are_one_line(tmp_path, script, args, expec
 
 
 def test_array_element_refuses_a_study_with_a_relative_data_dir(tmp_path):
-    from mitoseg import runner as R
+    from mitoseg.study import runner as R
     study = tmp_path / "study"
     study.mkdir()
     (study / P.GRID_CONFIG_NAME).write_text(json.dumps({"architectures": ["UNet"], "learning_rates": [1e-3],

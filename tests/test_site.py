@@ -1,7 +1,7 @@
-"""The site profile (mitoseg/site.py): found in a stated order, validated with one-line errors, and given
+"""The site profile (mitoseg/study/site.py): found in a stated order, validated with one-line errors, and given
 to every job `submit` makes (array and dependent analysis), with the arguments after `--` winning; a dry
 run prints every job line and creates nothing; the container asked for is used or refused
-(mitoseg/launcher.py), never replaced by the host Python."""
+(mitoseg/study/launcher.py), never replaced by the host Python."""
 from __future__ import annotations
 
 import json
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import grid as G
-from mitoseg import launcher as L
-from mitoseg import paths as P
-from mitoseg import runner as R
-from mitoseg import scheduler as Sched
-from mitoseg import site as S
-from mitoseg import verify as V
+from mitoseg.core import grid as G
+from mitoseg.study import launcher as L
+from mitoseg.core import paths as P
+from mitoseg.study import runner as R
+from mitoseg.study import submit as Sched
+from mitoseg.study import site as S
+from mitoseg.study import verify as V
 
 REPO = Path(__file__).resolve().parent.parent
 STANDIN_BIN = REPO / "tests" / "bin"

@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 
 import analyze_hyperparameter_results as cli
-from mitoseg import grid as G
-from mitoseg import io_utils, plots
-from mitoseg.analysis import run_analysis
-from mitoseg.paths import FIG_HEATMAPS, REPORT_MD, SUMMARY_CSV_NAME
-from mitoseg.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
+from mitoseg.core import grid as G
+from mitoseg.core import io_utils
+from mitoseg.report import figures as plots
+from mitoseg.report.write import run_analysis
+from mitoseg.core.paths import FIG_HEATMAPS, REPORT_MD, SUMMARY_CSV_NAME
+from mitoseg.core.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED
 from tests.fixtures_results import make_study
 
 REPO = Path(__file__).resolve().parents[1]

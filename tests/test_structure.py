@@ -1,6 +1,6 @@
 """The shape of the product code (everything but tests/ and bench/): modules of at most 400 lines,
 functions of at most 80, no sys.path edits, no private attributes of other libraries, and the
-status words and study file names defined in one place each (mitoseg/status.py, mitoseg/paths.py)."""
+status words and study file names defined in one place each (mitoseg/core/status.py, mitoseg/core/paths.py)."""
 import ast
 import os
 import re
@@ -36,7 +36,7 @@ def trees():
 
 def test_there_is_product_code_to_check(trees):
     names = {rel(p) for p in trees}
-    assert {"train_one.py", "models.py", "mitoseg/paths.py", "mitoseg/status.py"} <= names
+    assert {"train_one.py", "models.py", "mitoseg/core/paths.py", "mitoseg/core/status.py"} <= names
 
 
 def test_no_module_over_400_lines(trees):
@@ -86,10 +86,10 @@ def _docstrings(tree) -> set:
 
 
 def test_status_words_are_defined_only_in_mitoseg_status(trees):
-    """No other module spells a status value as a string literal: it asks mitoseg.status."""
+    """No other module spells a status value as a string literal: it asks mitoseg.core.status."""
     found = []
     for p, tree in trees.items():
-        if rel(p) == "mitoseg/status.py":
+        if rel(p) == "mitoseg/core/status.py":
             continue
         parents, docs = _parents(tree), _docstrings(tree)
         found += [f"{rel(p)}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
@@ -113,10 +113,10 @@ def _builds_a_path(node, parent) -> bool:
 
 
 def test_study_file_names_are_spelled_only_in_mitoseg_paths(trees):
-    """Messages and help texts may name files; code that builds a path asks mitoseg.paths."""
+    """Messages and help texts may name files; code that builds a path asks mitoseg.core.paths."""
     found = []
     for p, tree in trees.items():
-        if rel(p) == "mitoseg/paths.py":
+        if rel(p) == "mitoseg/core/paths.py":
             continue
         parents = _parents(tree)
         for node in ast.walk(tree):
@@ -131,13 +131,6 @@ def test_study_file_names_are_spelled_only_in_mitoseg_paths(trees):
     assert found == []
 
 
-STDLIB_ONLY = ["mitoseg.paths", "mitoseg.status", "mitoseg.config", "mitoseg.grid", "mitoseg.results",
-               "mitoseg.identity", "mitoseg.io_utils", "mitoseg.cli_args", "mitoseg.scheduler", "mitoseg.launcher",
-               "mitoseg.study_dir", "mitoseg.site", "mitoseg.verify_job", "mitoseg.runner", "mitoseg.console",
-               "mitoseg.verify", "mitoseg.multi_cell", "mitoseg.study_status", "mitoseg.confirm", "mitoseg.layout",
-               "mitoseg.version", "mitoseg.commands", "mitoseg.cell_state", "mitoseg.cli.study", "mitoseg.cli.study_parser",
-               "mitoseg.cli.train", "mitoseg.cli.models", "mitoseg.schedulers", "mitoseg.env_vars",
-               "run_study", "train_one"]
 BLOCK = '''
 import importlib, sys
 class Block:
@@ -150,11 +143,72 @@ for module in sys.argv[1:]:
 '''
 
 
-def test_the_login_node_side_imports_with_the_standard_library_alone():
+# The layers are the folders of mitoseg/ (mitoseg/__init__.py LAYERS, bottom to top): a module imports
+# only its own layer and the layers below it, wherever the import is written (a lazy import inside a
+# function included); the layers whose __init__ says so import with the standard library alone.
+def _package_modules(layer: str) -> list[str]:
+    folder = ROOT / "mitoseg" / layer
+    return sorted(f"mitoseg.{layer}." + p.stem for p in folder.glob("*.py") if p.stem != "__init__")
+
+
+def _imported_modules(path: Path, tree) -> list[tuple[int, str]]:
+    """(line, dotted module) of every mitoseg import in a file; `from mitoseg.x import y` names
+    mitoseg.x.y when y is a module."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.split(".")[0] == "mitoseg"]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            if base.split(".")[0] != "mitoseg":
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                is_module = (ROOT / Path(*sub.split("."))).with_suffix(".py").exists() or \
+                    (ROOT / Path(*sub.split("."))).is_dir()
+                found.append((node.lineno, sub if is_module else base))
+    return found
+
+
+def test_every_module_lives_in_a_layer_folder():
+    import mitoseg
+    top = sorted(p.name for p in (ROOT / "mitoseg").glob("*.py"))
+    folders = sorted(p.name for p in (ROOT / "mitoseg").iterdir() if p.is_dir() and (p / "__init__.py").exists())
+    assert top == ["__init__.py"]
+    assert sorted(mitoseg.LAYERS) == folders
+    for layer in mitoseg.LAYERS:
+        doc = ast.get_docstring(ast.parse((ROOT / "mitoseg" / layer / "__init__.py").read_text()))
+        assert doc and "May import:" in doc, f"mitoseg/{layer}/__init__.py: say what the layer owns and may import"
+
+
+def test_a_layer_imports_only_itself_and_the_layers_below(trees):
+    from mitoseg import LAYERS
+    wrong = []
+    for path, tree in trees.items():
+        parts = path.relative_to(ROOT).parts
+        if parts[0] != "mitoseg" or len(parts) < 3:
+            continue
+        mine = LAYERS.index(parts[1])
+        for line, module in _imported_modules(path, tree):
+            layer = module.split(".")[1] if module.count(".") else None
+            if layer is not None and layer in LAYERS and LAYERS.index(layer) > mine:
+                wrong.append(f"{rel(path)}:{line} imports {module} (layer {layer} is above {parts[1]})")
+    assert wrong == []
+
+
+def test_the_standard_library_layers_import_without_numpy():
     """run_study.py, the job scripts' element and the pre-flight run with a host Python that may lack numpy."""
     import subprocess
     import sys
-    proc = subprocess.run([sys.executable, "-c", BLOCK, *STDLIB_ONLY], cwd=ROOT, capture_output=True, text=True)
+
+    from mitoseg import LAYERS, STANDARD_LIBRARY_LAYERS
+    assert set(STANDARD_LIBRARY_LAYERS) <= set(LAYERS)
+    modules = [m for layer in STANDARD_LIBRARY_LAYERS for m in _package_modules(layer)] + ["run_study", "train_one"]
+    proc = subprocess.run([sys.executable, "-c", BLOCK, *modules], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -164,7 +218,7 @@ def test_a_finished_cells_data_fingerprint_needs_no_numpy(tmp_path):
     import sys
     (tmp_path / "training.tif").write_bytes(b"not read")
     (tmp_path / "training_groundtruth.tif").write_bytes(b"not read either")
-    call = BLOCK + "import os; print(importlib.import_module('mitoseg.identity').data_fingerprint(os.environ['DATA']))\n"
-    proc = subprocess.run([sys.executable, "-c", call, "mitoseg.identity"], cwd=ROOT, capture_output=True, text=True,
+    call = BLOCK + "import os; print(importlib.import_module('mitoseg.core.identity').data_fingerprint(os.environ['DATA']))\n"
+    proc = subprocess.run([sys.executable, "-c", call, "mitoseg.core.identity"], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "DATA": str(tmp_path)})
     assert proc.returncode == 0 and "'files': 2" in proc.stdout, proc.stderr[-2000:]

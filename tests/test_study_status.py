@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg import grid as G
-from mitoseg import study_status as S
-from mitoseg.results import save_results
+from mitoseg.core import grid as G
+from mitoseg.study import status_view as S
+from mitoseg.core.results import save_results
 from tests.fixtures_results import record_for
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Hand-edited summary CSVs are checked like any input (mitoseg/summary_checks.py), and the analysis never
+"""Hand-edited summary CSVs are checked like any input (mitoseg/analysis/summary_checks.py), and the analysis never
 overwrites a summary CSV edited by hand without keeping it."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mitoseg.paths import SUMMARY_CSV_NAME
-from mitoseg.summary import SummaryError, load_summary
+from mitoseg.core.paths import SUMMARY_CSV_NAME
+from mitoseg.analysis.summary import SummaryError, load_summary
 from tests.fixtures_results import make_study
 
 REPO = Path(__file__).resolve().parents[1]

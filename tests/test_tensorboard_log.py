@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mitoseg.config import TrainConfig
-from mitoseg.tensorboard_log import EPOCH_TAGS, FINAL_TAGS, CellBoard, hparams_of
+from mitoseg.core.config import TrainConfig
+from mitoseg.cell.tensorboard_log import EPOCH_TAGS, FINAL_TAGS, CellBoard, hparams_of
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--epochs", "2", "--patch-size", "32", "--base-filters", "4", "--depth", "3",

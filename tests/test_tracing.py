@@ -11,8 +11,8 @@ keras = pytest.importorskip("keras")
 
 
 def compiled_tiny_model():
-    from mitoseg.config import TrainConfig
-    from mitoseg.training import build_compiled_model
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.cell.keras_setup import build_compiled_model
     keras.utils.set_random_seed(0)
     return build_compiled_model(TrainConfig(patch_size=32, base_filters=4, depth=3))
 
@@ -34,7 +34,7 @@ def fit_and_count_traces(model, x, y) -> int:
 def fitted():
     """The same seed and data fitted for one epoch without and with the prebuild: each a model build,
     a trace and a fit, shared by the three tests below (this module also runs in the oldest stack)."""
-    from mitoseg.training import build_fit_variables
+    from mitoseg.cell.keras_setup import build_fit_variables
     rng = np.random.default_rng(0)
     x = rng.random((8, 32, 32, 1), dtype=np.float32)
     y = (rng.random((8, 32, 32, 1)) > 0.8).astype(np.float32)

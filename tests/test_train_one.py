@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mitoseg.checks import degenerate_reason
-from mitoseg.results import load_results
-from mitoseg.version import version_info
+from mitoseg.core.scores import degenerate_reason
+from mitoseg.core.results import load_results
+from mitoseg.core.version import version_info
 from tests.fixtures_train import TINY_CELL_ARGS, TINY_CELL_NAME, TINY_TRAIN_ARGS as TINY, run_train_one as run
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
@@ -90,7 +90,7 @@ def test_bad_input_is_one_clear_line_and_writes_nothing(tmp_path, args, message)
 
 
 def test_grid_mode_uses_the_array_variable(tmp_path):
-    from mitoseg import grid as G
+    from mitoseg.core import grid as G
     grid = G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[4, 8],
                         fixed=dict(epochs=1, patch_size=32, base_filters=4, depth=3,
                                    synthetic_slices=10, synthetic_size=64))

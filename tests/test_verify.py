@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mitoseg import grid as G
-from mitoseg import verify as V
+from mitoseg.core import grid as G
+from mitoseg.study import verify as V
 from tests.fixtures_data import write_synthetic_dataset
 
 pytestmark = pytest.mark.oldest   # also run in the oldest supported stack (run_tests.sh)
@@ -237,8 +237,8 @@ def test_pbs_setup_verification_script_runs_the_checks(tmp_path, good_data):
 def test_patch_counts_are_the_cells_own(tmp_path):
     """The pre-flight counts the patches a cell will train on: with --test-fraction and no test stack the
     held-out slices are not training patches (counted against cell_data.prepare_arrays itself)."""
-    from mitoseg.cell_data import load_cell_data, prepare_arrays
-    from mitoseg.config import TrainConfig
+    from mitoseg.cell.inputs import load_cell_data, prepare_arrays
+    from mitoseg.core.config import TrainConfig
     data = write_synthetic_dataset(tmp_path / "d", n_slices=8, height=96, width=64, with_test=False)
     for test_fraction in (0.0, 0.25):
         grid = grid_for(data, test_fraction=test_fraction)

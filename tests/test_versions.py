@@ -102,7 +102,7 @@ def test_every_declared_package_is_imported_by_the_product_and_every_import_decl
     (seaborn and scikit-image were named but never imported: dropped)."""
     import ast
     import sys
-    from mitoseg.environment import PACKAGES
+    from mitoseg.cell.environment import PACKAGES
     _, deps = _project()
     declared = {r.name.lower() for r in deps} - {"h5py"}   # h5py: Keras' HDF5 writer, imported by Keras
     files = [*REPO.glob("*.py"), *REPO.glob("mitoseg/**/*.py")]

@@ -1,4 +1,4 @@
-"""The local runner's worker processes (mitoseg/workers.py): a cell trained fourth in a worker records
+"""The local runner's worker processes (mitoseg/study/workers.py): a cell trained fourth in a worker records
 exactly what it records trained alone, a worker that dies fails only its cell and is replaced, and
 `--jobs auto` says why it chose its number."""
 import csv
@@ -7,12 +7,12 @@ import time
 
 import pytest
 
-from mitoseg import grid as G
-from mitoseg import paths as P
-from mitoseg import runner as R
-from mitoseg.commands import TRAIN, code_env
-from mitoseg.results import load_results
-from mitoseg.workers import WorkerPool
+from mitoseg.core import grid as G
+from mitoseg.core import paths as P
+from mitoseg.study import runner as R
+from mitoseg.study.commands import TRAIN, code_env
+from mitoseg.core.results import load_results
+from mitoseg.study.workers import WorkerPool
 
 # tiny cells: two architectures x two learning rates, 2 epochs of 64x64 patches at width 4
 TINY = dict(epochs=2, patch_size=64, base_filters=4, depth=3, synthetic_slices=16, synthetic_size=128,
@@ -74,7 +74,7 @@ import os, signal, sys
 sys.path.insert(0, {repo!r})
 from mitoseg import grid as G
 from mitoseg import paths as P
-from mitoseg.results import save_results
+from mitoseg.core.results import save_results
 from tests.fixtures_results import record_for
 args = sys.argv[1:]
 study, index = args[args.index("--study-dir") + 1], int(args[args.index("--task-index") + 1])

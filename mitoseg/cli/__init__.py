@@ -1,3 +1,7 @@
-"""The project's commands: what run_study.py, train_one.py, analyze_hyperparameter_results.py,
+"""cli: the project's commands, what run_study.py, train_one.py, analyze_hyperparameter_results.py,
 predict.py and models.py run, and the console commands of an installed package (pyproject.toml
-[project.scripts]). Each module has `main(argv=None) -> int` and runs with `python -m` too."""
+[project.scripts]). Each module has `main(argv=None) -> int` and runs with `python -m` too; args
+holds what they share about flags and output.
+
+May import: every layer. Standard library only at import (a login node runs `--help`, submit and
+status): a command imports what needs numpy or TensorFlow after parsing its flags."""

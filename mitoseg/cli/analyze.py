@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, missing_extra
+from mitoseg.cli.args import OneLineParser, add_flag, add_version, missing_extra
 
 
 def main(argv=None) -> int:
@@ -31,10 +31,10 @@ def main(argv=None) -> int:
                              "default: the confirmation plan's, else 0.01)")
     parser.add_argument("--no-figures", action="store_true", help="write the CSV and reports only (faster)")
     args = parser.parse_args(argv)
-    from mitoseg.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+    from mitoseg.core.status import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
     try:
-        from mitoseg.analysis import run_analysis
-        from mitoseg.summary import SummaryError
+        from mitoseg.report.write import run_analysis
+        from mitoseg.analysis.summary import SummaryError
     except ImportError as err:
         print(missing_extra(err, "analysis"), file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -1,14 +1,14 @@
 """`python models.py` / `mitoseg-models`: each architecture's parameter count beside the original
 study's at its setting. Keras is imported only after the flags were read (`--help` imports no
-TensorFlow). The builders, the registry and model loading are mitoseg/models.py (design notes there).
+TensorFlow). The builders, the registry and model loading are mitoseg/cell/models.py (design notes there).
 """
 from __future__ import annotations
 
 import sys
 
-from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, positive_int
-from mitoseg.config import ATTENTION_GATES, TrainConfig
+from mitoseg.cell import quiet_tf  # standard library only
+from mitoseg.cli.args import OneLineParser, add_flag, add_version, positive_int
+from mitoseg.core.config import ATTENTION_GATES, TrainConfig
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the output; real warnings pass
 
@@ -26,7 +26,7 @@ def dropped_biases(model) -> int:
 
 def _count_rows(setting: dict, attention_gate: str) -> list[tuple]:
     """(name, ours, original or None, dropped biases) per architecture; original only at its setting."""
-    from mitoseg.models import MODEL_REGISTRY, build_model
+    from mitoseg.cell.models import MODEL_REGISTRY, build_model
     compare = setting == ORIGINAL_SETTING
     rows = []
     for name in MODEL_REGISTRY:

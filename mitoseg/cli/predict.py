@@ -7,7 +7,7 @@ Probability or mask stack for any input stack:
   (add --ground-truth gt.tif --overlay view.png for a picture and scores of that stack)
 
 Overlays of each architecture's best model in a study (best = the configuration with the highest
-mean validation IoU over its grid runs that count, mitoseg.stats.select_configs, and its best
+mean validation IoU over its grid runs that count, mitoseg.analysis.stats.select_configs, and its best
 run by validation IoU; test scores never choose):
     python predict.py --study-dir studies/study_X --overlays [--data-dir DATA] [--n-slices 3]
   -> studies/study_X/overlays/overlay_<arch>.png: per slice, the image, the ground truth, the
@@ -19,7 +19,7 @@ Outputs never replace an input of the command (--input, --ground-truth, --model;
 symlinks or hard links); an existing output file is replaced only with --overwrite.
 Input grey values are scaled like the model's training images (the scaling its cell recorded in the
 results JSON or bundle.json beside the model); an input that cannot be put on that scale is refused. A model without a
-recorded scaling gets the input scaled by its own values (mitoseg.scaling.image_scaling), with a line saying so.
+recorded scaling gets the input scaled by its own values (mitoseg.data.scaling.image_scaling), with a line saying so.
 Tiles: the model's own input side (--patch-size overrides for fully convolutional models),
 overlapping by half a tile, Hann-blended. Outputs are written atomically.
 Exit codes: 0 ok, 2 bad input (missing/unreadable model or TIFF, nothing to draw).
@@ -30,15 +30,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, missing_extra  # standard library only
-from mitoseg.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
+from mitoseg.cell import quiet_tf  # standard library only
+from mitoseg.cli.args import OneLineParser, add_flag, add_version, missing_extra  # standard library only
+from mitoseg.core.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
 from mitoseg.predict.best_runs import best_per_architecture, overlay_slices
 from mitoseg.predict.bundle import ensemble_probabilities, load_bundle
 from mitoseg.predict.files import check_outputs, read_mask_stack, read_stack, write_tiff
-from mitoseg.predict.model import (PredictError, check_model_file, load_trained_model, predict_stack,
-                                   recorded_scaling, resolve_tiling)
-from mitoseg.status import EXIT_BAD_INPUT, EXIT_OK
+from mitoseg.predict.model import (PredictError, check_model_file, load_trained_model, predict_stack, recorded_scaling,
+                                   resolve_tiling)
+from mitoseg.core.status import EXIT_BAD_INPUT, EXIT_OK
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
@@ -46,7 +46,7 @@ quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real war
 def run_overlays(args) -> int:
     import numpy as np
 
-    from mitoseg.overlay_figure import draw_overlay
+    from mitoseg.report.overlay_figure import draw_overlay
     best = best_per_architecture(args.study_dir)
     out_dir = Path(args.out_dir) if args.out_dir else StudyPaths(args.study_dir).overlays
     models = {arch: exp_dir / (rec.get("files") or {}).get("model", ExperimentPaths(exp_dir).model().name)
@@ -89,7 +89,7 @@ def run_predict(args) -> int:
     check_model_file(args.model)
     reference, where = recorded_scaling(args.model)
     images, scaling = read_stack(args.input, reference)
-    from mitoseg.scaling import describe_scaling
+    from mitoseg.data.scaling import describe_scaling
     print(f"input scaling: {describe_scaling(scaling)}; "
           + (f"the model was trained on {describe_scaling(reference)} ({where.name})" if reference else
              f"scaled by its own values: {where}"))
@@ -106,13 +106,13 @@ def run_predict(args) -> int:
     print(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} x {out.shape[2]} {kind}; tiles {patch}, "
           f"TTA {'on' if args.tta else 'off'}")
     if masks is not None:
-        from mitoseg import metrics
+        from mitoseg.cell import metrics
         s = metrics.score_all(masks, probs, args.threshold)
         base = metrics.trivial_baselines(masks)
         print(f"vs {args.ground_truth}: IoU {s['iou']:.4f}  Dice {s['dice']:.4f}  precision {s['precision']:.4f}  "
               f"recall {s['recall']:.4f}  (all-foreground IoU {base['all_foreground_jaccard']:.4f})")
         if args.overlay:
-            from mitoseg.overlay_figure import draw_overlay
+            from mitoseg.report.overlay_figure import draw_overlay
             n = min(args.n_slices, len(images))
             pick = np.unique(np.linspace(0, len(images) - 1, n).round().astype(int))
             draw_overlay(args.overlay, images[pick], masks[pick], probs[pick], args.threshold,
@@ -150,7 +150,7 @@ def run_bundle(args) -> int:
     print(f"wrote {args.output}: {out.shape[0]} x {out.shape[1]} x {out.shape[2]} {kind} of {len(models)} "
           f"model(s); TTA {'on' if args.tta else 'off'}")
     if masks is not None:
-        from mitoseg import metrics
+        from mitoseg.cell import metrics
         s = metrics.score_all(masks, probs, threshold)
         print(f"vs {args.ground_truth}: IoU {s['iou']:.4f}  Dice {s['dice']:.4f}  precision {s['precision']:.4f}  "
               f"recall {s['recall']:.4f}", file=sys.stdout)

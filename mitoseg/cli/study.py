@@ -29,19 +29,20 @@ import sys
 import time
 from pathlib import Path
 
-from mitoseg import confirm as C
-from mitoseg import env_vars as E
-from mitoseg import grid as G
-from mitoseg import runner as R
-from mitoseg import site as S
+from mitoseg.study import confirm as C
+from mitoseg.core import env_vars as E
+from mitoseg.core import grid as G
+from mitoseg.study import runner as R
+from mitoseg.study import site as S
 from mitoseg.cli.study_parser import build_study_parser, env_defaults
-from mitoseg.cli_args import invoked_as, missing_extra, say
-from mitoseg.console import fmt_duration, results_table
-from mitoseg.scheduler import RETRY_ENV, detect_scheduler, scheduler_name, submit_study
-from mitoseg.schedulers import get
-from mitoseg.paths import StudyPaths, new_study_dir
-from mitoseg.study_dir import base_grid, create_new_study_dir, open_study
-from mitoseg.status import BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_SCHEDULER
+from mitoseg.cli.args import invoked_as, missing_extra, say
+from mitoseg.study.console import fmt_duration, results_table
+from mitoseg.study.submit import RETRY_ENV, detect_scheduler, scheduler_name, submit_study
+from mitoseg.study.schedulers import get
+from mitoseg.core.paths import StudyPaths, new_study_dir
+from mitoseg.study.open import base_grid, create_new_study_dir, open_study
+from mitoseg.core.status import (BUSY, DONE_STATUSES, EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK,
+                                 EXIT_SCHEDULER)
 
 
 def build_parser():
@@ -59,8 +60,8 @@ def cmd_list(args) -> int:
 def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
     """The study to run and the cells chosen: the whole command is checked (flags against an existing
     study, --cells/--arch, the confirmation flags) before anything is written; then the study is opened
-    with every check, its data included (mitoseg.study_dir.open_study)."""
-    from mitoseg.membership import study_membership
+    with every check, its data included (mitoseg.study.open.open_study)."""
+    from mitoseg.core.membership import study_membership
     _, grid = _planned_study(args, root)
     chosen = R.select_cells(grid, getattr(args, "cells", None), getattr(args, "arch", None), args.study_dir)
     for flag in ("confirm_seeds", "confirm_folds"):
@@ -173,7 +174,7 @@ def _submit(study, grid, scheduler, extra, **kw) -> int:
 
 
 def cmd_status(args) -> int:
-    from mitoseg import study_status
+    from mitoseg.study import status_view as study_status
     code = study_status.show(args.study_dir, log=_print, as_json=args.json)
     report = R.report_path(args.study_dir)
     if report and not args.json:
@@ -211,7 +212,7 @@ def cmd_submit(args) -> int:
     if scheduler is None:
         _print(f"error: neither sbatch nor qsub found; use `{invoked_as('mitoseg-study')} local` on one machine")
         return EXIT_SCHEDULER
-    from mitoseg.multi_cell import cells_per_gpu
+    from mitoseg.study.multi_cell import cells_per_gpu
     k = cells_per_gpu(args.cells_per_gpu)   # checked before the study folder is written
     study, grid = _planned_study(args, args.root) if args.dry_run else _open_study(args, args.root)[:2]
     data, env_data = grid.fixed.get("data_dir"), E.read("DATA_DIR")
@@ -226,7 +227,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from mitoseg.export import export_study
+    from mitoseg.study.export import export_study
     if not args.output_dir:
         raise ValueError("export needs --output-dir BUNDLE (a folder outside the study)")
     export_study(args.study_dir, args.output_dir, args.arch, overwrite=args.overwrite, log=_print)
@@ -235,9 +236,9 @@ def cmd_export(args) -> int:
 
 def cmd_verify(args) -> int:
     if not args.submit:
-        from mitoseg import verify
+        from mitoseg.study import verify
         return verify.main(args)
-    from mitoseg import verify_job
+    from mitoseg.study import verify_job
     profile, scheduler = _site_and_scheduler(args)
     if scheduler is None:
         _print(f"error: neither sbatch nor qsub found; run the check here: {invoked_as('mitoseg-study')} verify")

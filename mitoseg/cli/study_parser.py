@@ -5,15 +5,15 @@ from __future__ import annotations
 import argparse
 import os
 
-from mitoseg import confirm as C
-from mitoseg import env_vars as E
-from mitoseg import grid as G
-from mitoseg import site as S
-from mitoseg.cli_args import OneLineParser, add_flag, add_version, positive_int
-from mitoseg.scheduler import PBS_SCRIPT, SLURM_SCRIPT
-from mitoseg.schedulers import BATCH, LOCAL
+from mitoseg.study import confirm as C
+from mitoseg.core import env_vars as E
+from mitoseg.core import grid as G
+from mitoseg.study import site as S
+from mitoseg.cli.args import OneLineParser, add_flag, add_version, positive_int
+from mitoseg.study.submit import PBS_SCRIPT, SLURM_SCRIPT
+from mitoseg.study.schedulers import BATCH, LOCAL
 
-# --scheduler pbs: PBS Pro or Torque, as detected (mitoseg.scheduler.scheduler_name)
+# --scheduler pbs: PBS Pro or Torque, as detected (mitoseg.study.submit.scheduler_name)
 BATCH_CHOICES = ("pbs", *(s.name for s in BATCH))
 
 

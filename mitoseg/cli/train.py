@@ -15,16 +15,15 @@ import argparse
 import os
 import sys
 
-from mitoseg import env_vars as E  # standard library only
-from mitoseg import quiet_tf  # standard library only
-from mitoseg.cli_args import (OneLineParser, add_flag, add_version, missing_extra, positive_float,  # standard library only
-                              positive_int)
+from mitoseg.core import env_vars as E  # standard library only
+from mitoseg.cell import quiet_tf  # standard library only
+from mitoseg.cli.args import OneLineParser, add_flag, add_version, missing_extra, positive_float, positive_int  # standard library only
 
 quiet_tf.install()  # TensorFlow's start-up lines stay out of the logs; real warnings pass
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mitoseg.config import ARCHITECTURES, ATTENTION_GATES, HEADS, TrainConfig
+    from mitoseg.core.config import ARCHITECTURES, ATTENTION_GATES, HEADS, TrainConfig
     p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = TrainConfig()
 
@@ -106,14 +105,14 @@ CELL_FLAGS = ("arch", "lr", "batch_size", "seed")
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from mitoseg import grid as G
-    from mitoseg import scheduler as S
-    from mitoseg.config import ConfigError, TrainConfig
-    from mitoseg.paths import StudyPaths, cell_name
-    from mitoseg.study_dir import open_study
-    from mitoseg.status import EXIT_BAD_INPUT
+    from mitoseg.core import grid as G
+    from mitoseg.study import submit as S
+    from mitoseg.core.config import ConfigError, TrainConfig
+    from mitoseg.core.paths import StudyPaths, cell_name
+    from mitoseg.study.open import open_study
+    from mitoseg.core.status import EXIT_BAD_INPUT
     try:
-        from mitoseg.cell import run_cell
+        from mitoseg.cell.run import run_cell
     except ImportError as err:   # e.g. the host Python of a login node: no numpy / TensorFlow
         print(missing_extra(err, "train"), file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -162,7 +161,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from mitoseg.site import resolved_retry_budget
+    from mitoseg.study.site import resolved_retry_budget
     try:   # the study's budget with the site profile's (the cell itself does not read profiles)
         budget, _ = resolved_retry_budget(os.path.dirname(os.path.abspath(exp_dir)))
     except ValueError as err:

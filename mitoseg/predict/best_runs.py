@@ -6,16 +6,16 @@ import sys
 from pathlib import Path
 
 from mitoseg.predict.model import PredictError
-from mitoseg.status import UNREADABLE
+from mitoseg.core.status import UNREADABLE
 
 
 def best_per_architecture(study_dir):
     """{arch: (record, exp_dir, criterion)}: each architecture's selected configuration (the one rule,
-    mitoseg.stats.select_configs: highest mean validation IoU over its grid runs that count) and
+    mitoseg.analysis.stats.select_configs: highest mean validation IoU over its grid runs that count) and
     its best run by validation IoU. Test scores never choose."""
-    from mitoseg.cell_state import read_cell
-    from mitoseg.stats import select_configs
-    from mitoseg.summary import SummaryError, study_summary
+    from mitoseg.core.cell_state import read_cell
+    from mitoseg.analysis.stats import select_configs
+    from mitoseg.analysis.summary import SummaryError, study_summary
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise PredictError(f"{study_dir}: study folder not found")
@@ -44,11 +44,11 @@ def best_per_architecture(study_dir):
 
 def overlay_slices(record, data_dir=None):
     """(images, masks, labels, which) of the slices to draw for one cell, rebuilt from its config."""
-    from mitoseg.cell_data import load_cell_data
-    from mitoseg.config import TrainConfig
-    from mitoseg.input_error import DataError
-    from mitoseg.patches import split_slices
-    from mitoseg.scaling import describe_scaling
+    from mitoseg.cell.inputs import load_cell_data
+    from mitoseg.core.config import TrainConfig
+    from mitoseg.core.errors import DataError
+    from mitoseg.data.patches import split_slices
+    from mitoseg.data.scaling import describe_scaling
     values = dict(record.get("config") or {})
     if data_dir is not None:
         values["data_dir"] = str(data_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mitoseg.paths import BUNDLE_JSON
+from mitoseg.core.paths import BUNDLE_JSON
 from mitoseg.predict.files import read_image_noted
 from mitoseg.predict.model import PredictError, check_model_file, load_trained_model, predict_stack, resolve_tiling
 
@@ -50,8 +50,8 @@ def bundle_scaling(model_path):
 
 def scaled_input(raw, member: dict, where: str):
     """The input on the member's training scale (refused when it cannot be put on it)."""
-    from mitoseg.input_error import DataError
-    from mitoseg.scaling import apply_scaling, common_scaling, image_scaling
+    from mitoseg.core.errors import DataError
+    from mitoseg.data.scaling import apply_scaling, common_scaling, image_scaling
     reference = member.get("scaling")
     try:
         scaling = (image_scaling(raw, where) if reference is None
@@ -64,8 +64,8 @@ def scaled_input(raw, member: dict, where: str):
 
 
 def ensemble_probabilities(args, manifest: dict, models: list):
-    from mitoseg.inference import mean_probabilities
-    from mitoseg.input_error import DataError
+    from mitoseg.cell.inference import mean_probabilities
+    from mitoseg.core.errors import DataError
     try:
         raw = read_image_noted(args.input, "image")
     except DataError as err:

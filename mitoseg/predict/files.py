@@ -11,7 +11,7 @@ from mitoseg.predict.model import PredictError
 def check_outputs(outputs: dict, inputs: dict, overwrite: bool) -> None:
     """Refuse, before anything is computed, an output that is one of the command's inputs, two outputs
     naming one file, a folder, or an existing file without --overwrite. `outputs`/`inputs`: {flag: path}."""
-    from mitoseg.io_utils import same_file
+    from mitoseg.core.io_utils import same_file
     seen: dict = {}
     for flag, path in outputs.items():
         for in_flag, in_path in inputs.items():
@@ -29,9 +29,9 @@ def check_outputs(outputs: dict, inputs: dict, overwrite: bool) -> None:
 
 
 def read_image_noted(path, what):
-    """(z, y, x) of a file read as training reads its files (mitoseg.image_files: by what the file declares),
+    """(z, y, x) of a file read as training reads its files (mitoseg.data.image_files: by what the file declares),
     with one line per conversion it needed."""
-    from mitoseg.image_files import read_image, summarise_notes
+    from mitoseg.data.image_files import read_image, summarise_notes
     notes: list = []
     raw = read_image(path, what, notes)
     for line in summarise_notes(notes):
@@ -43,8 +43,8 @@ def read_image_noted(path, what):
 def read_stack(path, reference=None, reference_name="the model's training images"):
     """Model input of a TIFF stack: on the scale of `reference` (the model's recorded training scaling;
     refused when it cannot be), else by its own values. Returns (images, scaling)."""
-    from mitoseg.input_error import DataError
-    from mitoseg.scaling import apply_scaling, common_scaling, image_scaling
+    from mitoseg.core.errors import DataError
+    from mitoseg.data.scaling import apply_scaling, common_scaling, image_scaling
     try:
         raw = read_image_noted(path, "image")
         scaling = (image_scaling(raw, str(path)) if reference is None
@@ -57,9 +57,9 @@ def read_stack(path, reference=None, reference_name="the model's training images
 
 def read_mask_stack(path):
     """{0, 1} masks of a ground-truth TIFF; a warning line when they are more foreground than background."""
-    from mitoseg.data import inverted_mask_warning
-    from mitoseg.input_error import DataError
-    from mitoseg.scaling import scale_mask
+    from mitoseg.data.stacks import inverted_mask_warning
+    from mitoseg.core.errors import DataError
+    from mitoseg.data.scaling import scale_mask
     try:
         masks = scale_mask(read_image_noted(path, "mask"), str(path))
     except DataError as err:
@@ -74,7 +74,7 @@ def read_mask_stack(path):
 def write_tiff(path, array):
     import tifffile
 
-    from mitoseg.io_utils import atomic_save
+    from mitoseg.core.io_utils import atomic_save
     path = Path(path)
     try:
         # minisblack: tifffile would declare a 3- or 4-slice stack RGB(A) planes (read back as refused)

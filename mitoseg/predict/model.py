@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from mitoseg.paths import ExperimentPaths
+from mitoseg.core.paths import ExperimentPaths
 
 
 class PredictError(Exception):
@@ -43,8 +43,8 @@ def check_model_file(path) -> None:
 def load_trained_model(path):
     path = Path(path)
     check_model_file(path)
-    from mitoseg.input_error import first_line
-    from mitoseg.models import load_model
+    from mitoseg.core.errors import first_line
+    from mitoseg.cell.models import load_model
     try:
         return load_model(path)
     except Exception as err:  # keras raises many types for bad files
@@ -55,7 +55,7 @@ def load_trained_model(path):
 
 def resolve_tiling(model, patch_size=None):
     """(tile side, channels) for a model; a fixed-input model only accepts its own side."""
-    from mitoseg.inference import model_channels, model_patch_size
+    from mitoseg.cell.inference import model_channels, model_patch_size
     try:
         native = model_patch_size(model, default=0)
     except ValueError as err:
@@ -73,7 +73,7 @@ def resolve_tiling(model, patch_size=None):
 def recorded_scaling(model_path):
     """(scaling, results JSON path) the model's cell recorded for its training images, or (None, reason):
     the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
-    from mitoseg.results import ResultsError, load_results
+    from mitoseg.core.results import ResultsError, load_results
     model_path = Path(model_path)
     for path in ExperimentPaths(model_path.parent).results_files():
         try:
@@ -85,13 +85,13 @@ def recorded_scaling(model_path):
             if isinstance(scaling, dict) and isinstance(scaling.get("divisor"), (int, float)):
                 return scaling, path
             return None, f"{path.name} records no image scaling (written before scalings were recorded)"
-    from mitoseg.predict.bundle import bundle_scaling   # a model copied into an exported bundle
+    from mitoseg.predict.bundle import bundle_scaling  # a model copied into an exported bundle
     return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
 
 
 
 def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False):
-    from mitoseg.inference import predict_slices
+    from mitoseg.cell.inference import predict_slices
     progress = None if quiet else (lambda d, t: print(f"  slice {d}/{t}", file=sys.stderr, flush=True))
     try:
         return predict_slices(model, images, patch, batch_size=batch_size, overlap=overlap, tta=tta,

@@ -17,7 +17,7 @@ JOB_SCRIPTS = ("pbs_hyperparameter_optimization.sh", "slurm_hyperparameter_optim
 
 def _version_module():
     """mitoseg/core/version.py loaded from this source tree (the build may not import the package)."""
-    spec = importlib.util.spec_from_file_location("mitoseg_version", HERE / "mitoseg" / "version.py")
+    spec = importlib.util.spec_from_file_location("mitoseg_version", HERE / "mitoseg" / "core" / "version.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -24,7 +24,10 @@ CLUSTER_MD = REPO / "docs" / "cluster.md"
 # The user-facing scripts, in the order a study uses them. tests/test_docs.py checks that every
 # top-level script with a `__main__` block is listed here.
 SCRIPTS = ["run_study.py", "train_one.py", "analyze_hyperparameter_results.py", "predict.py", "models.py"]
+README_MD = REPO / "README.md"
+DEVELOPMENT_MD = REPO / "docs" / "development.md"
 TABLE_END = "<!-- end of generated table -->"
+CODE_MAP_START = "<!-- generated: the code map, from the docstrings of mitoseg/ (python docs/generate.py) -->"
 # file -> the module whose output is its generated table (between its start marker and TABLE_END)
 TABLES = {OUTPUTS_MD: "mitoseg.core.results", CLUSTER_MD: "mitoseg.core.env_vars"}
 # Settings that would leak into the help text as defaults; the reference shows the code's own.
@@ -88,6 +91,58 @@ def cli_reference() -> str:
     return "\n".join(lines)
 
 
+def _docstring(path: Path) -> str:
+    import ast
+    return ast.get_docstring(ast.parse(path.read_text())) or ""
+
+
+def _first_sentence(text: str) -> str:
+    paragraph = " ".join(text.split("\n\n")[0].split())
+    found = re.match(r"(.+?\.)(\s|$)", paragraph)
+    sentence = found.group(1) if found else paragraph
+    return sentence if len(sentence) <= 240 else sentence[:240].rsplit(" ", 1)[0] + " ..."
+
+
+def _layers() -> list:
+    """[(layer, its __init__ docstring)] bottom to top (mitoseg/__init__.py LAYERS, read as text)."""
+    names = re.search(r"^LAYERS = \(([^)]*)\)", (REPO / "mitoseg" / "__init__.py").read_text(), re.M).group(1)
+    return [(name, _docstring(REPO / "mitoseg" / name / "__init__.py")) for name in re.findall(r'"(\w+)"', names)]
+
+
+def code_map_short() -> str:
+    """README: one line per layer, bottom to top: what it owns, what it may import."""
+    lines = []
+    for layer, doc in _layers():
+        owns = _first_sentence(doc.split(":", 1)[1].strip())
+        may = " ".join(re.search(r"May import: ([^.;]*)", doc).group(1).split())
+        lines.append(f"- **`mitoseg/{layer}/`**: {owns} *May import: {may}.*")
+    return "\n".join(lines)
+
+
+def code_map_long() -> str:
+    """docs/development.md: per layer its docstring and a table of its modules' first sentences."""
+    lines = []
+    for layer, doc in _layers():
+        owns = " ".join(doc.split(":", 1)[1].split("\n\n")[0].split())
+        lines += [f"### `mitoseg/{layer}/`", "", owns[0].upper() + owns[1:], "",
+                  " ".join(doc.split("\n\n", 1)[1].split()) if "\n\n" in doc else "", "",
+                  "| module | owns |", "|---|---|"]
+        for path in sorted((REPO / "mitoseg" / layer).glob("*.py")):
+            if path.name != "__init__.py":
+                lines.append(f"| `{path.stem}` | {_first_sentence(_docstring(path)).replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def with_generated(path: Path, start: str, body: str) -> str:
+    """The text of `path` with the part between `start` and TABLE_END replaced by `body`."""
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(TABLE_END), re.S)
+    current = path.read_text()
+    if not pattern.search(current):
+        sys.exit(f"error: {path}: the markers {start!r} ... {TABLE_END!r} are missing")
+    return pattern.sub(lambda _: f"{start}\n{body}\n{TABLE_END}", current)
+
+
 def with_table(path: Path, module: str) -> str:
     """The text of `path` with its generated table replaced by `python -m module`'s output."""
     table, start = _run(["-m", module]).rstrip(), table_start(module)
@@ -102,7 +157,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when a generated part is out of date")
     args = parser.parse_args(argv)
-    wanted = {CLI_MD: cli_reference(), **{path: with_table(path, module) for path, module in TABLES.items()}}
+    wanted = {CLI_MD: cli_reference(), **{path: with_table(path, module) for path, module in TABLES.items()},
+              README_MD: with_generated(README_MD, CODE_MAP_START, code_map_short()),
+              DEVELOPMENT_MD: with_generated(DEVELOPMENT_MD, CODE_MAP_START, code_map_long())}
     stale = [path for path, text in wanted.items() if not path.exists() or path.read_text() != text]
     for path in stale:
         if args.check:

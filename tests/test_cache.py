@@ -84,13 +84,14 @@ def test_synthetic_sources_list_every_module_whose_code_prepares_the_data():
     import sys
 
     from mitoseg.core.config import TrainConfig
-    package = Path(cache.__file__).parent
+    package = cache.PACKAGE_DIR
     config = TrainConfig(synthetic_slices=6, synthetic_size=64, patch_size=32, val_fraction=0.2)
     ran = set()
 
     def profile(frame, event, arg):
-        if event == "call" and Path(frame.f_code.co_filename).parent == package:
-            ran.add(Path(frame.f_code.co_filename).name)
+        path = Path(frame.f_code.co_filename)
+        if event == "call" and package in path.parents:
+            ran.add(path.relative_to(package).as_posix())
 
     sys.setprofile(profile)
     try:
@@ -98,23 +99,23 @@ def test_synthetic_sources_list_every_module_whose_code_prepares_the_data():
         prepare_arrays(train, config)
     finally:
         sys.setprofile(None)
-    assert {"scaling.py", "synthetic.py", "patches.py", "cell_data.py"} <= ran   # the profile sees them (Volume's generated
-    # __init__ has no file: data.py is listed for the Volume it defines)
+    assert {"data/scaling.py", "data/synthetic.py", "data/patches.py", "cell/inputs.py"} <= ran   # the profile sees them
+    # (Volume's generated __init__ has no file: data/stacks.py is listed for the Volume it defines)
     assert ran <= set(cache.SYNTHETIC_DATA_CODE), ran - set(cache.SYNTHETIC_DATA_CODE)
 
 
 def test_changing_any_synthetic_code_module_invalidates(tmp_path, monkeypatch):
     """A change to the text of each module in SYNTHETIC_DATA_CODE changes the sources an entry is checked
-    against (on a copy of the modules: cache.py finds them beside its own file)."""
+    against (on a copy of the modules: cache.py finds them in its PACKAGE_DIR)."""
     import shutil
 
-    package = Path(cache.__file__).parent
     for name in cache.SYNTHETIC_DATA_CODE:
-        shutil.copy2(package / name, tmp_path / name)
-    monkeypatch.setattr(cache, "__file__", str(tmp_path / "cache.py"))
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        shutil.copy2(cache.PACKAGE_DIR / name, tmp_path / name)
+    monkeypatch.setattr(cache, "PACKAGE_DIR", tmp_path)
     config = TrainConfig(synthetic_slices=4, synthetic_size=64)
     before = cache.config_sources(config)
-    assert [Path(s["path"]).name for s in before] == list(cache.SYNTHETIC_DATA_CODE)
+    assert [Path(s["path"]).relative_to(tmp_path).as_posix() for s in before] == list(cache.SYNTHETIC_DATA_CODE)
     for name in cache.SYNTHETIC_DATA_CODE:
         with open(tmp_path / name, "a") as handle:
             handle.write("# changed\n")

@@ -65,7 +65,7 @@ def test_the_start_up_filter_drops_only_the_known_lines():
     """fd 2 captured as during the TensorFlow import: the known lines go, anything else is kept in order."""
     code = (
         "import os\n"
-        "from mitoseg import quiet_tf\n"
+        "from mitoseg.cell import quiet_tf\n"
         "with quiet_tf._captured_stderr():\n"
         "    os.write(2, b'WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\\n')\n"
         "    os.write(2, b'I0000 00:00:17.1  5396 port.cc:153] oneDNN custom operations are on. You may see ...\\n')\n"
@@ -104,7 +104,7 @@ def test_predict_errors_come_alone(tmp_path):
 def test_tensorflows_log_level_is_set_in_one_place_and_an_exported_level_wins():
     """quiet_tf.install is the one place that sets TF_CPP_MIN_LOG_LEVEL: a default (2: C++ errors stay in a
     cell's log, 3 for the pre-flight trial) that an exported level overrides (run_tests.sh exports 3)."""
-    code = ("import os, sys; from mitoseg import quiet_tf; quiet_tf.install(*sys.argv[1:]); "
+    code = ("import os, sys; from mitoseg.cell import quiet_tf; quiet_tf.install(*sys.argv[1:]); "
             "print(os.environ[quiet_tf.LOG_LEVEL_VAR])")
     env = {k: v for k, v in os.environ.items() if k != quiet_tf.LOG_LEVEL_VAR}
     got = [subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env={**env, **extra}, text=True,

@@ -441,7 +441,7 @@ BACKUP_SCRIPT = r'''
 import json, sys
 from pathlib import Path
 import numpy as np, keras
-from mitoseg import resume
+from mitoseg.cell import resume
 backup = Path(sys.argv[1]) / "backup"
 x, y = np.random.default_rng(0).normal(size=(32, 4)).astype("float32"), np.zeros((32, 1), "float32")
 out = {}

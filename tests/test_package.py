@@ -88,7 +88,7 @@ def test_installed_commands_work_from_another_folder_on_python_38_without_numpy(
     r = _run([venv38 / "mitoseg-study", "--help"], tmp_path)
     assert r.returncode == 0 and "submit" in r.stdout, r.stderr
     r = _run([venv38 / "mitoseg-study", "list", "--demo"], tmp_path)
-    assert r.returncode == 0 and "exp_11_" in r.stdout, r.stderr
+    assert r.returncode == 0 and "exp_05_" in r.stdout, r.stderr
     for scheduler, script in (("slurm", "slurm_hyperparameter_optimization.sh"),
                               ("pbs", "pbs_hyperparameter_optimization.sh")):
         r = _run([venv38 / "mitoseg-study", "submit", "--scheduler", scheduler, "--demo", "--dry-run",

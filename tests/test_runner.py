@@ -174,8 +174,8 @@ def test_launcher_container_or_plain_python(tmp_path, monkeypatch):
 FAKE_TRAIN = r'''
 import json, sys, os
 sys.path.insert(0, {repo!r})
-from mitoseg import grid as G
-from mitoseg import paths as P
+from mitoseg.core import grid as G
+from mitoseg.core import paths as P
 from mitoseg.core.results import save_results
 from tests.fixtures_results import record_for
 args = sys.argv[1:]

@@ -72,8 +72,8 @@ def test_a_cell_after_three_others_in_one_worker_records_what_it_records_alone(t
 CRASHING_TRAIN = '''
 import os, signal, sys
 sys.path.insert(0, {repo!r})
-from mitoseg import grid as G
-from mitoseg import paths as P
+from mitoseg.core import grid as G
+from mitoseg.core import paths as P
 from mitoseg.core.results import save_results
 from tests.fixtures_results import record_for
 args = sys.argv[1:]

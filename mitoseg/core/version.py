@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Optional
 
 DISTRIBUTION = "mitoseg-hpo"
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]   # mitoseg/ (this file is mitoseg/core/version.py)
 CHECKOUT = PACKAGE_DIR.parent
 BUILD_INFO = PACKAGE_DIR / "build_info.json"
 

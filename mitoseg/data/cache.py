@@ -58,10 +58,12 @@ def _default_log(message: str) -> None:
 # --- keys and sources --------------------------------------------------------------------------------
 # The modules whose code decides the arrays prepared from the built-in synthetic data: the generator,
 # the scaling and the Volume it becomes, the split and tiling of the patch entries, and the cell-level
-# assembly of both (cell_data.py: test hold-out, patch arrays, channels). A module left
+# assembly of both (cell/inputs.py: test hold-out, patch arrays, channels). A module left
 # out here would let changed code silently reuse stale entries (tests/test_cache.py checks this list
 # against the code that runs while the synthetic data is prepared).
-SYNTHETIC_DATA_CODE = ("data.py", "scaling.py", "synthetic.py", "patches.py", "cell_data.py")
+# Paths inside the mitoseg package.
+SYNTHETIC_DATA_CODE = ("data/stacks.py", "data/scaling.py", "data/synthetic.py", "data/patches.py", "cell/inputs.py")
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
 def config_sources(config) -> list[dict]:
@@ -71,7 +73,7 @@ def config_sources(config) -> list[dict]:
         return source_files(config.data_dir)
     sources = []
     for name in SYNTHETIC_DATA_CODE:
-        path = Path(__file__).with_name(name).resolve()
+        path = PACKAGE_DIR / name
         st = path.stat()
         sources.append({"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
     return sources
@@ -246,7 +248,7 @@ def load_or_build(cache_dir, kind: str, key: dict, sources: list[dict], build: C
     return cached, cached_info, False
 
 
-# --- the two entry kinds used by cell_data.py ---------------------------------------------------------
+# --- the two entry kinds used by cell/inputs.py ------------------------------------------------------
 def cached_volumes(cache_dir, config, load: Callable[[], tuple], sources: list[dict],
                    log: Callable[[str], None] = _default_log):
     """Cached `load()` -> (train Volume, test Volume or None), volumes memory-mapped on a hit. `sources`:

@@ -19,7 +19,7 @@ from mitoseg.study.launcher import REPO_DIR
 STUDY = "mitoseg.cli.study"
 TRAIN = "mitoseg.cli.train"
 ANALYZE = "mitoseg.cli.analyze"
-JOBS_DIR = Path(__file__).resolve().parent / "jobs"
+JOBS_DIR = Path(__file__).resolve().parents[1] / "jobs"   # mitoseg/jobs/ of a wheel
 PBS_JOB = "pbs_hyperparameter_optimization.sh"
 SLURM_JOB = "slurm_hyperparameter_optimization.sh"
 CONTAINER_PYTHONPATH = ("APPTAINERENV_PYTHONPATH", "SINGULARITYENV_PYTHONPATH")

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator, Optional
 
 from mitoseg.core import env_vars as E
 
-REPO_DIR = Path(__file__).resolve().parent.parent
+REPO_DIR = Path(__file__).resolve().parents[2]   # the clone (this file is mitoseg/study/launcher.py)
 CONTAINER_ENV = "TF_CONTAINER"          # the TensorFlow image: .sif file, sandbox folder or registry address
 CONTAINER_PYTHON_ENV = "CONTAINER_PYTHON"   # the Python inside the image (default `python`)
 EXAMPLE_CONTAINER = "/apps/containers/tensorflow_2.16.1-cuda_12.5.0_24.06.sif"  # example only, site-specific

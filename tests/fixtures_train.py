@@ -29,3 +29,17 @@ def run_train_one(args, cwd=REPO, env=None, timeout=600) -> subprocess.Completed
     full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "train_one.py"), *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# A one-configuration study small enough to train with its confirmation stage in a test.
+TINY_STUDY_GRID = {"architectures": ["UNet"], "learning_rates": [0.001], "batch_sizes": [8], "seeds": [1],
+                   "fixed": {"epochs": 1, "base_filters": 4, "depth": 3, "patch_size": 64, "synthetic_slices": 16,
+                             "synthetic_size": 64}}
+
+
+def run_script(script, *args, cwd, timeout=900) -> subprocess.CompletedProcess:
+    """One of the repository's scripts in its own process, as a user runs it from `cwd`."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
+                          cwd=str(cwd), env=env, timeout=timeout)
+

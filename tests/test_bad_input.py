@@ -229,10 +229,10 @@ def test_results_json_of_other_schema_or_hand_edited(tmp_path, mutate, expected)
     # ... the analysis lists it as unreadable, not as a success ...
     df, inventory = build_summary(study)
     assert list(df["status"]) == ["unreadable"] and not df["success"].any() and expected in df["error"][0]
-    # ... and the command-line reader says so in one line with a non-zero exit.
-    proc = subprocess.run([sys.executable, "-m", "mitoseg.core.results", str(paths.results_json)], cwd=ROOT, env=ENV,
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1 and expected in the_error_line(proc)
+    # ... and the one reader of an exp_ folder (local, status, element, summary) says so in one line.
+    from mitoseg.core.cell_state import read_cell
+    read = read_cell(paths.exp_dir)
+    assert read.state == "unreadable" and read.record is None and expected in read.error and "\n" not in read.error
 
 
 # --- summary CSV for the analysis ----------------------------------------------------------------------

@@ -1,10 +1,7 @@
 """Real processes: a tiny study with two confirmation runs, exported, the study removed, then
 predict.py --bundle from another folder equals the mean of its members' own probabilities."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,20 +9,13 @@ import pytest
 import tifffile
 
 from mitoseg.data.synthetic import make_synthetic_em
+from tests.fixtures_train import TINY_STUDY_GRID, run_script
 
 pytestmark = pytest.mark.oldest   # trains, exports and predicts: also run in the oldest supported stack (run_tests.sh)
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = {"architectures": ["UNet"], "learning_rates": [0.001], "batch_sizes": [8], "seeds": [1],
-        "fixed": {"epochs": 1, "base_filters": 4, "depth": 3, "patch_size": 64, "synthetic_slices": 16,
-                  "synthetic_size": 64}}
-
-
-def run(script, *args, cwd):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    r = subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                       cwd=str(cwd), env=env, timeout=600)
-    return r
+GRID = TINY_STUDY_GRID
+run = run_script
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,7 @@ probabilities computed here, a re-run must reuse it, and a model moved away must
 why there is no number. The study is this module's own (tests/test_bundle_predict.py trains the same tiny
 grid for the bundle: a shared trained-study fixture would serve both)."""
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,17 +16,11 @@ from mitoseg.core import grid as G
 from mitoseg.core.paths import REPORT_MD, SUMMARY_CSV_NAME, SUMMARY_JSON, experiment_paths
 from mitoseg.core.results import load_results, save_results
 from tests.fixtures_results import add_confirmation, make_study
+from tests.fixtures_train import TINY_STUDY_GRID, run_script
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = {"architectures": ["UNet"], "learning_rates": [0.001], "batch_sizes": [8], "seeds": [1],
-        "fixed": {"epochs": 1, "base_filters": 4, "depth": 3, "patch_size": 64, "synthetic_slices": 16,
-                  "synthetic_size": 64}}
-
-
-def run(script, *args, cwd):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], capture_output=True, text=True,
-                          cwd=str(cwd), env=env, timeout=900)
+GRID = TINY_STUDY_GRID
+run = run_script
 
 
 def analyse(root):
@@ -58,10 +49,10 @@ def iou(masks, probs, threshold):
 
 @pytest.mark.oldest
 def test_the_ensemble_is_the_iou_of_the_members_mean_probability(study):
-    from mitoseg.cell.inputs import load_cell_data
-    from mitoseg.core.config import TrainConfig
     from mitoseg.cell.inference import predict_slices
+    from mitoseg.cell.inputs import load_cell_data
     from mitoseg.cell.models import load_model
+    from mitoseg.core.config import TrainConfig
     log, ens, report = analyse(study)
     assert ens["reason"] is None and len(ens["architectures"]) == 1
     arm = ens["architectures"][0]

@@ -52,7 +52,9 @@ def test_ctrl_c_on_a_local_run_is_one_line_and_the_cell_resumable(tmp_path):
     study = tmp_path / "s"
     proc = subprocess.Popen([sys.executable, str(REPO / "run_study.py"), "local", "--study-dir", str(study),
                              "--grid-config", str(grid), "--no-analysis"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as from a terminal even when pytest itself runs in the background (which ignores SIGINT)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 240
     while not list(study.glob("exp_*/*_history.csv")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)

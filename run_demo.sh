@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on its embedded default, on one machine: sets up .venv/, then runs the demo study
-# (all 3 architectures x 2 learning rates at batch 8, 5 epochs, tiny models, built-in synthetic EM
+# (all 3 architectures x 2 learning rates at batch 8, 4 epochs, tiny models, built-in synthetic EM
 # data) through the local runner (2 worker processes that import TensorFlow once), then its
 # confirmation stage (each architecture's validation-selected configuration with 1 fresh seed x 3
 # folds of the data split), then the analysis with the architecture comparison, and prints where the

@@ -1,12 +1,15 @@
 """Shared fixtures."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.fixtures_train import TINY_CELL_ARGS, TINY_CELL_NAME, TinyCell, run_train_one
+from tests.fixtures_train import (TINY_CELL_ARGS, TINY_CELL_NAME, TINY_STUDY_GRID, TinyCell, run_script,
+                                  run_train_one)
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +34,24 @@ def tiny_cell(tmp_path_factory) -> TinyCell:
     out = tmp_path_factory.mktemp("tiny_cell")
     proc = run_train_one([*TINY_CELL_ARGS, "--out-dir", str(out)])
     return TinyCell(out=out, exp=out / TINY_CELL_NAME, proc=proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_confirmed_study(tmp_path_factory):
+    """(folder, process) of `run_study.py local --confirm-seeds 2` on TINY_STUDY_GRID: one grid cell, two
+    confirmation runs with their models, the analysis (with the ensemble's score). Built once per session
+    on first use; read-only: call `copy_tiny_study(tiny_confirmed_study, dest)` for a study to change."""
+    root = tmp_path_factory.mktemp("tiny_confirmed_study")
+    (root / "grid.json").write_text(json.dumps(TINY_STUDY_GRID))
+    proc = run_script("run_study.py", "local", "--grid-config", "grid.json", "--study-dir", "study",
+                      "--confirm-seeds", "2", cwd=root)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return root / "study", proc
+
+
+def copy_tiny_study(tiny_confirmed_study, dest: Path) -> Path:
+    """A copy of the shared tiny study at dest/study (its files name their own folder relatively)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tiny_confirmed_study[0], dest / "study")
+    return dest / "study"
+

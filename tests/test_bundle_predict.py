@@ -9,22 +9,19 @@ import pytest
 import tifffile
 
 from mitoseg.data.synthetic import make_synthetic_em
-from tests.fixtures_train import TINY_STUDY_GRID, run_script
+from tests.conftest import copy_tiny_study
+from tests.fixtures_train import run_script
 
 pytestmark = pytest.mark.oldest   # trains, exports and predicts: also run in the oldest supported stack (run_tests.sh)
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = TINY_STUDY_GRID
 run = run_script
 
 
 @pytest.fixture(scope="module")
-def moved_bundle(tmp_path_factory):
+def moved_bundle(tmp_path_factory, tiny_confirmed_study):
     root = tmp_path_factory.mktemp("bundle_study")
-    (root / "grid.json").write_text(json.dumps(GRID))
-    r = run("run_study.py", "local", "--grid-config", root / "grid.json", "--study-dir", root / "study",
-            "--confirm-seeds", "2", cwd=root)
-    assert r.returncode == 0, r.stdout + r.stderr
+    copy_tiny_study(tiny_confirmed_study, root)
     r = run("run_study.py", "export", "--study-dir", "study", "--output-dir", "bundles", cwd=root)
     assert r.returncode == 0 and "UNet: bundles/UNet: written (2 model(s)" in r.stdout, r.stdout + r.stderr
     r = run("run_study.py", "export", "--study-dir", "study", "--output-dir", "bundles", cwd=root)

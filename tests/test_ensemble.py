@@ -3,8 +3,8 @@
 Real processes: a tiny study with a confirmation stage of 2 seeds (run_study.py local), then the analysis
 (analyze_hyperparameter_results.py); the ensemble's test IoU must equal the IoU of the mean of the members'
 probabilities computed here, a re-run must reuse it, and a model moved away must give the line that says
-why there is no number. The study is this module's own (tests/test_bundle_predict.py trains the same tiny
-grid for the bundle: a shared trained-study fixture would serve both)."""
+why there is no number. The study is a copy of the session's `tiny_confirmed_study` (tests/conftest.py),
+which tests/test_bundle_predict.py exports too."""
 import json
 import shutil
 from pathlib import Path
@@ -16,10 +16,10 @@ from mitoseg.core import grid as G
 from mitoseg.core.paths import REPORT_MD, SUMMARY_CSV_NAME, SUMMARY_JSON, experiment_paths
 from mitoseg.core.results import load_results, save_results
 from tests.fixtures_results import add_confirmation, make_study
-from tests.fixtures_train import TINY_STUDY_GRID, run_script
+from tests.conftest import copy_tiny_study
+from tests.fixtures_train import run_script
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = TINY_STUDY_GRID
 run = run_script
 
 
@@ -31,14 +31,12 @@ def analyse(root):
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
+def study(tmp_path_factory, tiny_confirmed_study):
     root = tmp_path_factory.mktemp("ensemble_study")
-    (root / "grid.json").write_text(json.dumps(GRID))
-    r = run("run_study.py", "local", "--grid-config", "grid.json", "--study-dir", "study", "--confirm-seeds", "2",
-            cwd=root)
-    assert r.returncode == 0, r.stdout + r.stderr
-    # `local` ends with the analysis: the ensemble is scored there, later analyses reuse it
-    assert "scoring the ensemble of UNet's 2 confirmation runs" in r.stdout, r.stdout
+    copy_tiny_study(tiny_confirmed_study, root)
+    # `local` ended with the analysis: the ensemble was scored there, later analyses reuse it
+    out = tiny_confirmed_study[1].stdout
+    assert "scoring the ensemble of UNet's 2 confirmation runs" in out, out
     return root
 
 

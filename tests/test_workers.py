@@ -14,8 +14,8 @@ from mitoseg.study.commands import TRAIN, code_env
 from mitoseg.core.results import load_results
 from mitoseg.study.workers import WorkerPool
 
-# tiny cells: two architectures x two learning rates, 2 epochs of 64x64 patches at width 4
-TINY = dict(epochs=2, patch_size=64, base_filters=4, depth=3, synthetic_slices=16, synthetic_size=128,
+# tiny cells: two architectures x two learning rates, 2 epochs of 32x32 patches at width 4
+TINY = dict(epochs=2, patch_size=32, base_filters=4, depth=3, synthetic_slices=16, synthetic_size=64,
             tensorboard=False)
 
 

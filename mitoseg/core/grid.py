@@ -226,12 +226,12 @@ def default_grid() -> GridConfig:
 
 
 def demo_grid(data_dir: Optional[str] = None) -> GridConfig:
-    """A CPU-sized study on the built-in synthetic data: 3 architectures x 2 learning rates at batch 8, 5 epochs.
+    """A CPU-sized study on the built-in synthetic data: 3 architectures x 2 learning rates at batch 8, 4 epochs.
     Width 16: width 8 at lr 1e-3 predicted no foreground after 12 epochs, width 16 passed IoU 0.85 within 2.
     No batch 16: it never won a selection in 6 epochs; its 6 cells doubled the grid (bench/results/demo_workers_*)."""
     return GridConfig(
         learning_rates=[1e-3, 5e-3], batch_sizes=[8],
-        fixed=dict(epochs=5, patch_size=64, base_filters=16, depth=4, data_dir=data_dir,
+        fixed=dict(epochs=4, patch_size=64, base_filters=16, depth=4, data_dir=data_dir,
                    synthetic_slices=20, synthetic_size=192),
     )
 

@@ -175,7 +175,9 @@ def ensemble_arm_text(a: dict) -> str:
     if a["reason"]:
         text = f"{a['architecture']}: {a['reason']}"
     else:
-        ci = (f"95 % CI {f3(a['single_ci_low'])} to {f3(a['single_ci_high'])}, clipped to [0, 1]" if a["single_ci_low"] is not None
+        # the t-interval resamples the runs only: it says so, the test images are fixed in both numbers
+        ci = (f"95 % CI {f3(a['single_ci_low'])} to {f3(a['single_ci_high'])} over the runs, not the test images, "
+              "clipped to [0, 1]" if a["single_ci_low"] is not None
               else "no interval")
         text = (f"{a['architecture']}: ensemble of {len(a['members'])} runs: test IoU {f3(a['ensemble_iou'])} vs "
                 f"single runs {f3(a['single_iou_mean'])} ({ci}; the same runs), at threshold {a['threshold']:g}; "

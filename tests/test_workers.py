@@ -3,12 +3,14 @@ exactly what it records trained alone, a worker that dies fails only its cell an
 `--jobs auto` says why it chose its number."""
 import csv
 import os
+import re
 import time
 
 import pytest
 
 from mitoseg.core import grid as G
 from mitoseg.core import paths as P
+from mitoseg.study import auto_jobs as AJ
 from mitoseg.study import runner as R
 from mitoseg.study.commands import TRAIN, code_env
 from mitoseg.core.results import load_results
@@ -106,12 +108,81 @@ def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path,
 
 def test_jobs_auto_takes_the_smaller_of_cores_and_memory_and_says_why():
     gib = 2**30
-    jobs, why = R.auto_jobs(cores=8, available=4 * gib, per_cell=1.5 * gib)
-    assert jobs == 2   # 80 % of 4 GiB holds two 1.5 GiB cells, fewer than 8 cores
+    jobs, why = AJ.auto_jobs(int(1.2 * gib), "the trial", cores=8, available=4 * gib)
+    assert jobs == 2   # 80 % of 4 GiB holds two cells of 1.2 GiB x 1.25 = 1.5 GiB, fewer than 8 cores
     assert why == ("jobs auto: 2 (the smaller of 8 cores and 2 cells in memory: 80 % of 4.0 GiB available / "
-                   "1.5 GiB per cell, an estimate: no pre-flight measurement is recorded)")
-    assert R.auto_jobs(cores=2, available=24 * gib)[0] == 2   # cores bound
-    assert R.auto_jobs(cores=4, available=gib)[0] == 1        # never 0, even when memory holds less than one
+                   "1.50 GiB per cell = 1.25 x the 1.20 GiB peak of the trial)")
+    assert AJ.auto_jobs(gib, "t", cores=2, available=24 * gib)[0] == 2   # cores bound
+    assert AJ.auto_jobs(gib, "t", cores=4, available=gib)[0] == 1        # never 0, even when memory holds less than one
+
+
+def _trial_result(rss: int, ok: bool = True) -> dict:
+    arch = {"ok": True, "memory": {"kind": "RSS", "bytes": rss}, "host_rss_bytes": rss} if ok else \
+        {"ok": False, "error": "ValueError: no step"}
+    return {"error": None, "gpus": [], "architectures": {"UNet": arch}}
+
+
+def test_jobs_auto_reuses_a_trial_only_at_the_same_settings_and_environment(tmp_path, monkeypatch):
+    """The recorded trial is read back when the study's settings and the training Python are those it ran
+    with; another Python (e.g. a container set since) or a damaged record measures again; a failed step
+    refuses, naming the architecture."""
+    import mitoseg.study.verify as V
+    runs = []
+    monkeypatch.setattr(V, "run_trial", lambda grid, launch: runs.append(launch[0]) or (_trial_result(2**30), "x"))
+    study, grid, lines = tmp_path, _grid(), []
+    assert AJ.measured_peak(study, grid, ["py"], lines.append)[0] == 2**30 and runs == [["py"]]
+    assert "measuring a cell's memory with the pre-flight trial" in lines[0]
+    assert AJ.measured_peak(study, grid, ["py"], lines.append) == (2**30, f"the pre-flight trial (recorded in "
+                                                                          f"{P.StudyPaths(study).preflight})")
+    assert runs == [["py"]]   # reused
+    AJ.measured_peak(study, grid, ["apptainer", "exec", "img.sif", "python"], lines.append)
+    assert len(runs) == 2     # another training environment: measured there
+    P.StudyPaths(study).preflight.write_text("{truncated")
+    AJ.measured_peak(study, grid, ["py"], lines.append)
+    assert len(runs) == 3
+    monkeypatch.setattr(V, "run_trial", lambda grid, launch: (_trial_result(0, ok=False), "x"))
+    other = G.GridConfig.from_dict({**grid.to_dict(), "batch_sizes": [16]})   # other settings: never the record
+    with pytest.raises(ValueError, match=r"jobs auto: the pre-flight trial failed: UNet: ValueError: no step"):
+        AJ.measured_peak(study, other, ["py"], lines.append)
+
+
+def test_local_trains_in_the_container_that_is_set_and_sizes_jobs_auto_there(tmp_path, oldest_python):
+    """`local` with $TF_CONTAINER: the pre-flight trial of --jobs auto and the worker processes run through
+    the container (stand-in apptainer, tests/bin, whose Python is the oldest stack's), with the study
+    bound; the cell records the container's Python; the trial's peak is recorded and reused by a rerun."""
+    import json
+    import subprocess
+    import sys
+    container_python = oldest_python
+    cfg = tmp_path / "grid.json"
+    G.GridConfig(architectures=["UNet"], learning_rates=[1e-3], batch_sizes=[8], fixed=dict(TINY)).save(cfg)
+    image, calls = tmp_path / "tf.sif", tmp_path / "calls.jsonl"
+    image.write_text("stand-in image")
+    env = {**os.environ, "TF_CONTAINER": str(image), "STANDIN_CONTAINER_PYTHON": container_python,
+           "STANDIN_APPTAINER_LOG": str(calls), "HOME": str(tmp_path),
+           "PATH": f"{R.REPO_DIR / 'tests' / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+    study = tmp_path / "study"
+
+    def local():
+        return subprocess.run([sys.executable, str(R.REPO_DIR / "run_study.py"), "local", "--grid-config", str(cfg),
+                               "--study-dir", str(study), "--jobs", "auto", "--no-analysis"],
+                              capture_output=True, text=True, env=env, timeout=600)
+    r = local()
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = [json.loads(line) for line in calls.read_text().splitlines()]
+    modules = [c["cmd"][2] for c in runs if c["cmd"][1:2] == ["-m"]]
+    assert modules == ["mitoseg.cell.preflight", "mitoseg.study.workers"], runs
+    assert all(c["image"] == str(image) and str(study.resolve()) in c["binds"] for c in runs[1:])
+    assert f"container {image} (from $TF_CONTAINER)" in r.stdout
+    assert re.search(r"jobs auto: \d \(.* GiB peak of the pre-flight trial \(just measured, recorded in .*preflight.json\)", r.stdout)
+    cell = G.cells(G.load_study_grid(study))[0]
+    record = load_results(P.experiment_paths(study, cell.name).results_json)
+    version = subprocess.run([container_python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert record["status"] == "ok" and record["environment"]["python"] == version
+    r = local()   # the cell is finished; the recorded trial sizes --jobs auto without a new one
+    assert r.returncode == 0 and "recorded in" in r.stdout and "measuring" not in r.stdout, r.stdout + r.stderr
+    assert len(calls.read_text().splitlines()) == len(runs) + 1   # only the probe of the container ran again
 
 
 def test_jobs_flag_takes_auto_or_a_positive_integer():

@@ -51,12 +51,18 @@ def _log(message: str) -> None:
     print(f"[pre-flight] {message}", file=sys.stderr, flush=True)
 
 
+def _peak_rss() -> int:
+    """This process' peak resident memory in bytes so far (Linux reports kB): after the trial of every
+    architecture, the peak of one process that built, trained and predicted each, as a worker does."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
 def _peak_memory(gpus: list) -> dict:
     """Peak GPU memory of the first GPU since the last reset, else this process' peak RSS."""
     if gpus:
         import tensorflow as tf
         return {"kind": "GPU", "bytes": int(tf.config.experimental.get_memory_info("GPU:0")["peak"])}
-    return {"kind": "RSS", "bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024}
+    return {"kind": "RSS", "bytes": _peak_rss()}
 
 
 def _arrays(config):
@@ -121,7 +127,7 @@ def trial_architecture(config, arrays, min_batch_size: int, gpus: list) -> dict:
             "startup_s": build_s + first, "step_s": {str(k): v for k, v in steps.items()},
             "predict_per_patch_s": predict_per_patch,
             "n_train_patches": int(len(arrays["x_train"])), "n_val_patches": int(len(arrays["x_val"])),
-            "memory": _peak_memory(gpus)}
+            "memory": _peak_memory(gpus), "host_rss_bytes": _peak_rss()}
 
 
 def trial(grid_dict: dict) -> dict:

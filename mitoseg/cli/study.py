@@ -29,6 +29,7 @@ import sys
 import time
 from pathlib import Path
 
+from mitoseg.study import auto_jobs as AJ
 from mitoseg.study import confirm as C
 from mitoseg.core import env_vars as E
 from mitoseg.core import grid as G
@@ -81,9 +82,9 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
     return study.resolve(), grid, chosen
 
 
-def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True) -> int:
+def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True, python=None) -> int:
     t0 = time.monotonic()
-    rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print)
+    rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print, python=python)
     _print("")
     _print(results_table(rows))
     failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, BUSY)]
@@ -113,22 +114,24 @@ def cmd_local(args) -> int:
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
+    python = R.local_launcher(study, grid, _print)   # once: the grid and the confirmation stage share it
     jobs = args.jobs or (2 if args.demo else 1)
     if jobs == "auto":
-        jobs, why = R.auto_jobs()
+        jobs, why = AJ.auto_jobs(*AJ.measured_peak(study, grid, python, _print))
         _print(why)
     if args.retry_failed:   # read by the runner and passed on to every train_one.py it starts
         os.environ[RETRY_ENV] = "1"
-    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds)
+    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds, python)
     if seeds:
-        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds) or code
+        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds, python=python) or code
     if args.demo:
         _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
 
 
-def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False, folds=1, sesoi=0.01) -> int:
+def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False, folds=1, sesoi=0.01,
+                     python=None) -> int:
     """Plan (or reuse) the confirmation stage and train its cells here, then the analysis."""
     try:
         plan = C.plan_confirmation(study, seeds, top, folds, sesoi, allow_incomplete, log=_print)
@@ -138,7 +141,7 @@ def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=F
             R.run_analysis_script(study, log=_print)
         return EXIT_BAD_INPUT
     _print("\n" + C.describe(plan))
-    return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis)
+    return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis, python)
 
 
 def _scheduler_args(args) -> list[str]:

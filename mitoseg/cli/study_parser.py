@@ -85,7 +85,8 @@ def build_study_parser(description: str):
     s.add_argument("--cells", help="subset of grid indices, e.g. 0,3-5")
     s.add_argument("--arch", action="append", help="only this architecture (repeatable)")
     s.add_argument("--jobs", "-j", type=_jobs, help="cells trained at the same time, each in a worker process that "
-                   "imports TensorFlow once; auto: from the cores and the memory (default 1; --demo: 2)")
+                   "imports TensorFlow once; auto: from the cores and the memory a cell takes, measured by the pre-flight "
+                   "trial (default 1; --demo: 2)")
     s.add_argument("--force", action="store_true", help="retrain finished cells too")
     _retry_arg(s)
     s.add_argument("--no-analysis", action="store_true", help="do not run the analysis at the end")

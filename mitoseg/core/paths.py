@@ -162,6 +162,12 @@ class StudyPaths:
         return self.root / CACHE_DIR_NAME
 
     @property
+    def preflight(self) -> Path:
+        """The pre-flight trial `local --jobs auto` ran for this study, with the settings it ran at
+        (mitoseg/study/auto_jobs.py): its peak memory sizes the number of cells at once."""
+        return self.root / "preflight.json"
+
+    @property
     def analysis_script(self) -> Path:
         """The analysis command as a script: what the dependent job runs, rerunnable by hand."""
         return self.root / ANALYSIS_SCRIPT_NAME

@@ -162,14 +162,28 @@ def _element_launcher(study: Path, grid: G.GridConfig, env: dict, log: Callable[
         profile = site.load_site(None, env)
         log(profile.describe())
         submit_analysis_from_element(study, env, log, profile)
-        prefix, how = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study), site=profile)
-        log(how)
-        if len(prefix) > 1:
-            log("container " + probe_container(prefix, env))
+        return training_launcher(study, grid, env, profile, log)
     except (ContainerError, site.SiteError) as err:
         log(f"error: {err}")
         return None
+
+
+def training_launcher(study: Path, grid: G.GridConfig, env: dict, profile: site.SiteProfile,
+                      log: Callable[[str], None]) -> list:
+    """The command prefix that starts the cells' Python (mitoseg.study.launcher.launcher, with the study and
+    data bound), said in one line; a container's Python must start (probe_container), else ContainerError."""
+    prefix, how = launcher(env, binds=study_binds(grid.fixed.get("data_dir"), study), site=profile)
+    log(how)
+    if len(prefix) > 1:
+        log("container " + probe_container(prefix, env))
     return prefix
+
+
+def local_launcher(study: Path, grid: G.GridConfig, log: Callable[[str], None], environ=None) -> list:
+    """`local`'s training environment: as an array element's (the container of $TF_CONTAINER or of the site
+    profile, else this Python), so a container asked for is used or refused, never replaced by the host."""
+    env = dict(os.environ if environ is None else environ)
+    return training_launcher(Path(study), grid, env, site.load_site(None, env), log)
 
 
 def _data_source(grid: G.GridConfig, env: dict, new_study: bool) -> str:
@@ -203,11 +217,12 @@ def _open_element_study(root, grid_config: Optional[str], env: dict,
 
 # --- local runner ---------------------------------------------------------------------------------
 def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1, force: bool = False,
-              log: Callable[[str], None] = print) -> dict:
+              log: Callable[[str], None] = print, python: Optional[list] = None) -> dict:
     """Train the chosen cells (skipping finished ones unless force), up to `jobs` at once in as many worker
-    processes (mitoseg/study/workers.py: each imports TensorFlow once and trains cell after cell). A failed
-    cell never stops the others. Returns {index: row}."""
+    processes (mitoseg/study/workers.py: each imports TensorFlow once and trains cell after cell), started
+    by `python` (default: `local_launcher`'s). A failed cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study.open.open_study)
+    python = python or local_launcher(study_dir, grid, log)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     budget, _ = site.resolved_retry_budget(study_dir)
     rows, queue = _skip_finished(study_dir, chosen, force, budget)
@@ -218,7 +233,7 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     progress = _Progress(len(queue), jobs, log)
     paths = StudyPaths(study_dir)
     env = {**_pool_env(study_dir, jobs), RETRY_BUDGET_ENV: str(budget)}   # its cells agree on the budget
-    with WorkerPool(jobs, TRAIN, env, str(REPO_DIR), paths.local_log(WORKER_LOG)) as pool:
+    with WorkerPool(jobs, TRAIN, env, str(REPO_DIR), paths.local_log(WORKER_LOG), python) as pool:
         try:
             while queue or pool.busy:
                 while queue and pool.has_room():
@@ -233,39 +248,6 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
             pool.stop()
             raise
     return rows
-
-
-# A CPU cell's peak memory when nothing measured it: the demo cell's worker peaked at 1.0-1.2 GiB RSS
-# (VmHWM, TensorFlow 2.21, bench/results/demo_workers_2026-12-05.md); rounded up for larger settings.
-CELL_MEMORY_ESTIMATE = 1.5 * 2**30
-
-
-def auto_jobs(cores: Optional[int] = None, available: Optional[int] = None,
-              per_cell: float = CELL_MEMORY_ESTIMATE) -> tuple[int, str]:
-    """`--jobs auto`: (cells at once, the one line saying why): one per core, as many as the available
-    memory holds at `per_cell` bytes each (keeping a fifth free), at least 1."""
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    available = available if available is not None else _available_memory()
-    if available is None:
-        return cores, f"jobs auto: {cores} ({cores} cores; available memory unknown, not considered)"
-    by_memory = max(1, int(available * 0.8 // per_cell))
-    jobs = max(1, min(cores, by_memory))
-    return jobs, (f"jobs auto: {jobs} (the smaller of {cores} cores and {by_memory} cells in memory: 80 % of "
-                  f"{available / 2**30:.1f} GiB available / {per_cell / 2**30:.1f} GiB per cell, an estimate: no "
-                  "pre-flight measurement is recorded)")
-
-
-def _available_memory() -> Optional[int]:
-    """MemAvailable of /proc/meminfo in bytes (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
 
 
 def _skip_finished(study_dir: Path, chosen: list[G.Cell], force: bool,
@@ -295,6 +277,7 @@ def _pool_env(study_dir: Path, jobs: int) -> dict:
         threads = str(max(1, (os.cpu_count() or 1) // jobs))
         for var in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):
             env.setdefault(var, threads)
+        env.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")   # else the first worker takes the whole GPU
     return env
 
 

@@ -55,10 +55,11 @@ class Row:
 
 # --- the trial: runs inside the training environment (mitoseg/cell/preflight.py) -----------------------
 def run_trial(grid: G.GridConfig, environ=None, timeout: float = PREFLIGHT_TIMEOUT_S,
-              site: Optional[S.SiteProfile] = None) -> tuple[Optional[dict], str]:
-    """Run the pre-flight trial through the launcher the cells use. (result or None, where / why)."""
+              site: Optional[S.SiteProfile] = None, launch: Optional[tuple[list, str]] = None) -> tuple[Optional[dict], str]:
+    """Run the pre-flight trial through the launcher the cells use (`launch`: its (prefix, description)
+    when the caller resolved it). (result or None, where / why)."""
     try:
-        prefix, how = L.launcher(environ, binds=L.study_binds(grid.fixed.get("data_dir")), site=site)
+        prefix, how = launch or L.launcher(environ, binds=L.study_binds(grid.fixed.get("data_dir")), site=site)
     except L.ContainerError as err:
         return None, str(err)
     cmd = [*prefix, "-m", "mitoseg.cell.preflight", json.dumps(grid.to_dict())]

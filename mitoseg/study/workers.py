@@ -36,9 +36,9 @@ from mitoseg.core.status import EXIT_FAILED
 class _Worker:
     """One worker process and the cell it is training (None: idle)."""
 
-    def __init__(self, module: str, env: dict, cwd: str, stderr_path):
+    def __init__(self, module: str, env: dict, cwd: str, stderr_path, python: list):
         self.err = open(stderr_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__, module], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([*python, "-m", __name__, module], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.err, env=env, cwd=cwd)
         self.cell, self.started, self.code = None, 0.0, None
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -83,10 +83,12 @@ class _Worker:
 
 class WorkerPool:
     """Up to `size` workers; `give` a cell to a free one (a worker is started when needed), `ended()`
-    yields (cell, exit code, seconds, note) of the cells that finished since the last call."""
+    yields (cell, exit code, seconds, note) of the cells that finished since the last call. `python`: the
+    command prefix that starts a worker's Python (a container's, mitoseg.study.runner.local_launcher)."""
 
-    def __init__(self, size: int, module: str, env: dict, cwd: str, stderr_path):
+    def __init__(self, size: int, module: str, env: dict, cwd: str, stderr_path, python: Optional[list] = None):
         self.size, self.module, self.env, self.cwd, self.stderr_path = max(1, size), module, env, cwd, stderr_path
+        self.python = python or [sys.executable]
         self.workers: list[_Worker] = []
 
     @property
@@ -103,7 +105,7 @@ class WorkerPool:
         free = [w for w in self.workers if w.cell is None]
         worker = free[0] if free else None
         if worker is None:
-            worker = _Worker(self.module, self.env, self.cwd, self.stderr_path)
+            worker = _Worker(self.module, self.env, self.cwd, self.stderr_path, self.python)
             self.workers.append(worker)
         worker.give(cell, argv, log_path)
 

@@ -222,7 +222,6 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     processes (mitoseg/study/workers.py: each imports TensorFlow once and trains cell after cell), started
     by `python` (default: `local_launcher`'s). A failed cell never stops the others. Returns {index: row}."""
     study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study.open.open_study)
-    python = python or local_launcher(study_dir, grid, log)
     StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     budget, _ = site.resolved_retry_budget(study_dir)
     rows, queue = _skip_finished(study_dir, chosen, force, budget)
@@ -230,6 +229,8 @@ def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1
     log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(rows) - kept} already finished, "
         + (f"{kept} failed {budget} times and not retried (--retry-failed), " if kept else "")
         + f"{len(queue)} to run, {jobs} at a time")
+    if queue and python is None:   # nothing to train, nothing to start
+        python = local_launcher(study_dir, grid, log)
     progress = _Progress(len(queue), jobs, log)
     paths = StudyPaths(study_dir)
     env = {**_pool_env(study_dir, jobs), RETRY_BUDGET_ENV: str(budget)}   # its cells agree on the budget

@@ -190,5 +190,8 @@ def test_jobs_flag_takes_auto_or_a_positive_integer():
     parser = build_study_parser("")
     assert parser.parse_args(["local", "--jobs", "auto"]).jobs == "auto"
     assert parser.parse_args(["local", "-j", "3"]).jobs == 3
+    assert parser.parse_args(["confirm", "--study-dir", "S", "--seeds", "1", "--jobs", "auto"]).jobs == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["confirm", "--study-dir", "S", "--seeds", "1", "--jobs", "some"])
     with pytest.raises(SystemExit):
         parser.parse_args(["local", "--jobs", "0"])

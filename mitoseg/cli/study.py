@@ -115,10 +115,7 @@ def cmd_local(args) -> int:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
     python = R.local_launcher(study, grid, _print)   # once: the grid and the confirmation stage share it
-    jobs = args.jobs or (2 if args.demo else 1)
-    if jobs == "auto":
-        jobs, why = AJ.auto_jobs(*AJ.measured_peak(study, grid, python, _print))
-        _print(why)
+    jobs = _jobs(args.jobs or (2 if args.demo else 1), study, grid, python)
     if args.retry_failed:   # read by the runner and passed on to every train_one.py it starts
         os.environ[RETRY_ENV] = "1"
     code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds, python)
@@ -128,6 +125,15 @@ def cmd_local(args) -> int:
         _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
     return code
+
+
+def _jobs(jobs, study, grid, python) -> int:
+    """--jobs N, or auto: from the cores and the pre-flight trial's memory (mitoseg/study/auto_jobs.py), said."""
+    if jobs != "auto":
+        return jobs
+    jobs, why = AJ.auto_jobs(*AJ.measured_peak(study, grid, python, _print))
+    _print(why)
+    return jobs
 
 
 def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False, folds=1, sesoi=0.01,
@@ -154,8 +160,9 @@ def cmd_confirm(args) -> int:
     grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
     scheduler = scheduler_name(args.scheduler)   # pbs: PBS Pro or Torque, as detected
     if not get(scheduler).batch:   # local: trained here
-        return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
-                                args.allow_incomplete, args.folds, args.sesoi)
+        python = R.local_launcher(study, grid, _print)
+        return run_confirmation(study, grid, args.seeds, args.top, _jobs(args.jobs, study, grid, python),
+                                not args.no_analysis, args.allow_incomplete, args.folds, args.sesoi, python)
     plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)

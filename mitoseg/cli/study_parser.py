@@ -107,7 +107,8 @@ def build_study_parser(description: str):
                    "plan for the comparison (default 0.01)")
     s.add_argument("--scheduler", choices=(LOCAL.name, *BATCH_CHOICES), default=LOCAL.name,
                    help="local (default): this machine; pbs|slurm: an array job + its dependent analysis")
-    s.add_argument("--jobs", "-j", type=int, default=1, help="local: cells trained at the same time (default 1)")
+    s.add_argument("--jobs", "-j", type=_jobs, default=1, help="local: cells trained at the same time, or auto (as "
+                   "for local; default 1)")
     s.add_argument("--allow-incomplete", action="store_true", help="select although some grid cells are unfinished")
     s.add_argument("--no-analysis", action="store_true", help="local: do not run the analysis at the end")
     s.add_argument("--dry-run", action="store_true", help="pbs|slurm: print the submission only")

@@ -106,6 +106,40 @@ def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path,
     assert "half-way through cell 1" in P.StudyPaths(study).local_log(G.cells(grid)[1].name).read_text()
 
 
+PID_TRAIN = '''
+import os, sys
+sys.path.insert(0, {repo!r})
+from mitoseg.core import grid as G
+from mitoseg.core import paths as P
+from mitoseg.core.results import save_results
+from tests.fixtures_results import record_for
+args = sys.argv[1:]
+study, index = args[args.index("--study-dir") + 1], int(args[args.index("--task-index") + 1])
+with open(os.path.join(study, "pids.txt"), "a") as f:
+    f.write(f"{{index}} {{os.getpid()}}\\n")
+cell = G.study_cell_at(study, G.load_study_grid(study), index)
+os.makedirs(os.path.join(study, cell.name), exist_ok=True)
+save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell))
+'''
+
+
+def test_the_confirmation_stage_of_local_reuses_the_grid_stages_workers(tmp_path, monkeypatch):
+    """`local --confirm-seeds`: one pool for both stages, so the confirmation cells start in the workers that
+    already imported TensorFlow for the grid (a stand-in train module records the process of each cell)."""
+    from mitoseg.cli import study as cli
+    (tmp_path / "pid_train.py").write_text(PID_TRAIN.format(repo=str(R.REPO_DIR)))
+    monkeypatch.setattr(R, "TRAIN", "pid_train")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    cfg, study = tmp_path / "grid.json", tmp_path / "study"
+    G.GridConfig(architectures=["UNet", "Attention_UNet"], learning_rates=[1e-3], batch_sizes=[8],
+                 fixed=dict(TINY)).save(cfg)
+    code = cli.main(["local", "--grid-config", str(cfg), "--study-dir", str(study), "--jobs", "1",
+                     "--confirm-seeds", "1", "--no-analysis"])
+    assert code == 0
+    pids = dict(line.split() for line in (study / "pids.txt").read_text().splitlines())
+    assert len(pids) == 4 and len(set(pids.values())) == 1, pids   # 2 grid + 2 confirmation cells, one worker
+
+
 def test_jobs_auto_takes_the_smaller_of_cores_and_memory_and_says_why():
     gib = 2**30
     jobs, why = AJ.auto_jobs(int(1.2 * gib), "the trial", cores=8, available=4 * gib)

@@ -82,9 +82,9 @@ def _open_study(args, root) -> tuple[Path, G.GridConfig, list]:
     return study.resolve(), grid, chosen
 
 
-def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True, python=None) -> int:
+def run_local_and_analyze(study, grid, chosen, jobs, force, analysis=True, pool=None) -> int:
     t0 = time.monotonic()
-    rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print, python=python)
+    rows = R.run_local(study, grid, chosen, jobs=jobs, force=force, log=_print, pool=pool)
     _print("")
     _print(results_table(rows))
     failed = [r for r in rows.values() if r["state"] not in (*DONE_STATUSES, BUSY)]
@@ -114,13 +114,14 @@ def cmd_local(args) -> int:
     if args.demo:
         _print(f"Demo study: {grid.size} cells ({', '.join(grid.architectures)} x lr {grid.learning_rates} x "
                f"batch {grid.batch_sizes}), built-in synthetic data, fixed {grid.fixed}")
-    python = R.local_launcher(study, grid, _print)   # once: the grid and the confirmation stage share it
+    python = R.local_launcher(study, grid, _print)
     jobs = _jobs(args.jobs or (2 if args.demo else 1), study, grid, python)
     if args.retry_failed:   # read by the runner and passed on to every train_one.py it starts
         os.environ[RETRY_ENV] = "1"
-    code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds, python)
-    if seeds:
-        code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds, python=python) or code
+    with R.local_pool(study, grid, jobs, python) as pool:   # one pool: the confirmation's cells reuse its workers
+        code = run_local_and_analyze(study, grid, chosen, jobs, args.force, not args.no_analysis and not seeds, pool)
+        if seeds:
+            code = run_confirmation(study, grid, seeds, 1, jobs, not args.no_analysis, folds=folds, pool=pool) or code
     if args.demo:
         _print(f"Demo finished in {fmt_duration(time.monotonic() - t0)}. "
                f"Open the report: {R.report_path(study) or study}")
@@ -137,7 +138,7 @@ def _jobs(jobs, study, grid, python) -> int:
 
 
 def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=False, folds=1, sesoi=0.01,
-                     python=None) -> int:
+                     pool=None) -> int:
     """Plan (or reuse) the confirmation stage and train its cells here, then the analysis."""
     try:
         plan = C.plan_confirmation(study, seeds, top, folds, sesoi, allow_incomplete, log=_print)
@@ -147,7 +148,7 @@ def run_confirmation(study, grid, seeds, top, jobs, analysis, allow_incomplete=F
             R.run_analysis_script(study, log=_print)
         return EXIT_BAD_INPUT
     _print("\n" + C.describe(plan))
-    return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis, python)
+    return run_local_and_analyze(study, grid, G.confirm_cells(study), jobs, False, analysis, pool)
 
 
 def _scheduler_args(args) -> list[str]:
@@ -161,8 +162,10 @@ def cmd_confirm(args) -> int:
     scheduler = scheduler_name(args.scheduler)   # pbs: PBS Pro or Torque, as detected
     if not get(scheduler).batch:   # local: trained here
         python = R.local_launcher(study, grid, _print)
-        return run_confirmation(study, grid, args.seeds, args.top, _jobs(args.jobs, study, grid, python),
-                                not args.no_analysis, args.allow_incomplete, args.folds, args.sesoi, python)
+        jobs = _jobs(args.jobs, study, grid, python)
+        with R.local_pool(study, grid, jobs, python) as pool:
+            return run_confirmation(study, grid, args.seeds, args.top, jobs, not args.no_analysis,
+                                    args.allow_incomplete, args.folds, args.sesoi, pool)
     plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print)
     _print(C.describe(plan))
     cells = G.confirm_cells(study)

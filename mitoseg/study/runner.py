@@ -217,37 +217,60 @@ def _open_element_study(root, grid_config: Optional[str], env: dict,
 
 # --- local runner ---------------------------------------------------------------------------------
 def run_local(study_dir, grid: G.GridConfig, chosen: list[G.Cell], jobs: int = 1, force: bool = False,
-              log: Callable[[str], None] = print, python: Optional[list] = None) -> dict:
+              log: Callable[[str], None] = print, python: Optional[list] = None,
+              pool: Optional[WorkerPool] = None) -> dict:
     """Train the chosen cells (skipping finished ones unless force), up to `jobs` at once in as many worker
-    processes (mitoseg/study/workers.py: each imports TensorFlow once and trains cell after cell), started
-    by `python` (default: `local_launcher`'s). A failed cell never stops the others. Returns {index: row}."""
+    processes (mitoseg/study/workers.py: each imports TensorFlow once and trains cell after cell): those of
+    `pool` (a caller's `local_pool`, kept across the grid and the confirmation stage), else of a pool of
+    its own started by `python` (default: `local_launcher`'s). A failed cell never stops the others.
+    Returns {index: row}."""
     study_dir = Path(study_dir).resolve()   # opened by the caller (mitoseg.study.open.open_study)
-    StudyPaths(study_dir).local_logs.mkdir(exist_ok=True)
     budget, _ = site.resolved_retry_budget(study_dir)
     rows, queue = _skip_finished(study_dir, chosen, force, budget)
     kept = sum(r["state"] not in DONE_STATUSES for r in rows.values())
+    jobs = pool.size if pool else jobs
     log(f"study {study_dir}: {len(chosen)} cell(s) selected, {len(rows) - kept} already finished, "
         + (f"{kept} failed {budget} times and not retried (--retry-failed), " if kept else "")
         + f"{len(queue)} to run, {jobs} at a time")
-    if queue and python is None:   # nothing to train, nothing to start
-        python = local_launcher(study_dir, grid, log)
-    progress = _Progress(len(queue), jobs, log)
+    if not queue:   # nothing to train, nothing to start
+        return rows
+    if pool is None:
+        with local_pool(study_dir, grid, jobs, python, log) as own:
+            return _train(study_dir, queue, rows, own, force, log)
+    return _train(study_dir, queue, rows, pool, force, log)
+
+
+def local_pool(study_dir, grid: G.GridConfig, jobs: int, python: Optional[list] = None,
+               log: Callable[[str], None] = print) -> WorkerPool:
+    """`jobs` worker processes for the study's cells, started by `python` (default: `local_launcher`'s)
+    when a cell is given to them, with the study's retry budget in their environment."""
+    study_dir = Path(study_dir).resolve()
+    python = python or local_launcher(study_dir, grid, log)
+    budget, _ = site.resolved_retry_budget(study_dir)
     paths = StudyPaths(study_dir)
+    paths.local_logs.mkdir(exist_ok=True)
     env = {**_pool_env(study_dir, jobs), RETRY_BUDGET_ENV: str(budget)}   # its cells agree on the budget
-    with WorkerPool(jobs, TRAIN, env, str(REPO_DIR), paths.local_log(WORKER_LOG), python) as pool:
-        try:
-            while queue or pool.busy:
-                while queue and pool.has_room():
-                    cell = queue.pop(0)
-                    argv = train_command(study_dir, cell.index, force=force)[3:]   # after `python -m TRAIN`
-                    pool.give(cell, argv, paths.local_log(cell.name))
-                time.sleep(0.2)
-                for cell, code, seconds, note in pool.ended():
-                    rows[cell.index] = _ended_row(study_dir, cell, code, seconds, note)
-                    progress.cell_ended(rows[cell.index])
-        except KeyboardInterrupt:
-            pool.stop()
-            raise
+    return WorkerPool(jobs, TRAIN, env, str(REPO_DIR), paths.local_log(WORKER_LOG), python)
+
+
+def _train(study_dir: Path, queue: list[G.Cell], rows: dict, pool: WorkerPool, force: bool,
+           log: Callable[[str], None]) -> dict:
+    """Give the queued cells to the pool's workers as they free up; each ended cell's row into `rows`."""
+    paths = StudyPaths(study_dir)
+    progress = _Progress(len(queue), pool.size, log)
+    try:
+        while queue or pool.busy:
+            while queue and pool.has_room():
+                cell = queue.pop(0)
+                argv = train_command(study_dir, cell.index, force=force)[3:]   # after `python -m TRAIN`
+                pool.give(cell, argv, paths.local_log(cell.name))
+            time.sleep(0.2)
+            for cell, code, seconds, note in pool.ended():
+                rows[cell.index] = _ended_row(study_dir, cell, code, seconds, note)
+                progress.cell_ended(rows[cell.index])
+    except KeyboardInterrupt:
+        pool.stop()
+        raise
     return rows
 
 

@@ -108,9 +108,10 @@ def test_volume(member: dict):
     return test
 
 
-def score_group(members: list[dict]) -> dict:
-    """The ensemble IoU of members that share one test set (mean probability, the members' own tiling)."""
-    from mitoseg.predict.model import PredictError, load_trained_model
+def score_group(members: list[dict], loaded: dict) -> dict:
+    """The ensemble IoU of members that share one test set (mean probability, the members' own tiling);
+    loaded: mitoseg.predict.model.traced_model's models, shared by the members of one architecture."""
+    from mitoseg.predict.model import PredictError, traced_model
     from mitoseg.cell.inference import mean_probabilities, predict_slices
     from mitoseg.cell.metrics import score_all
     test = test_volume(members[0])
@@ -118,7 +119,7 @@ def score_group(members: list[dict]) -> dict:
     def probabilities(member):
         c = member["config"]
         try:
-            return predict_slices(load_trained_model(member["path"]), test.images, c["patch_size"],
+            return predict_slices(traced_model(member["path"], loaded), test.images, c["patch_size"],
                                   batch_size=c["batch_size"], tta=c["test_tta"], channels=c["input_channels"])
         except (PredictError, ValueError) as err:
             raise EnsembleError(f"{member['cell']}: {err}") from None
@@ -156,8 +157,9 @@ def scored(members: list[dict]) -> dict:
     groups = {}
     for m in members:
         groups.setdefault(json.dumps(m["test_set"]), []).append(m)
+    loaded = {}   # one configuration's members: one architecture, loaded and traced once
     try:
-        results = [score_group(g) for g in groups.values()]
+        results = [score_group(g, loaded) for g in groups.values()]
     except EnsembleError as err:
         return dict(reason=str(err))
     mean, low, high = single_run_interval([m["test_iou"] for m in members])

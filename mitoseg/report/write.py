@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -100,15 +99,12 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     # the plan's ranks (fixed when it was made) choose each architecture's representative under --top K
     res = analyze(df, baseline, sesoi, plan["configs"] if plan else None)
     log(f"  headline metric: {res.metric.label}")
+    res = dataclasses.replace(res, ensemble=ensemble_scores(study_dir, res.confirm_df, plan, out_dir / SUMMARY_JSON, log))
     if figures:
         log(f"Drawing figures into {out_dir} ...")
-    # the figures show no ensemble: drawn in a second thread (the only one using matplotlib) while the
-    # ensemble's members are loaded and predict, mostly on one core (the demo: 4 s less on 2 cores)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        drawing = pool.submit(make_figures, res, out_dir, history_root) if figures else None
-        res = dataclasses.replace(res, ensemble=ensemble_scores(study_dir, res.confirm_df, plan, out_dir / SUMMARY_JSON,
-                                                                log))
-        figures = drawing.result() if drawing else {}
+        figures = make_figures(res, out_dir, history_root)
+    else:
+        figures = {}
     for name, value in figures.items():
         log(f"  {name}: {'written' if isinstance(value, Path) else 'skipped (' + str(value) + ')'}")
     log("Writing reports ...")

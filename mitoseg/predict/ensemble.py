@@ -8,7 +8,9 @@ An ensemble averages the probabilities of models on the SAME images: members are
 set (the recorded test source and slices), so with held-out slices each fold is its own ensemble of that
 fold's seeds and the architecture's number is the mean over folds; with a shared testing stack all members
 form one ensemble. Each member predicts exactly as its own test score was made (mitoseg.cell.inference,
-the config's patch size, TTA and threshold), so the two numbers are on the same footing.
+the config's patch size, TTA and threshold), so the two numbers are on the same footing; the members of
+one architecture share one loaded and traced model (mitoseg.predict.model.traced_model: Keras' predict
+numbers, bit for bit, in less than half the time).
 The result is cached in the previous analysis_summary.json: it is recomputed only when a member (its
 cell, model bytes or recorded score) or the rule changed. Needs TensorFlow; without it, or without the
 model files, the reason is reported instead of a number.

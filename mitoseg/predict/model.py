@@ -113,7 +113,7 @@ def traced_model(path, loaded: dict) -> TracedModel:
     try:
         loaded[key].model.load_weights(path)
     except Exception as err:  # keras raises many types for bad files
-        del loaded[key]   # its weights are now partly this file's
+        del loaded[key]   # its weights may now be partly this file's
         raise _cannot_load(path, err) from None
     return loaded[key]
 

@@ -140,7 +140,7 @@ def test_members_on_different_test_slices_are_ensembled_per_fold(monkeypatch):
     members = [member("a", 0, 0.5), member("b", 0, 0.7), member("c", 1, 0.6), member("d", 1, 0.8)]
     seen = []
 
-    def fake_group(group):
+    def fake_group(group, loaded):
         seen.append([m["cell"] for m in group])
         return dict(ensemble_iou={"a": 0.65, "c": 0.75}[group[0]["cell"]], members=[m["cell"] for m in group])
     monkeypatch.setattr(E, "score_group", fake_group)

@@ -242,6 +242,41 @@ def test_real_keras_model_blends_without_seams():
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_a_traced_model_predicts_as_keras_and_one_architecture_is_loaded_once(tmp_path):
+    """mitoseg.predict.model.traced_model (the analysis' ensemble): Keras' predict numbers, bit for bit, on
+    the tiles predict_slices cuts (full batches, a smaller last one; with TTA, rotated views); a second file
+    of the same architecture only loads its weights into the first one's model; another architecture, or
+    an archive whose weights cannot be read (one line naming it), loads on its own."""
+    import zipfile
+    from mitoseg.predict.model import PredictError, traced_model
+    paths = []
+    for seed, name in ((0, "UNet"), (1, "UNet"), (0, "Attention_UNet")):
+        keras.backend.clear_session()   # the layer names of a fresh process, as each cell's
+        keras.utils.set_random_seed(seed)
+        paths.append(tmp_path / f"{name}_{seed}.keras")
+        build_model(name, (PATCH, PATCH, 1), base_filters=4, depth=3).save(paths[-1])
+    img = np.random.default_rng(1).random((2, 50, 40), dtype=np.float32)   # 3 x 2 tiles of 32: batches of 4, 2
+    loaded, used, probs = {}, [], []
+    for path in paths:
+        traced = traced_model(path, loaded)
+        used.append(traced)
+        for tta in (False, True):
+            expected = inference.predict_slices(keras.models.load_model(path, compile=False), img, PATCH,
+                                                batch_size=4, tta=tta)
+            got = inference.predict_slices(traced, img, PATCH, batch_size=4, tta=tta)
+            np.testing.assert_array_equal(got, expected)
+        probs.append(got)
+    assert used[0] is used[1] and used[2] is not used[0] and len(loaded) == 2
+    assert not np.array_equal(probs[0], probs[1])   # the second file's weights, not the first's
+    broken = tmp_path / "broken.keras"
+    with zipfile.ZipFile(paths[0]) as src, zipfile.ZipFile(broken, "w") as dst:
+        for item in src.namelist():
+            dst.writestr(item, src.read(item)[:100] if item.endswith(".h5") else src.read(item))
+    with pytest.raises(PredictError, match=f"^{broken}: cannot load model"):
+        traced_model(broken, loaded)
+    assert len(loaded) == 1   # the shared model's weights may be partly overwritten: it is not used again
+
+
 # --- the model's recorded scaling (issue 13) ---------------------------------------------------------
 def _cell_with_scaling(tmp_path, model_path, scaling):
     exp = tmp_path / "exp_UNet_lr0.001_bs8_seed42"

@@ -8,7 +8,9 @@ An ensemble averages the probabilities of models on the SAME images: members are
 set (the recorded test source and slices), so with held-out slices each fold is its own ensemble of that
 fold's seeds and the architecture's number is the mean over folds; with a shared testing stack all members
 form one ensemble. Each member predicts exactly as its own test score was made (mitoseg.cell.inference,
-the config's patch size, TTA and threshold), so the two numbers are on the same footing.
+the config's patch size, TTA and threshold), so the two numbers are on the same footing; the members of
+one architecture share one loaded and traced model (mitoseg.predict.model.traced_model: Keras' predict
+numbers, bit for bit, in less than half the time).
 The result is cached in the previous analysis_summary.json: it is recomputed only when a member (its
 cell, model bytes or recorded score) or the rule changed. Needs TensorFlow; without it, or without the
 model files, the reason is reported instead of a number.
@@ -108,9 +110,10 @@ def test_volume(member: dict):
     return test
 
 
-def score_group(members: list[dict]) -> dict:
-    """The ensemble IoU of members that share one test set (mean probability, the members' own tiling)."""
-    from mitoseg.predict.model import PredictError, load_trained_model
+def score_group(members: list[dict], loaded: dict) -> dict:
+    """The ensemble IoU of members that share one test set (mean probability, the members' own tiling);
+    loaded: mitoseg.predict.model.traced_model's models, shared by the members of one architecture."""
+    from mitoseg.predict.model import PredictError, traced_model
     from mitoseg.cell.inference import mean_probabilities, predict_slices
     from mitoseg.cell.metrics import score_all
     test = test_volume(members[0])
@@ -118,7 +121,7 @@ def score_group(members: list[dict]) -> dict:
     def probabilities(member):
         c = member["config"]
         try:
-            return predict_slices(load_trained_model(member["path"]), test.images, c["patch_size"],
+            return predict_slices(traced_model(member["path"], loaded), test.images, c["patch_size"],
                                   batch_size=c["batch_size"], tta=c["test_tta"], channels=c["input_channels"])
         except (PredictError, ValueError) as err:
             raise EnsembleError(f"{member['cell']}: {err}") from None
@@ -156,8 +159,9 @@ def scored(members: list[dict]) -> dict:
     groups = {}
     for m in members:
         groups.setdefault(json.dumps(m["test_set"]), []).append(m)
+    loaded = {}   # one configuration's members: one architecture, loaded and traced once
     try:
-        results = [score_group(g) for g in groups.values()]
+        results = [score_group(g, loaded) for g in groups.values()]
     except EnsembleError as err:
         return dict(reason=str(err))
     mean, low, high = single_run_interval([m["test_iou"] for m in members])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 from mitoseg.core.paths import ExperimentPaths
 
@@ -43,14 +44,78 @@ def check_model_file(path) -> None:
 def load_trained_model(path):
     path = Path(path)
     check_model_file(path)
-    from mitoseg.core.errors import first_line
     from mitoseg.cell.models import load_model
     try:
         return load_model(path)
     except Exception as err:  # keras raises many types for bad files
-        text = first_line(err) or type(err).__name__
-        raise PredictError(f"{path}: cannot load model ({text[:200]})") from None
+        raise _cannot_load(path, err) from None
 
+
+def _cannot_load(path, err: Exception) -> PredictError:
+    from mitoseg.core.errors import first_line
+    return PredictError(f"{path}: cannot load model ({(first_line(err) or type(err).__name__)[:200]})")
+
+
+
+class TracedModel:
+    """A loaded Keras model's `predict(x, batch_size=, verbose=)` (what predict_slices calls) as one
+    tf.function traced once per model. Keras' own predict builds a tf.data pipeline on every call and
+    traces its step twice (the full batches, then the smaller last one): per whole slice, that cost more
+    than the prediction itself. The numbers stay Keras': the same model call (training=False) on the same
+    batches, cut as Keras cuts them (batch_size tiles, the rest last)."""
+
+    def __init__(self, model):
+        import tensorflow as tf
+        self.model = model
+        spec = tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32)   # any batch size: one trace
+        self._call = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+
+    def predict(self, x, batch_size=32, verbose=0):   # verbose: Keras' signature, nothing to print
+        import numpy as np
+        import tensorflow as tf
+        outs = [tf.nest.map_structure(np.asarray, self._call(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+        return tf.nest.map_structure(lambda *parts: np.concatenate(parts), *outs)
+
+
+def _without_object_ids(value):
+    if isinstance(value, dict):
+        return {k: _without_object_ids(v) for k, v in value.items() if k != "shared_object_id"}
+    return [_without_object_ids(v) for v in value] if isinstance(value, list) else value
+
+
+def saved_architecture(path) -> Optional[str]:
+    """The model a .keras archive rebuilds (its config.json's config and build_config, without the ids
+    Keras gives shared objects in the saving process), None for an .h5 file or an unreadable archive.
+    Two files with the same one differ in their weights only."""
+    import json
+    import zipfile
+    try:
+        with zipfile.ZipFile(path) as archive:
+            saved = json.loads(archive.read("config.json"))
+        return json.dumps(_without_object_ids([saved["config"], saved.get("build_config")]), sort_keys=True)
+    except (OSError, KeyError, TypeError, ValueError, zipfile.BadZipFile):
+        return None
+
+
+def traced_model(path, loaded: dict) -> TracedModel:
+    """The model file as a TracedModel. Files of one saved architecture share one model and one trace
+    through `loaded` (architecture -> TracedModel, filled here): a later one only loads its weights into
+    it, so the TracedModel returned before for that architecture then predicts with the new weights (an
+    ensemble uses its members one after the other). Rebuilding and tracing cost more than predicting
+    the few test slices of a study."""
+    key = saved_architecture(path)
+    if key not in loaded:
+        model = TracedModel(load_trained_model(path))
+        if key is not None:
+            loaded[key] = model
+        return model
+    check_model_file(path)
+    try:
+        loaded[key].model.load_weights(path)
+    except Exception as err:  # keras raises many types for bad files
+        del loaded[key]   # its weights may now be partly this file's
+        raise _cannot_load(path, err) from None
+    return loaded[key]
 
 
 def resolve_tiling(model, patch_size=None):

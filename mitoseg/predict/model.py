@@ -56,7 +56,6 @@ def _cannot_load(path, err: Exception) -> PredictError:
     return PredictError(f"{path}: cannot load model ({(first_line(err) or type(err).__name__)[:200]})")
 
 
-
 class TracedModel:
     """A loaded Keras model's `predict(x, batch_size=, verbose=)` (what predict_slices calls) as one
     tf.function traced once per model. Keras' own predict builds a tf.data pipeline on every call and

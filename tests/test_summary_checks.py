@@ -96,6 +96,11 @@ def test_rows_pasted_twice_are_refused(tmp_path, summary):
     refused(write(tmp_path, df), "lines 4, 10", "same run")
 
 
+def test_a_csv_with_its_header_alone_is_refused_in_one_line(tmp_path, summary):
+    # the duplicate check read the empty table's empty row mask as a list of columns: a KeyError traceback
+    refused(write(tmp_path, summary.iloc[0:0]), "no cells at all")
+
+
 def test_a_semicolon_csv_is_read(tmp_path, summary):
     notes = []
     out = load_summary(write(tmp_path, summary, sep=";"), notes.append)

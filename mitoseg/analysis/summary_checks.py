@@ -132,7 +132,8 @@ def _check_duplicates(df: pd.DataFrame) -> None:
             raise CsvProblem(f"experiment_id {dup.iloc[0]!r} appears on lines {', '.join(lines)}; one run, one row")
     key = [c for c in RUN_KEY if c in df.columns]
     if "seed" in key:
-        runs = df[df["seed"].map(lambda v: not _empty(v))][key].apply(
+        # .loc with a boolean list: an empty frame's empty mask would otherwise be read as a list of columns
+        runs = df.loc[[not _empty(v) for v in df["seed"]], key].apply(
             lambda r: tuple(str(v).strip().lower() for v in r), axis=1)
         dup = runs[runs.duplicated(keep=False)]
         if len(dup):

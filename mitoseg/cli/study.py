@@ -148,8 +148,11 @@ def _scheduler_args(args) -> list[str]:
 
 def cmd_confirm(args) -> int:
     study = Path(args.study_dir).resolve()
-    grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
     scheduler = scheduler_name(args.scheduler)   # pbs: PBS Pro or Torque, as detected
+    if args.dry_run and not get(scheduler).batch:   # it would train every confirmation cell here, not print them
+        raise ValueError(f"--dry-run prints a pbs|slurm submission; with --scheduler {scheduler} confirm trains "
+                         "here, so nothing was done (add --scheduler slurm or pbs to see the submission)")
+    grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
     if not get(scheduler).batch:   # local: trained here
         return run_confirmation(study, grid, args.seeds, args.top, args.jobs, not args.no_analysis,
                                 args.allow_incomplete, args.folds, args.sesoi)

@@ -237,6 +237,10 @@ def test_load_dataset_errors(tmp_path):
         load_dataset(tmp_path)
     assert str(exc.value) == (f"{tmp_path / 'training_groundtruth.tiff'}: "
                               "masks contain no foreground pixels")
+    imwrite(tmp_path / "training_groundtruth.tiff", np.full((2, 8, 8), 255, np.uint8))
+    with pytest.raises(DataError) as exc:   # used to train and finish "ok" with IoU 1 = the baseline
+        load_dataset(tmp_path)
+    one_line_error(exc, "training_groundtruth.tiff", "no background pixels", "inverted")
 
 
 @pytest.mark.parametrize("layout", ["stack", "folders"])

@@ -177,4 +177,9 @@ def load_dataset(data_dir):
         # An all-background mask trains a model that predicts background everywhere and still
         # reports ~100% pixel accuracy; stop here instead.
         raise data_error(train_pair[1], "masks contain no foreground pixels")
+    if train.masks.all():
+        # The mirror case: predicting foreground everywhere scores IoU 1, so no model could be told from one
+        # that learned nothing (the cell would finish "ok" with a perfect score).
+        raise data_error(train_pair[1], "masks contain no background pixels (every pixel is foreground: "
+                                        "saved inverted? mitochondria must be 255 or 1, background 0)")
     return train, test

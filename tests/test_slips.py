@@ -81,7 +81,10 @@ def test_an_output_dir_that_is_a_file_is_one_line(study, tmp_path):
     target.write_text("x")
     proc = run("analyze_hyperparameter_results.py", "--study-dir", study, "--output_dir", target, "--no-figures")
     assert proc.returncode == EXIT_BAD_INPUT
-    assert "is a file, not a folder" in one_error_line(proc.stderr)
+    assert "--output-dir" in one_error_line(proc.stderr) and "is a file, not a folder" in proc.stderr
+    proc = run("analyze_hyperparameter_results.py", "--study-dir", target, "--no-figures")
+    assert proc.returncode == EXIT_BAD_INPUT   # the flag the user gave is named, not --output-dir
+    assert one_error_line(proc.stderr) == f"error: --study-dir {target} is a file, not a folder; name a folder"
 
 
 def test_a_full_disk_during_the_analysis_is_one_line(study, monkeypatch, capsys):

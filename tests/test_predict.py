@@ -96,7 +96,7 @@ def test_one_line_errors(case, model_path, stack, capsys):
     elif case == "too_small":
         tifffile.imwrite(stack / "small.tif", np.zeros((2, 20, 20), np.uint8))
         args[3] = str(stack / "small.tif")
-        expect = "smaller than the patch size"
+        expect = f"{stack / 'small.tif'}: slice side 20 is smaller than the patch size"   # the file is named
     elif case == "no_args":
         args = []
         expect = "missing --model"

@@ -99,7 +99,7 @@ def run_predict(args) -> int:
     model = load_trained_model(args.model)
     patch, channels = resolve_tiling(model, args.patch_size)
     probs = predict_stack(model, images, patch, channels, tta=args.tta, batch_size=args.batch_size,
-                          overlap=args.overlap, quiet=args.quiet)
+                          overlap=args.overlap, quiet=args.quiet, source=args.input)
     out = (probs >= args.threshold).astype(np.uint8) * 255 if args.mask else probs.astype(np.float32)
     write_tiff(args.output, out)
     kind = f"uint8 0/255 mask (p >= {args.threshold:g})" if args.mask else "float32 probabilities"

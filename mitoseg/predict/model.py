@@ -58,8 +58,8 @@ def resolve_tiling(model, patch_size=None):
     from mitoseg.cell.inference import model_channels, model_patch_size
     try:
         native = model_patch_size(model, default=0)
-    except ValueError as err:
-        raise PredictError(str(err)) from None
+    except ValueError as err:   # e.g. a slice smaller than the tile: named by its file when known
+        raise PredictError(f"{source}: {err}" if source else str(err)) from None
     if patch_size is None:
         patch = native or 256
     elif native and patch_size != native:
@@ -90,11 +90,11 @@ def recorded_scaling(model_path):
 
 
 
-def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False):
+def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False, source=None):
     from mitoseg.cell.inference import predict_slices
     progress = None if quiet else (lambda d, t: print(f"  slice {d}/{t}", file=sys.stderr, flush=True))
     try:
         return predict_slices(model, images, patch, batch_size=batch_size, overlap=overlap, tta=tta,
                               channels=channels, progress=progress)
-    except ValueError as err:
-        raise PredictError(str(err)) from None
+    except ValueError as err:   # e.g. a slice smaller than the tile: named by its file when known
+        raise PredictError(f"{source}: {err}" if source else str(err)) from None

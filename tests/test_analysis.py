@@ -390,6 +390,8 @@ def test_bad_input_exits_with_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli.main(["--study-dir", str(tmp_path / "empty")]) == 2
     assert "no cells at all" in capsys.readouterr().err
+    assert cli.main(["--summary-file", str(tmp_path / "empty")]) == 2   # was "does not exist"
+    assert "is a folder, not a CSV file" in capsys.readouterr().err
     pd.DataFrame({"architecture": ["UNet"], "batch_size": [8], "best_val_iou": [0.5]}).to_csv(tmp_path / "x.csv", index=False)
     assert cli.main(["--summary_file", str(tmp_path / "x.csv")]) == 2
     assert "required columns missing: learning_rate" in capsys.readouterr().err

@@ -221,6 +221,20 @@ def test_folder_pairs_errors(tmp_path):
     one_line_error(exc, images / "b.tif", "single 2D image")
 
 
+def test_a_slice_in_a_format_that_is_not_read_is_refused_not_skipped(tmp_path):
+    # a .jpg image with its .jpg mask was left out of training without a word
+    out = write_synthetic_dataset(tmp_path / "d", n_slices=3, height=32, width=32, layout="folders", with_test=False)
+    for sub in ("images", "masks"):
+        iio.imwrite(out / sub / "z9.jpg", np.zeros((32, 32), np.uint8))
+    with pytest.raises(DataError) as exc:
+        load_dataset(out)
+    one_line_error(exc, "z9.jpg", ".jpg images are not read", "left out unseen")
+    for sub in ("images", "masks"):
+        (out / sub / "z9.jpg").unlink()
+        (out / sub / "Thumbs.db").write_text("not an image: still ignored")
+    assert load_dataset(out)[0].images.shape == (3, 32, 32)
+
+
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset(tmp_path / "nope")

@@ -126,3 +126,21 @@ def test_all_failed_rows_are_explained_by_their_status(study, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "no grid cell finished successfully (4 failed)" in proc.stdout and "soft" not in proc.stdout
     assert "ranked: 4 failed.**" in (tmp_path / REPORT_MD).read_text()
+
+
+def test_a_flag_written_with_equals_and_tilde_means_the_home_folder(study, tmp_path):
+    # `--output-dir=~/x` reaches the program unexpanded (the shell expands ~ only at a word's start): it wrote
+    # into a folder named "~" in the current one, and --study-dir=~/... was "not a study folder"
+    home = tmp_path / "home"
+    (home / "studies").mkdir(parents=True)
+    study.rename(home / "studies" / "s")
+    env = {**os.environ, "HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def from_tmp(script, *args):
+        return subprocess.run([sys.executable, str(REPO / script), *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=env)
+    proc = from_tmp("analyze_hyperparameter_results.py", "--study-dir=~/studies/s", "--output-dir=~/out", "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "out" / REPORT_MD).is_file() and not (tmp_path / "~").exists()
+    proc = from_tmp("run_study.py", "status", "--study-dir=~/studies/s")
+    assert "4 cells" in proc.stdout, proc.stdout + proc.stderr

@@ -75,10 +75,12 @@ def recorded_scaling(model_path):
     the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
     from mitoseg.core.results import ResultsError, load_results
     model_path = Path(model_path)
+    unreadable = []
     for path in ExperimentPaths(model_path.parent).results_files():
         try:
             record = load_results(path)
-        except ResultsError:
+        except ResultsError as err:
+            unreadable.append(f"the results JSON beside it is unreadable: {err}")   # not "there is none"
             continue
         if (record.get("files") or {}).get("model") == model_path.name:
             scaling = (record.get("data") or {}).get("scaling")
@@ -86,7 +88,8 @@ def recorded_scaling(model_path):
                 return scaling, path
             return None, f"{path.name} records no image scaling (written before scalings were recorded)"
     from mitoseg.predict.bundle import bundle_scaling  # a model copied into an exported bundle
-    return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
+    reason = "; ".join(unreadable) or f"no results JSON of this model in {model_path.parent}"
+    return bundle_scaling(model_path) or (None, reason)
 
 
 

@@ -150,6 +150,20 @@ def test_a_local_dry_run_is_refused_before_anything_is_trained_or_planned(tmp_pa
     assert not StudyPaths(study).confirm_config.exists() and len(list(study.glob("exp_*"))) == 16
 
 
+def test_a_plan_edited_to_a_grid_seed_is_refused(tmp_path):
+    # it was reused as "1 fresh seeds (1)": the confirmation reran the grid's own selection runs
+    study = _study(tmp_path)
+    C.plan_confirmation(study, 1, log=quiet)
+    path = StudyPaths(study).confirm_config
+    plan = json.loads(path.read_text())
+    plan["seeds"] = [1]
+    for cell in plan["cells"]:
+        cell["name"], cell["seed"] = cell["name"].replace(f"seed{cell['seed']}", "seed1"), 1
+    path.write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match="its seeds 1 are seeds of the grid"):
+        C.plan_confirmation(study, 1, log=quiet)
+
+
 def test_summary_marks_the_stage(tmp_path):
     study = _study(tmp_path)
     add_confirmation(study, 2, val_fn=lambda c: 0.8, test_fn=lambda c: 0.8)

@@ -144,3 +144,14 @@ def test_a_flag_written_with_equals_and_tilde_means_the_home_folder(study, tmp_p
     assert (home / "out" / REPORT_MD).is_file() and not (tmp_path / "~").exists()
     proc = from_tmp("run_study.py", "status", "--study-dir=~/studies/s")
     assert "4 cells" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_study_or_output_folder_that_is_a_file_names_its_flag(tmp_path):
+    # was `error: [Errno 17] File exists: '...'`, naming no flag
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    for flag in ("--study-dir", "--output-dir"):
+        proc = run("run_study.py", "local", "--demo", flag, target, "--no-analysis")
+        assert proc.returncode == EXIT_BAD_INPUT
+        assert one_error_line(proc.stderr) == f"error: {flag} {target} is a file, not a folder; name a folder"
+    assert target.read_text() == "x"

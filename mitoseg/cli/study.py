@@ -194,6 +194,9 @@ def _load_site(args) -> S.SiteProfile:
 
 def _planned_study(args, root) -> tuple[Path, G.GridConfig]:
     """A dry run's study: the existing one (read, never written) or the path a new one would get."""
+    for flag, path in (("--study-dir", args.study_dir), ("--output-dir", root)):
+        if path and Path(path).exists() and not Path(path).is_dir():   # else an [Errno 17] line naming no flag
+            raise ValueError(f"{flag} {path} is a file, not a folder; name a folder")
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if not args.study_dir:
         return new_study_dir(root).resolve(), grid

@@ -255,6 +255,16 @@ def test_load_dataset_errors(tmp_path):
     with pytest.raises(DataError) as exc:   # used to train and finish "ok" with IoU 1 = the baseline
         load_dataset(tmp_path)
     one_line_error(exc, "training_groundtruth.tiff", "no background pixels", "inverted")
+    mask = np.zeros((2, 8, 8), np.uint8)
+    mask[:, :2] = 255
+    imwrite(tmp_path / "training_groundtruth.tiff", mask)
+    imwrite(tmp_path / "testing.tif", np.zeros((2, 8, 8), np.uint8))
+    for value, words in ((0, "no foreground pixels"), (255, "no background pixels")):
+        # a test volume of one class scored every model alike (test IoU 0 or 1) without a word
+        imwrite(tmp_path / "testing_groundtruth.tif", np.full((2, 8, 8), value, np.uint8))
+        with pytest.raises(DataError) as exc:
+            load_dataset(tmp_path)
+        one_line_error(exc, "testing_groundtruth.tif", words)
 
 
 @pytest.mark.parametrize("layout", ["stack", "folders"])

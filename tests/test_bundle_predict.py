@@ -71,3 +71,10 @@ def test_bundle_errors_are_one_line(moved_bundle):
     r = run("predict.py", "--bundle", "bundles/UNet", "--input", "input.tif", "--output",
             "bundles/UNet/bundle.json", cwd=moved_bundle)
     assert r.returncode == 2 and "output must be a .tif" in r.stderr
+    # a manifest threshold edited out of range is named there, not as a --threshold the user did not give
+    shutil.copytree(moved_bundle / "bundles" / "UNet", moved_bundle / "edited")
+    manifest = json.loads((moved_bundle / "edited" / "bundle.json").read_text())
+    (moved_bundle / "edited" / "bundle.json").write_text(json.dumps({**manifest, "threshold": 7}))
+    r = run("predict.py", "--bundle", "edited", "--input", "input.tif", "--output", "y.tif", cwd=moved_bundle)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: edited/bundle.json: threshold must be in (0, 1), got 7.0"]

@@ -14,6 +14,7 @@ import pytest
 
 from mitoseg.study import confirm as C
 from mitoseg.core import grid as G
+from mitoseg.core.paths import StudyPaths
 from mitoseg.cell import inference, metrics
 from mitoseg.study import runner as R
 from mitoseg.study import status_view as study_status
@@ -139,6 +140,28 @@ def test_confirm_submission_sets_the_confirmation_range(tmp_path):
     assert r.returncode == 2 and r.stderr.strip().startswith("error:") and "--top 1" in r.stderr
     r = _run_study("status", "--study-dir", str(study))
     assert "22 cells" in r.stdout and "6 missing" in r.stdout
+
+
+def test_a_local_dry_run_is_refused_before_anything_is_trained_or_planned(tmp_path):
+    # --dry-run (pbs|slurm only) used to be ignored by the local scheduler: the dry run trained every cell
+    study = _study(tmp_path)
+    r = _run_study("confirm", "--study-dir", str(study), "--seeds", "1", "--dry-run")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: --dry-run")
+    assert not StudyPaths(study).confirm_config.exists() and len(list(study.glob("exp_*"))) == 16
+
+
+def test_a_plan_edited_to_a_grid_seed_is_refused(tmp_path):
+    # it was reused as "1 fresh seeds (1)": the confirmation reran the grid's own selection runs
+    study = _study(tmp_path)
+    C.plan_confirmation(study, 1, log=quiet)
+    path = StudyPaths(study).confirm_config
+    plan = json.loads(path.read_text())
+    plan["seeds"] = [1]
+    for cell in plan["cells"]:
+        cell["name"], cell["seed"] = cell["name"].replace(f"seed{cell['seed']}", "seed1"), 1
+    path.write_text(json.dumps(plan))
+    with pytest.raises(ValueError, match="its seeds 1 are seeds of the grid"):
+        C.plan_confirmation(study, 1, log=quiet)
 
 
 def test_summary_marks_the_stage(tmp_path):

@@ -221,6 +221,20 @@ def test_folder_pairs_errors(tmp_path):
     one_line_error(exc, images / "b.tif", "single 2D image")
 
 
+def test_a_slice_in_a_format_that_is_not_read_is_refused_not_skipped(tmp_path):
+    # a .jpg image with its .jpg mask was left out of training without a word
+    out = write_synthetic_dataset(tmp_path / "d", n_slices=3, height=32, width=32, layout="folders", with_test=False)
+    for sub in ("images", "masks"):
+        iio.imwrite(out / sub / "z9.jpg", np.zeros((32, 32), np.uint8))
+    with pytest.raises(DataError) as exc:
+        load_dataset(out)
+    one_line_error(exc, "z9.jpg", ".jpg images are not read", "left out unseen")
+    for sub in ("images", "masks"):
+        (out / sub / "z9.jpg").unlink()
+        (out / sub / "Thumbs.db").write_text("not an image: still ignored")
+    assert load_dataset(out)[0].images.shape == (3, 32, 32)
+
+
 def test_load_dataset_errors(tmp_path):
     with pytest.raises(DataError) as exc:
         load_dataset(tmp_path / "nope")
@@ -237,6 +251,20 @@ def test_load_dataset_errors(tmp_path):
         load_dataset(tmp_path)
     assert str(exc.value) == (f"{tmp_path / 'training_groundtruth.tiff'}: "
                               "masks contain no foreground pixels")
+    imwrite(tmp_path / "training_groundtruth.tiff", np.full((2, 8, 8), 255, np.uint8))
+    with pytest.raises(DataError) as exc:   # used to train and finish "ok" with IoU 1 = the baseline
+        load_dataset(tmp_path)
+    one_line_error(exc, "training_groundtruth.tiff", "no background pixels", "inverted")
+    mask = np.zeros((2, 8, 8), np.uint8)
+    mask[:, :2] = 255
+    imwrite(tmp_path / "training_groundtruth.tiff", mask)
+    imwrite(tmp_path / "testing.tif", np.zeros((2, 8, 8), np.uint8))
+    for value, words in ((0, "no foreground pixels"), (255, "no background pixels")):
+        # a test volume of one class scored every model alike (test IoU 0 or 1) without a word
+        imwrite(tmp_path / "testing_groundtruth.tif", np.full((2, 8, 8), value, np.uint8))
+        with pytest.raises(DataError) as exc:
+            load_dataset(tmp_path)
+        one_line_error(exc, "testing_groundtruth.tif", words)
 
 
 @pytest.mark.parametrize("layout", ["stack", "folders"])

@@ -110,3 +110,25 @@ def test_without_confirmation_the_grid_selection_is_exported(tmp_path, capsys):
     assert code == 2 and "--arch ResNet: not an architecture of this study (UNet, Attention_UNet)" in capsys.readouterr().err
     code = study_main(["export", "--study-dir", str(study), "--output-dir", str(study)])
     assert code == 2 and "never written over an input" in capsys.readouterr().err
+
+
+def test_a_member_without_its_model_is_refused_in_one_line_before_anything_is_written(confirmed, tmp_path, capsys):
+    # a record naming no model (hand-made) was a KeyError traceback; a deleted model an [Errno 2] after a
+    # half-built temporary folder; an --output-dir that is a file an [Errno 17]
+    study, _, cells, failed = confirmed
+    member = next(c.name for c in cells if c.architecture == "UNet" and c.name not in failed)
+    paths = experiment_paths(study, member)
+    (paths.exp_dir / f"{member}_model.keras").unlink()
+    out = tmp_path / "bundle"
+    with pytest.raises(ExportError, match=f"{member}: its model file {member}_model.keras is missing"):
+        export_study(study, out, log=lambda _: None)
+    rec = load_results(paths.results_json)
+    del rec["files"]["model"]
+    save_results(paths.results_json, rec)
+    assert study_main(["export", "--study-dir", str(study), "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "its results record no model file (files.model)" in err
+    assert not out.exists()
+    (tmp_path / "file.txt").write_text("mine")
+    with pytest.raises(ExportError, match="is a file, not a folder"):
+        export_study(study, tmp_path / "file.txt", log=lambda _: None)

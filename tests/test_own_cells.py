@@ -66,6 +66,16 @@ def test_a_copy_made_by_hand_is_listed_once_and_not_counted(study):
     assert "(copy)" not in csv
 
 
+def test_a_cell_renamed_by_hand_is_not_called_a_duplicate_of_a_folder_that_is_gone(study):
+    first = cell_names(study)[0]
+    (study / first).rename(study / f"{first} (copy)")
+    proc = analyze(study)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{first} (copy) (a duplicate of {first})" not in proc.stdout
+    assert f"a renamed copy of {first}, whose own folder is missing: {first} counts as not run" in proc.stdout
+    assert "1 of 2 cells are in (1 ok); 1 missing" in (study / REPORT_MD).read_text()
+
+
 def test_a_cell_copied_in_from_another_study_is_foreign_everywhere(study, tmp_path):
     other = make_study(tmp_path / "other", **GRID)
     first, second = cell_names(study)

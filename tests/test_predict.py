@@ -96,7 +96,7 @@ def test_one_line_errors(case, model_path, stack, capsys):
     elif case == "too_small":
         tifffile.imwrite(stack / "small.tif", np.zeros((2, 20, 20), np.uint8))
         args[3] = str(stack / "small.tif")
-        expect = "smaller than the patch size"
+        expect = f"{stack / 'small.tif'}: slice side 20 is smaller than the patch size"   # the file is named
     elif case == "no_args":
         args = []
         expect = "missing --model"
@@ -330,3 +330,15 @@ def test_model_without_recorded_scaling_says_so(model_path, tmp_path, capsys):
     assert predict.main(["--model", str(model), "--input", str(tmp_path / "in.tif"), "--output",
                          str(tmp_path / "o.tif"), "--quiet"]) == 0
     assert "records no image scaling" in capsys.readouterr().out
+
+
+def test_a_truncated_results_json_beside_the_model_is_named_not_called_absent(model_path, tmp_path, capsys):
+    from mitoseg.data import scaling
+    model = _cell_with_scaling(tmp_path, model_path, scaling.image_scaling(np.zeros((1, 4, 4), np.uint8)))
+    results = next(model.parent.glob("*_results.json"))
+    results.write_text(results.read_text()[:200])   # cut off mid-write
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((1, 40, 40), np.uint8))
+    assert predict.main(["--model", str(model), "--input", str(tmp_path / "in.tif"), "--output",
+                         str(tmp_path / "o.tif"), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "the results JSON beside it is unreadable" in out and "no results JSON of this model" not in out

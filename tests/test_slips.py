@@ -81,7 +81,10 @@ def test_an_output_dir_that_is_a_file_is_one_line(study, tmp_path):
     target.write_text("x")
     proc = run("analyze_hyperparameter_results.py", "--study-dir", study, "--output_dir", target, "--no-figures")
     assert proc.returncode == EXIT_BAD_INPUT
-    assert "is a file, not a folder" in one_error_line(proc.stderr)
+    assert "--output-dir" in one_error_line(proc.stderr) and "is a file, not a folder" in proc.stderr
+    proc = run("analyze_hyperparameter_results.py", "--study-dir", target, "--no-figures")
+    assert proc.returncode == EXIT_BAD_INPUT   # the flag the user gave is named, not --output-dir
+    assert one_error_line(proc.stderr) == f"error: --study-dir {target} is a file, not a folder; name a folder"
 
 
 def test_a_full_disk_during_the_analysis_is_one_line(study, monkeypatch, capsys):
@@ -123,3 +126,32 @@ def test_all_failed_rows_are_explained_by_their_status(study, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "no grid cell finished successfully (4 failed)" in proc.stdout and "soft" not in proc.stdout
     assert "ranked: 4 failed.**" in (tmp_path / REPORT_MD).read_text()
+
+
+def test_a_flag_written_with_equals_and_tilde_means_the_home_folder(study, tmp_path):
+    # `--output-dir=~/x` reaches the program unexpanded (the shell expands ~ only at a word's start): it wrote
+    # into a folder named "~" in the current one, and --study-dir=~/... was "not a study folder"
+    home = tmp_path / "home"
+    (home / "studies").mkdir(parents=True)
+    study.rename(home / "studies" / "s")
+    env = {**os.environ, "HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+    def from_tmp(script, *args):
+        return subprocess.run([sys.executable, str(REPO / script), *args], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=300, env=env)
+    proc = from_tmp("analyze_hyperparameter_results.py", "--study-dir=~/studies/s", "--output-dir=~/out", "--no-figures")
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "out" / REPORT_MD).is_file() and not (tmp_path / "~").exists()
+    proc = from_tmp("run_study.py", "status", "--study-dir=~/studies/s")
+    assert "4 cells" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_study_or_output_folder_that_is_a_file_names_its_flag(tmp_path):
+    # was `error: [Errno 17] File exists: '...'`, naming no flag
+    target = tmp_path / "a_file"
+    target.write_text("x")
+    for flag in ("--study-dir", "--output-dir"):
+        proc = run("run_study.py", "local", "--demo", flag, target, "--no-analysis")
+        assert proc.returncode == EXIT_BAD_INPUT
+        assert one_error_line(proc.stderr) == f"error: {flag} {target} is a file, not a folder; name a folder"
+    assert target.read_text() == "x"

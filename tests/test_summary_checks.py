@@ -94,6 +94,16 @@ def test_rows_pasted_twice_are_refused(tmp_path, summary):
     refused(write(tmp_path, df), "experiment_id", "lines 4, 10")
     df = df.drop(columns="experiment_id")
     refused(write(tmp_path, df), "lines 4, 10", "same run")
+    # the same run spelled another way (1e-3 for 0.001, 1.0 for 1, no fold for fold 0) was counted twice
+    lr = float(summary.loc[2, "learning_rate"])
+    again = summary.iloc[[2]].assign(experiment_id="", learning_rate=f"{lr:e}", seed=summary.loc[2, "seed"] + ".0",
+                                     fold="", best_val_iou="0.99")
+    refused(write(tmp_path, pd.concat([summary, again])), "lines 4, 10", "same run")
+
+
+def test_a_csv_with_its_header_alone_is_refused_in_one_line(tmp_path, summary):
+    # the duplicate check read the empty table's empty row mask as a list of columns: a KeyError traceback
+    refused(write(tmp_path, summary.iloc[0:0]), "no cells at all")
 
 
 def test_a_semicolon_csv_is_read(tmp_path, summary):

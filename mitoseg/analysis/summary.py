@@ -293,6 +293,8 @@ def _folds(column: pd.Series, source: str) -> pd.Series:
 def load_summary(path, say: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     """A summary CSV, checked as hand-edited input (mitoseg/analysis/summary_checks.py; `say` gets its notes)."""
     path = Path(path)
+    if path.is_dir():
+        raise SummaryError(f"summary file {path} is a folder, not a CSV file (a study folder is given with --study-dir)")
     if not path.is_file():
         raise SummaryError(f"summary file {path} does not exist")
     notes = []

@@ -117,6 +117,18 @@ def _check_architectures(arch: pd.Series) -> None:
                              f"write {near}")
 
 
+def _run_value(column: str, value) -> str:
+    """A run-key cell as the analysis reads it: numbers by value (1e-3 is 0.001, 1.0 is 1; a run spelled two ways
+    was counted twice), an empty fold as 0, an empty stage as grid."""
+    text = "" if _empty(value) else str(value).strip().lower()
+    if not text:
+        return {"fold": repr(0.0), "stage": "grid"}.get(column, "")
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
+
+
 def _check_duplicates(df: pd.DataFrame) -> None:
     seen = {}
     for i, row in df.iterrows():
@@ -132,8 +144,9 @@ def _check_duplicates(df: pd.DataFrame) -> None:
             raise CsvProblem(f"experiment_id {dup.iloc[0]!r} appears on lines {', '.join(lines)}; one run, one row")
     key = [c for c in RUN_KEY if c in df.columns]
     if "seed" in key:
-        runs = df[df["seed"].map(lambda v: not _empty(v))][key].apply(
-            lambda r: tuple(str(v).strip().lower() for v in r), axis=1)
+        # .loc with a boolean list: an empty frame's empty mask would otherwise be read as a list of columns
+        runs = df.loc[[not _empty(v) for v in df["seed"]], key].apply(
+            lambda r: tuple(_run_value(c, r[c]) for c in key), axis=1)
         dup = runs[runs.duplicated(keep=False)]
         if len(dup):
             lines = [str(_line(i)) for i in dup.index if dup[i] == dup.iloc[0]]

@@ -5,6 +5,7 @@ nodes)."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,15 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        # `--output-dir=~/runs` arrives unexpanded (a shell expands ~ only at the start of a word): a flag's
+        # ~ is the home folder, never a folder named "~" in the current one (no flag's value starts with ~).
+        namespace, extras = super().parse_known_args(args, namespace)
+        for name, value in vars(namespace).items():
+            if isinstance(value, str) and value.startswith("~"):
+                setattr(namespace, name, os.path.expanduser(value))
+        return namespace, extras
 
 
 def positive_float(text):

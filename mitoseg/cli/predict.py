@@ -32,7 +32,7 @@ from pathlib import Path
 
 from mitoseg.cell import quiet_tf  # standard library only
 from mitoseg.cli.args import OneLineParser, add_flag, add_version, missing_extra  # standard library only
-from mitoseg.core.paths import ExperimentPaths, StudyPaths, overlay_name  # standard library only
+from mitoseg.core.paths import BUNDLE_JSON, ExperimentPaths, StudyPaths, overlay_name  # standard library only
 from mitoseg.predict.best_runs import best_per_architecture, overlay_slices
 from mitoseg.predict.bundle import ensemble_probabilities, load_bundle
 from mitoseg.predict.files import check_outputs, read_mask_stack, read_stack, write_tiff
@@ -99,7 +99,7 @@ def run_predict(args) -> int:
     model = load_trained_model(args.model)
     patch, channels = resolve_tiling(model, args.patch_size)
     probs = predict_stack(model, images, patch, channels, tta=args.tta, batch_size=args.batch_size,
-                          overlap=args.overlap, quiet=args.quiet)
+                          overlap=args.overlap, quiet=args.quiet, source=args.input)
     out = (probs >= args.threshold).astype(np.uint8) * 255 if args.mask else probs.astype(np.float32)
     write_tiff(args.output, out)
     kind = f"uint8 0/255 mask (p >= {args.threshold:g})" if args.mask else "float32 probabilities"
@@ -133,8 +133,9 @@ def run_bundle(args) -> int:
         raise PredictError(f"{args.output}: output must be a .tif/.tiff file")
     manifest, models = load_bundle(args.bundle)
     threshold = float(manifest["threshold"]) if args.threshold is None else args.threshold
-    if not 0 < threshold < 1:
-        raise PredictError(f"--threshold must be in (0, 1), got {threshold}")
+    if not 0 < threshold < 1:   # named where it came from: the flag, or the bundle's manifest
+        where = "--threshold" if args.threshold is not None else f"{Path(args.bundle) / BUNDLE_JSON}: threshold"
+        raise PredictError(f"{where} must be in (0, 1), got {threshold}")
     inputs = {"--input": args.input, "--ground-truth": args.ground_truth,
               **{f"--bundle member {p.name}": p for p in models}}
     check_outputs({"--output": args.output}, inputs, args.overwrite)

@@ -158,8 +158,11 @@ def _scheduler_args(args) -> list[str]:
 
 def cmd_confirm(args) -> int:
     study = Path(args.study_dir).resolve()
-    grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
     scheduler = scheduler_name(args.scheduler)   # pbs: PBS Pro or Torque, as detected
+    if args.dry_run and not get(scheduler).batch:   # it would train every confirmation cell here, not print them
+        raise ValueError(f"--dry-run prints a pbs|slurm submission; with --scheduler {scheduler} confirm trains "
+                         "here, so nothing was done (add --scheduler slurm or pbs to see the submission)")
+    grid = open_study(study, create=False, check_data=True)   # it trains cells of the study, like local and submit
     if not get(scheduler).batch:   # local: trained here
         python = R.local_launcher(study, grid, _print)
         jobs = _jobs(args.jobs, study, grid, python)
@@ -204,6 +207,9 @@ def _load_site(args) -> S.SiteProfile:
 
 def _planned_study(args, root) -> tuple[Path, G.GridConfig]:
     """A dry run's study: the existing one (read, never written) or the path a new one would get."""
+    for flag, path in (("--study-dir", args.study_dir), ("--output-dir", root)):
+        if path and Path(path).exists() and not Path(path).is_dir():   # else an [Errno 17] line naming no flag
+            raise ValueError(f"{flag} {path} is a file, not a folder; name a folder")
     grid = base_grid(args.grid_config, args.data_dir, args.demo)
     if not args.study_dir:
         return new_study_dir(root).resolve(), grid

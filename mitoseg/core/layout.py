@@ -17,6 +17,8 @@ from pathlib import Path
 from mitoseg.core.errors import DataError, data_error
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
+# Images in a format that is not read: refused, not skipped (a skipped slice is training data silently lost).
+UNREAD_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".jp2")
 EXPECTED_LAYOUT = ("expected training.tif + training_groundtruth.tif (or .tiff), "
                    "or images/ + masks/ folders")
 STACK_STEMS = ("training", "training_groundtruth", "testing", "testing_groundtruth")
@@ -45,6 +47,9 @@ def list_images(folder: Path) -> dict:
         raise data_error(folder, "folder not found")
     by_stem = {}
     for p in folder.iterdir():
+        if p.suffix.lower() in UNREAD_IMAGE_SUFFIXES and not p.name.startswith("."):
+            raise data_error(p, f"{p.suffix} images are not read (only {', '.join(IMAGE_SUFFIXES)}): save it as one of "
+                                f"those, or move it out of {folder.name}/ (it would be left out unseen)")
         if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and not p.is_dir():
             _check_entry(p)
             if p.stem in by_stem:

@@ -66,6 +66,16 @@ def _reference_print(prints: dict, grid: G.GridConfig) -> str:
     return now if now in prints.values() else Counter(prints.values()).most_common(1)[0][0]
 
 
+def _copy_note(study_dir: Path, copy: Optional[str]) -> str:
+    if copy is None:
+        return "no cell of this study"
+    if StudyPaths(study_dir).exp(copy).exp_dir.is_dir():
+        return f"a duplicate of {copy}"
+    # renamed by hand: the cell's own folder is gone, so the cell counts as not run (and a rerun retrains it)
+    return (f"a renamed copy of {copy}, whose own folder is missing: {copy} counts as not run; "
+            "rename it back to count it")
+
+
 def study_membership(study_dir, grid: G.GridConfig) -> Membership:
     """Sort the study's exp_ folders into its cells and the foreign ones (see the module docstring)."""
     study_dir = Path(study_dir)
@@ -77,7 +87,7 @@ def study_membership(study_dir, grid: G.GridConfig) -> Membership:
         record = read_cell(exp_dir).record   # None when unreadable: the summary reports it
         if name not in cells:
             copy = copy_of(name, record, cells)
-            out.foreign[name] = f"a duplicate of {copy}" if copy else "no cell of this study"
+            out.foreign[name] = _copy_note(study_dir, copy)
             continue
         if record is None:
             continue

@@ -173,8 +173,19 @@ def load_dataset(data_dir):
         _check_slices(train, train_pair[0])
         test = _load_optional_pair(data_dir, *test_pair, load_folder_pairs,
                                    ("test_images/", "test_masks/"), reference=train)
-    if not train.masks.any():
+    _check_both_classes(train, train_pair[1])
+    if test is not None:   # a test volume of one class scores every model alike (IoU 0, or 1 for "all foreground")
+        _check_both_classes(test, test_pair[1])
+    return train, test
+
+
+def _check_both_classes(volume: Volume, mask_path) -> None:
+    if not volume.masks.any():
         # An all-background mask trains a model that predicts background everywhere and still
         # reports ~100% pixel accuracy; stop here instead.
-        raise data_error(train_pair[1], "masks contain no foreground pixels")
-    return train, test
+        raise data_error(mask_path, "masks contain no foreground pixels")
+    if volume.masks.all():
+        # The mirror case: predicting foreground everywhere scores IoU 1, so no model could be told from one
+        # that learned nothing (the cell would finish "ok" with a perfect score).
+        raise data_error(mask_path, "masks contain no background pixels (every pixel is foreground: "
+                                    "saved inverted? mitochondria must be 255 or 1, background 0)")

@@ -77,7 +77,7 @@ def ensemble_probabilities(args, manifest: dict, models: list):
             model = load_trained_model(path)
             patch, channels = resolve_tiling(model, args.patch_size)
             yield predict_stack(model, images, patch, channels, tta=args.tta, batch_size=args.batch_size,
-                                overlap=args.overlap, quiet=args.quiet)
+                                overlap=args.overlap, quiet=args.quiet, source=args.input)
             print(f"member {member['cell']}: tiles {patch}", flush=True)
 
     return mean_probabilities(member_probabilities())

@@ -122,8 +122,8 @@ def resolve_tiling(model, patch_size=None):
     from mitoseg.cell.inference import model_channels, model_patch_size
     try:
         native = model_patch_size(model, default=0)
-    except ValueError as err:
-        raise PredictError(str(err)) from None
+    except ValueError as err:   # e.g. a slice smaller than the tile: named by its file when known
+        raise PredictError(f"{source}: {err}" if source else str(err)) from None
     if patch_size is None:
         patch = native or 256
     elif native and patch_size != native:
@@ -139,10 +139,12 @@ def recorded_scaling(model_path):
     the results JSON beside the model whose `files.model` names it (README: Predict with a trained model)."""
     from mitoseg.core.results import ResultsError, load_results
     model_path = Path(model_path)
+    unreadable = []
     for path in ExperimentPaths(model_path.parent).results_files():
         try:
             record = load_results(path)
-        except ResultsError:
+        except ResultsError as err:
+            unreadable.append(f"the results JSON beside it is unreadable: {err}")   # not "there is none"
             continue
         if (record.get("files") or {}).get("model") == model_path.name:
             scaling = (record.get("data") or {}).get("scaling")
@@ -150,15 +152,16 @@ def recorded_scaling(model_path):
                 return scaling, path
             return None, f"{path.name} records no image scaling (written before scalings were recorded)"
     from mitoseg.predict.bundle import bundle_scaling  # a model copied into an exported bundle
-    return bundle_scaling(model_path) or (None, f"no results JSON of this model in {model_path.parent}")
+    reason = "; ".join(unreadable) or f"no results JSON of this model in {model_path.parent}"
+    return bundle_scaling(model_path) or (None, reason)
 
 
 
-def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False):
+def predict_stack(model, images, patch, channels, tta=False, batch_size=8, overlap=0.5, quiet=False, source=None):
     from mitoseg.cell.inference import predict_slices
     progress = None if quiet else (lambda d, t: print(f"  slice {d}/{t}", file=sys.stderr, flush=True))
     try:
         return predict_slices(model, images, patch, batch_size=batch_size, overlap=overlap, tta=tta,
                               channels=channels, progress=progress)
-    except ValueError as err:
-        raise PredictError(str(err)) from None
+    except ValueError as err:   # e.g. a slice smaller than the tile: named by its file when known
+        raise PredictError(f"{source}: {err}" if source else str(err)) from None

@@ -43,6 +43,15 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _legend(ax, **kw) -> None:
+    """The panel's legend; an empty panel (no val-loss stability: runs of one epoch) says so on the figure,
+    not as a matplotlib warning on stderr."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+    elif not ax.has_data():
+        ax.text(0.5, 0.5, "no values to show", ha="center", va="center", transform=ax.transAxes, color="grey")
+
+
 def _baseline_value(res: StudyAnalysis) -> Optional[float]:
     vals = res.df["baseline"].dropna()
     return float(vals.mean()) if len(vals) else None
@@ -165,7 +174,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
         ax.set_ylabel(ylabel)
         ax.set_title(f"{'Score' if value == 'score' else 'Stability'} vs {factor.replace('_', ' ')} (mean +- SE)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     ax = axes[1, 1]
     for arch in archs:
         s = ok[ok["architecture"] == arch]
@@ -180,7 +189,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
     ax.set_ylabel(metric.label)
     ax.set_title("Score vs stability, every successful run")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     ax = axes[1, 2]
     data = [counted.loc[counted["architecture"] == a, "score"].dropna().to_numpy() for a in archs]
     bp = ax.boxplot(data, patch_artist=True)
@@ -192,7 +201,7 @@ def plot_comprehensive(res: StudyAnalysis, path: Path) -> Union[Path, str]:
         ax.scatter(np.full(len(d), i), d, s=12, color="black", zorder=3)
     if base is not None:
         ax.axhline(base, color="red", ls="--", lw=1, label="all-foreground baseline")
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     ax.set_ylabel(metric.label)
     ax.set_title("Score per architecture (every run that counts, diverged = 0)")
     ax.grid(alpha=0.3, axis="y")
@@ -228,7 +237,7 @@ def plot_best_configs(res: StudyAnalysis, path: Path) -> Union[Path, str]:
                     f"{f3(v, 3)}\n(n={int(n)}{note})", ha="center", va="bottom", fontsize=9)
         if col == "score_mean" and base is not None:
             ax.axhline(base, color="red", ls="--", lw=1, label=f"all-foreground baseline {base:.3f}")
-            ax.legend(fontsize=8, loc="lower right")
+            _legend(ax, fontsize=8, loc="lower right")
         ax.set_xticks(x, labels)
         ax.set_ylabel(title)
         ax.set_title(f"Selected configuration per architecture: {title}" + ("\n(error bar = SE over runs)" if err else ""))
@@ -278,7 +287,7 @@ def plot_training_curves(res: StudyAnalysis, root: Optional[Path], path: Path) -
         ax.set_xlabel("epoch")
         ax.set_ylabel("focal loss")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
         ax = axes[1, k]
         for col in ("iou", "val_iou", "val_dice", "jaccard", "val_jaccard"):
             if col in hist and hist[col].notna().any():
@@ -291,7 +300,7 @@ def plot_training_curves(res: StudyAnalysis, root: Optional[Path], path: Path) -
         ax.set_xlabel("epoch")
         ax.set_ylabel("score")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
     fig.suptitle("Training curves of the best run of each architecture", fontsize=13)
     fig.tight_layout()
     return _save(fig, path)
@@ -324,7 +333,7 @@ def plot_baseline(res: StudyAnalysis, path: Path) -> Union[Path, str]:
         ax.set_xticks(x, labels, fontsize=8)
         ax.set_title(title)
         ax.margins(y=0.2)
-        ax.legend(fontsize=8)
+        _legend(ax, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle("This study's best configuration vs the baseline study's best configuration", fontsize=12)
     fig.tight_layout()

@@ -63,7 +63,8 @@ def run_analysis(study_dir=None, summary_file=None, output_dir=None, baseline_su
     outputs = {}
     out_dir = Path(output_dir) if output_dir else Path(study_dir) if study_dir is not None else Path(summary_file).parent
     if out_dir.exists() and not out_dir.is_dir():
-        raise SummaryError(f"--output-dir {out_dir} is a file, not a folder; name a folder")
+        flag = "--output-dir" if output_dir else "--study-dir"   # the flag the folder came from
+        raise SummaryError(f"{flag} {out_dir} is a file, not a folder; name a folder")
     _refuse_overwriting_inputs(out_dir, summary_file, baseline_summary)
     if study_dir is not None:
         study_dir = Path(study_dir)

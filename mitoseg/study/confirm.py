@@ -112,6 +112,12 @@ def check_against_plan(study_dir, seeds: int, top: int = 1, folds: int = 1, seso
     if seeds < plan["seeds_per_config"]:
         raise ValueError(f"{path} already plans {plan['seeds_per_config']} seeds per configuration; use "
                          f"--seeds {plan['seeds_per_config']} to continue it, or more to add seeds")
+    # A plan edited by hand to a grid seed would rerun the very runs the selection was made on: not fresh evidence.
+    reused = sorted({c.seed for c in G.confirm_cells(study_dir)} & {int(s) for s in G.load_study_grid(study_dir).seeds})
+    if reused:
+        raise ValueError(f"{path}: its seeds {', '.join(map(str, reused))} are seeds of the grid, so its runs would repeat "
+                         "the grid's own (the selection's) runs; restore the plan's fresh seeds, or move the plan away "
+                         "to plan anew")
 
 
 def check_folds_fit(study_dir, grid: G.GridConfig, folds: int) -> None:

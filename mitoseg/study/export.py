@@ -101,6 +101,20 @@ def bundle_manifest(study: Path, arch: str, members: list, source: str, confirme
                 provenance=dict(study=str(study), cells=[e["cell"] for e in entries], exported_by=version_info()))
 
 
+def member_files(study: Path, members: list) -> dict:
+    """{model file name: its path} of the members; ExportError naming a member whose model is not recorded
+    (a hand-made record) or was deleted, before anything is written."""
+    files = {}
+    for name, rec in members:
+        exp_dir = StudyPaths(study).exp(name).exp_dir
+        model = (rec.get("files") or {}).get("model")
+        if not model or not (exp_dir / model).is_file():
+            what = f"its model file {model} is missing" if model else "its results record no model file (files.model)"
+            raise ExportError(f"{exp_dir}: {what}; nothing exported")
+        files[model] = exp_dir / model
+    return files
+
+
 def plan_bundles(study: Path, archs: Optional[list]) -> tuple[dict, list[str]]:
     """({arch: (manifest, {file name: source model path})}, lines to print)."""
     lines, out = [], {}
@@ -125,8 +139,7 @@ def plan_bundles(study: Path, archs: Optional[list]) -> tuple[dict, list[str]]:
         degenerate = [name for name, rec in members if rec["degenerate"]]
         if degenerate:   # kept: the plan's runs are the configuration's honest sample, not hand-picked
             lines.append(f"warning: {arch}: {len(degenerate)} member(s) did not learn (degenerate): {', '.join(degenerate)}")
-        files = {rec["files"]["model"]: StudyPaths(study).exp(name).exp_dir / rec["files"]["model"]
-                 for name, rec in members}
+        files = member_files(study, members)
         out[arch] = (bundle_manifest(study, arch, members, source, confirmed), files)
     if not out:
         raise ExportError(f"{study}: nothing to export ({'; '.join(lines) or 'no architecture'})")
@@ -187,6 +200,8 @@ def export_study(study, out, archs: Optional[list] = None, overwrite: bool = Fal
     study, out = Path(study), Path(out)
     if not StudyPaths(study).grid_config.exists():
         raise ExportError(f"--study-dir {study}: not a study folder (no {StudyPaths(study).grid_config.name})")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--output-dir {out} is a file, not a folder; name a folder outside the study")
     bundles, lines = plan_bundles(study.resolve(), archs)
     for line in lines:
         log(line)

@@ -169,11 +169,11 @@ def cmd_confirm(args) -> int:
         with R.local_pool(study, grid, jobs, python) as pool:
             return run_confirmation(study, grid, args.seeds, args.top, jobs, not args.no_analysis,
                                     args.allow_incomplete, args.folds, args.sesoi, pool)
-    plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print)
-    _print(C.describe(plan))
-    cells = G.confirm_cells(study)
+    plan = C.plan_confirmation(study, args.seeds, args.top, args.folds, args.sesoi, args.allow_incomplete, log=_print,
+                               write=not args.dry_run)
+    _print(C.describe(plan) + ("\n(dry run: this plan is not written)" if args.dry_run else ""))
     code = _submit(study, grid, scheduler, _scheduler_args(args), dry_run=args.dry_run,
-                   indices=(cells[0].index, cells[-1].index), site=_load_site(args))
+                   indices=(plan["cells"][0]["index"], plan["cells"][-1]["index"]), site=_load_site(args))
     if code == EXIT_OK:
         _print(f"follow it with: {invoked_as('mitoseg-study')} status --study-dir {study}")
     return code

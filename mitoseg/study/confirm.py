@@ -141,12 +141,12 @@ def check_folds_fit(study_dir, grid: G.GridConfig, folds: int) -> None:
 
 
 def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi: float = 0.01,
-                      allow_incomplete: bool = False, log: Callable[[str], None] = print) -> dict:
+                      allow_incomplete: bool = False, log: Callable[[str], None] = print, write: bool = True) -> dict:
     """Create (or reuse, or extend with more seeds) STUDY/confirm_config.json; returns the plan:
     `seeds` fresh seeds x `folds` data-split folds per selected configuration, and the smallest IoU
-    difference that matters (`sesoi`) that the comparison decides with."""
+    difference that matters (`sesoi`) that the comparison decides with. `write=False` (a dry run):
+    the plan is made and returned, the file left as it was."""
     check_against_plan(study_dir, seeds, top, folds, sesoi)
-    study_dir = Path(study_dir)
     study_dir = Path(study_dir)
     grid = G.load_study_grid(study_dir)
     plan = G.load_confirm_plan(study_dir)
@@ -178,7 +178,8 @@ def plan_confirmation(study_dir, seeds: int, top: int = 1, folds: int = 1, sesoi
         plan = dict(plan_version=PLAN_VERSION, selected_on="validation", top=top, seeds_per_config=seeds,
                     seeds=new, folds=folds, sesoi=sesoi, created_at=now, updated_at=now, configs=configs,
                     cells=_cells_for(configs, new, folds, grid.size))
-    atomic_write_text(StudyPaths(study_dir).confirm_config, json.dumps(plan, indent=2) + "\n")
+    if write:
+        atomic_write_text(StudyPaths(study_dir).confirm_config, json.dumps(plan, indent=2) + "\n")
     return plan
 
 

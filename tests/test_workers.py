@@ -140,6 +140,54 @@ def test_the_confirmation_stage_of_local_reuses_the_grid_stages_workers(tmp_path
     assert len(pids) == 4 and len(set(pids.values())) == 1, pids   # 2 grid + 2 confirmation cells, one worker
 
 
+SLEEPY_TRAIN = '''
+import os, sys, time
+args = sys.argv[1:]
+study = args[args.index("--study-dir") + 1]
+with open(os.path.join(study, "worker.pid"), "w") as f:
+    f.write(str(os.getpid()))
+time.sleep(120)
+'''
+
+RUNNER = '''
+import sys
+sys.path.insert(0, {repo!r})
+from mitoseg.core import grid as G
+from mitoseg.study import runner as R
+R.TRAIN = "sleepy_train"
+study = sys.argv[1]
+grid = G.load_study_grid(study)
+R.run_local(study, grid, G.cells(grid), jobs=1, python=[sys.executable])
+'''
+
+
+def test_a_worker_ends_when_the_runner_that_started_it_is_killed(tmp_path):
+    """A `local` killed outright (SIGKILL: no Ctrl-C handling) must not leave its worker training on."""
+    import signal
+    import subprocess
+    import sys
+    (tmp_path / "sleepy_train.py").write_text(SLEEPY_TRAIN)
+    study = tmp_path / "study"
+    G.init_study(study, _grid())
+    runner = subprocess.Popen([sys.executable, "-c", RUNNER.format(repo=str(R.REPO_DIR)), str(study)],
+                              env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    pid_file = study / "worker.pid"
+    deadline = time.monotonic() + 120
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    worker = int(pid_file.read_text())
+    runner.send_signal(signal.SIGKILL)
+    runner.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{worker}") and \
+            "Z" not in open(f"/proc/{worker}/stat").read().split()[2]:
+        time.sleep(0.2)
+    gone = not os.path.exists(f"/proc/{worker}") or "Z" in open(f"/proc/{worker}/stat").read().split()[2]
+    if not gone:
+        os.kill(worker, signal.SIGKILL)
+    assert gone, "the worker outlived the runner that started it"
+
+
 def test_jobs_auto_takes_the_smaller_of_cores_and_memory_and_says_why():
     gib = 2**30
     jobs, why = AJ.auto_jobs(int(1.2 * gib), "the trial", cores=8, available=4 * gib)

@@ -31,6 +31,8 @@ from typing import Optional
 
 from mitoseg.core.status import EXIT_FAILED
 
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
 
 # --- the pool (the runner's side) -----------------------------------------------------------------
 class _Worker:
@@ -213,8 +215,20 @@ def run_one(module: str, argv: list, log_path: str) -> int:
     return code
 
 
+def _end_with_parent() -> None:
+    """Ask Linux for a SIGTERM when the process that started this worker dies (a killed `local`, a job's
+    timeout): its cell then records `interrupted` and stops, instead of training on unseen for hours.
+    Elsewhere, or started by a container runtime (whose death it does not see), nothing changes."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):   # no prctl: not Linux
+        pass
+
+
 def serve(module: str) -> int:
     """Read one JSON cell request a line from stdin, answer one JSON line a finished cell on stdout."""
+    _end_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the pool, which sends SIGTERM to busy workers
     control = os.fdopen(os.dup(1), "w", buffering=1)
     devnull = os.open(os.devnull, os.O_WRONLY)

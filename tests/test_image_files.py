@@ -55,6 +55,20 @@ def stack_folder(folder: Path, images, masks, test=None, **test_kwargs) -> Path:
     return folder
 
 
+# --- compression ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("compression", ["lzw", "zlib", "zstd", "packbits"])
+def test_compressed_tiffs_read_as_their_pixels(tmp_path, em, compression):
+    """Microscopes and Fiji often write LZW (or deflate) TIFFs: read through imagecodecs, the pixels are
+    those of the uncompressed file (tifffile alone refuses LZW: "requires the 'imagecodecs' package")."""
+    images, masks = em
+    plain = tmp_path / "plain.tif"
+    packed = tmp_path / f"{compression}.tif"
+    tifffile.imwrite(plain, images, photometric="minisblack")
+    tifffile.imwrite(packed, images, photometric="minisblack", compression=compression)
+    assert tifffile.TiffFile(packed).pages[0].compression != tifffile.TiffFile(plain).pages[0].compression
+    assert np.array_equal(read(packed)[0], read(plain)[0])
+
+
 # --- photometric interpretation and bit depth ---------------------------------------------------------
 @pytest.mark.parametrize("dtype, largest", [(np.uint8, 255), (np.uint16, 65535)])
 def test_miniswhite_image_is_inverted_to_what_a_viewer_shows(tmp_path, em, dtype, largest):

@@ -4,7 +4,7 @@
 # data) through the local runner (2 worker processes that import TensorFlow once), then its
 # confirmation stage (each architecture's validation-selected configuration with 1 fresh seed x 3
 # folds of the data split), then the analysis with the architecture comparison, and prints where the
-# report is. About 4 min on an idle 2-core machine (bench/results/demo_workers_2026-12-05.md).
+# report is. About 3.5 min on an idle 2-core machine (bench/results/bench_demo_2026-12-05.md).
 set -euo pipefail
 cd "$(dirname "$0")"
 bash setup_env.sh

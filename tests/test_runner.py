@@ -100,6 +100,17 @@ def test_list_prints_grid_and_size(tmp_path):
     assert _run_study("list", "--size", "--demo").stdout.strip() == str(G.demo_grid().size)
 
 
+def test_list_of_a_study_refuses_a_grid_flag_that_contradicts_it(tmp_path):
+    """`list --study-dir S --grid-config G` showed S's grid whatever G said; local refuses the same pair."""
+    cfg, study = tmp_path / "g.json", tmp_path / "study"
+    tiny_grid().save(cfg)
+    G.init_study(study, G.load_user_grid(cfg))
+    assert _run_study("list", "--size", "--study-dir", str(study), "--grid-config", str(cfg)).stdout.strip() == "4"
+    r = _run_study("list", "--size", "--study-dir", str(study), "--demo")
+    assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1, r.stdout + r.stderr
+    assert r.stderr.startswith("error: --demo differs from the existing study's"), r.stderr
+
+
 def test_select_cells():
     grid = G.default_grid()
     assert [c.index for c in R.select_cells(grid, "0,3-5")] == [0, 3, 4, 5]

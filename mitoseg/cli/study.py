@@ -55,6 +55,9 @@ def _print(msg=""):
 
 
 def cmd_list(args) -> int:
+    if args.study_dir and (args.grid_config or args.demo):   # as local refuses it: never silently one of two grids
+        given = f"--grid-config {args.grid_config}" if args.grid_config else "--demo"
+        G.check_flags_against_study(args.study_dir, base_grid(args.grid_config, None, args.demo), given)
     return G.list_grid(args.study_dir, args.grid_config, args.demo, args.size)
 
 

@@ -71,7 +71,9 @@ def test_a_cell_after_three_others_in_one_worker_records_what_it_records_alone(t
         assert f"grid cell {i}/3: {cell.name}" in P.StudyPaths(study).local_log(cell.name).read_text()
 
 
-CRASHING_TRAIN = '''
+# A stand-in for the train module: records which process ran each cell, writes an ok result, and kills
+# its own process (the worker) in the cell numbered {crash} (-1: none).
+STAND_IN_TRAIN = '''
 import os, signal, sys
 sys.path.insert(0, {repo!r})
 from mitoseg.core import grid as G
@@ -82,8 +84,8 @@ args = sys.argv[1:]
 study, index = args[args.index("--study-dir") + 1], int(args[args.index("--task-index") + 1])
 with open(os.path.join(study, "pids.txt"), "a") as f:
     f.write(f"{{index}} {{os.getpid()}}\\n")
-if index == 1:
-    print("half-way through cell 1", flush=True)
+if index == {crash}:
+    print("half-way through cell {crash}", flush=True)
     os.kill(os.getpid(), signal.SIGKILL)   # the worker dies mid-cell
 cell = G.study_cell_at(study, G.load_study_grid(study), index)
 os.makedirs(os.path.join(study, cell.name), exist_ok=True)
@@ -92,7 +94,7 @@ save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell,
 
 
 def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path, monkeypatch):
-    (tmp_path / "crashing_train.py").write_text(CRASHING_TRAIN.format(repo=str(R.REPO_DIR)))
+    (tmp_path / "crashing_train.py").write_text(STAND_IN_TRAIN.format(repo=str(R.REPO_DIR), crash=1))
     monkeypatch.setattr(R, "TRAIN", "crashing_train")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     study = tmp_path / "study"
@@ -106,28 +108,11 @@ def test_a_worker_killed_mid_cell_fails_that_cell_only_and_is_replaced(tmp_path,
     assert "half-way through cell 1" in P.StudyPaths(study).local_log(G.cells(grid)[1].name).read_text()
 
 
-PID_TRAIN = '''
-import os, sys
-sys.path.insert(0, {repo!r})
-from mitoseg.core import grid as G
-from mitoseg.core import paths as P
-from mitoseg.core.results import save_results
-from tests.fixtures_results import record_for
-args = sys.argv[1:]
-study, index = args[args.index("--study-dir") + 1], int(args[args.index("--task-index") + 1])
-with open(os.path.join(study, "pids.txt"), "a") as f:
-    f.write(f"{{index}} {{os.getpid()}}\\n")
-cell = G.study_cell_at(study, G.load_study_grid(study), index)
-os.makedirs(os.path.join(study, cell.name), exist_ok=True)
-save_results(P.experiment_paths(study, cell.name).results_json, record_for(cell))
-'''
-
-
 def test_the_confirmation_stage_of_local_reuses_the_grid_stages_workers(tmp_path, monkeypatch):
     """`local --confirm-seeds`: one pool for both stages, so the confirmation cells start in the workers that
     already imported TensorFlow for the grid (a stand-in train module records the process of each cell)."""
     from mitoseg.cli import study as cli
-    (tmp_path / "pid_train.py").write_text(PID_TRAIN.format(repo=str(R.REPO_DIR)))
+    (tmp_path / "pid_train.py").write_text(STAND_IN_TRAIN.format(repo=str(R.REPO_DIR), crash=-1))
     monkeypatch.setattr(R, "TRAIN", "pid_train")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     cfg, study = tmp_path / "grid.json", tmp_path / "study"

@@ -20,8 +20,8 @@ from mitoseg.core.paths import StudyPaths
 
 MEMORY_HEADROOM = 0.8   # the share of the available memory the cells may take: the rest for the system
 # A worker trains several cells in one process and holds more than the trial's few steps: in the demo a
-# worker peaked at 1.16 GiB (VmHWM, bench/results/demo_workers_2026-12-05.md) where the trial of its
-# three architectures peaked at 1.02 GiB (x1.14); one cell alone peaked at 0.97 GiB.
+# worker peaked at 1.16 GiB where the trial of its three architectures peaked at 1.02 GiB (x1.14); one
+# cell alone at 0.83-0.99 GiB (bench/results/jobs_auto_memory_2026-12-05.md).
 WORKER_MARGIN = 1.25
 
 

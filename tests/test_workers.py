@@ -207,6 +207,10 @@ def test_jobs_auto_reuses_a_trial_only_at_the_same_settings_and_environment(tmp_
     P.StudyPaths(study).preflight.write_text("{truncated")
     AJ.measured_peak(study, grid, ["py"], lines.append)
     assert len(runs) == 3
+    import json
+    P.StudyPaths(study).preflight.write_text(json.dumps({"key": AJ.trial_key(grid, ["py"]), "result": {"x": 1}}))
+    AJ.measured_peak(study, grid, ["py"], lines.append)   # the right key, no figure: measured again
+    assert len(runs) == 4
     monkeypatch.setattr(V, "run_trial", lambda grid, launch: (_trial_result(0, ok=False), "x"))
     other = G.GridConfig.from_dict({**grid.to_dict(), "batch_sizes": [16]})   # other settings: never the record
     with pytest.raises(ValueError, match=r"jobs auto: the pre-flight trial failed: UNet: ValueError: no step"):

@@ -41,7 +41,10 @@ def measured_peak(study_dir, grid: G.GridConfig, python: list, log: Callable[[st
     key = trial_key(grid, python)
     record = _read(path)
     if record and record.get("key") == key:
-        return _peak(record["result"]), _source(record["result"], f"the pre-flight trial (recorded in {path})")
+        try:
+            return _peak(record["result"]), _source(record["result"], f"the pre-flight trial (recorded in {path})")
+        except (KeyError, TypeError, ValueError, AttributeError):
+            pass   # a record damaged or edited by hand: measured again
     log(f"jobs auto: measuring a cell's memory with the pre-flight trial (one step of each of "
         f"{', '.join(grid.architectures)} at batch {key['batch_size']}) ...")
     result, where = run_trial(grid, launch=(python, " ".join(python)))
